@@ -1,0 +1,87 @@
+"""The error hierarchy: one base, one subclass per stage.
+
+A user's mistake raises a subclass of `RduflowError`; the CLI prints its one-line
+`str()` (with location, when known) and exits 1. Anything else is an internal bug.
+"""
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class Location:
+    """A source position: `file:line:col` (1-based)."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class RduflowError(Exception):
+    """Base of every user-facing error; `location` and `context` are optional."""
+
+    stage = "error"
+
+    def __init__(self, message: str, location: Location | None = None, context: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.location = location
+        self.context = context
+
+    def __str__(self) -> str:
+        prefix = f"{self.location}: " if self.location else ""
+        return f"{prefix}error: {self.message}"
+
+    def render(self) -> str:
+        """The one-line message plus, when known, the source line and a caret."""
+        if self.context is None or self.location is None:
+            return str(self)
+        caret = " " * (self.location.col - 1) + "^"
+        return f"{self}\n{self.context}\n{caret}"
+
+
+class IRError(RduflowError):
+    """Malformed IR text or an IR graph that fails verification."""
+
+
+class ParseError(IRError):
+    """IR text that does not parse."""
+
+
+class VerifyError(IRError):
+    """A graph that breaks an IR rule."""
+
+
+class FrontendError(RduflowError):
+    """A mistake in an RDL model source."""
+
+
+class ConfigError(RduflowError):
+    """A bad configuration value, override or option."""
+
+
+class PassError(RduflowError):
+    """A bad pass pipeline or pass option."""
+
+
+class BackendError(RduflowError):
+    """A program that cannot be mapped onto the target."""
+
+
+class PEFError(RduflowError):
+    """A PEF file that is missing, corrupted, or of the wrong version."""
+
+
+class ExecutionError(RduflowError):
+    """Bad inputs to a program run."""
+
+
+class DataError(RduflowError):
+    """Bad training data or data-prep input."""
+
+
+class CheckpointError(RduflowError):
+    """A checkpoint that is missing, malformed, or does not match the model."""

@@ -1,0 +1,224 @@
+"""The op registry: one declaration per op.
+
+An op is a subclass of `OpDef` decorated with `@register`. Its class body holds
+everything about it: attributes, type rule (`infer`), numpy semantics (`ref`),
+gradient (`vjp`), fusion kind, cost, and — for elementwise ops — its scalar body
+(`scalar`) or — for composite ops — its expansion into simpler ops (`decompose`).
+Passes, autodiff, the interpreter, the backend and the cost model ask the
+registry; nothing else switches on op names.
+"""
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+import numpy as np
+
+from ir.dtypes import DType
+from ir.types import TensorType
+
+if TYPE_CHECKING:
+    from ir.graph import Op
+
+
+class FusionKind(enum.IntEnum):
+    """TVM's op pattern kinds, ordered from most to least fusable."""
+
+    elementwise = 0
+    broadcast = 1
+    injective = 2
+    reduction = 3
+    output_fusable = 4
+    opaque = 8
+
+
+class TypeRuleError(Exception):
+    """Raised by a type rule or attribute check; callers add the op and location."""
+
+
+REQUIRED = object()
+
+
+def _normalize_literal(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_normalize_literal(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@attrs.frozen
+class Attr:
+    """An attribute's declaration: kind, default, allowed values."""
+
+    kind: str  # int | float | bool | str | ints | dtype | literal
+    default: Any = REQUIRED
+    choices: tuple | None = None
+    optional: bool = False  # None is allowed
+
+    def check(self, name: str, value: Any) -> Any:
+        """The value normalized to its canonical Python form, or TypeRuleError."""
+        if value is None and self.optional:
+            return None
+        normalized = _CHECKERS[self.kind](value)
+        if normalized is _BAD:
+            raise TypeRuleError(f"attribute '{name}' expects {self.kind}, got {value!r}")
+        if self.choices is not None and normalized not in self.choices:
+            options = ", ".join(map(str, self.choices))
+            raise TypeRuleError(f"attribute '{name}' must be one of {options}, got {value!r}")
+        return normalized
+
+
+_BAD = object()
+
+
+def _as_int(v):
+    return v if isinstance(v, int) and not isinstance(v, bool) else _BAD
+
+
+def _as_float(v):
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else _BAD
+
+
+def _as_ints(v):
+    if not isinstance(v, (list, tuple)) or any(_as_int(x) is _BAD for x in v):
+        return _BAD
+    return tuple(v)
+
+
+def _as_dtype(v):
+    if isinstance(v, DType):
+        return v
+    try:
+        return DType.parse(v) if isinstance(v, str) else _BAD
+    except ValueError:
+        return _BAD
+
+
+def _as_literal(v):
+    v = _normalize_literal(v)
+    flat = np.asarray(v, dtype=object).ravel() if isinstance(v, tuple) else [v]
+    return v if all(isinstance(x, (int, float, bool)) for x in flat) else _BAD
+
+
+_CHECKERS = {
+    "int": _as_int,
+    "float": _as_float,
+    "bool": lambda v: v if isinstance(v, bool) else _BAD,
+    "str": lambda v: v if isinstance(v, str) else _BAD,
+    "ints": _as_ints,
+    "dtype": _as_dtype,
+    "literal": _as_literal,
+}
+
+
+@attrs.frozen
+class Cost:
+    """Modeled work of one op: floating-point operations and bytes moved."""
+
+    flops: int
+    bytes_read: int
+    bytes_written: int
+
+
+class OpDef:
+    """Base of every op declaration. Subclasses set the class attributes below."""
+
+    name: ClassVar[str]
+    kind: ClassVar[FusionKind]
+    attrs: ClassVar[dict[str, Attr]] = {}
+    #: number of operands; a tuple gives the allowed counts; None means any number
+    arity: ClassVar[int | tuple[int, ...] | None] = 1
+    flops_per_element: ClassVar[int] = 1
+    #: whether gradients flow through the op's float operands
+    differentiable: ClassVar[bool] = True
+
+    # --- hooks subclasses provide -------------------------------------------------
+    @classmethod
+    def infer(cls, types: list[TensorType], attrs: dict) -> list[TensorType]:
+        """The type rule: result types from operand types, or TypeRuleError."""
+        raise NotImplementedError
+
+    @classmethod
+    def ref(cls, attrs: dict, *args: np.ndarray):
+        """numpy reference semantics: one array, or a tuple for several results."""
+        raise NotImplementedError
+
+    #: vjp(b, op, grads) -> one gradient Value (or None) per operand
+    vjp = None
+    #: scalar(e, attrs, *xs) -> Expr, for elementwise/broadcast ops
+    scalar = None
+    #: decompose(b, op) -> result Values built from simpler ops, for composite ops
+    decompose = None
+
+    # --- derived behaviour ----------------------------------------------------------
+    @classmethod
+    def check_attrs(cls, given: dict) -> dict:
+        """Defaults filled in, values normalized; unknown or missing ones raise."""
+        unknown = sorted(set(given) - set(cls.attrs))
+        if unknown:
+            expected = ", ".join(cls.attrs) or "none"
+            raise TypeRuleError(f"unknown attribute '{unknown[0]}' (expected: {expected})")
+        checked = {}
+        for name, spec in cls.attrs.items():
+            if name in given:
+                checked[name] = spec.check(name, given[name])
+            elif spec.default is REQUIRED:
+                raise TypeRuleError(f"missing attribute '{name}'")
+            else:
+                checked[name] = spec.default
+        return checked
+
+    @classmethod
+    def check_arity(cls, count: int) -> None:
+        allowed = cls.arity
+        if allowed is None:
+            return
+        elif isinstance(allowed, tuple):
+            ok, expected = count in allowed, " or ".join(map(str, allowed))
+        else:
+            ok, expected = count == allowed, str(allowed)
+        if not ok:
+            raise TypeRuleError(f"expects {expected} operand(s), got {count}")
+
+    @classmethod
+    def infer_op(cls, op: Op) -> list[TensorType]:
+        return cls.infer([v.type for v in op.operands], op.attrs)
+
+    @classmethod
+    def evaluate(cls, op: Op, args: list[np.ndarray], interpret) -> list[np.ndarray]:
+        """Run the op on arrays (`interpret` runs regions, for ops that own one)."""
+        out = cls.ref(op.attrs, *args)
+        outs = out if isinstance(out, tuple) else (out,)
+        return [np.asarray(o, dtype=r.type.dtype.np).reshape(r.type.shape)
+                for o, r in zip(outs, op.results)]
+
+    @classmethod
+    def cost(cls, op: Op) -> Cost:
+        read = sum(v.type.nbytes for v in op.operands)
+        written = sum(v.type.nbytes for v in op.results)
+        flops = cls.flops_per_element * sum(v.type.size for v in op.results)
+        return Cost(flops, read, written)
+
+    @classmethod
+    def is_composite(cls) -> bool:
+        return cls.decompose is not None
+
+
+REGISTRY: dict[str, type[OpDef]] = {}
+
+
+def register(cls: type[OpDef]) -> type[OpDef]:
+    """Class decorator adding a declaration to the registry."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"op '{cls.name}' declared twice")
+    if not isinstance(getattr(cls, "kind", None), FusionKind):
+        raise ValueError(f"op '{cls.name}' has no fusion kind")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def lookup(name: str) -> type[OpDef]:
+    """The declaration of `name`; KeyError if none."""
+    return REGISTRY[name]

@@ -1,0 +1,53 @@
+"""Matrix multiplication."""
+from __future__ import annotations
+
+import numpy as np
+
+from ir.ops.base import Attr, Cost, FusionKind, OpDef, TypeRuleError, register
+from ir.ops.elementwise import broadcast_shape, same_dtype
+from ir.types import TensorType
+
+
+def matmul_dims(a: TensorType, b: TensorType, attrs) -> tuple[tuple[int, ...], int, int, int]:
+    """(batch shape, M, N, K) of a matmul, or TypeRuleError."""
+    if a.rank < 2 or b.rank < 2:
+        raise TypeRuleError(f"operands need rank >= 2, got {a} and {b}")
+    m, k = a.shape[-2:][::-1] if attrs["transpose_a"] else a.shape[-2:]
+    k2, n = b.shape[-2:][::-1] if attrs["transpose_b"] else b.shape[-2:]
+    if k != k2:
+        raise TypeRuleError(f"contraction sizes differ: {a} and {b} (K = {k} vs {k2})")
+    return broadcast_shape(a.shape[:-2], b.shape[:-2]), m, n, k
+
+
+@register
+class Matmul(OpDef):
+    """Batched a @ b over the last two axes; batch axes broadcast; either side may be transposed."""
+
+    name = "matmul"
+    kind = FusionKind.output_fusable
+    arity = 2
+    attrs = {"transpose_a": Attr("bool", False), "transpose_b": Attr("bool", False)}
+
+    @classmethod
+    def infer(cls, types, attrs):
+        a, b = types
+        dtype = same_dtype(types)
+        if not dtype.is_float:
+            raise TypeRuleError(f"expects float operands, got {a}")
+        batch, m, n, _ = matmul_dims(a, b, attrs)
+        return [TensorType(batch + (m, n), dtype)]
+
+    @classmethod
+    def ref(cls, attrs, a, b):
+        if attrs["transpose_a"]:
+            a = np.swapaxes(a, -1, -2)
+        if attrs["transpose_b"]:
+            b = np.swapaxes(b, -1, -2)
+        return np.matmul(a, b)
+
+    @classmethod
+    def cost(cls, op):
+        a, b = (v.type for v in op.operands)
+        batch, m, n, k = matmul_dims(a, b, op.attrs)
+        flops = 2 * int(np.prod(batch)) * m * n * k
+        return Cost(flops, a.nbytes + b.nbytes, op.results[0].type.nbytes)

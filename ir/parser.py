@@ -1,0 +1,214 @@
+"""Read the IR text form back into a `Graph`. Errors name `file:line:col`."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import lark
+
+from ir.builder import unknown_op_message
+from ir.dtypes import DType
+from ir.errors import Location, ParseError
+from ir.graph import Graph, Op, Param, Phase, Region, Role, Value
+from ir.init import Init
+from ir.ops import REGISTRY, TypeRuleError, lookup
+from ir.types import TensorType
+
+
+@lru_cache(maxsize=None)
+def _lark() -> lark.Lark:
+    grammar = (Path(__file__).parent / "ir.lark").read_text()
+    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def _describe_expected(expected: set[str]) -> str:
+    names = []
+    for name in sorted(expected):
+        try:
+            pattern = _lark().get_terminal(name).pattern
+            names.append(f"'{pattern.value}'" if pattern.type == "str" else name.lower())
+        except KeyError:
+            names.append(name.lower())
+    return ", ".join(names)
+
+
+class _Reader:
+    """Walks the parse tree, resolving names in (isolated) scopes."""
+
+    def __init__(self, text: str, filename: str):
+        self.lines = text.splitlines()
+        self.filename = filename
+        self.positions: dict[Op, Location] = {}
+
+    def error(self, message: str, node) -> ParseError:
+        line, col = node.line, node.column
+        context = self.lines[line - 1] if 0 < line <= len(self.lines) else None
+        return ParseError(message, Location(self.filename, line, col), context)
+
+    def graph(self, tree: lark.Tree) -> Graph:
+        name_token, *items = tree.children
+        graph = Graph(name_token[1:])
+        scope: dict[str, Value] = {}
+        phase = None
+        for item in items:
+            kind = item.data
+            if kind == "input_decl":
+                name, type_node = item.children
+                value = Value(self.type(type_node), name=name[1:])
+                self.define(scope, name, value)
+                graph.inputs.append(value)
+            elif kind == "param_decl":
+                role, name, type_node, init = item.children
+                value = Value(self.type(type_node), name=name[1:])
+                self.define(scope, name, value)
+                graph.params.append(Param(value, self.init(init), Role(str(role))))
+            elif kind == "label":
+                phase = self.phase(item.children[0])
+            elif kind == "op":
+                graph.ops.append(self.op(item, scope, phase))
+            elif kind == "output":
+                name, ref = item.children
+                if str(name) in graph.outputs:
+                    raise self.error(f"output '{name}' defined twice", name)
+                graph.outputs[str(name)] = self.ref(ref, scope)
+            else:
+                name, ref = item.children
+                if name[1:] in graph.updates:
+                    raise self.error(f"update of {name} given twice", name)
+                graph.updates[name[1:]] = self.ref(ref, scope)
+        return graph
+
+    def phase(self, token) -> Phase | None:
+        if token == "untagged":
+            return None
+        try:
+            return Phase(str(token))
+        except ValueError:
+            raise self.error(f"unknown phase '{token}' (expected fwd, bwd, gradnorm, opt or untagged)", token) from None
+
+    def define(self, scope: dict[str, Value], token, value: Value) -> None:
+        if str(token) in scope:
+            raise self.error(f"value {token} defined twice", token)
+        scope[str(token)] = value
+
+    def ref(self, tree: lark.Tree, scope: dict[str, Value]) -> Value:
+        token = tree.children[0]
+        if str(token) not in scope:
+            raise self.error(f"use of undefined value {token}", token)
+        return scope[str(token)]
+
+    def type(self, tree: lark.Tree) -> TensorType:
+        dtype_token, *dims = tree.children
+        try:
+            dtype = DType.parse(str(dtype_token))
+        except ValueError as err:
+            raise self.error(str(err), dtype_token) from None
+        return TensorType(tuple(int(d) for d in dims if d is not None), dtype)
+
+    def op(self, tree: lark.Tree, scope: dict[str, Value], phase) -> Op:
+        children = tree.children
+        results = [c for c in children if isinstance(c, lark.Token) and c.type == "LOCAL"]
+        name = next(c for c in children if isinstance(c, lark.Token) and c.type == "NAME")
+        subtrees = [c for c in children if isinstance(c, lark.Tree)]
+        operands = [self.ref(t, scope) for t in subtrees if t.data == "ref"]
+        types = [self.type(t) for t in subtrees if t.data == "type"]
+        attrs_node = next((t for t in subtrees if t.data == "attrs"), None)
+        loc_node = next((t for t in subtrees if t.data == "loc"), None)
+        region_node = next((t for t in subtrees if t.data == "region"), None)
+        if str(name) not in REGISTRY:
+            raise self.error(unknown_op_message(str(name)), name)
+        if len(results) != len(types):
+            raise self.error(f"{len(results)} result name(s) but {len(types)} type(s)", results[0])
+        op = Op(str(name), operands, self.attrs(attrs_node, name), phase=phase,
+                locs=self.locs(loc_node) if loc_node else ())
+        if region_node is not None:
+            op.region = self.region(region_node)
+        op.results = [Value(t, op, i) for i, t in enumerate(types)]
+        for token, value in zip(results, op.results):
+            self.define(scope, token, value)
+        self.positions[op] = Location(self.filename, name.line, name.column)
+        return op
+
+    def region(self, tree: lark.Tree) -> Region:
+        scope: dict[str, Value] = {}
+        region = Region([])
+        for child in tree.children:
+            if child is None:
+                continue
+            if child.data == "region_arg":
+                token, type_node = child.children
+                value = Value(self.type(type_node))
+                self.define(scope, token, value)
+                region.args.append(value)
+            elif child.data == "op":
+                region.ops.append(self.op(child, scope, None))
+            else:
+                region.results.append(self.ref(child, scope))
+        return region
+
+    def attrs(self, tree: lark.Tree | None, op_name) -> dict:
+        given = self.attr_dict(tree)
+        try:
+            return lookup(str(op_name)).check_attrs(given)
+        except TypeRuleError as err:
+            raise self.error(f"'{op_name}': {err}", tree or op_name) from None
+
+    def attr_dict(self, tree: lark.Tree | None) -> dict:
+        if tree is None:
+            return {}
+        out = {}
+        for attr in tree.children:
+            if attr is None:
+                continue
+            key, value = attr.children
+            if str(key) in out:
+                raise self.error(f"attribute '{key}' given twice", key)
+            out[str(key)] = self.literal(value)
+        return out
+
+    def literal(self, tree: lark.Tree):
+        (first, *_) = tree.children or [None]
+        if tree.data == "list":
+            return tuple(self.literal(c) for c in tree.children if c is not None)
+        if tree.data == "string":
+            return json.loads(first)
+        if tree.data == "word":
+            return {"true": True, "false": False, "none": None}.get(str(first), str(first))
+        text = str(first)
+        is_float = any(c in text for c in ".eEn") or "inf" in text
+        return float(text) if is_float else int(text)
+
+    def init(self, tree: lark.Tree) -> Init:
+        kind, *args = tree.children
+        try:
+            return Init(str(kind), self.attr_dict(lark.Tree("attrs", args)))
+        except ValueError as err:
+            raise self.error(str(err), kind) from None
+
+    def locs(self, tree: lark.Tree) -> tuple[Location, ...]:
+        return tuple(Location(json.loads(f), int(l), int(c)) for f, l, c in (n.children for n in tree.children))
+
+
+def parse_with_positions(text: str, filename: str = "<string>") -> tuple[Graph, dict[Op, Location]]:
+    """The graph and, for each op, where it stands in the text."""
+    try:
+        tree = _lark().parse(text)
+    except lark.exceptions.UnexpectedInput as err:
+        reader = _Reader(text, filename)
+        expected = getattr(err, "expected", None) or getattr(err, "allowed", None) or set()
+        found = getattr(err, "token", None)
+        if isinstance(err, lark.exceptions.UnexpectedCharacters):
+            found = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "end of input"
+        what = "end of input" if found is None or getattr(found, "type", "") == "$END" else f"'{found}'"
+        message = f"unexpected {what}" + (f"; expected {_describe_expected(expected)}" if expected else "")
+        node = lark.Token("X", "", line=max(err.line, 1), column=max(err.column, 1))
+        raise reader.error(message, node) from None
+    reader = _Reader(text, filename)
+    graph = reader.graph(tree)
+    return graph, reader.positions
+
+
+def parse(text: str, filename: str = "<string>") -> Graph:
+    """A graph from its text form (not yet verified: call `ir.verifier.verify`)."""
+    return parse_with_positions(text, filename)[0]
