@@ -1,0 +1,237 @@
+"""Validated reading of prepared training data (the output of `rduflow data-prep`).
+
+`open_data(path, split)` takes a data-prep folder (its ``{split}_{i}_of_{N}.hdf5``
+files, checked against ``metadata.yaml`` when present) or one ``.hdf5`` file holding
+int32 datasets ``input_ids`` and ``token_type_ids`` of equal shape (sequences,
+max_seq_length). Rows are read by global index, across files in order. Every row
+read is checked: token types in 0..3, ids in [0, vocab_size) when the vocabulary
+size is known. Every problem is a `DataError` naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import yaml
+
+from ir.errors import DataError
+
+DATASETS = ("input_ids", "token_type_ids")
+NUM_TOKEN_TYPES = 4
+METADATA_FILE = "metadata.yaml"
+SPLITS = ("train", "dev")
+_SPLIT_FILE = re.compile(r"(?P<split>[a-z]+)_(?P<i>\d+)_of_(?P<n>\d+)\.hdf5")
+
+Rows = tuple[np.ndarray, np.ndarray]
+
+
+class HDF5Data:
+    """Rows of (input_ids, token_type_ids) from one or more validated HDF5 files."""
+
+    def __init__(self, files: Sequence[Path], metadata: dict[str, Any] | None = None,
+                 vocab_size: int | None = None):
+        if not files:
+            raise DataError("no HDF5 files to read")
+        self.files = list(files)
+        self.metadata = metadata
+        self.vocab_size = vocab_size
+        self._handles: list[h5py.File] = []
+        try:
+            shapes = [self._open(file) for file in self.files]
+        except BaseException:
+            self.close()
+            raise
+        self.max_seq_length = _common_width(self.files, shapes)
+        self._offsets = np.cumsum([0] + [rows for rows, _ in shapes])
+
+    @property
+    def file_rows(self) -> list[int]:
+        """The number of rows in each file."""
+        return np.diff(self._offsets).tolist()
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, index: int) -> Rows:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} out of range for {len(self)} rows")
+        ids, types = self.rows([index % len(self)])
+        return ids[0], types[0]
+
+    def __iter__(self) -> Iterator[Rows]:
+        for k, handle in enumerate(self._handles):
+            dataset = handle[DATASETS[0]]
+            step = dataset.chunks[0] if dataset.chunks else 1024
+            for start in range(0, dataset.shape[0], step):
+                ids, types = self._read(k, slice(start, start + step))
+                yield from zip(ids, types)
+
+    def rows(self, indices: Sequence[int] | np.ndarray) -> Rows:
+        """The rows at `indices` (global, in the order given), as (n, max_seq_length) arrays."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"row indices must be in [0, {len(self)})")
+        out_ids = np.empty((len(indices), self.max_seq_length), dtype=np.int32)
+        out_types = np.empty_like(out_ids)
+        file_of = np.searchsorted(self._offsets, indices, side="right") - 1
+        for k in np.unique(file_of).tolist():
+            where = np.flatnonzero(file_of == k)
+            local, inverse = np.unique(indices[where] - self._offsets[k], return_inverse=True)
+            ids, types = self._read(k, local.tolist())
+            out_ids[where], out_types[where] = ids[inverse], types[inverse]
+        return out_ids, out_types
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+        self._handles = []
+
+    def __enter__(self) -> HDF5Data:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self, file: Path) -> tuple[int, int]:
+        try:
+            handle = h5py.File(file, "r")
+        except OSError as err:
+            raise DataError(f"{file}: not a readable HDF5 file ({_short(err)})") from None
+        self._handles.append(handle)
+        return _check_datasets(file, handle)
+
+    def _read(self, k: int, where: slice | list[int]) -> Rows:
+        """Rows `where` (a slice, or sorted unique indices) of file `k`, checked."""
+        handle = self._handles[k]
+        try:
+            ids, types = (handle[name][where] for name in DATASETS)
+        except OSError as err:
+            raise DataError(f"{self.files[k]}: unreadable data ({_short(err)})") from None
+        numbers = range(where.start, where.start + len(ids)) if isinstance(where, slice) else where
+        self._check_values(self.files[k], ids, types, numbers)
+        return ids, types
+
+    def _check_values(self, file: Path, ids: np.ndarray, types: np.ndarray, numbers: Sequence[int]) -> None:
+        checks = [(types, 0, NUM_TOKEN_TYPES, "token_type_ids", f"expected 0..{NUM_TOKEN_TYPES - 1}")]
+        if self.vocab_size is not None:
+            checks.append((ids, 0, self.vocab_size, "input_ids", f"outside the vocabulary [0, {self.vocab_size})"))
+        for values, low, high, name, expected in checks:
+            bad = (values < low) | (values >= high)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise DataError(f"{file}: row {numbers[r]}: {name} holds {int(values[r, c])}, {expected}")
+
+
+def open_data(path: str | Path, split: str = "train", vocab_size: int | None = None) -> HDF5Data:
+    """Open a data-prep folder's `split` files, or one `.hdf5` file (then `split` is ignored).
+
+    `vocab_size` (e.g. the model's) bounds the ids; by default the metadata's is used.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data not found: {path}")
+    if path.is_dir():
+        metadata = read_metadata(path)
+        files = _split_files(path, split, metadata)
+    else:
+        if path.suffix.lower() not in (".hdf5", ".h5"):
+            raise DataError(f"{path}: expected a data-prep folder or an .hdf5 file")
+        metadata = read_metadata(path.parent)
+        files = [path]
+        if metadata is not None and not any(path.name in _listed(metadata, s) for s in SPLITS):
+            metadata = None
+    if vocab_size is None and metadata is not None:
+        vocab_size = metadata.get("vocab_size")
+    data = HDF5Data(files, metadata, vocab_size)
+    if metadata is not None:
+        _check_against_metadata(data, metadata)
+    return data
+
+
+def read_metadata(folder: Path) -> dict[str, Any] | None:
+    """The folder's `metadata.yaml`, checked to be a data-prep mapping (None if absent)."""
+    file = folder / METADATA_FILE
+    if not file.is_file():
+        return None
+    try:
+        metadata = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise DataError(f"{file}: unreadable ({_short(err)})") from None
+    if not isinstance(metadata, dict):
+        raise DataError(f"{file}: expected a mapping")
+    for key, kind in (("max_seq_length", int), ("files", dict)):
+        if not isinstance(metadata.get(key), kind):
+            raise DataError(f"{file}: missing or invalid {key!r}")
+    vocab = metadata.get("vocab_size")
+    if vocab is not None and (not isinstance(vocab, int) or vocab < 1):
+        raise DataError(f"{file}: invalid 'vocab_size' {vocab!r}")
+    return metadata
+
+
+def _split_files(folder: Path, split: str, metadata: dict[str, Any] | None) -> list[Path]:
+    if metadata is not None:
+        names = list(_listed(metadata, split))
+        if not names:
+            raise DataError(f"{folder / METADATA_FILE}: lists no {split!r} files")
+        return [folder / name for name in names]
+    found = sorted((int(m["i"]), int(m["n"]), p) for p in folder.glob(f"{split}_*_of_*.hdf5")
+                   if (m := _SPLIT_FILE.fullmatch(p.name)) and m["split"] == split)
+    if not found:
+        raise DataError(f"{folder}: no {split} files ({split}_*_of_*.hdf5)")
+    total = found[0][1]
+    expected = [f"{split}_{i}_of_{total}.hdf5" for i in range(1, total + 1)]
+    missing = sorted(set(expected) - {p.name for _, _, p in found})
+    if missing or len(found) != total:
+        raise DataError(f"{folder}: incomplete {split} files (missing or mismatched: "
+                        f"{', '.join(missing) or 'different _of_ counts'})")
+    return [p for _, _, p in found]
+
+
+def _listed(metadata: dict[str, Any], split: str) -> dict[str, Any]:
+    listed = metadata["files"].get(split) or {}
+    return listed if isinstance(listed, dict) else {}
+
+
+def _check_against_metadata(data: HDF5Data, metadata: dict[str, Any]) -> None:
+    if data.max_seq_length != metadata["max_seq_length"]:
+        raise DataError(f"{data.files[0]}: sequences of {data.max_seq_length} tokens, but {METADATA_FILE} "
+                        f"says max_seq_length {metadata['max_seq_length']}")
+    counts = {name: rows for split in SPLITS for name, rows in _listed(metadata, split).items()}
+    for file, rows in zip(data.files, data.file_rows):
+        if file.name in counts and counts[file.name] != rows:
+            raise DataError(f"{file}: {rows} sequences, but {METADATA_FILE} says {counts[file.name]}")
+
+
+def _check_datasets(file: Path, handle: h5py.File) -> tuple[int, int]:
+    shapes = []
+    for name in DATASETS:
+        dataset = handle.get(name)
+        if not isinstance(dataset, h5py.Dataset):
+            raise DataError(f"{file}: missing dataset {name!r}")
+        if dataset.dtype != np.int32:
+            raise DataError(f"{file}: dataset {name!r} has dtype {dataset.dtype}, expected int32")
+        if dataset.ndim != 2:
+            raise DataError(f"{file}: dataset {name!r} has shape {dataset.shape}, "
+                            "expected 2-D (sequences, max_seq_length)")
+        shapes.append(dataset.shape)
+    if shapes[0] != shapes[1]:
+        raise DataError(f"{file}: input_ids shape {shapes[0]} differs from token_type_ids shape {shapes[1]}")
+    if shapes[0][1] < 1:
+        raise DataError(f"{file}: sequences of length 0")
+    return shapes[0]
+
+
+def _common_width(files: list[Path], shapes: list[tuple[int, int]]) -> int:
+    width = shapes[0][1]
+    for file, (_, other) in zip(files, shapes):
+        if other != width:
+            raise DataError(f"{file}: sequences of {other} tokens, but {files[0].name} has {width}")
+    return width
+
+
+def _short(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
