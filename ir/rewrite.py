@@ -1,0 +1,118 @@
+"""Generic graph rewriting: one forward sweep that may replace each op by simpler ones.
+
+`rewrite(graph, rule)` visits every op in order (region ops included, each region
+on its own). A rule gets a `Builder` stamped with the op's locations and phase,
+and the op with its operands already substituted; it returns the values that
+replace the op's results (existing values, or values it built with the builder),
+or None to keep the op. Ops a rule builds are offered to the rule in turn, so
+rewrites apply recursively. Uses of a replaced value, graph outputs and param
+updates included, are redirected; the replaced op is dropped.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from ir.builder import Builder
+from ir.graph import Graph, Op, Region, Value
+
+#: rule(b, op) -> replacement values for op.results, or None to keep op
+Rule = Callable[[Builder, Op], "Sequence[Value] | None"]
+
+#: how many times ops built by a rule may themselves be rewritten, nested
+MAX_DEPTH = 64
+
+
+class Substitution:
+    """A map from replaced values to their replacements, followed to the end of chains."""
+
+    def __init__(self) -> None:
+        self.map: dict[Value, Value] = {}
+
+    def __setitem__(self, old: Value, new: Value) -> None:
+        if old.type != new.type:
+            raise TypeError(f"replacing a {old.type} value by a {new.type} value")
+        if self[new] is not old:
+            self.map[old] = new
+
+    def __getitem__(self, value: Value) -> Value:
+        seen = value
+        while seen in self.map:
+            seen = self.map[seen]
+        if seen is not value:
+            self.map[value] = seen
+        return seen
+
+    def __bool__(self) -> bool:
+        return bool(self.map)
+
+    def apply(self, graph: Graph) -> None:
+        """Redirect every use in `graph`: operands (regions' own ops too), outputs, updates."""
+        for op in graph.walk():
+            op.operands = [self[v] for v in op.operands]
+            if op.region is not None:
+                op.region.results = [self[v] for v in op.region.results]
+        graph.outputs = {k: self[v] for k, v in graph.outputs.items()}
+        graph.updates = {k: self[v] for k, v in graph.updates.items()}
+
+
+class _Sweep:
+    def __init__(self, graph: Graph, rule: Rule):
+        self.graph = graph
+        self.rule = rule
+        self.subst = Substitution()
+        self.count = 0
+
+    def block(self, ops: list[Op]) -> list[Op]:
+        out: list[Op] = []
+        for op in ops:
+            self.visit(op, out, 0)
+        return out
+
+    def region(self, region: Region) -> None:
+        region.ops = self.block(region.ops)
+        region.results = [self.subst[v] for v in region.results]
+
+    def visit(self, op: Op, out: list[Op], depth: int) -> None:
+        op.operands = [self.subst[v] for v in op.operands]
+        if op.region is not None:
+            self.region(op.region)
+        b = Builder(self.graph, ops=[])
+        b.locs, b.phase = op.locs, op.phase
+        replacement = self.rule(b, op)
+        if replacement is None:
+            out.append(op)
+            return
+        if depth >= MAX_DEPTH:
+            raise RecursionError(f"rewriting '{op.name}' did not settle after {MAX_DEPTH} nested rewrites")
+        if len(replacement) != len(op.results):
+            raise ValueError(f"'{op.name}' has {len(op.results)} results but the rule gave {len(replacement)}")
+        self.count += 1
+        for new_op in b.ops:
+            self.visit(new_op, out, depth + 1)
+        for old, new in zip(op.results, replacement):
+            self.subst[old] = self.subst[new]
+
+
+def rewrite(graph: Graph, rule: Rule) -> int:
+    """Apply `rule` to every op of `graph` in place; the number of ops replaced."""
+    sweep = _Sweep(graph, rule)
+    graph.ops = sweep.block(graph.ops)
+    graph.outputs = {k: sweep.subst[v] for k, v in graph.outputs.items()}
+    graph.updates = {k: sweep.subst[v] for k, v in graph.updates.items()}
+    return sweep.count
+
+
+def erase_unused(ops: list[Op], live: set[Value]) -> list[Op]:
+    """`ops` without those whose results neither reach `live` nor feed a kept op (regions too)."""
+    needed = set(live)
+    kept: list[Op] = []
+    for op in reversed(ops):
+        if not any(v in needed for v in op.results):
+            continue
+        if op.region is not None:
+            op.region.ops = erase_unused(op.region.ops, set(op.region.results))
+        needed.update(op.operands)
+        kept.append(op)
+    kept.reverse()
+    return kept
+
