@@ -151,6 +151,26 @@ class OpDef:
     scalar = None
     #: decompose(b, op) -> result Values built from simpler ops, for composite ops
     decompose = None
+    # --- backend lowering hooks (stage kinds: see backend/kernel_program.py) ------------
+    #: view(attrs, shape, offset, strides) -> (offset, strides) | None, for injective ops
+    #: re-indexing one operand: given the operand's element offset and strides (per axis of
+    #: `shape`) into flat storage, those of the result; None if not expressible as strides
+    view = None
+    #: generate(e, attrs, index) -> Expr, for operand-less ops computed from the result's
+    #: loop index; index(axis) is that index along `axis` as an i64 Expr
+    generate = None
+    #: stage(op) -> {"kind": <stage kind>, **parameters}, for ops lowered to a stage of
+    #: their own (reduce, gemm, conv2d, pool2d, gather, scatter_add, concat, ...)
+    stage = None
+    #: canonicalize(b, op) -> a simpler equivalent of the op's results (existing Values or
+    #: ones built with b), or None; the canonicalize pass applies it (an identity reshape is
+    #: its operand, a reshape of a reshape is one reshape, ...)
+    canonicalize = None
+
+    @classmethod
+    def splat(cls, op: Op) -> float | None:
+        """The value of every element, when the op is known to make a splat without running it."""
+        return None
 
     # --- derived behaviour ----------------------------------------------------------
     @classmethod

@@ -39,6 +39,10 @@ class Iota(Generator):
         view[axis] = shape[axis]
         return np.broadcast_to(line.reshape(view), shape)
 
+    @classmethod
+    def generate(cls, e, attrs, index):
+        return e.cast(index(attrs["axis"]), attrs["dtype"])
+
 
 @register
 class Full(Generator):
@@ -54,6 +58,14 @@ class Full(Generator):
     @classmethod
     def ref(cls, attrs, *_):
         return np.full(attrs["shape"], attrs["value"], dtype=attrs["dtype"].np)
+
+    @classmethod
+    def generate(cls, e, attrs, index):
+        return e.const(attrs["value"], attrs["dtype"])
+
+    @classmethod
+    def splat(cls, op):
+        return op.attrs["value"]
 
 
 @register
@@ -74,6 +86,11 @@ class Constant(Generator):
     def ref(cls, attrs, *_):
         return np.asarray(attrs["value"]).astype(attrs["dtype"].np)
 
+    @classmethod
+    def splat(cls, op):
+        value = op.attrs["value"]
+        return None if isinstance(value, tuple) else float(value)
+
 
 @register
 class CausalMask(Generator):
@@ -91,3 +108,7 @@ class CausalMask(Generator):
     @classmethod
     def ref(cls, attrs, *_):
         return np.tri(attrs["rows"], attrs["cols"], attrs["offset"], dtype=bool)
+
+    @classmethod
+    def generate(cls, e, attrs, index):
+        return e.le(index(1), e.add(index(0), e.const(attrs["offset"], DType.i64)))

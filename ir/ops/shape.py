@@ -15,6 +15,41 @@ class Injective(OpDef):
     flops_per_element = 0
 
 
+def reshape_strides(shape, strides, new_shape) -> tuple[int, ...] | None:
+    """Strides giving `new_shape` over the same elements in row-major order, or None
+    when the strided layout cannot be reshaped without a copy (numpy's rule)."""
+    if math.prod(shape) == 0:
+        return (0,) * len(new_shape)
+    old = [(d, s) for d, s in zip(shape, strides) if d != 1]
+    new = [d for d in new_shape if d != 1]
+    out: list[int] = []
+    i = j = 0
+    while i < len(old):
+        group, size, target = [old[i]], old[i][0], new[j]
+        i += 1
+        dims = [target]
+        while size != target:
+            if size < target:
+                group.append(old[i])
+                size *= old[i][0]
+                i += 1
+            else:
+                j += 1
+                dims.append(new[j])
+                target *= new[j]
+        j += 1
+        if any(s != d2 * s2 for (_, s), (d2, s2) in zip(group, group[1:])):
+            return None
+        step = group[-1][1]
+        sub = []
+        for d in reversed(dims):
+            sub.append(step)
+            step *= d
+        out.extend(reversed(sub))
+    it = iter(out)
+    return tuple(0 if d == 1 else next(it) for d in new_shape)
+
+
 @register
 class Reshape(Injective):
     """Same elements in row-major order, new shape."""
@@ -33,6 +68,20 @@ class Reshape(Injective):
     @classmethod
     def ref(cls, attrs, x):
         return x.reshape(attrs["shape"])
+
+    @classmethod
+    def view(cls, attrs, shape, offset, strides):
+        new = reshape_strides(shape, strides, attrs["shape"])
+        return None if new is None else (offset, new)
+
+    @classmethod
+    def canonicalize(cls, b, op):
+        (x,) = op.operands
+        if x.type == op.result.type:
+            return [x]
+        if x.producer is not None and x.producer.name == op.name:
+            return [b.reshape(x.producer.operands[0], shape=op.attrs["shape"])]
+        return None
 
 
 @register
@@ -53,6 +102,21 @@ class Transpose(Injective):
     @classmethod
     def ref(cls, attrs, x):
         return np.transpose(x, attrs["perm"])
+
+    @classmethod
+    def view(cls, attrs, shape, offset, strides):
+        return offset, tuple(strides[p] for p in attrs["perm"])
+
+    @classmethod
+    def canonicalize(cls, b, op):
+        (x,) = op.operands
+        perm = op.attrs["perm"]
+        if list(perm) == list(range(len(perm))):
+            return [x]
+        if x.producer is not None and x.producer.name == op.name:
+            inner = x.producer.attrs["perm"]
+            return [b.transpose(x.producer.operands[0], perm=tuple(inner[p] for p in perm))]
+        return None
 
 
 @register
@@ -76,6 +140,21 @@ class BroadcastTo(Injective):
     @classmethod
     def ref(cls, attrs, x):
         return np.broadcast_to(x, attrs["shape"])
+
+    @classmethod
+    def view(cls, attrs, shape, offset, strides):
+        target = attrs["shape"]
+        kept = [0 if d == 1 else s for d, s in zip(shape, strides)]
+        return offset, (0,) * (len(target) - len(shape)) + tuple(kept)
+
+    @classmethod
+    def canonicalize(cls, b, op):
+        (x,) = op.operands
+        if x.type == op.result.type:
+            return [x]
+        if x.producer is not None and x.producer.name == op.name:
+            return [b.broadcast_to(x.producer.operands[0], shape=op.attrs["shape"])]
+        return None
 
 
 @register
@@ -103,6 +182,17 @@ class Slice(Injective):
     def ref(cls, attrs, x):
         steps = attrs["steps"] or (1,) * x.ndim
         return x[tuple(slice(*s) for s in zip(attrs["starts"], attrs["stops"], steps))]
+
+    @classmethod
+    def view(cls, attrs, shape, offset, strides):
+        steps = attrs["steps"] or (1,) * len(shape)
+        start = offset + sum(lo * s for lo, s in zip(attrs["starts"], strides))
+        return start, tuple(s * step for s, step in zip(strides, steps))
+
+    @classmethod
+    def canonicalize(cls, b, op):
+        x = op.operands[0]
+        return [x] if x.type == op.result.type else None
 
 
 @register
@@ -134,6 +224,14 @@ class Concat(Injective):
     def ref(cls, attrs, *xs):
         return np.concatenate(xs, axis=attrs["axis"])
 
+    @classmethod
+    def stage(cls, op):
+        return {"kind": "concat", "axis": op.attrs["axis"] % op.result.type.rank}
+
+    @classmethod
+    def canonicalize(cls, b, op):
+        return list(op.operands) if len(op.operands) == 1 else None
+
 
 @register
 class Gather(Injective):
@@ -160,3 +258,7 @@ class Gather(Injective):
         if indices.size and (indices.min() < 0 or indices.max() >= table.shape[axis]):
             raise IndexError(f"gather index out of range [0, {table.shape[axis]})")
         return np.take(table, indices, axis=axis)
+
+    @classmethod
+    def stage(cls, op):
+        return {"kind": "gather", "axis": op.attrs["axis"] % op.operands[0].type.rank}

@@ -1,0 +1,24 @@
+"""dce: dead code elimination."""
+from __future__ import annotations
+
+import attrs
+
+from compiler.passes.base import Pass, PassContext, register_pass
+from ir.graph import Graph
+from ir.rewrite import erase_unused
+
+
+@register_pass
+@attrs.frozen
+class DCE(Pass):
+    """Drop ops whose results reach no output or param update (inside regions too)."""
+
+    name = "dce"
+    statistics = {"ops-removed": "ops whose results nothing used"}
+
+    def run(self, graph: Graph, ctx: PassContext) -> Graph:
+        """Rewrites `graph` in place; inputs and params are kept (they are the program's interface)."""
+        before = sum(1 for _ in graph.walk())
+        graph.ops = erase_unused(graph.ops, graph.live_outs())
+        ctx.count("ops-removed", before - sum(1 for _ in graph.walk()))
+        return graph
