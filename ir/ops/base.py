@@ -172,6 +172,11 @@ class OpDef:
         """The value of every element, when the op is known to make a splat without running it."""
         return None
 
+    @classmethod
+    def index_bounds(cls, op: Op) -> dict[int, int]:
+        """Operands holding indices (table rows, class labels) -> the exclusive bound of valid values."""
+        return {}
+
     # --- derived behaviour ----------------------------------------------------------
     @classmethod
     def check_attrs(cls, given: dict) -> dict:

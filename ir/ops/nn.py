@@ -112,6 +112,10 @@ class CrossEntropy(OpDef):
         return (nll * weights).sum() / max(weights.sum(), 1.0)
 
     @classmethod
+    def index_bounds(cls, op):
+        return {1: op.operands[0].type.shape[-1]}
+
+    @classmethod
     def decompose(cls, b, op):
         logits, labels = op.operands[:2]
         dtype = logits.type.dtype

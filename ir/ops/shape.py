@@ -260,5 +260,10 @@ class Gather(Injective):
         return np.take(table, indices, axis=axis)
 
     @classmethod
+    def index_bounds(cls, op):
+        table = op.operands[0].type
+        return {1: table.shape[op.attrs["axis"] % table.rank]}
+
+    @classmethod
     def stage(cls, op):
         return {"kind": "gather", "axis": op.attrs["axis"] % op.operands[0].type.rank}
