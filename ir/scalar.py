@@ -23,7 +23,7 @@ PRIMITIVES: dict[str, Callable[..., np.ndarray]] = {
     "max": np.maximum, "min": np.minimum, "pow": np.power,
     "neg": np.negative, "abs": np.abs, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
     "tanh": np.tanh, "sin": np.sin, "cos": np.cos,
-    "erf": lambda x: _erf(x).astype(x.dtype),
+    "erf": lambda x: np.asarray(_erf(x)).astype(np.asarray(x).dtype),
     "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal,
     "eq": np.equal, "ne": np.not_equal,
     "select": np.where,

@@ -96,10 +96,17 @@ def _as_dtype(v):
         return _BAD
 
 
+def _leaves(v):
+    if isinstance(v, tuple):
+        for x in v:
+            yield from _leaves(x)
+    else:
+        yield v
+
+
 def _as_literal(v):
     v = _normalize_literal(v)
-    flat = np.asarray(v, dtype=object).ravel() if isinstance(v, tuple) else [v]
-    return v if all(isinstance(x, (int, float, bool)) for x in flat) else _BAD
+    return v if all(isinstance(x, (int, float, bool)) for x in _leaves(v)) else _BAD
 
 
 _CHECKERS = {

@@ -1,6 +1,8 @@
 """Ops that make tensors from attributes alone: iota, full, constant, causal_mask."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ir.dtypes import DType
@@ -17,6 +19,11 @@ class Generator(OpDef):
     differentiable = False
 
 
+def check_shape(shape: tuple[int, ...]) -> None:
+    if any(d < 0 for d in shape):
+        raise TypeRuleError(f"negative dimension in shape {list(shape)}")
+
+
 @register
 class Iota(Generator):
     """0, 1, 2, ... along `axis`, broadcast over the other axes of `shape`."""
@@ -27,6 +34,7 @@ class Iota(Generator):
     @classmethod
     def infer(cls, types, attrs):
         shape = attrs["shape"]
+        check_shape(shape)
         if not 0 <= attrs["axis"] < max(len(shape), 1) or not shape:
             raise TypeRuleError(f"axis {attrs['axis']} out of range for shape {list(shape)}")
         return [TensorType(shape, attrs["dtype"])]
@@ -53,7 +61,12 @@ class Full(Generator):
 
     @classmethod
     def infer(cls, types, attrs):
-        return [TensorType(attrs["shape"], attrs["dtype"])]
+        check_shape(attrs["shape"])
+        dtype, value = attrs["dtype"], attrs["value"]
+        if dtype.is_int and not (math.isfinite(value) and
+                                 np.iinfo(dtype.np).min <= int(value) <= np.iinfo(dtype.np).max):
+            raise TypeRuleError(f"value {value} is not representable as {dtype}")
+        return [TensorType(attrs["shape"], dtype)]
 
     @classmethod
     def ref(cls, attrs, *_):

@@ -23,6 +23,8 @@ class Unary(OpDef):
         (x,) = types
         if not cls.any_dtype and not x.dtype.is_float:
             raise TypeRuleError(f"expects a float operand, got {x}")
+        if x.dtype == DType.bool:
+            raise TypeRuleError(f"does not take bool operands, got {x}")
         return [x]
 
 

@@ -103,7 +103,7 @@ class CrossEntropy(OpDef):
 
     @classmethod
     def ref(cls, attrs, logits, labels, mask=None):
-        shifted = logits - logits.max(-1, keepdims=True)
+        shifted = logits - logits.max(-1, keepdims=True, initial=-np.inf)
         logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
         if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
             raise IndexError(f"label out of range [0, {logits.shape[-1]})")
@@ -123,8 +123,8 @@ class CrossEntropy(OpDef):
         onehot = b.eq(classes, b.reshape(labels, shape=labels.type.shape + (1,)))
         logp = b.log_softmax(logits, axis=-1)
         nll = b.neg(b.sum(b.where(onehot, logp, b.scalar(0.0, dtype)), axes=(-1,)))
-        if len(op.operands) == 2:
-            return [b.mean(nll)]
+        if len(op.operands) == 2:  # the mean, and 0 when there are no labels (as `ref`)
+            return [b.div(b.sum(nll), b.scalar(float(max(nll.type.size, 1)), dtype))]
         weights = b.cast(op.operands[2], dtype=dtype)
         count = b.maximum(b.sum(weights), b.scalar(1.0, dtype))
         return [b.div(b.sum(b.mul(nll, weights)), count)]
@@ -180,6 +180,8 @@ class Conv2d(OpDef):
         n, c, oh, ow = cols.shape[:4]
         cols = cols.reshape(n, g, c // g, oh, ow, w.shape[2], w.shape[3])
         wg = w.reshape(g, w.shape[0] // g, *w.shape[1:])
+        if x.dtype.itemsize < 4:  # accumulate 16-bit floats in f32 (numpy's einsum has no bf16)
+            cols, wg = cols.astype(np.float32), wg.astype(np.float32)
         out = np.einsum("ngchwij,gocij->ngohw", cols, wg, optimize=True)
         return out.reshape(n, w.shape[0], oh, ow)
 

@@ -1,6 +1,8 @@
 """Reductions over axes, and the softmax family built on them."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ir.dtypes import DType
@@ -74,7 +76,8 @@ class Max(Reduce):
 
     @classmethod
     def ref(cls, attrs, x):
-        return np.max(x, axis=_np_axes(attrs, x), keepdims=attrs["keepdims"])
+        identity = cls.identity if x.dtype.kind not in "iu" else np.iinfo(x.dtype).min
+        return np.max(x, axis=_np_axes(attrs, x), keepdims=attrs["keepdims"], initial=identity)
 
 
 @register
@@ -115,7 +118,10 @@ class Argmax(OpDef):
     def infer(cls, types, attrs):
         (x,) = types
         axes = normalize_axes((attrs["axis"],), x.rank)
-        return [TensorType(reduced_shape(x.shape, axes, attrs["keepdims"]), DType.i32)]
+        shape = reduced_shape(x.shape, axes, attrs["keepdims"])
+        if x.shape[axes[0]] == 0 and math.prod(shape):
+            raise TypeRuleError(f"reduces over the empty axis {axes[0]} of {x}")
+        return [TensorType(shape, DType.i32)]
 
     @classmethod
     def ref(cls, attrs, x):
@@ -153,7 +159,7 @@ class Softmax(Softmaxlike):
 
     @classmethod
     def ref(cls, attrs, x):
-        z = np.exp(x - np.max(x, axis=attrs["axis"], keepdims=True))
+        z = np.exp(x - np.max(x, axis=attrs["axis"], keepdims=True, initial=-np.inf))
         return z / np.sum(z, axis=attrs["axis"], keepdims=True)
 
     @classmethod
@@ -170,7 +176,7 @@ class LogSoftmax(Softmaxlike):
 
     @classmethod
     def ref(cls, attrs, x):
-        shifted = x - np.max(x, axis=attrs["axis"], keepdims=True)
+        shifted = x - np.max(x, axis=attrs["axis"], keepdims=True, initial=-np.inf)
         return shifted - np.log(np.sum(np.exp(shifted), axis=attrs["axis"], keepdims=True))
 
     @classmethod

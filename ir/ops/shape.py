@@ -131,7 +131,7 @@ class BroadcastTo(Injective):
     def infer(cls, types, attrs):
         (x,) = types
         shape = attrs["shape"]
-        ok = len(shape) >= x.rank and all(
+        ok = len(shape) >= x.rank and min(shape, default=0) >= 0 and all(
             d in (1, s) for d, s in zip(reversed(x.shape), reversed(shape)))
         if not ok:
             raise TypeRuleError(f"cannot broadcast {x} to {list(shape)}")
