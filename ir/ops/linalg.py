@@ -51,3 +51,7 @@ class Matmul(OpDef):
         batch, m, n, k = matmul_dims(a, b, op.attrs)
         flops = 2 * int(np.prod(batch)) * m * n * k
         return Cost(flops, a.nbytes + b.nbytes, op.results[0].type.nbytes)
+
+    @classmethod
+    def stage(cls, op):
+        return {"kind": "gemm", **op.attrs}

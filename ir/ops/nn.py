@@ -192,6 +192,10 @@ class Conv2d(OpDef):
         flops = 2 * out.size * w.shape[1] * w.shape[2] * w.shape[3]
         return Cost(flops, x.nbytes + w.nbytes, out.nbytes)
 
+    @classmethod
+    def stage(cls, op):
+        return {"kind": "conv2d", **op.attrs}
+
 
 class Pool2d(OpDef):
     """Window reduction over H and W of an NCHW tensor."""
@@ -227,12 +231,18 @@ class Pool2d(OpDef):
         flops = op.results[0].type.size * op.attrs["kernel"][0] * op.attrs["kernel"][1]
         return Cost(flops, base.bytes_read, base.bytes_written)
 
+    @classmethod
+    def stage(cls, op):
+        return {"kind": "pool2d", "mode": cls.mode, "kernel": op.attrs["kernel"],
+                "stride": cls.stride(op.attrs), "padding": op.attrs["padding"]}
+
 
 @register
 class MaxPool2d(Pool2d):
     """Maximum over each window (padding counts as -inf)."""
 
     name = "max_pool2d"
+    mode = "max"
 
     @classmethod
     def ref(cls, attrs, x):
@@ -245,6 +255,7 @@ class AvgPool2d(Pool2d):
     """Mean over each window (padding counts as zeros, as PyTorch's default)."""
 
     name = "avg_pool2d"
+    mode = "avg"
 
     @classmethod
     def ref(cls, attrs, x):

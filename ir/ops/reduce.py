@@ -49,6 +49,11 @@ class Reduce(OpDef):
         base = super().cost(op)
         return type(base)(op.operands[0].type.size, base.bytes_read, base.bytes_written)
 
+    @classmethod
+    def stage(cls, op):
+        axes = normalize_axes(op.attrs["axes"], op.operands[0].type.rank)
+        return {"kind": "reduce", "combine": cls.combine, "identity": cls.identity, "axes": axes}
+
 
 def _np_axes(attrs, x):
     return normalize_axes(attrs["axes"], x.ndim)
@@ -126,6 +131,11 @@ class Argmax(OpDef):
     @classmethod
     def ref(cls, attrs, x):
         return np.argmax(x, axis=attrs["axis"], keepdims=attrs["keepdims"])
+
+    @classmethod
+    def stage(cls, op):
+        axes = normalize_axes((op.attrs["axis"],), op.operands[0].type.rank)
+        return {"kind": "reduce", "combine": "argmax", "identity": -np.inf, "axes": axes}
 
 
 class Softmaxlike(OpDef):

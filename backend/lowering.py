@@ -1,0 +1,308 @@
+"""Lowering: each top-level op of a decomposed graph becomes one kernel program.
+
+A plain op is a kernel of its own (what -O0 gives); a `fused` op's region
+becomes the stages of one kernel. The registry says how each op lowers:
+
+* `view` (transpose, reshape, slice, broadcast_to): re-index the operand's
+  reads; no stage, no memory;
+* `scalar` (elementwise and broadcast ops): extend the expression tree;
+* `generate` (iota, full, causal_mask): an expression of the loop index;
+* `stage` (reduce, gemm, conv2d, pool2d, gather, concat, ...): a stage of its
+  own, whose output is a temporary or a kernel output;
+* any other operand-less op (a literal tensor) is evaluated here into a
+  `literal` stage.
+
+So a chain of elementwise/broadcast/injective ops is one loop with no
+temporaries; a value is written to memory only when a stage needs it whole
+(a gemm operand, say) or it leaves the kernel. Finally an elementwise stage
+that is the only reader of a gemm/reduce/conv/pool temporary is folded into
+that stage as its epilogue.
+
+Buffers of graph tensors are named by their IR text names (`%x`, `@w`, `%12`);
+tiers and offsets are bound later by the memory plan.
+"""
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+from backend.expr import Lazy, body, contiguous, join
+from backend.kernel_program import (
+    Access, Affine, Body, Buffer, Conv2dStage, ConcatStage, GatherStage, GemmStage, KernelCost,
+    KernelProgram, LiteralStage, MapStage, Node, Pool2dStage, ReduceStage, Stage)
+from ir.dtypes import DType
+from ir.errors import BackendError
+from ir.graph import Graph, Op, Value
+from ir.ops import lookup
+from ir.printer import Printer
+from ir.scalar import Expr, ScalarBuilder
+
+
+def tensor_names(graph: Graph) -> dict[Value, str]:
+    """Every value's IR text name (`%x`, `@w`, `%12`): stable across runs, as in IR dumps."""
+    printer = Printer(graph, with_locs=False)
+    printer.run()
+    return printer.namer.names
+
+
+def check_lowerable(graph: Graph) -> None:
+    """BackendError for the first composite op (the `decompose` pass must run first)."""
+    for op in graph.walk():
+        if lookup(op.name).is_composite():
+            where = f" at {op.locs[0]}" if op.locs else ""
+            raise BackendError(f"op '{op.name}'{where} is composite: run the 'decompose' pass "
+                               "before the backend", op.locs[0] if op.locs else None)
+
+
+def lower_graph(graph: Graph, names: dict[Value, str] | None = None) -> list[KernelProgram]:
+    """One kernel program per top-level op, in order (tiers and offsets not yet bound)."""
+    check_lowerable(graph)
+    names = names or tensor_names(graph)
+    return [lower_op(op, i, names) for i, op in enumerate(graph.ops)]
+
+
+def kernel_name(op: Op, index: int) -> str:
+    label = op.attrs.get("label") if op.region is not None else None
+    return f"k{index}_{label or op.name}"
+
+
+def lower_op(op: Op, index: int, names: dict[Value, str]) -> KernelProgram:
+    """The kernel program of one top-level op (a `fused` op's region included)."""
+    if op.region is not None:
+        args, ops, results = op.region.args, op.region.ops, op.region.results
+    else:
+        args, ops, results = list(op.operands), [op], list(op.results)
+    kernel = _Kernel(kernel_name(op, index), op)
+    kernel.bind_inputs(args, [names[v] for v in op.operands])
+    kernel.bind_outputs(results, [names[v] for v in op.results])
+    for inner in ops:
+        kernel.lower(inner)
+    kernel.finish(results, [names[v] for v in op.results])
+    stages = fold_epilogues(kernel.stages, kernel.buffers)
+    used = {name for s in stages for name in stage_buffers(s)}
+    buffers = [b for b in kernel.buffers.values() if b.role != "temp" or b.name in used]
+    return KernelProgram(
+        name=kernel.name, op=op.name, phase=op.phase.value if op.phase else None,
+        loc=str(op.locs[0]) if op.locs else "", buffers=tuple(buffers), stages=tuple(stages),
+        cost=KernelCost(lookup(op.name).cost(op).flops))
+
+
+class _Kernel:
+    """The state of lowering one kernel: buffers, stages, and each value's lazy form."""
+
+    def __init__(self, name: str, op: Op):
+        self.name = name
+        self.op = op
+        self.buffers: dict[str, Buffer] = {}
+        self.stages: list[Stage] = []
+        self.env: dict[Value, Lazy] = {}
+        self.result_buffer: dict[Value, str] = {}
+        self.written: set[str] = set()
+
+    def error(self, message: str, op: Op) -> BackendError:
+        loc = op.locs[0] if op.locs else (self.op.locs[0] if self.op.locs else None)
+        return BackendError(f"kernel '{self.name}': op '{op.name}': {message}", loc)
+
+    # --- buffers -------------------------------------------------------------------
+    def bind_inputs(self, args: list[Value], symbols: list[str]) -> None:
+        for arg, symbol in zip(args, symbols):
+            self.buffers.setdefault(symbol, Buffer(symbol, "input", arg.type.shape, arg.type.dtype.value))
+            self.env[arg] = Lazy.read(symbol, arg.type.shape, arg.type.dtype)
+
+    def bind_outputs(self, results: list[Value], symbols: list[str]) -> None:
+        for value, symbol in zip(results, symbols):
+            self.buffers[symbol] = Buffer(symbol, "output", value.type.shape, value.type.dtype.value)
+            self.result_buffer.setdefault(value, symbol)
+
+    def target(self, value: Value) -> str:
+        """Where a value that must be in memory goes: its output buffer, or a new temporary."""
+        symbol = self.result_buffer.get(value)
+        if symbol is not None and symbol not in self.written:
+            return symbol
+        symbol = f"t{sum(b.role == 'temp' for b in self.buffers.values())}"
+        self.buffers[symbol] = Buffer(symbol, "temp", value.type.shape, value.type.dtype.value)
+        return symbol
+
+    def emit(self, stage: Stage, value: Value) -> None:
+        self.stages.append(stage)
+        self.written.add(stage.out)
+        self.env[value] = Lazy.read(stage.out, value.type.shape, value.type.dtype)
+
+    def materialize(self, value: Value) -> Access:
+        """The value as a whole row-major buffer, writing it with a map stage if needed."""
+        lazy = self.env[value]
+        access = lazy.bare_access()
+        whole = access is not None and access.offset == 0 and access.strides == contiguous(lazy.shape) \
+            and self.buffers[access.buffer].shape == lazy.shape
+        if not whole:
+            self.emit(MapStage(self.target(value), body(lazy)), value)
+        return self.env[value].bare_access()
+
+    def operand_access(self, value: Value) -> Access:
+        """A strided read of the whole value (materializing expressions first)."""
+        access = self.env[value].bare_access()
+        return access if access is not None else self.materialize(value)
+
+    # --- ops -----------------------------------------------------------------------
+    def lower(self, op: Op) -> None:
+        opdef = lookup(op.name)
+        if op.region is not None:
+            raise self.error("a region inside a kernel is not supported", op)
+        if opdef.view is not None:
+            self.lower_view(op, opdef)
+        elif opdef.scalar is not None:
+            self.lower_scalar(op, opdef)
+        elif opdef.generate is not None:
+            self.lower_generate(op, opdef)
+        elif opdef.stage is not None:
+            params = dict(opdef.stage(op))
+            builder = getattr(self, f"stage_{params.pop('kind')}", None)
+            if builder is None:
+                raise self.error("its stage kind has no lowering", op)
+            builder(op, **params)
+        elif not op.operands:
+            self.lower_literal(op, opdef)
+        else:
+            raise self.error("the op declares no lowering (view, scalar, generate or stage)", op)
+
+    def lower_view(self, op: Op, opdef) -> None:
+        (x,) = op.operands
+        shape = op.result.type.shape
+
+        def view(offset, strides):
+            return opdef.view(op.attrs, x.type.shape, offset, strides)
+        lazy = self.env[x].map_leaves(shape, view)
+        if lazy is None:
+            self.materialize(x)
+            lazy = self.env[x].map_leaves(shape, view)
+        self.env[op.result] = attrs.evolve(lazy, dtype=op.result.type.dtype)
+
+    def lower_scalar(self, op: Op, opdef) -> None:
+        result = op.result.type
+        exprs, leaves = join([self.env[v].broadcast(result.shape) for v in op.operands])
+        expr = opdef.scalar(ScalarBuilder(), op.attrs, *exprs)
+        self.env[op.result] = Lazy(result.shape, result.dtype, expr, leaves)
+
+    def lower_generate(self, op: Op, opdef) -> None:
+        result = op.result.type
+        leaves: list[Affine] = []
+
+        def index(axis: int) -> Expr:
+            coeffs = tuple(int(i == axis and d != 1) for i, d in enumerate(result.shape))
+            leaves.append(Affine(0, coeffs))
+            return Expr("arg", (), DType.i64, len(leaves) - 1)
+        expr = opdef.generate(ScalarBuilder(), op.attrs, index)
+        self.env[op.result] = Lazy(result.shape, result.dtype, expr, tuple(leaves))
+
+    def lower_literal(self, op: Op, opdef) -> None:
+        (value,) = opdef.evaluate(op, [], None)
+        kind = float if op.result.type.dtype.is_float else int
+        values = tuple(kind(v) for v in np.asarray(value).astype(np.float64 if kind is float else np.int64).ravel())
+        self.emit(LiteralStage(self.target(op.result), values), op.result)
+
+    # --- stages (one method per stage kind a declaration may ask for) ------------------
+    def stage_reduce(self, op: Op, combine: str, identity: float, axes) -> None:
+        lazy = self.env[op.operands[0]]
+        stage = ReduceStage(self.target(op.result), lazy.shape, tuple(axes), combine, float(identity), body(lazy))
+        self.emit(stage, op.result)
+
+    def stage_gemm(self, op: Op, transpose_a: bool, transpose_b: bool) -> None:
+        out = op.result.type.shape
+        batch, (m, n) = out[:-2], out[-2:]
+        a, b = op.operands
+        k = a.type.shape[-2] if transpose_a else a.type.shape[-1]
+        stage = GemmStage(self.target(op.result), batch, m, n, k,
+                          self.batched(a, batch, transpose_a), self.batched(b, batch, transpose_b))
+        self.emit(stage, op.result)
+
+    def batched(self, value: Value, batch: tuple[int, ...], transpose: bool) -> Access:
+        """A matrix operand's read over (batch..., rows, cols): batch axes broadcast, maybe transposed."""
+        access = self.operand_access(value)
+        strides = access.strides
+        if transpose:
+            strides = strides[:-2] + (strides[-1], strides[-2])
+        lead = (0,) * (len(batch) - (len(strides) - 2)) + strides[:-2]
+        lead = tuple(0 if d == 1 else s for d, s in zip(batch, lead))
+        return Access(access.buffer, access.offset, lead + strides[-2:])
+
+    def stage_conv2d(self, op: Op, stride, padding, dilation, groups) -> None:
+        x, w = op.operands
+        stage = Conv2dStage(self.target(op.result), self.operand_access(x), self.operand_access(w),
+                            x.type.shape, w.type.shape, stride, padding, dilation, groups)
+        self.emit(stage, op.result)
+
+    def stage_pool2d(self, op: Op, mode: str, kernel, stride, padding) -> None:
+        (x,) = op.operands
+        stage = Pool2dStage(self.target(op.result), self.operand_access(x), x.type.shape, mode, kernel, stride, padding)
+        self.emit(stage, op.result)
+
+    def stage_gather(self, op: Op, axis: int) -> None:
+        table, indices = op.operands
+        stage = GatherStage(self.target(op.result), self.operand_access(table), table.type.shape,
+                            self.operand_access(indices), indices.type.shape, axis)
+        self.emit(stage, op.result)
+
+    def stage_concat(self, op: Op, axis: int) -> None:
+        parts = tuple(self.operand_access(v) for v in op.operands)
+        stage = ConcatStage(self.target(op.result), parts, tuple(v.type.shape for v in op.operands), axis)
+        self.emit(stage, op.result)
+
+    # --- results ---------------------------------------------------------------------
+    def finish(self, results: list[Value], symbols: list[str]) -> None:
+        """Write every kernel output not yet written (copying a value already in memory)."""
+        for value, symbol in zip(results, symbols):
+            if symbol not in self.written:
+                self.stages.append(MapStage(symbol, body(self.env[value])))
+                self.written.add(symbol)
+
+
+# --- epilogue folding -------------------------------------------------------------------
+def stage_accesses(stage: Stage) -> list[Access]:
+    """Every read of a stage, bodies and epilogues included."""
+    out: list[Access] = []
+    for field in attrs.fields(type(stage)):
+        value = getattr(stage, field.name)
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if isinstance(item, Access):
+                out.append(item)
+            elif isinstance(item, Body):
+                out.extend(item.reads)
+    return out
+
+
+def stage_buffers(stage: Stage) -> set[str]:
+    return {a.buffer for a in stage_accesses(stage)} | {stage.out}
+
+
+def fold_epilogues(stages: list[Stage], buffers: dict[str, Buffer]) -> list[Stage]:
+    """Fold a map stage into the gemm/reduce/conv/pool stage whose temporary it alone reads."""
+    stages = list(stages)
+    for i, stage in enumerate(stages):
+        if stage is None or getattr(stage, "epilogue", False) is not None or buffers[stage.out].role != "temp":
+            continue
+        readers = [j for j, s in enumerate(stages) if s is not None and stage.out in {a.buffer for a in stage_accesses(s)}]
+        if len(readers) != 1 or not isinstance(stages[readers[0]], MapStage):
+            continue
+        user = stages[readers[0]]
+        temp = buffers[stage.out]
+        whole = Access(temp.name, 0, contiguous(temp.shape))
+        reads_temp = [r for r in user.body.reads if r.buffer == temp.name]
+        if buffers[user.out].shape != temp.shape or any(r != whole for r in reads_temp):
+            continue
+        stages[readers[0]] = attrs.evolve(stage, out=user.out, epilogue=_with_acc(user.body, whole))
+        stages[i] = None
+    return [s for s in stages if s is not None]
+
+
+def _with_acc(b: Body, acc: Access) -> Body:
+    """`b` with its reads of `acc` turned into `acc` nodes."""
+    reads = [r for r in b.reads if r != acc]
+    number = {i: reads.index(r) for i, r in enumerate(b.reads) if r != acc}
+    nodes = []
+    for node in b.nodes:
+        if node.op == "arg":
+            node = Node("acc", node.dtype) if b.reads[node.value] == acc else attrs.evolve(node, value=number[node.value])
+        nodes.append(node)
+    return Body(tuple(reads), b.indices, tuple(nodes))
+
