@@ -1,0 +1,145 @@
+"""`--verify-semantics`: run the reference interpreter around every pass and compare.
+
+Inputs are random but seeded: integers that feed an index operand (a gather's
+rows, cross-entropy labels; see `OpDef.index_bounds`) are drawn below that
+bound — other integers below the smallest bound in the graph — floats from a
+small normal distribution, bools fair. Params come from their initializers.
+The first pass whose outputs or param updates differ from the previous ones by
+more than the dtype's tolerance is named, with the largest differences.
+"""
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+from compiler.passes.manager import Instrumentation, PassRecord
+from ir.dtypes import DType
+from ir.errors import ExecutionError, PassError
+from ir.graph import Graph, Value
+from ir.interpreter import initial_params, interpret
+from ir.ops import FusionKind, lookup
+
+#: (relative, absolute) tolerance per float dtype
+TOLERANCES = {DType.f32: (1e-4, 1e-5), DType.f16: (2e-3, 1e-3), DType.bf16: (2e-2, 1e-2)}
+FLOAT_STD = 0.5
+DEFAULT_INDEX_BOUND = 8
+
+
+def index_bounds(graph: Graph) -> dict[Value, int]:
+    """For each value used as indices, the smallest exclusive bound over its uses.
+
+    Bounds flow back through single-operand injective ops (reshape, transpose,
+    slice, ...), which move values without changing them.
+    """
+    bounds: dict[Value, int] = {}
+    for op in reversed(list(graph.walk())):
+        opdef = lookup(op.name)
+        for i, bound in opdef.index_bounds(op).items():
+            _lower(bounds, op.operands[i], bound)
+        moves = opdef.kind in (FusionKind.injective, FusionKind.broadcast) and opdef.scalar is None
+        if moves and len(op.operands) == 1 and op.results[0] in bounds:
+            _lower(bounds, op.operands[0], bounds[op.results[0]])
+    return bounds
+
+
+def _lower(bounds: dict[Value, int], value: Value, bound: int) -> None:
+    bounds[value] = min(bound, bounds.get(value, bound))
+
+
+def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for every graph input, integers kept valid as indices."""
+    rng = np.random.default_rng(seed)
+    bounds = index_bounds(graph)
+    smallest = min(bounds.values(), default=DEFAULT_INDEX_BOUND)
+    inputs = {}
+    for value in graph.inputs:
+        dtype, shape = value.type.dtype, value.type.shape
+        if dtype.is_float:
+            array = rng.normal(0.0, FLOAT_STD, shape)
+        elif dtype.is_int:
+            array = rng.integers(0, max(bounds.get(value, smallest), 1), shape)
+        else:
+            array = rng.random(shape) < 0.5
+        inputs[value.name] = np.asarray(array).astype(dtype.np)
+    return inputs
+
+
+@attrs.frozen
+class Difference:
+    """How one result differs: its name, and the largest absolute and relative differences."""
+
+    name: str
+    abs_diff: float
+    rel_diff: float
+    note: str = ""
+
+    def __str__(self) -> str:
+        if self.note:
+            return f"{self.name}: {self.note}"
+        return f"{self.name}: max abs diff {self.abs_diff:.3g}, max rel diff {self.rel_diff:.3g}"
+
+
+def compare(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> Difference | None:
+    """The first result of `actual` that is missing from or differs from `expected`."""
+    for name, want in expected.items():
+        got = actual.get(name)
+        if got is None:
+            return Difference(name, np.inf, np.inf, "no longer computed")
+        if got.shape != want.shape or got.dtype != want.dtype:
+            return Difference(name, np.inf, np.inf, f"was {want.dtype}{list(want.shape)}, "
+                                                    f"now {got.dtype}{list(got.shape)}")
+        difference = _difference(name, want, got)
+        if difference is not None:
+            return difference
+    return None
+
+
+def _difference(name: str, want: np.ndarray, got: np.ndarray) -> Difference | None:
+    dtype = DType.of(want)
+    a, b = want.astype(np.float64), got.astype(np.float64)
+    rtol, atol = TOLERANCES.get(dtype, (0.0, 0.0))
+    same_nan = np.isnan(a) == np.isnan(b)
+    close = np.isclose(b, a, rtol=rtol, atol=atol, equal_nan=True) & same_nan
+    if close.all():
+        return None
+    with np.errstate(all="ignore"):
+        abs_diff = np.where(close, 0.0, np.abs(a - b))
+        rel_diff = np.where(close, 0.0, abs_diff / np.maximum(np.abs(a), np.finfo(np.float64).tiny))
+    return Difference(name, float(np.nan_to_num(abs_diff, nan=np.inf).max()),
+                      float(np.nan_to_num(rel_diff, nan=np.inf).max()))
+
+
+def _results(graph: Graph, inputs: dict, params: dict) -> dict[str, np.ndarray]:
+    result = interpret(graph, inputs, params)
+    return {**{f"output {k}": v for k, v in result.outputs.items()},
+            **{f"update @{k}": v for k, v in result.updates.items()}}
+
+
+class VerifySemantics(Instrumentation):
+    """Interpret the graph after every pass; PassError naming the first pass that changes a result."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.inputs: dict[str, np.ndarray] = {}
+        self.params: dict[str, np.ndarray] = {}
+        self.expected: dict[str, np.ndarray] = {}
+
+    def before_pipeline(self, graph: Graph) -> None:
+        self.inputs = random_inputs(graph, self.seed)
+        self.params = initial_params(graph, self.seed)
+        try:
+            self.expected = _results(graph, self.inputs, self.params)
+        except ExecutionError as err:
+            raise PassError(f"--verify-semantics cannot run the input graph on random inputs: "
+                            f"{err.message}") from None
+
+    def after_pass(self, record: PassRecord, graph: Graph) -> None:
+        try:
+            actual = _results(graph, self.inputs, self.params)
+        except ExecutionError as err:
+            raise PassError(f"pass '{record.label}' broke the program: {err.message}") from None
+        difference = compare(self.expected, actual)
+        if difference is not None:
+            raise PassError(f"pass '{record.label}' changed the program's results "
+                            f"(seed {self.seed}): {difference}")
+        self.expected = actual

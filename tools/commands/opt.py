@@ -1,0 +1,72 @@
+"""`rduflow opt`: read IR text, run a pass pipeline, write IR text (or DOT), like `mlir-opt`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ir.errors import IRError, RduflowError
+from ir.parser import parse_with_positions
+from ir.printer import print_graph
+from ir.verifier import verify
+from tools import cli
+from tools.dot import graph_to_dot
+from tools.pass_options import add_pass_options, pass_manager_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "opt", help="run a pass pipeline on an IR file and print the result",
+        description="Read IR text (FILE, or - for stdin), verify it, run the pass pipeline and write "
+                    "the resulting IR to stdout or -o. With no pipeline the IR is only verified and "
+                    "re-printed. IR dumps, timing and statistics go to stderr.")
+    parser.add_argument("file", metavar="FILE.ir", help="IR text file, or - for stdin")
+    parser.add_argument("-o", "--output", type=Path, metavar="OUT", help="write here instead of stdout")
+    parser.add_argument("--emit", choices=("ir", "dot"), default="ir",
+                        help="ir: the IR text form (default); dot: a Graphviz view with fused regions "
+                             "as clusters and phases as colors")
+    parser.add_argument("--no-locs", dest="locs", action="store_false", help="print the IR without locations")
+    add_pass_options(parser, pipeline_flags=("-p", "--passes"), default_level=None)
+    cli.add_debug_flag(parser)
+    parser.set_defaults(func=main)
+
+
+def _read(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        return Path(name).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise IRError(f"cannot read '{name}': {getattr(err, 'strerror', None) or err}") from None
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder, then rename it."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise RduflowError(f"cannot write '{path}': {err.strerror}") from None
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(args: argparse.Namespace) -> int:
+    pm = pass_manager_from_args(args)
+    filename = "<stdin>" if args.file == "-" else args.file
+    graph, positions = parse_with_positions(_read(args.file), filename)
+    verify(graph, positions)
+    graph = pm.run(graph)
+    text = graph_to_dot(graph) if args.emit == "dot" else print_graph(graph, with_locs=args.locs)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        write_atomically(args.output, text)
+    return 0
