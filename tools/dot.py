@@ -55,20 +55,21 @@ class _Dot:
     def edge(self, value: Value, node: str) -> None:
         self.lines.append(f"  {_quote(self.source[value])} -> {_quote(node)};")
 
-    def ops(self, ops: list[Op], indent: str) -> None:
+    def ops(self, ops: list[Op], indent: str, phase: Phase | None = None) -> None:
+        """Nodes for `ops`; ops of a region take the phase of their fused op."""
         for op in ops:
             names = [self.namer.define(v) for v in op.results]
             if op.region is None:
-                self.op_node(op, names, indent)
+                self.op_node(op, names, indent, op.phase or phase)
             else:
                 self.cluster(op, names, indent)
 
-    def op_node(self, op: Op, names: list[str], indent: str) -> None:
+    def op_node(self, op: Op, names: list[str], indent: str, phase: Phase | None) -> None:
         self.nodes += 1
         node = f"op{self.nodes}"
         types = ", ".join(str(v.type) for v in op.results)
         label = f"{', '.join(names)} = {op.name}\n{types}"
-        color = PHASE_COLORS[op.phase]
+        color = PHASE_COLORS[phase]
         self.lines.append(f"{indent}{_quote(node)} [label={_quote(label)}, fillcolor={_quote(color)}];")
         for operand in op.operands:
             self.edge(operand, node)
@@ -85,7 +86,7 @@ class _Dot:
         for arg, operand in zip(region.args, op.operands):
             self.namer.define(arg)
             self.source[arg] = self.source[operand]
-        self.ops(region.ops, indent + "  ")
+        self.ops(region.ops, indent + "  ", op.phase)
         self.lines.append(f"{indent}}}")
         for result, inner in zip(op.results, region.results):
             self.source[result] = self.source[inner]

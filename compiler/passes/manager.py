@@ -139,7 +139,7 @@ class PassManager:
         try:
             verify(graph)
         except VerifyError as err:
-            when = f"after pass '{record.label}'" if record else "given to the pass pipeline"
+            when = f"after pass {record.label}" if record else "given to the pass pipeline"
             raise PassError(f"the IR {when} is invalid: {err.message}", err.location) from None
 
     def _write_reproducer(self, record: PassRecord, err: Exception, original: str, ran: list[Pass]) -> None:
@@ -147,10 +147,10 @@ class PassManager:
         path = self.crash_dir / f"rduflow-crash-{name}.ir"
         command = shlex.join(["rduflow", "opt", str(path), "-p", format_pipeline(ran), *self.replay_args])
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        header = (f"// rduflow crash reproducer: pass '{record.label}' raised {reason}\n"
+        header = (f"// rduflow crash reproducer: pass {record.label} raised {reason}\n"
                   f"// replay: {command}\n")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + original)
         stream = self.stream or sys.stderr
-        print(f"error: pass '{record.label}' crashed ({reason})\n"
+        print(f"error: pass {record.label} crashed ({reason})\n"
               f"reproducer written to {path}; replay it with:\n  {command}", file=stream)

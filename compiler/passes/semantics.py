@@ -137,9 +137,9 @@ class VerifySemantics(Instrumentation):
         try:
             actual = _results(graph, self.inputs, self.params)
         except ExecutionError as err:
-            raise PassError(f"pass '{record.label}' broke the program: {err.message}") from None
+            raise PassError(f"pass {record.label} broke the program: {err.message}") from None
         difference = compare(self.expected, actual)
         if difference is not None:
-            raise PassError(f"pass '{record.label}' changed the program's results "
+            raise PassError(f"pass {record.label} changed the program's results "
                             f"(seed {self.seed}): {difference}")
         self.expected = actual
