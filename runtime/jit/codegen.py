@@ -1,0 +1,202 @@
+"""LLVM IR building blocks shared by every kernel: types, element access, loops, functions.
+
+Every exported kernel function has the ABI `i32 name(i8** args, i64 lo, i64 hi)`:
+`args` holds the base pointers of the kernel's buffers, `[lo, hi)` is the share of
+the parallel axis to run (the executor splits it across threads), and the result is
+0 on success or an error code (see `ERRORS`). The body is emitted into an internal
+function taking each buffer as a `noalias` pointer, inlined into the wrapper.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence
+
+import llvmlite.ir as ir
+
+from ir.dtypes import DType
+
+I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
+F16, F32 = ir.HalfType(), ir.FloatType()
+VOIDP = I8.as_pointer()
+
+#: error codes a kernel returns
+ERRORS = {1: "index out of range"}
+INDEX_ERROR = 1
+
+_STORAGE = {DType.f32: F32, DType.f16: F16, DType.bf16: I16, DType.i32: I32,
+            DType.i64: I64, DType.bool: I8}
+_COMPUTE = {DType.f32: F32, DType.f16: F32, DType.bf16: F32, DType.i32: I32,
+            DType.i64: I64, DType.bool: I1}
+
+
+def storage_type(dtype: DType) -> ir.Type:
+    """How an element of `dtype` sits in memory."""
+    return _STORAGE[dtype]
+
+
+def compute_type(dtype: DType) -> ir.Type:
+    """How an element of `dtype` is held in registers (f16/bf16 widen to f32)."""
+    return _COMPUTE[dtype]
+
+
+def constant(dtype: DType, value) -> ir.Constant:
+    if dtype.is_float:
+        return ir.Constant(F32, float(value))
+    return ir.Constant(compute_type(dtype), int(value))
+
+
+def i64(value: int) -> ir.Constant:
+    return ir.Constant(I64, int(value))
+
+
+def round_to(b: ir.IRBuilder, value: ir.Value, dtype: DType) -> ir.Value:
+    """An f32 value rounded to the precision of a narrower float dtype (kept as f32)."""
+    if dtype == DType.f16:
+        return b.fpext(b.fptrunc(value, F16), F32)
+    if dtype == DType.bf16:
+        return b.bitcast(b.shl(b.zext(_bf16_bits(b, value), I32), ir.Constant(I32, 16)), F32)
+    return value
+
+
+def _bf16_bits(b: ir.IRBuilder, value: ir.Value) -> ir.Value:
+    """Round-to-nearest-even f32 -> bf16 bits (NaN stays NaN)."""
+    bits = b.bitcast(value, I32)
+    lsb = b.and_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 1))
+    rounded = b.lshr(b.add(bits, b.add(lsb, ir.Constant(I32, 0x7FFF))), ir.Constant(I32, 16))
+    is_nan = b.fcmp_unordered("uno", value, value)
+    return b.trunc(b.select(is_nan, ir.Constant(I32, 0x7FC0), rounded), I16)
+
+
+def to_compute(b: ir.IRBuilder, stored: ir.Value, dtype: DType) -> ir.Value:
+    if dtype == DType.f16:
+        return b.fpext(stored, F32)
+    if dtype == DType.bf16:
+        return b.bitcast(b.shl(b.zext(stored, I32), ir.Constant(I32, 16)), F32)
+    if dtype == DType.bool:
+        return b.icmp_unsigned("!=", stored, ir.Constant(I8, 0))
+    return stored
+
+
+def to_storage(b: ir.IRBuilder, value: ir.Value, dtype: DType) -> ir.Value:
+    if dtype == DType.f16:
+        return b.fptrunc(value, F16)
+    if dtype == DType.bf16:
+        return _bf16_bits(b, value)
+    if dtype == DType.bool:
+        return b.zext(value, I8)
+    return value
+
+
+def element_ptr(b: ir.IRBuilder, base: ir.Value, index: ir.Value) -> ir.Value:
+    return b.gep(base, [index], inbounds=True)
+
+
+def load(b: ir.IRBuilder, base: ir.Value, index: ir.Value, dtype: DType) -> ir.Value:
+    """Element `index` of a typed buffer pointer, in its compute type."""
+    return to_compute(b, b.load(element_ptr(b, base, index)), dtype)
+
+
+def store(b: ir.IRBuilder, value: ir.Value, base: ir.Value, index: ir.Value, dtype: DType) -> None:
+    b.store(to_storage(b, value, dtype), element_ptr(b, base, index))
+
+
+@contextlib.contextmanager
+def loop(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int = 1,
+         name: str = "i") -> Iterator[ir.Value]:
+    """`for (i = start; i < stop; i += step)` on i64; yields `i`."""
+    start = i64(start) if isinstance(start, int) else start
+    stop = i64(stop) if isinstance(stop, int) else stop
+    pre = b.block
+    head = b.append_basic_block(f"{name}.head")
+    body = b.append_basic_block(f"{name}.body")
+    done = b.append_basic_block(f"{name}.done")
+    b.branch(head)
+    b.position_at_end(head)
+    index = b.phi(I64, name=name)
+    index.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", index, stop), body, done)
+    b.position_at_end(body)
+    yield index
+    index.add_incoming(b.add(index, i64(step), flags=["nsw"]), b.block)
+    b.branch(head)
+    b.position_at_end(done)
+
+
+def imin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def imax(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def unravel(b: ir.IRBuilder, flat: ir.Value, shape: Sequence[int]) -> list[ir.Value]:
+    """Row-major multi-index of a flat i64 index over `shape`."""
+    indices = []
+    for dim in reversed(shape):
+        indices.append(b.urem(flat, i64(dim)))
+        flat = b.udiv(flat, i64(dim))
+    return indices[::-1]
+
+
+def affine(b: ir.IRBuilder, offset: int, terms: Sequence[tuple[ir.Value, int]]) -> ir.Value:
+    """offset + sum(index * coefficient), skipping zero coefficients."""
+    total: ir.Value = i64(offset)
+    for index, coeff in terms:
+        if coeff == 1:
+            total = b.add(total, index)
+        elif coeff:
+            total = b.add(total, b.mul(index, i64(coeff)))
+    return total
+
+
+Body = Callable[[ir.IRBuilder, list[ir.Value], ir.Value, ir.Value], ir.Value | None]
+
+
+def kernel_function(module: ir.Module, name: str, arg_types: Sequence[ir.Type],
+                    body: Body, noalias: Sequence[bool] | None = None) -> ir.Function:
+    """Emit an exported kernel `name` whose body sees typed `noalias` buffer pointers.
+
+    `body(b, ptrs, lo, hi)` fills in the inner function; it may return an i32 status
+    (0 = ok) or None.
+    """
+    ptr_types = [t.as_pointer() for t in arg_types]
+    inner_ty = ir.FunctionType(I32, [*ptr_types, I64, I64])
+    inner = ir.Function(module, inner_ty, f"{name}.body")
+    inner.linkage = "internal"
+    inner.attributes.add("alwaysinline")
+    inner.attributes.add("nounwind")
+    for i, arg in enumerate(inner.args[:len(ptr_types)]):
+        if noalias is None or noalias[i]:
+            arg.add_attribute("noalias")
+    b = ir.IRBuilder(inner.append_basic_block("entry"))
+    status = body(b, list(inner.args[:-2]), inner.args[-2], inner.args[-1])
+    b.ret(status if status is not None else ir.Constant(I32, 0))
+
+    outer = ir.Function(module, ir.FunctionType(I32, [VOIDP.as_pointer(), I64, I64]), name)
+    outer.attributes.add("nounwind")
+    args, lo, hi = outer.args
+    args.add_attribute("noalias")
+    b = ir.IRBuilder(outer.append_basic_block("entry"))
+    ptrs = [b.bitcast(b.load(b.gep(args, [i64(i)], inbounds=True)), pt) for i, pt in enumerate(ptr_types)]
+    b.ret(b.call(inner, [*ptrs, lo, hi]))
+    return outer
+
+
+def internal_function(module: ir.Module, name: str, ret: ir.Type, params: Sequence[ir.Type]) -> tuple[ir.Function, bool]:
+    """An internal always-inline helper: (function, True if it still needs a body)."""
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing, False
+    fn = ir.Function(module, ir.FunctionType(ret, list(params)), name)
+    fn.linkage = "internal"
+    fn.attributes.add("alwaysinline")
+    fn.attributes.add("nounwind")
+    return fn, True
+
+
+def intrinsic(b: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
+    """Call an overloaded LLVM intrinsic on values of one type (e.g. `llvm.sqrt`)."""
+    ty = args[0].type
+    fn = b.module.declare_intrinsic(name, [ty], ir.FunctionType(ty, [a.type for a in args]))
+    return b.call(fn, list(args))

@@ -1,0 +1,106 @@
+"""`conv2d` stages as a gemm over an implicit im2col matrix.
+
+For image n and group g: out[n, g, o, (oh, ow)] = sum over (c, kh, kw) of
+w[g, o, (c, kh, kw)] * x[n, g*Cg + c, oh*s0 + kh*d0 - p0, ow*s1 + kw*d1 - p1].
+The gemm's packing loops read both matrices through `Decomposed` operands (a row
+or column index split into digits with a stride each, plus padding bounds), so no
+im2col buffer is ever written.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+import llvmlite.ir as ir
+
+from backend import kernel_program as kp
+from runtime.jit import codegen as cg
+from runtime.jit.codegen import F32, i64
+from runtime.jit.gemm import Gemm, emit_gemm
+from runtime.jit.layout import Access
+from runtime.jit.module import KernelModule
+
+
+@attrs.frozen
+class Bound:
+    """0 <= sum(row digit * row_coeffs) + sum(col digit * col_coeffs) + offset < limit."""
+
+    row_coeffs: tuple[int, ...]
+    col_coeffs: tuple[int, ...]
+    offset: int
+    limit: int
+
+
+@attrs.frozen
+class Decomposed:
+    """A matrix whose row and column indices split into digits (mixed radix), each strided."""
+
+    access: Access  # strides: batch strides only
+    rows: tuple[tuple[int, int], ...]  # (extent, stride) per digit, most significant first
+    cols: tuple[tuple[int, int], ...]
+    bounds: tuple[Bound, ...] = ()
+
+    def batch_strides(self) -> tuple[int, ...]:
+        return self.access.strides
+
+    def with_batch_strides(self, strides: Sequence[int]) -> Decomposed:
+        return attrs.evolve(self, access=self.access.with_strides(strides))
+
+    def base(self, b, batch):
+        return cg.affine(b, self.access.offset, list(zip(batch, self.access.strides)))
+
+    def load(self, b, ptrs, base, row, col):
+        row_digits = cg.unravel(b, row, [e for e, _ in self.rows])
+        col_digits = cg.unravel(b, col, [e for e, _ in self.cols])
+        index = b.add(base, cg.affine(b, 0, [*zip(row_digits, (s for _, s in self.rows)),
+                                             *zip(col_digits, (s for _, s in self.cols))]))
+        inside = ir.Constant(cg.I1, 1)
+        for bound in self.bounds:
+            pos = cg.affine(b, bound.offset, [*zip(row_digits, bound.row_coeffs), *zip(col_digits, bound.col_coeffs)])
+            ok = b.and_(b.icmp_signed(">=", pos, i64(0)), b.icmp_signed("<", pos, i64(bound.limit)))
+            inside = b.and_(inside, ok)
+        if not self.bounds:
+            return cg.load(b, ptrs[self.access.arg], index, self.access.dtype)
+        value = cg.load(b, ptrs[self.access.arg], b.select(inside, index, base), self.access.dtype)
+        return b.select(inside, value, ir.Constant(F32, 0.0))
+
+
+def conv_gemm(stage: kp.Conv2dStage, x: Access, w: Access, out: Access) -> Gemm:
+    """The conv as a gemm batched over (n, g); the epilogue is bound separately."""
+    n, c, h, wd = stage.x_shape
+    o, cg_, kh, kw = stage.w_shape
+    g = stage.groups
+    og = o // g
+    (s0, s1), (p0, p1), (d0, d1) = stage.stride, stage.padding, stage.dilation
+    oh = (h + 2 * p0 - d0 * (kh - 1) - 1) // s0 + 1
+    ow = (wd + 2 * p1 - d1 * (kw - 1) - 1) // s1 + 1
+    xs, ws = x.strides, w.strides
+    weights = Decomposed(w.with_strides((0, og * ws[0])), ((og, ws[0]),),
+                         ((cg_, ws[1]), (kh, ws[2]), (kw, ws[3])))
+    image = Decomposed(
+        attrs.evolve(x, offset=x.offset - p0 * xs[2] - p1 * xs[3], strides=(xs[0], cg_ * xs[1])),
+        ((cg_, xs[1]), (kh, d0 * xs[2]), (kw, d1 * xs[3])), ((oh, s0 * xs[2]), (ow, s1 * xs[3])),
+        (Bound((0, d0, 0), (s0, 0), -p0, h), Bound((0, 0, d1), (0, s1), -p1, wd)))
+    out = out.with_strides((o * oh * ow, og * oh * ow, oh * ow, 1))
+    return Gemm((n, g), og, oh * ow, cg_ * kh * kw, weights, image, out)
+
+
+def _epilogue_strides(strides: Sequence[int], o: int, og: int, oh: int, ow: int) -> tuple[int, ...]:
+    """Strides over (N, O, OH, OW) as strides over the gemm's (n, g, o, oh*ow)."""
+    sn, so, sh, sw = strides
+    if sh != ow * sw and oh > 1 and ow > 1:
+        raise NotImplementedError("a conv epilogue read whose spatial axes do not merge")
+    return (sn, og * so, so, sw if ow > 1 else sh)
+
+
+def lower_conv2d(km: KernelModule, name: str, stage: kp.Conv2dStage) -> int:
+    """Emit the stage as function `name`; returns its parallel extent."""
+    x, w = km.access(stage.x), km.access(stage.w)
+    # an image offset may go negative with padding; every padded read is masked off
+    gemm = conv_gemm(stage, x, w, km.whole(stage.out))
+    if stage.epilogue is not None:
+        n, o, oh, ow = km.buffer(stage.out).shape
+        epilogue = km.expression(stage.epilogue).map_strides(
+            lambda s: _epilogue_strides(s, o, o // stage.groups, oh, ow))
+        gemm = attrs.evolve(gemm, epilogue=epilogue)
+    return emit_gemm(km, name, gemm)

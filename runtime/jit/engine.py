@@ -1,0 +1,104 @@
+"""The native-code layer: the host target machine, the O3 pipeline, object code, loading.
+
+Kernels are built as LLVM IR text, optimized with llvmlite's new pass manager at O3
+(loop and SLP vectorization on) for the host CPU's name and features, emitted as
+object code (what the disk cache stores), and loaded into one MCJIT engine per
+`NativeLibrary`.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+
+import llvmlite
+import llvmlite.binding as llvm
+
+#: bumped whenever generated code changes meaning, so stale cache entries are ignored
+CODEGEN_VERSION = "1"
+
+_lock = threading.Lock()
+
+
+@functools.cache
+def target_machine() -> llvm.TargetMachine:
+    """The host CPU's target machine at O3 (shared; never handed to an engine)."""
+    return new_target_machine()
+
+
+def new_target_machine() -> llvm.TargetMachine:
+    """A fresh host target machine (an execution engine takes ownership of its own)."""
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
+                                        features=llvm.get_host_cpu_features().flatten(),
+                                        opt=3, codemodel="jitdefault")
+
+
+@functools.cache
+def host_signature() -> str:
+    """What native code depends on besides the kernel: CPU, features, llvmlite, codegen."""
+    return "|".join((llvm.get_process_triple(), llvm.get_host_cpu_name(),
+                     llvm.get_host_cpu_features().flatten(), llvmlite.__version__,
+                     CODEGEN_VERSION))
+
+
+def optimize(module: llvm.ModuleRef) -> None:
+    """Run the O3 module pipeline with loop and SLP vectorization."""
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = False
+    pb = llvm.create_pass_builder(target_machine(), pto)
+    pb.getModulePassManager().run(module, pb)
+
+
+def compile_ir(text: str) -> bytes:
+    """LLVM IR text to optimized host object code."""
+    tm = target_machine()
+    with _lock:  # LLVM's global context is not thread-safe
+        module = llvm.parse_assembly(text)
+        module.triple = tm.triple
+        module.data_layout = str(tm.target_data)
+        module.verify()
+        optimize(module)
+        return tm.emit_object(module)
+
+
+def assembly(text: str) -> str:
+    """The optimized host assembly of LLVM IR text (for inspection and tests)."""
+    tm = target_machine()
+    with _lock:
+        module = llvm.parse_assembly(text)
+        module.triple = tm.triple
+        module.data_layout = str(tm.target_data)
+        optimize(module)
+        return tm.emit_assembly(module)
+
+
+class NativeLibrary:
+    """One MCJIT engine; object files are added to it and functions looked up by name."""
+
+    def __init__(self) -> None:
+        tm = new_target_machine()
+        with _lock:
+            empty = llvm.parse_assembly("")
+            empty.triple = tm.triple
+            self._engine = llvm.create_mcjit_compiler(empty, tm)
+        self._pending = False
+
+    def add_object(self, data: bytes) -> None:
+        with _lock:
+            self._engine.add_object_file(llvm.ObjectFileRef.from_data(data))
+        self._pending = True
+
+    def address(self, name: str) -> int:
+        """The native address of a loaded function."""
+        with _lock:
+            if self._pending:
+                self._engine.finalize_object()
+                self._pending = False
+            address = self._engine.get_function_address(name)
+        if not address:
+            raise KeyError(f"no native function '{name}'")
+        return address

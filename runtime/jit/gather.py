@@ -1,0 +1,95 @@
+"""`gather` (take along an axis) and `scatter_add` (its gradient) stages.
+
+An index outside the table makes the kernel return `INDEX_ERROR` (the read is
+clamped so memory stays safe); the executor turns that into an ExecutionError.
+"""
+from __future__ import annotations
+
+import math
+
+import llvmlite.ir as ir
+
+from backend import kernel_program as kp
+from runtime.jit import codegen as cg
+from runtime.jit.codegen import I32, i64
+from runtime.jit.map import nest
+from runtime.jit.module import KernelModule
+
+
+def _checked_index(b: ir.IRBuilder, raw: ir.Value, extent: int, status) -> ir.Value:
+    """The index as i64, clamped into [0, extent); records INDEX_ERROR in `status` if it was not."""
+    index = b.sext(raw, cg.I64) if raw.type.width < 64 else raw
+    bad = b.or_(b.icmp_signed("<", index, i64(0)), b.icmp_signed(">=", index, i64(extent)))
+    b.store(b.select(bad, ir.Constant(I32, cg.INDEX_ERROR), b.load(status)), status)
+    return b.select(bad, i64(0), index)
+
+
+def lower_gather(km: KernelModule, name: str, stage: kp.GatherStage) -> int:
+    """out[o..., i..., r...] = table[o..., indices[i...], r...]; parallel over out axis 0."""
+    table, indices, out = km.access(stage.table), km.access(stage.indices), km.whole(stage.out)
+    axis, ishape = stage.axis, tuple(stage.indices_shape)
+    out_shape = tuple(km.buffer(stage.out).shape)
+    nidx = len(ishape)
+    if not out_shape:
+        out_shape = (1,)
+
+    def body(b: ir.IRBuilder, ptrs, lo, hi):
+        with b.goto_entry_block():
+            status = b.alloca(I32)
+        b.store(ir.Constant(I32, 0), status)
+
+        def element(idx):
+            idx = idx[:len(km.buffer(stage.out).shape)]
+            position = indices.load(b, ptrs, idx[axis:axis + nidx])
+            row = _checked_index(b, position, stage.table_shape[axis], status)
+            out.store(b, table.load(b, ptrs, [*idx[:axis], row, *idx[axis + nidx:]]), ptrs, idx)
+
+        nest(b, out_shape, lo, hi, element)
+        return b.load(status)
+
+    km.function(name, body)
+    return out_shape[0]
+
+
+def lower_scatter_add(km: KernelModule, name: str, stage: kp.ScatterAddStage) -> int:
+    """out = zeros; out[o..., indices[i...], r...] += updates[o..., i..., r...].
+
+    Work splits over the leading table axes (or, for axis 0, the trailing ones), so
+    no two threads add into the same element.
+    """
+    updates, indices, out = km.access(stage.updates), km.access(stage.indices), km.whole(stage.out)
+    axis, ishape = stage.axis, tuple(stage.indices_shape)
+    shape = tuple(km.buffer(stage.out).shape)
+    outer, inner = shape[:axis], shape[axis + 1:]
+    split_outer = math.prod(outer) > 1 or not inner
+    extent = math.prod(outer) if split_outer else math.prod(inner)
+
+    def body(b: ir.IRBuilder, ptrs, lo, hi):
+        with b.goto_entry_block():
+            status = b.alloca(I32)
+        b.store(ir.Constant(I32, 0), status)
+        outer_range = (lo, hi) if split_outer else (i64(0), i64(math.prod(outer)))
+        inner_range = (i64(0), i64(math.prod(inner))) if split_outer else (lo, hi)
+        for phase in ("zero", "add"):
+            with cg.loop(b, *outer_range, name=f"o{phase}") as o:
+                o_idx = cg.unravel(b, o, outer)
+                if phase == "zero":
+                    with cg.loop(b, 0, shape[axis], name="za") as a:
+                        with cg.loop(b, *inner_range, name="zr") as r:
+                            idx = [*o_idx, a, *cg.unravel(b, r, inner)]
+                            out.store(b, cg.constant(out.dtype, 0), ptrs, idx)
+                    continue
+                with cg.loop(b, 0, math.prod(ishape), name="j") as j:
+                    j_idx = cg.unravel(b, j, ishape)
+                    row = _checked_index(b, indices.load(b, ptrs, j_idx), shape[axis], status)
+                    with cg.loop(b, *inner_range, name="r") as r:
+                        r_idx = cg.unravel(b, r, inner)
+                        target = [*o_idx, row, *r_idx]
+                        value = updates.load(b, ptrs, [*o_idx, *j_idx, *r_idx])
+                        current = out.load(b, ptrs, target)
+                        total = b.fadd(current, value) if out.dtype.is_float else b.add(current, value)
+                        out.store(b, cg.round_to(b, total, out.dtype) if out.dtype.is_float else total, ptrs, target)
+        return b.load(status)
+
+    km.function(name, body)
+    return max(extent, 1)

@@ -1,0 +1,325 @@
+"""`gemm` stages: batched C = epilogue(A @ B) with a register-tiled, cache-blocked kernel.
+
+The classic BLIS structure: for each column panel (NC) and depth block (KC), B is
+packed into NR-wide slivers; for each row block (MC), A is packed into MR-tall
+slivers; an MR x NR micro-kernel keeps its tile of C in 2*MR vector registers and
+runs over the whole depth block with FMAs. Partial sums over depth blocks accumulate
+in C; the last block applies the epilogue (bias, activation, residual) while storing.
+Operands are read through `MatrixOperand`s, so transposed, broadcast-batched and
+implicit (im2col) matrices pack the same way. Work splits across threads by column
+or row slivers of each batch entry.
+"""
+from __future__ import annotations
+
+import math
+from typing import Protocol, Sequence
+
+import attrs
+import llvmlite.ir as ir
+
+from backend import kernel_program as kp
+from ir.dtypes import DType
+from runtime.jit import codegen as cg
+from runtime.jit import expr as ex
+from runtime.jit.codegen import F32, I64, i64
+from runtime.jit.layout import Access, Expression, coalesce
+from runtime.jit.module import KernelModule
+
+MR, NR = 6, 16
+UNROLL = 4
+LANES = 8
+KC, MC, NC = 256, 96, 2048
+VEC = ir.VectorType(F32, LANES)
+
+
+class MatrixOperand(Protocol):
+    """A (batched) matrix the packing loops read element by element."""
+
+    def batch_strides(self) -> tuple[int, ...]: ...
+
+    def with_batch_strides(self, strides: Sequence[int]) -> MatrixOperand: ...
+
+    def base(self, b: ir.IRBuilder, batch: Sequence[ir.Value]) -> ir.Value: ...
+
+    def load(self, b: ir.IRBuilder, ptrs: Sequence[ir.Value], base: ir.Value,
+             row: ir.Value, col: ir.Value) -> ir.Value: ...
+
+
+@attrs.frozen
+class Strided:
+    """A matrix in memory: `access.strides` = batch strides + (row stride, column stride)."""
+
+    access: Access
+
+    def batch_strides(self) -> tuple[int, ...]:
+        return self.access.strides[:-2]
+
+    def with_batch_strides(self, strides: Sequence[int]) -> Strided:
+        return Strided(self.access.with_strides(tuple(strides) + self.access.strides[-2:]))
+
+    def base(self, b, batch):
+        return cg.affine(b, self.access.offset, list(zip(batch, self.access.strides)))
+
+    def load(self, b, ptrs, base, row, col):
+        rs, cs = self.access.strides[-2:]
+        index = b.add(base, cg.affine(b, 0, [(row, rs), (col, cs)]))
+        return cg.load(b, ptrs[self.access.arg], index, self.access.dtype)
+
+
+@attrs.frozen
+class Gemm:
+    """out[batch, m, n] = epilogue(sum_k a[batch, m, k] * b[batch, k, n]), summed in f32.
+
+    `epilogue` (None: the sum itself) is over batch + (m, n); its `acc` is the sum.
+    """
+
+    batch: tuple[int, ...]
+    m: int
+    n: int
+    k: int
+    a: MatrixOperand
+    b: MatrixOperand
+    out: Access
+    epilogue: Expression | None = None
+
+
+def simplify(stage: Gemm) -> Gemm:
+    """Coalesce the batch axes of every operand."""
+    rank = len(stage.batch)
+    epilogue_strides = stage.epilogue.strides if stage.epilogue is not None else []
+    groups = [stage.a.batch_strides(), stage.b.batch_strides(), stage.out.strides[:rank],
+              *(s[:rank] for s in epilogue_strides)]
+    batch, strides, _ = coalesce(stage.batch, groups)
+    a_s, b_s, out_s, *leaf_s = strides
+    epilogue = stage.epilogue
+    if epilogue is not None:
+        epilogue = epilogue.with_strides([s + old[rank:] for s, old in zip(leaf_s, epilogue_strides)])
+    return attrs.evolve(
+        stage, batch=batch, a=stage.a.with_batch_strides(a_s), b=stage.b.with_batch_strides(b_s),
+        out=stage.out.with_strides(out_s + stage.out.strides[rank:]), epilogue=epilogue)
+
+
+def split_rows(stage: Gemm) -> bool:
+    """Whether threads share the work by row slivers (else by column slivers)."""
+    return math.ceil(stage.m / MR) > math.ceil(stage.n / NR)
+
+
+def parallel_extent(stage: Gemm) -> int:
+    blocks = math.ceil(stage.m / MR) if split_rows(stage) else math.ceil(stage.n / NR)
+    return math.prod(stage.batch) * blocks
+
+
+def _libc(module: ir.Module, name: str, ret: ir.Type, params: list[ir.Type]) -> ir.Function:
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, params), name)
+
+
+class _Emitter:
+    """Emits one gemm stage's function body."""
+
+    def __init__(self, stage: Gemm, b: ir.IRBuilder, ptrs: list[ir.Value]):
+        self.s, self.b, self.ptrs = stage, b, ptrs
+        # partial sums live in C between depth blocks only when that is exact and safe
+        reads = stage.epilogue.reads if stage.epilogue is not None else ()
+        safe = stage.out.dtype == DType.f32 and all(r.arg != stage.out.arg for r in reads)
+        self.kc = max(min(KC, stage.k) if safe else stage.k, 1)
+        self.mc, self.nc = MC, NC
+
+    def run(self, lo: ir.Value, hi: ir.Value) -> None:
+        b, s = self.b, self.s
+        malloc = _libc(b.module, "aligned_alloc", cg.VOIDP, [I64, I64])
+        free = _libc(b.module, "free", ir.VoidType(), [cg.VOIDP])
+        a_bytes = 4 * self.mc * self.kc
+        b_bytes = 4 * self.kc * min(self.nc, math.ceil(s.n / NR) * NR)
+        self.apack = b.bitcast(b.call(malloc, [i64(64), i64(a_bytes)]), F32.as_pointer())
+        self.bpack = b.bitcast(b.call(malloc, [i64(64), i64(b_bytes)]), F32.as_pointer())
+        with b.goto_entry_block():
+            self.tile = b.alloca(F32, MR * NR, name="tile")
+        rows = split_rows(s)
+        unit, dim = (MR, s.m) if rows else (NR, s.n)
+        blocks = math.ceil(dim / unit)
+        first = b.udiv(lo, i64(blocks))
+        last = b.udiv(b.add(hi, i64(blocks - 1)), i64(blocks))
+        with cg.loop(b, first, last, name="batch") as bi:
+            start = b.mul(cg.imax(b, b.sub(lo, b.mul(bi, i64(blocks))), i64(0)), i64(unit))
+            stop = cg.imin(b, b.mul(cg.imin(b, b.sub(hi, b.mul(bi, i64(blocks))), i64(blocks)), i64(unit)), i64(dim))
+            batch = cg.unravel(b, bi, s.batch)
+            span = (start, stop, i64(0), i64(s.n)) if rows else (i64(0), i64(s.m), start, stop)
+            self.batch_gemm(batch, *span)
+        b.call(free, [b.bitcast(self.apack, cg.VOIDP)])
+        b.call(free, [b.bitcast(self.bpack, cg.VOIDP)])
+
+    def batch_gemm(self, batch, m0, m1, n0, n1) -> None:
+        b, s = self.b, self.s
+        self.batch = batch
+        self.a_base = s.a.base(b, batch)
+        self.b_base = s.b.base(b, batch)
+        if s.k == 0:
+            self.empty_sum(m0, m1, n0, n1)
+            return
+        with cg.loop(b, n0, n1, self.nc, name="jc") as jc:
+            nc = cg.imin(b, i64(self.nc), b.sub(n1, jc))
+            with cg.loop(b, 0, s.k, self.kc, name="pc") as pc:
+                kc = cg.imin(b, i64(self.kc), b.sub(i64(s.k), pc))
+                is_first = b.icmp_signed("==", pc, i64(0))
+                is_last = b.icmp_signed("==", b.add(pc, kc), i64(s.k))
+                self.pack_b(pc, kc, jc, nc)
+                with cg.loop(b, m0, m1, self.mc, name="ic") as ic:
+                    mc = cg.imin(b, i64(self.mc), b.sub(m1, ic))
+                    self.pack_a(ic, mc, pc, kc)
+                    with cg.loop(b, 0, nc, NR, name="jr") as jr:
+                        with cg.loop(b, 0, mc, MR, name="ir") as ir_:
+                            self.micro(b.gep(self.apack, [b.mul(ir_, kc)]), b.gep(self.bpack, [b.mul(jr, kc)]), kc)
+                            self.store_tile(b.add(ic, ir_), b.add(jc, jr), cg.imin(b, i64(MR), b.sub(mc, ir_)),
+                                            cg.imin(b, i64(NR), b.sub(nc, jr)), is_first, is_last)
+
+    def empty_sum(self, m0, m1, n0, n1) -> None:
+        """A contraction over nothing: every sum is zero."""
+        b = self.b
+        for i in range(MR * NR):
+            b.store(ir.Constant(F32, 0.0), b.gep(self.tile, [i64(i)]))
+        true = ir.Constant(cg.I1, 1)
+        with cg.loop(b, n0, n1, NR, name="zj") as j:
+            with cg.loop(b, m0, m1, MR, name="zi") as i:
+                self.store_tile(i, j, cg.imin(b, i64(MR), b.sub(m1, i)), cg.imin(b, i64(NR), b.sub(n1, j)), true, true)
+
+    def pack_b(self, pc, kc, jc, nc) -> None:
+        """bpack[jr*kc + p*NR + c] = B[pc+p, jc+jr+c] (zero past the last column)."""
+        b, s = self.b, self.s
+        with cg.loop(b, 0, nc, NR, name="pbj") as jr:
+            dst = b.gep(self.bpack, [b.mul(jr, kc)])
+            col0 = b.add(jc, jr)
+            load = lambda p, c: s.b.load(b, self.ptrs, self.b_base, b.add(pc, p), c)  # noqa: E731
+            self._pack(dst, kc, NR, col0, b.sub(nc, jr), s.n, load)
+
+    def pack_a(self, ic, mc, pc, kc) -> None:
+        """apack[ir*kc + p*MR + r] = A[ic+ir+r, pc+p] (zero past the last row)."""
+        b, s = self.b, self.s
+        with cg.loop(b, 0, mc, MR, name="pai") as ir_:
+            dst = b.gep(self.apack, [b.mul(ir_, kc)])
+            row0 = b.add(ic, ir_)
+            load = lambda p, r: s.a.load(b, self.ptrs, self.a_base, r, b.add(pc, p))  # noqa: E731
+            self._pack(dst, kc, MR, row0, b.sub(mc, ir_), s.m, load)
+
+    def _pack(self, dst, kc, width: int, first, remaining, limit: int, load) -> None:
+        """dst[p*width + w] = load(p, first + w) for p < kc, w < width; zero where w >= remaining.
+
+        Full slivers load without bounds; the edge sliver clamps its index and selects zero.
+        """
+        b = self.b
+        full = b.icmp_signed(">=", remaining, i64(width))
+        with b.if_else(full) as (then, otherwise):
+            with then:
+                with cg.loop(b, 0, kc, name="pk") as p:
+                    for w in range(width):
+                        value = load(p, b.add(first, i64(w)))
+                        b.store(value, b.gep(dst, [b.add(b.mul(p, i64(width)), i64(w))]))
+            with otherwise:
+                with cg.loop(b, 0, kc, name="pke") as p:
+                    for w in range(width):
+                        inside = b.icmp_signed("<", i64(w), remaining)
+                        index = cg.imin(b, b.add(first, i64(w)), i64(max(limit - 1, 0)))
+                        value = b.select(inside, load(p, index), ir.Constant(F32, 0.0))
+                        b.store(value, b.gep(dst, [b.add(b.mul(p, i64(width)), i64(w))]))
+
+    def micro(self, ap: ir.Value, bp: ir.Value, kc: ir.Value) -> None:
+        """tile = sum over p < kc of ap[p*MR + i] * bp[p*NR + j], in 2*MR vector registers."""
+        b = self.b
+        zero = ir.Constant(VEC, [0.0] * LANES)
+        main = b.mul(b.udiv(kc, i64(UNROLL)), i64(UNROLL))
+        accs = self._fma_loop(ap, bp, i64(0), main, UNROLL, [zero] * (2 * MR))
+        accs = self._fma_loop(ap, bp, main, kc, 1, accs)
+        for i, acc in enumerate(accs):
+            b.store(acc, b.bitcast(b.gep(self.tile, [i64(i * LANES)]), VEC.as_pointer()), align=4)
+
+    def _fma_loop(self, ap, bp, start, stop, unroll: int, init: list[ir.Value]) -> list[ir.Value]:
+        """Accumulators after depth steps [start, stop), `unroll` steps per iteration."""
+        b = self.b
+        fma = b.module.globals.get("llvm.fma.v8f32") or ir.Function(
+            b.module, ir.FunctionType(VEC, [VEC, VEC, VEC]), "llvm.fma.v8f32")
+        pre = b.block
+        head, body, done = (b.append_basic_block(f"mk.{n}") for n in ("head", "body", "done"))
+        b.branch(head)
+        b.position_at_end(head)
+        p = b.phi(I64)
+        p.add_incoming(start, pre)
+        accs = []
+        for value in init:
+            acc = b.phi(VEC)
+            acc.add_incoming(value, pre)
+            accs.append(acc)
+        b.cbranch(b.icmp_signed("<", p, stop), body, done)
+        b.position_at_end(body)
+        vptr = lambda off: b.bitcast(b.gep(bp, [off]), VEC.as_pointer())  # noqa: E731
+        shuffle_mask = ir.Constant(ir.VectorType(cg.I32, LANES), [0] * LANES)
+        updated = list(accs)
+        for u in range(unroll):
+            q = b.add(p, i64(u))
+            b0 = b.load(vptr(b.mul(q, i64(NR))), align=4)
+            b1 = b.load(vptr(b.add(b.mul(q, i64(NR)), i64(LANES))), align=4)
+            for i in range(MR):
+                a = b.load(b.gep(ap, [b.add(b.mul(q, i64(MR)), i64(i))]))
+                splat = b.shuffle_vector(b.insert_element(ir.Constant(VEC, ir.Undefined), a, i64(0)),
+                                         ir.Constant(VEC, ir.Undefined), shuffle_mask)
+                updated[2 * i] = b.call(fma, [splat, b0, updated[2 * i]])
+                updated[2 * i + 1] = b.call(fma, [splat, b1, updated[2 * i + 1]])
+        p.add_incoming(b.add(p, i64(unroll)), b.block)
+        for acc, new in zip(accs, updated):
+            acc.add_incoming(new, b.block)
+        b.branch(head)
+        b.position_at_end(done)
+        return accs
+
+    def store_tile(self, row0, col0, mr, nr, is_first, is_last) -> None:
+        """C[row0:, col0:] (+)= tile, applying the epilogue on the last depth block."""
+        b = self.b
+        full = b.and_(b.icmp_signed("==", mr, i64(MR)), b.icmp_signed("==", nr, i64(NR)))
+        with b.if_else(full) as (then, otherwise):
+            with then:
+                self._store_loops(row0, col0, i64(MR), i64(NR), is_first, is_last)
+            with otherwise:
+                self._store_loops(row0, col0, mr, nr, is_first, is_last)
+
+    def _store_loops(self, row0, col0, mr, nr, is_first, is_last) -> None:
+        b = self.b
+        with b.if_else(is_last) as (then, otherwise):
+            with then:
+                self._store(row0, col0, mr, nr, is_first, True)
+            with otherwise:
+                self._store(row0, col0, mr, nr, is_first, False)
+
+    def _store(self, row0, col0, mr, nr, is_first: ir.Value, last: bool) -> None:
+        b, s = self.b, self.s
+        out = s.out
+        with cg.loop(b, 0, mr, name="si") as i:
+            with cg.loop(b, 0, nr, name="sj") as j:
+                indices = [*self.batch, b.add(row0, i), b.add(col0, j)]
+                address = out.address(b, indices)
+                acc = b.load(b.gep(self.tile, [b.add(b.mul(i, i64(NR)), j)]))
+                if self.kc < s.k:
+                    previous = cg.load(b, self.ptrs[out.arg], address, out.dtype)
+                    acc = b.select(is_first, acc, b.fadd(acc, previous))
+                if last and s.epilogue is not None:
+                    acc = s.epilogue.emit(b, self.ptrs, indices, acc)
+                elif last:
+                    acc = ex.cast(b, acc, DType.f32, s.out.dtype)
+                cg.store(b, acc, self.ptrs[out.arg], address, out.dtype)
+
+
+def lower_gemm(km: KernelModule, name: str, stage: kp.GemmStage) -> int:
+    """Emit the stage as function `name`; returns its parallel extent."""
+    epilogue = km.expression(stage.epilogue) if stage.epilogue is not None else None
+    gemm = Gemm(tuple(stage.batch), stage.m, stage.n, stage.k, Strided(km.access(stage.a)),
+                Strided(km.access(stage.b)), km.whole(stage.out), epilogue)
+    return emit_gemm(km, name, gemm)
+
+
+def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
+    """Emit a gemm as function `name`; returns its parallel extent."""
+    stage = simplify(stage)
+
+    def body(b: ir.IRBuilder, ptrs, lo, hi):
+        _Emitter(stage, b, ptrs).run(lo, hi)
+
+    km.function(name, body)
+    return parallel_extent(stage)
+

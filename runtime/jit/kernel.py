@@ -1,0 +1,95 @@
+"""Kernel programs to native-code units: stage lowering, code keys.
+
+A kernel program lowers to one LLVM module with one exported function per stage.
+The generated code depends only on the program's shapes, dtypes, strides and
+bodies, not on buffer names or arena offsets (pointers are passed at run time), so
+its `code_key` ignores those: identical layers of a model share one native unit.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Callable
+
+import attrs
+import msgpack
+
+from backend import kernel_program as kp
+from backend.schema import encode
+from runtime.jit.concat import lower_concat, lower_literal
+from runtime.jit.conv import lower_conv2d
+from runtime.jit.engine import host_signature
+from runtime.jit.gather import lower_gather, lower_scatter_add
+from runtime.jit.gemm import lower_gemm
+from runtime.jit.map import lower_map
+from runtime.jit.module import KernelModule
+from runtime.jit.pool import lower_pool2d
+from runtime.jit.reduce import lower_reduce
+
+#: stage kind -> lowering(km, function name, stage) -> parallel extent
+LOWERINGS: dict[str, Callable[[KernelModule, str, Any], int]] = {
+    "map": lower_map, "reduce": lower_reduce, "gemm": lower_gemm, "conv2d": lower_conv2d,
+    "pool2d": lower_pool2d, "gather": lower_gather, "scatter_add": lower_scatter_add,
+    "concat": lower_concat, "literal": lower_literal,
+}
+
+
+@attrs.frozen
+class StagePlan:
+    """One compiled stage: its symbol, parallel extent and a rough count of work."""
+
+    symbol: str
+    extent: int
+    work: int
+
+
+def stage_work(stage: Any, buffers: dict[str, kp.Buffer]) -> int:
+    """Element operations a stage performs, to decide whether threads pay off."""
+    out = buffers[stage.out].size
+    if stage.kind == "gemm":
+        return math.prod(stage.batch) * stage.m * stage.n * max(stage.k, 1)
+    if stage.kind == "conv2d":
+        return out * math.prod(stage.w_shape[1:])
+    if stage.kind == "pool2d":
+        return out * math.prod(stage.kernel)
+    if stage.kind == "reduce":
+        return math.prod(stage.shape) * len(stage.body.nodes)
+    if stage.kind == "map":
+        return out * len(stage.body.nodes)
+    return out
+
+
+def _anonymous(program: kp.KernelProgram) -> dict:
+    """The program's code-relevant content: buffer names replaced by numbers, no offsets."""
+    numbers = {b.name: i for i, b in enumerate(program.buffers)}
+
+    def strip(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v, key) for v in value]
+        if key in ("buffer", "out") and isinstance(value, str):
+            return numbers[value]
+        return value
+
+    buffers = [[b.role, list(b.shape), b.dtype, list(b.strides)] for b in program.buffers]
+    stages = [strip(encode(s)) for s in program.stages]
+    return {"buffers": buffers, "stages": stages}
+
+
+def code_key(program: kp.KernelProgram) -> str:
+    """A hash of everything the native code depends on (program content and host)."""
+    data = msgpack.packb([_anonymous(program), host_signature()], use_bin_type=True)
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def lower_program(program: kp.KernelProgram, key: str) -> tuple[KernelModule, list[StagePlan]]:
+    """The LLVM module of a kernel program and the plan of each stage."""
+    km = KernelModule(program.buffers)
+    buffers = {b.name: b for b in program.buffers}
+    plans = []
+    for i, stage in enumerate(program.stages):
+        symbol = f"rdu_{key}_s{i}"
+        extent = LOWERINGS[stage.kind](km, symbol, stage)
+        plans.append(StagePlan(symbol, extent, stage_work(stage, buffers)))
+    return km, plans

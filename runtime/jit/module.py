@@ -1,0 +1,59 @@
+"""A module of kernel functions over one kernel program's buffers, compiled to object code.
+
+Buffer `i` of the program is argument `i` of every stage function, typed by its
+dtype; schema accesses (by buffer name) become typed `layout.Access`es (by argument).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import llvmlite.ir as ir
+
+from backend import kernel_program as kp
+from ir.dtypes import DType
+from runtime.jit import codegen as cg
+from runtime.jit.engine import compile_ir
+from runtime.jit.layout import Access, Expression, Index
+
+
+class KernelModule:
+    """LLVM functions sharing one kernel program's buffer list."""
+
+    def __init__(self, buffers: Sequence[kp.Buffer], noalias: Sequence[bool] | None = None):
+        self.buffers = {b.name: (i, b) for i, b in enumerate(buffers)}
+        self.arg_dtypes = tuple(DType(b.dtype) for b in buffers)
+        self.noalias = tuple(noalias) if noalias is not None else (True,) * len(self.arg_dtypes)
+        self.module = ir.Module(name="rduflow")
+
+    def buffer(self, name: str) -> kp.Buffer:
+        return self.buffers[name][1]
+
+    def access(self, access: kp.Access) -> Access:
+        """A schema access as a typed access of a function argument."""
+        index, buffer = self.buffers[access.buffer]
+        return Access(index, DType(buffer.dtype), access.offset, tuple(access.strides))
+
+    def whole(self, name: str) -> Access:
+        """The whole (row-major) buffer `name` over its own shape."""
+        index, buffer = self.buffers[name]
+        return Access(index, DType(buffer.dtype), 0, tuple(buffer.strides))
+
+    @staticmethod
+    def index(affine: kp.Affine) -> Index:
+        return Index(DType.i64, affine.offset, tuple(affine.coeffs))
+
+    def expression(self, body: kp.Body) -> Expression:
+        """A body with its reads bound to arguments."""
+        return Expression(tuple(body.nodes), tuple(self.access(r) for r in body.reads),
+                          tuple(self.index(a) for a in body.indices))
+
+    def function(self, name: str, body: cg.Body) -> ir.Function:
+        """An exported kernel function (see `codegen.kernel_function`)."""
+        types = [cg.storage_type(d) for d in self.arg_dtypes]
+        return cg.kernel_function(self.module, name, types, body, self.noalias)
+
+    def ir_text(self) -> str:
+        return str(self.module)
+
+    def compile(self) -> bytes:
+        return compile_ir(self.ir_text())

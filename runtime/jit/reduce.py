@@ -1,0 +1,202 @@
+"""`reduce` stages: combine a body over some axes of a loop nest (sum, max, min, argmax).
+
+Axes are coalesced (reduced with reduced, kept with kept). When the innermost axis
+is reduced, each output accumulates in a register over the reduced loops, which
+the vectorizer turns into a vector reduction (float adds may reassociate). When
+the innermost axis is kept, outputs are processed in chunks of `CHUNK` along it:
+a small accumulator array is updated across the reduced loops by a contiguous,
+vectorizable inner loop. The epilogue, if any, is applied to each finished
+accumulator before it is stored. The parallel axis is the outermost kept loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import llvmlite.ir as ir
+
+from backend import kernel_program as kp
+from ir.dtypes import DType
+from runtime.jit import codegen as cg
+from runtime.jit.codegen import I32, I64, i64
+from runtime.jit.layout import Access, Expression, coalesce, contiguous_strides
+from runtime.jit.module import KernelModule
+
+CHUNK = 256
+REDUCED, KEPT = 1, 0
+
+
+def _out_strides(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
+    """Strides, over the loop nest, of a row-major output over the kept axes."""
+    kept = [d for i, d in enumerate(shape) if i not in axes]
+    kept_strides = iter(contiguous_strides(kept))
+    return tuple(0 if i in axes else next(kept_strides) for i in range(len(shape)))
+
+
+def _epilogue_to_nest(strides: Sequence[int], out_shape: Sequence[int], shape: Sequence[int],
+                      axes: Sequence[int]) -> tuple[int, ...]:
+    """Strides over the output shape re-expressed over the loop nest (reduced axes: 0)."""
+    out_axes = [i for i, d in enumerate(out_shape) if d != 1]
+    nest_axes = [i for i, d in enumerate(shape) if i not in axes and d != 1]
+    result = [0] * len(shape)
+    for o, n in zip(out_axes, nest_axes):
+        result[n] = strides[o]
+    return tuple(result)
+
+
+def _identity(dtype: DType, value: float) -> ir.Constant:
+    if dtype.is_float:
+        return ir.Constant(cg.F32, value)
+    info_min, info_max = (-(2 ** (dtype.itemsize * 8 - 1)), 2 ** (dtype.itemsize * 8 - 1) - 1)
+    if math.isinf(value):
+        return ir.Constant(cg.compute_type(dtype), info_min if value < 0 else info_max)
+    return ir.Constant(cg.compute_type(dtype), int(value))
+
+
+def _combine(b: ir.IRBuilder, combine: str, dtype: DType, acc: ir.Value, value: ir.Value) -> ir.Value:
+    if combine == "add":
+        return b.fadd(acc, value, flags=("reassoc", "contract")) if dtype.is_float else b.add(acc, value)
+    if dtype.is_float:
+        return cg.intrinsic(b, "llvm.maximum" if combine == "max" else "llvm.minimum", acc, value)
+    return cg.intrinsic(b, f"llvm.s{combine}", acc, value)
+
+
+def _better(b: ir.IRBuilder, dtype: DType, value: ir.Value, best: ir.Value) -> ir.Value:
+    """argmax's update test: larger, or the first nan (numpy's rule)."""
+    if not dtype.is_float:
+        return b.icmp_signed(">", value, best)
+    first_nan = b.and_(b.fcmp_unordered("uno", value, value), b.fcmp_ordered("ord", best, best))
+    return b.or_(b.fcmp_ordered(">", value, best), first_nan)
+
+
+class _Reduction:
+    """Emits one reduce stage over a coalesced loop nest."""
+
+    def __init__(self, shape, tags, out: Access, body: Expression, epilogue: Expression | None,
+                 combine: str, identity: float):
+        self.shape, self.tags, self.out = shape, tags, out
+        self.body, self.epilogue = body, epilogue
+        self.combine, self.identity = combine, identity
+        self.dtype = DType(body.nodes[-1].dtype)
+        self.kept = [a for a, t in enumerate(tags) if t == KEPT]
+        self.reduced = [a for a, t in enumerate(tags) if t == REDUCED]
+        self.chunked = bool(self.reduced) and tags[-1] == KEPT
+
+    def parallel_extent(self) -> int:
+        if self.chunked and len(self.kept) == 1:
+            return math.ceil(self.shape[-1] / CHUNK)
+        return self.shape[self.kept[0]] if self.kept else 1
+
+    def emit(self, b: ir.IRBuilder, ptrs, lo, hi) -> None:
+        self.b, self.ptrs = b, ptrs
+        self.idx: list[ir.Value | None] = [None] * len(self.shape)
+        outer = self.kept[:-1] if self.chunked else self.kept
+        self._loops(outer, lo, hi, self._chunks if self.chunked else self._register)
+
+    def _loops(self, axes: list[int], lo, hi, inner, first: bool = True) -> None:
+        """Nested loops over `axes` (the first restricted to [lo, hi) when `first`)."""
+        if not axes:
+            inner(lo, hi, first)
+            return
+        axis = axes[0]
+        start, stop = (lo, hi) if first else (0, self.shape[axis])
+        with cg.loop(self.b, start, stop, name=f"r{axis}") as i:
+            self.idx[axis] = i
+            self._loops(axes[1:], lo, hi, inner, False)
+
+    def _store(self, acc: ir.Value) -> None:
+        b = self.b
+        if self.combine == "argmax":
+            acc = b.trunc(acc, I32)
+        if self.epilogue is not None:
+            acc = self.epilogue.emit(b, self.ptrs, self.idx, acc)
+        self.out.store(b, acc, self.ptrs, self.idx)
+
+    def _register(self, lo, hi, parallel_unused: bool) -> None:
+        """One output: accumulate over every reduced axis in registers."""
+        b = self.b
+        with b.goto_entry_block():
+            acc = b.alloca(cg.compute_type(self.dtype))
+            best = b.alloca(I64)
+        if parallel_unused and not self.kept:  # a full reduction: one thread does it
+            with b.if_then(b.icmp_signed("<", lo, hi)):
+                self._accumulate(acc, best)
+        else:
+            self._accumulate(acc, best)
+
+    def _accumulate(self, acc, best) -> None:
+        b = self.b
+        b.store(_identity(self.dtype, self.identity), acc)
+        b.store(i64(0), best)
+
+        def step(*_):
+            value = self.body.emit(b, self.ptrs, self.idx)
+            self._update(acc, best, value, self.idx[self.reduced[-1]] if self.reduced else i64(0))
+
+        self._loops(self.reduced, i64(0), i64(0), step, False)
+        self._store(b.load(best) if self.combine == "argmax" else b.load(acc))
+
+    def _update(self, acc, best, value, position) -> None:
+        b = self.b
+        current = b.load(acc)
+        if self.combine == "argmax":
+            better = _better(b, self.dtype, value, current)
+            b.store(b.select(better, value, current), acc)
+            b.store(b.select(better, position, b.load(best)), best)
+        else:
+            b.store(_combine(b, self.combine, self.dtype, current, value), acc)
+
+    def _chunks(self, lo, hi, parallel: bool) -> None:
+        """Outputs along the innermost (kept) axis in chunks of accumulators."""
+        b = self.b
+        inner = len(self.shape) - 1
+        with b.goto_entry_block():
+            accs = b.alloca(cg.compute_type(self.dtype), CHUNK)
+            bests = b.alloca(I64, CHUNK)
+        extent = self.shape[inner]
+        start, stop = (b.mul(lo, i64(CHUNK)), cg.imin(b, b.mul(hi, i64(CHUNK)), i64(extent))) if parallel \
+            else (i64(0), i64(extent))
+        with cg.loop(b, start, stop, CHUNK, name="chunk") as c0:
+            count = cg.imin(b, i64(CHUNK), b.sub(i64(extent), c0))
+            with cg.loop(b, 0, count, name="init") as j:
+                b.store(_identity(self.dtype, self.identity), b.gep(accs, [j]))
+                b.store(i64(0), b.gep(bests, [j]))
+
+            def step(*_):
+                with cg.loop(b, 0, count, name="lane") as j:
+                    self.idx[inner] = b.add(c0, j)
+                    value = self.body.emit(b, self.ptrs, self.idx)
+                    self._update(b.gep(accs, [j]), b.gep(bests, [j]), value, self.idx[self.reduced[-1]])
+
+            self._loops(self.reduced, i64(0), i64(0), step, False)
+            with cg.loop(b, 0, count, name="fin") as j:
+                self.idx[inner] = b.add(c0, j)
+                self._store(b.load(b.gep(bests if self.combine == "argmax" else accs, [j])))
+
+
+def lower_reduce(km: KernelModule, name: str, stage: kp.ReduceStage) -> int:
+    """Emit the stage as function `name`; returns its parallel extent."""
+    shape, axes = tuple(stage.shape), tuple(stage.axes)
+    out = km.whole(stage.out)
+    out = out.with_strides(_out_strides(shape, axes))
+    body = km.expression(stage.body)
+    epilogue = None
+    if stage.epilogue is not None:
+        out_shape = km.buffer(stage.out).shape
+        epilogue = km.expression(stage.epilogue).map_strides(
+            lambda s: _epilogue_to_nest(s, out_shape, shape, axes))
+    tags = [REDUCED if i in axes else KEPT for i in range(len(shape))]
+    epilogue_strides = epilogue.strides if epilogue is not None else []
+    groups = [out.strides, *body.strides, *epilogue_strides]
+    new_shape, strides, new_tags = coalesce(shape, groups, tags)
+    if not new_shape:
+        new_shape, strides, new_tags = (1,), [(0,)] * len(groups), (KEPT,)
+    n_body = len(body.strides)
+    out = out.with_strides(strides[0])
+    body = body.with_strides(strides[1:1 + n_body])
+    if epilogue is not None:
+        epilogue = epilogue.with_strides(strides[1 + n_body:])
+    reduction = _Reduction(new_shape, new_tags, out, body, epilogue, stage.combine, stage.identity)
+
+    km.function(name, reduction.emit)
+    return reduction.parallel_extent()
