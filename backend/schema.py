@@ -2,7 +2,8 @@
 
 `encode` turns a record into dicts, lists and scalars that msgpack can pack;
 `decode` rebuilds a record from such data, checking every field's type against
-the class annotations and every range against the class's attrs validators.
+the class annotations and every range against the class's attrs validators
+(pydantic models among the fields are validated by pydantic, strictly).
 Errors are `SchemaError`s naming the path of the bad field
 (`kernels[3].stages[0].reads[1].strides[2]`). A class with a `kind` class
 attribute is a member of a tagged union: it is encoded with its `kind`, and
@@ -16,6 +17,7 @@ import typing
 from typing import Any
 
 import attrs
+import pydantic
 
 #: integers in a record must fit in a signed 63-bit range (offsets, sizes, strides)
 INT_LIMIT = 2**62
@@ -41,6 +43,8 @@ def encode(value: Any) -> Any:
         return [encode(v) for v in value]
     if isinstance(value, dict):
         return {k: encode(value[k]) for k in sorted(value)}
+    if hasattr(value, "model_dump"):
+        return encode(value.model_dump(mode="python"))
     return value
 
 
@@ -60,7 +64,19 @@ def decode(annotation: Any, data: Any, path: str = "") -> Any:
         return data
     if attrs.has(annotation):
         return _decode_record(annotation, data, path)
+    if hasattr(annotation, "model_validate"):
+        return _decode_model(annotation, data, path)
     return _decode_scalar(annotation, data, path)
+
+
+def _decode_model(model: Any, data: Any, path: str) -> Any:
+    """A pydantic model, validated strictly."""
+    try:
+        return model.model_validate(data, strict=True)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join([path] * bool(path) + [str(part) for part in first["loc"]])
+        raise SchemaError(where, first["msg"]) from None
 
 
 def _show(data: Any) -> str:

@@ -1,0 +1,128 @@
+"""The backend stage of a compile: an optimized graph in, PEF bytes out.
+
+    from backend.driver import BackendOptions, compile_program
+    data = compile_program(graph, BackendOptions(load_target("sn40l"), pack=True))
+
+Steps: lower each top-level op to a kernel program; give each its tiles and
+resource needs; group kernels into sections (one each at -O0, packed
+otherwise); plan memory (off-chip for what crosses sections); bind buffers to
+the plan; record symbols, sections and traffic in the PEF.
+"""
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from backend.kernel_program import KernelProgram, Schedule
+from backend.lowering import check_lowerable, lower_op, tensor_names
+from backend.mapping import budget, check_fits, kernel_needs, stage_tiles
+from backend.memory import bind, offchip_tensors, plan_memory
+from backend.pef import PEF, CompileOption, Header, ParamSymbol, Section, Symbols, TensorSymbol, UpdateSymbol
+from backend.sections import Group, group
+from backend.targets import ONCHIP, Target
+from ir.dtypes import DType
+from ir.graph import Graph, Value
+
+#: compile options that do not change the program (everything else needs a recompile)
+NO_RECOMPILE = frozenset({"output_folder", "pef_name", "stats", "debug", "dump_dir", "time_passes",
+                          "pass_statistics", "no_verify", "verify_semantics", "emit", "print_ir_before",
+                          "print_ir_after", "print_ir_after_all", "print_ir_after_change", "config"})
+
+
+def compile_options(values: dict[str, object]) -> tuple[CompileOption, ...]:
+    """Options to record in the header, sorted, each marked if changing it needs a recompile."""
+    out = []
+    for name in sorted(values):
+        value = values[name]
+        if not (value is None or isinstance(value, (bool, int, float, str))):
+            value = str(value)
+        out.append(CompileOption(name, value, name not in NO_RECOMPILE))
+    return tuple(out)
+
+
+@attrs.frozen
+class BackendOptions:
+    """What the backend needs beyond the graph."""
+
+    target: Target
+    n_chips: int = 1
+    num_tiles: int | None = None
+    #: pack kernels into sections (-O1/-O3); False gives one kernel per section (-O0)
+    pack: bool = True
+    mode: str = "train"
+    options: tuple[CompileOption, ...] = ()
+    source_sha256: str = ""
+    tool_version: str = "0+unknown"
+
+
+def compile_program(graph: Graph, options: BackendOptions) -> bytes:
+    """The PEF bytes of a decomposed (and optionally fused) graph."""
+    return build_pef(graph, options).to_bytes()
+
+
+def build_pef(graph: Graph, options: BackendOptions) -> PEF:
+    """The PEF record of a graph (see `backend/pef.py`)."""
+    check_lowerable(graph)
+    target = options.target
+    limit = budget(target, options.n_chips, options.num_tiles)
+    names = tensor_names(graph)
+    kernels = [_scheduled(lower_op(op, i, names), op.attrs.get("tile"), target) for i, op in enumerate(graph.ops)]
+    needs = [kernel_needs(k, target) for k in kernels]
+    for kernel, need in zip(kernels, needs):
+        check_fits(kernel, need, limit, target)
+    groups = group(kernels, needs, limit, options.pack)
+    section_of = [0] * len(kernels)
+    for s, g in enumerate(groups):
+        for k, pcus in zip(g.kernels, g.pcus):
+            section_of[k] = s
+            kernels[k] = attrs.evolve(kernels[k], schedule=attrs.evolve(kernels[k].schedule, pcus=pcus, pmus=needs[k].pmus))
+    symbols = _symbols(graph, names)
+    persistent = {s.tensor for s in (*symbols.inputs, *symbols.params, *symbols.outputs)} \
+        | {u.tensor for u in symbols.updates}
+    tensors = [(s.tensor, _nbytes(s.shape, s.dtype)) for s in (*symbols.params, *symbols.inputs)]
+    tensors += [(b.name, b.nbytes) for k in kernels for b in k.with_role("output")]
+    plan = plan_memory(kernels, tensors, offchip_tensors(kernels, section_of, persistent), target, limit.chips)
+    where = plan.lookup()
+    kernels = [bind(k, where) for k in kernels]
+    header = Header(options.tool_version, target, options.mode, limit.chips, limit.tiles, options.options,
+                    options.source_sha256)
+    sections = [_section(i, g, kernels) for i, g in enumerate(groups)]
+    return PEF(header, symbols, tuple(sections), tuple(kernels), plan)
+
+
+def _scheduled(program: KernelProgram, tile, target: Target) -> KernelProgram:
+    tile = tuple(tile) if isinstance(tile, (tuple, list)) else None
+    return attrs.evolve(program, schedule=Schedule(stage_tiles(program, target, tile)))
+
+
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    return math.prod(shape) * DType(dtype).itemsize
+
+
+def _symbols(graph: Graph, names: dict[Value, str]) -> Symbols:
+    def tensor(name: str, value: Value) -> TensorSymbol:
+        return TensorSymbol(name, names[value], value.type.shape, value.type.dtype.value)
+    inputs = [tensor(v.name, v) for v in graph.inputs]
+    outputs = [tensor(k, v) for k, v in graph.outputs.items()]
+    params = [ParamSymbol(p.name, names[p.value], p.type.shape, p.type.dtype.value, p.role.value, p.init.kind,
+                          dict(p.init.args)) for p in graph.params]
+    updates = [UpdateSymbol(k, names[v]) for k, v in graph.updates.items()]
+    return Symbols(tuple(inputs), tuple(outputs), tuple(params), tuple(updates))
+
+
+def _section(index: int, g: Group, kernels: list[KernelProgram]) -> Section:
+    """A section's record with its modeled off-chip traffic (each tensor once per section)."""
+    members = [kernels[k] for k in g.kernels]
+    read: dict[str, int] = {}
+    written: dict[str, int] = {}
+    seen: set[str] = set()
+    for program in members:
+        for buffer in program.buffers:
+            if buffer.tier == ONCHIP or buffer.name in seen or buffer.role == "temp":
+                continue
+            seen.add(buffer.name)
+            table = read if buffer.role == "input" else written
+            table[buffer.tier] = table.get(buffer.tier, 0) + buffer.nbytes
+    return Section(index, g.phase, g.kernels, sum(g.pcus), g.pmus, dict(sorted(read.items())),
+                   dict(sorted(written.items())))

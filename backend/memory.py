@@ -1,0 +1,111 @@
+"""The memory plan: one arena per memory tier, one byte offset per tensor.
+
+A tensor lives off-chip when it must outlive its section: graph inputs,
+params and optimizer state, outputs and param updates, and values used by a
+later section. The others — values produced and used within one section, and
+kernel temporaries — live on-chip. Off-chip tensors go to the target's fastest
+tier with room (HBM before DDR). This plan gives every tensor its own
+64-byte-aligned range (no reuse), which is simple and always correct; a
+memory-planning pass may later share ranges between tensors whose lifetimes
+do not overlap.
+"""
+from __future__ import annotations
+
+import attrs
+
+from backend.kernel_program import KernelCost, KernelProgram
+from backend.targets import ONCHIP, Target
+from ir.errors import BackendError
+
+ALIGN = 64
+
+
+@attrs.frozen
+class Arena:
+    """One memory tier's region: the on-chip scratchpads or an off-chip tier."""
+
+    name: str
+    size: int = attrs.field(validator=attrs.validators.ge(0))
+
+
+@attrs.frozen
+class Allocation:
+    """A tensor's byte range in an arena."""
+
+    tensor: str
+    arena: str
+    offset: int = attrs.field(validator=attrs.validators.ge(0))
+    nbytes: int = attrs.field(validator=attrs.validators.ge(0))
+
+
+@attrs.frozen
+class MemoryPlan:
+    arenas: tuple[Arena, ...] = attrs.field(converter=tuple)
+    allocations: tuple[Allocation, ...] = attrs.field(converter=tuple)
+
+    def lookup(self) -> dict[str, Allocation]:
+        return {a.tensor: a for a in self.allocations}
+
+
+def temp_symbol(program: KernelProgram, buffer: str) -> str:
+    """The plan's name of a kernel temporary."""
+    return f"{program.name}/{buffer}"
+
+
+def offchip_tensors(programs: list[KernelProgram], section_of: list[int], persistent: set[str]) -> set[str]:
+    """Tensors that must live off-chip: `persistent` ones and those crossing sections."""
+    producer = {b.name: i for i, p in enumerate(programs) for b in p.with_role("output")}
+    crossing = set(persistent)
+    for i, program in enumerate(programs):
+        for buffer in program.with_role("input"):
+            source = producer.get(buffer.name)
+            if source is None or section_of[source] != section_of[i]:
+                crossing.add(buffer.name)
+    return crossing
+
+
+def plan_memory(programs: list[KernelProgram], tensors: list[tuple[str, int]], offchip: set[str],
+                target: Target, chips: int) -> MemoryPlan:
+    """Allocate `tensors` ((symbol, nbytes), in order) and every kernel temporary."""
+    used = {tier.name: 0 for tier in target.offchip} | {ONCHIP: 0}
+    allocations = []
+
+    def place(symbol: str, nbytes: int, arena: str) -> None:
+        offset = -(-used[arena] // ALIGN) * ALIGN
+        allocations.append(Allocation(symbol, arena, offset, nbytes))
+        used[arena] = offset + nbytes
+
+    for symbol, nbytes in tensors:
+        place(symbol, nbytes, _tier_with_room(symbol, nbytes, used, target, chips) if symbol in offchip else ONCHIP)
+    for program in programs:
+        for buffer in program.with_role("temp"):
+            place(temp_symbol(program, buffer.name), buffer.nbytes, ONCHIP)
+    arenas = [Arena(name, -(-size // ALIGN) * ALIGN) for name, size in used.items() if size or name == ONCHIP]
+    return MemoryPlan(tuple(arenas), tuple(allocations))
+
+
+def _tier_with_room(symbol: str, nbytes: int, used: dict[str, int], target: Target, chips: int) -> str:
+    for tier in target.offchip:
+        if used[tier.name] + nbytes + ALIGN <= tier.capacity * chips:
+            return tier.name
+    total = sum(t.capacity for t in target.offchip) * chips
+    raise BackendError(f"tensor '{symbol}' ({nbytes} bytes) does not fit in off-chip memory: "
+                       f"{sum(used.values())} bytes are placed of {total} on {chips} chip(s) of '{target.name}'")
+
+
+def bind(program: KernelProgram, plan: dict[str, Allocation]) -> KernelProgram:
+    """The program with every buffer's tier and offset from the plan, and its bytes per tier."""
+    buffers = []
+    for buffer in program.buffers:
+        symbol = temp_symbol(program, buffer.name) if buffer.role == "temp" else buffer.name
+        where = plan[symbol]
+        buffers.append(attrs.evolve(buffer, tier=where.arena, offset=where.offset))
+    read: dict[str, int] = {}
+    written: dict[str, int] = {}
+    for buffer in buffers:
+        table = read if buffer.role == "input" else written
+        table[buffer.tier] = table.get(buffer.tier, 0) + buffer.nbytes
+        if buffer.role == "temp":
+            read[buffer.tier] = read.get(buffer.tier, 0) + buffer.nbytes
+    cost = KernelCost(program.cost.flops, dict(sorted(read.items())), dict(sorted(written.items())))
+    return attrs.evolve(program, buffers=tuple(buffers), cost=cost)

@@ -1,0 +1,346 @@
+"""The PEF file: a compiled program, self-contained, in msgpack.
+
+Layout: a msgpack map `{"magic": "rduflow-pef", "format_version": 1,
+"sha256": <hex digest of payload>, "payload": <bin>}`; the payload is the msgpack
+of a `PEF` record:
+
+* `header`: tool version, the whole target description, mode (train or
+  inference), chips and tiles used, the compile options (each marked when
+  changing it requires a recompile: batch size, sequence length, model
+  config, ...), and the sha256 of the model source;
+* `symbols`: graph inputs and outputs, params and optimizer state (shape,
+  dtype, role, initializer), and which tensor updates which param;
+* `sections`: kernel ranges with their phase, PCUs/PMUs and modeled off-chip traffic;
+* `kernels`: the kernel programs (`backend/kernel_program.py`), tiers and offsets bound;
+* `memory`: the memory plan (`backend/memory.py`).
+
+Tensors are named by their IR text names (`%x` inputs, `@w` params, `%12`
+values; `k3_fused/t0` kernel temporaries). The writer is deterministic: equal
+inputs give byte-identical files. The reader checks the magic, the version,
+the hash, then every field's type and range and every cross-reference before
+handing anything over; it never executes anything from the file. Any problem
+is a `PEFError` naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import msgpack
+
+from backend.kernel_program import ProgramError, KernelProgram, validate
+from backend.memory import ALIGN, Allocation, MemoryPlan, temp_symbol
+from backend.schema import SchemaError, decode, encode
+from backend.targets import ONCHIP, Target
+from ir.dtypes import DType
+from ir.errors import PEFError
+
+MAGIC = "rduflow-pef"
+FORMAT_VERSION = 1
+#: no arena may claim more than this many bytes (a guard against hostile files)
+MAX_ARENA = 2**44
+
+Scalar = int | float | str | bool | None
+
+
+@attrs.frozen
+class CompileOption:
+    """A compile option's value; `recompile` marks options whose change needs a new PEF."""
+
+    name: str
+    value: Scalar
+    recompile: bool
+
+
+@attrs.frozen
+class Header:
+    tool_version: str
+    target: Target
+    mode: Literal["train", "inference"]
+    n_chips: int = attrs.field(validator=attrs.validators.ge(1))
+    num_tiles: int = attrs.field(validator=attrs.validators.ge(1))
+    options: tuple[CompileOption, ...] = attrs.field(converter=tuple)
+    source_sha256: str
+
+    def option(self, name: str) -> Scalar:
+        for option in self.options:
+            if option.name == name:
+                return option.value
+        raise KeyError(name)
+
+
+@attrs.frozen
+class TensorSymbol:
+    """A named graph input or output and the tensor holding it."""
+
+    name: str
+    tensor: str
+    shape: tuple[int, ...] = attrs.field(converter=tuple)
+    dtype: str = attrs.field(validator=attrs.validators.in_([d.value for d in DType]))
+
+
+@attrs.frozen
+class ParamSymbol:
+    """A param, frozen buffer or optimizer state, with its initializer."""
+
+    name: str
+    tensor: str
+    shape: tuple[int, ...] = attrs.field(converter=tuple)
+    dtype: str = attrs.field(validator=attrs.validators.in_([d.value for d in DType]))
+    role: Literal["param", "buffer", "state"]
+    init: str
+    init_args: dict[str, Scalar]
+
+
+@attrs.frozen
+class UpdateSymbol:
+    """The tensor holding a param's (or state's) new value after one step."""
+
+    param: str
+    tensor: str
+
+
+@attrs.frozen
+class Symbols:
+    inputs: tuple[TensorSymbol, ...] = attrs.field(converter=tuple)
+    outputs: tuple[TensorSymbol, ...] = attrs.field(converter=tuple)
+    params: tuple[ParamSymbol, ...] = attrs.field(converter=tuple)
+    updates: tuple[UpdateSymbol, ...] = attrs.field(converter=tuple)
+
+
+@attrs.frozen
+class Section:
+    """Consecutive kernels run together; traffic is bytes per off-chip tier."""
+
+    index: int
+    phase: Literal["fwd", "bwd", "gradnorm", "opt"] | None
+    kernels: tuple[int, ...] = attrs.field(converter=tuple)
+    pcus: int
+    pmus: int
+    offchip_read: dict[str, int]
+    offchip_written: dict[str, int]
+
+
+@attrs.frozen
+class PEF:
+    """A whole compiled program."""
+
+    header: Header
+    symbols: Symbols
+    sections: tuple[Section, ...] = attrs.field(converter=tuple)
+    kernels: tuple[KernelProgram, ...] = attrs.field(converter=tuple)
+    memory: MemoryPlan
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes: deterministic for equal records."""
+        payload = msgpack.packb(encode(self), use_bin_type=True)
+        outer = {"magic": MAGIC, "format_version": FORMAT_VERSION,
+                 "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
+        return msgpack.packb(outer, use_bin_type=True)
+
+
+# --- reading ---------------------------------------------------------------------------
+def read_pef(path: str | Path) -> PEF:
+    """Load and validate a PEF file; PEFError names the file and the problem."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise PEFError(f"cannot read PEF file {path}: {err.strerror or err}") from None
+    return load_pef(data, str(path))
+
+
+def load_pef(data: bytes, source: str = "<bytes>") -> PEF:
+    """Validate PEF bytes; `source` names them in errors."""
+    payload = _unwrap(data, source)
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as err:  # noqa: BLE001 - msgpack raises many types on bad bytes
+        raise PEFError(f"{source}: corrupted PEF payload ({type(err).__name__})") from None
+    try:
+        pef = decode(PEF, obj)
+        _Checker(pef).run()
+    except (SchemaError, ProgramError) as err:
+        raise PEFError(f"{source}: invalid PEF: {err}") from None
+    return pef
+
+
+def _unwrap(data: bytes, source: str) -> bytes:
+    """The verified payload of the outer envelope."""
+    try:
+        outer = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception:  # noqa: BLE001
+        outer = None
+    if not isinstance(outer, dict) or outer.get("magic") != MAGIC:
+        raise PEFError(f"{source}: not a PEF file (no rduflow PEF header; truncated or another format)")
+    version = outer.get("format_version")
+    if type(version) is not int:
+        raise PEFError(f"{source}: PEF format version is missing or not an integer")
+    if version > FORMAT_VERSION:
+        raise PEFError(f"{source}: PEF format version {version} is newer than this rduflow reads "
+                       f"({FORMAT_VERSION}); upgrade rduflow or recompile the model")
+    if version != FORMAT_VERSION:
+        raise PEFError(f"{source}: PEF format version {version} is no longer supported; recompile the model")
+    digest, payload = outer.get("sha256"), outer.get("payload")
+    if set(outer) != {"magic", "format_version", "sha256", "payload"} \
+            or not isinstance(digest, str) or not isinstance(payload, bytes):
+        raise PEFError(f"{source}: malformed PEF envelope")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise PEFError(f"{source}: the PEF file was modified or corrupted (checksum mismatch)")
+    return payload
+
+
+class _Checker:
+    """Cross-field rules of a decoded PEF (kernel programs are checked one by one too)."""
+
+    def __init__(self, pef: PEF):
+        self.pef = pef
+        self.plan = {a.tensor: a for a in pef.memory.allocations}
+        self.tensors: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    def run(self) -> None:
+        self.memory()
+        self.symbols()
+        self.kernels()
+        self.sections()
+
+    def memory(self) -> None:
+        header, memory = self.pef.header, self.pef.memory
+        arenas = {}
+        for arena in memory.arenas:
+            if arena.name in arenas:
+                raise ProgramError(f"memory: arena '{arena.name}' appears twice")
+            if arena.name != ONCHIP and arena.name not in {t.name for t in header.target.offchip}:
+                raise ProgramError(f"memory: arena '{arena.name}' is not a memory tier of target '{header.target.name}'")
+            if arena.size > MAX_ARENA or arena.size % ALIGN:
+                raise ProgramError(f"memory: arena '{arena.name}' has a bad size {arena.size}")
+            arenas[arena.name] = arena
+        if len(self.plan) != len(memory.allocations):
+            raise ProgramError("memory: a tensor is allocated twice")
+        ranges: dict[str, list[Allocation]] = {}
+        for a in memory.allocations:
+            arena = arenas.get(a.arena)
+            if arena is None or a.offset + a.nbytes > arena.size or a.offset % ALIGN:
+                raise ProgramError(f"memory: tensor '{a.tensor}' lies outside its arena '{a.arena}'")
+            ranges.setdefault(a.arena, []).append(a)
+        for name, allocations in ranges.items():
+            allocations.sort(key=lambda a: (a.offset, a.nbytes))
+            for prev, cur in zip(allocations, allocations[1:]):
+                if prev.nbytes and cur.offset < prev.offset + prev.nbytes:
+                    raise ProgramError(f"memory: tensors '{prev.tensor}' and '{cur.tensor}' overlap in '{name}'")
+
+    def define(self, where: str, tensor: str, shape: tuple[int, ...], dtype: str) -> None:
+        if tensor in self.tensors:
+            raise ProgramError(f"{where}: tensor '{tensor}' is defined twice")
+        self.allocated(where, tensor, math.prod(shape) * DType(dtype).itemsize, offchip=True)
+        self.tensors[tensor] = (tuple(shape), dtype)
+
+    def allocated(self, where: str, tensor: str, nbytes: int, offchip: bool = False) -> Allocation:
+        a = self.plan.get(tensor)
+        if a is None:
+            raise ProgramError(f"{where}: tensor '{tensor}' has no place in the memory plan")
+        if a.nbytes < nbytes:
+            raise ProgramError(f"{where}: tensor '{tensor}' needs {nbytes} bytes, the plan gives {a.nbytes}")
+        if offchip and a.arena == ONCHIP:
+            raise ProgramError(f"{where}: tensor '{tensor}' must live off-chip")
+        return a
+
+    def symbols(self) -> None:
+        symbols = self.pef.symbols
+        for kind, table in (("inputs", symbols.inputs), ("params", symbols.params)):
+            names = [s.name for s in table]
+            if len(set(names)) != len(names):
+                raise ProgramError(f"symbols.{kind}: a name appears twice")
+            for s in table:
+                self.define(f"symbols.{kind}.{s.name}", s.tensor, s.shape, s.dtype)
+
+    def kernels(self) -> None:
+        names = set()
+        for i, program in enumerate(self.pef.kernels):
+            where = f"kernels[{i}]"
+            if program.name in names:
+                raise ProgramError(f"{where}: kernel name '{program.name}' appears twice")
+            names.add(program.name)
+            validate(program)
+            for buffer in program.buffers:
+                self.buffer(where, program, buffer)
+        symbols = self.pef.symbols
+        for out in symbols.outputs:
+            if self.tensors.get(out.tensor) != (tuple(out.shape), out.dtype):
+                raise ProgramError(f"symbols.outputs.{out.name}: tensor '{out.tensor}' is not computed as "
+                                   f"{out.dtype}{list(out.shape)}")
+            self.allocated(f"symbols.outputs.{out.name}", out.tensor, 0, offchip=True)
+        params = {p.name: p for p in symbols.params}
+        for update in symbols.updates:
+            param = params.get(update.param)
+            if param is None or param.role == "buffer":
+                raise ProgramError(f"symbols.updates: '{update.param}' is not a trainable param or state")
+            if self.tensors.get(update.tensor) != (tuple(param.shape), param.dtype):
+                raise ProgramError(f"symbols.updates.{update.param}: tensor '{update.tensor}' does not match the param")
+            self.allocated(f"symbols.updates.{update.param}", update.tensor, 0, offchip=True)
+
+    def buffer(self, where: str, program: KernelProgram, buffer) -> None:
+        symbol = temp_symbol(program, buffer.name) if buffer.role == "temp" else buffer.name
+        if buffer.role == "input" and self.tensors.get(symbol) != (tuple(buffer.shape), buffer.dtype):
+            raise ProgramError(f"{where}: input '{symbol}' is not an earlier tensor of type "
+                               f"{buffer.dtype}{list(buffer.shape)}")
+        if buffer.role == "output":
+            if symbol in self.tensors:
+                raise ProgramError(f"{where}: tensor '{symbol}' is defined twice")
+            self.tensors[symbol] = (tuple(buffer.shape), buffer.dtype)
+        a = self.allocated(where, symbol, buffer.span * DType(buffer.dtype).itemsize)
+        if (buffer.tier, buffer.offset) != (a.arena, a.offset):
+            raise ProgramError(f"{where}: buffer '{buffer.name}' is not where the memory plan puts it")
+
+    def sections(self) -> None:
+        header, target = self.pef.header, self.pef.header.target
+        if header.n_chips > target.chips_per_node or header.num_tiles > target.tiles:
+            raise ProgramError("header: more chips or tiles than the target has")
+        units = header.n_chips * header.num_tiles
+        pcus, pmus = units * target.pcus_per_tile, units * target.pmus_per_tile
+        expected = 0
+        for i, section in enumerate(self.pef.sections):
+            where = f"sections[{i}]"
+            if section.index != i or not section.kernels:
+                raise ProgramError(f"{where}: sections must be numbered in order and not empty")
+            if list(section.kernels) != list(range(expected, expected + len(section.kernels))):
+                raise ProgramError(f"{where}: kernels must be consecutive, in order")
+            expected += len(section.kernels)
+            if expected > len(self.pef.kernels):
+                raise ProgramError(f"{where}: refers to a kernel that does not exist")
+            members = [self.pef.kernels[k] for k in section.kernels]
+            if any(k.phase != section.phase for k in members):
+                raise ProgramError(f"{where}: its kernels' phases differ from the section's")
+            if section.pcus != sum(k.schedule.pcus for k in members) or not 0 < section.pcus <= pcus \
+                    or not 0 < section.pmus <= pmus:
+                raise ProgramError(f"{where}: {section.pcus} PCUs / {section.pmus} PMUs do not fit the budget")
+        if expected != len(self.pef.kernels):
+            raise ProgramError("sections: some kernels belong to no section")
+
+
+# --- writing ----------------------------------------------------------------------------
+def write_pef(data: bytes, folder: str | Path, name: str) -> Path:
+    """Write `folder/name/name.pef` atomically (a temporary file renamed into place)."""
+    if not name or "/" in name or name in (".", "..") or "\\" in name:
+        raise PEFError(f"bad PEF name '{name}': it names a folder and a file")
+    directory = Path(folder) / name
+    path = directory / f"{name}.pef"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise PEFError(f"cannot write PEF file {path}: {err.strerror or err}") from None
+    return path

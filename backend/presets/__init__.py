@@ -1,0 +1,1 @@
+"""Preset RDU target descriptions (YAML), read by `backend.targets`."""
