@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from ir.builder import Builder
 from ir.graph import Graph, Op, Region, Value
+from ir.ops import lookup
 
 #: rule(b, op) -> replacement values for op.results, or None to keep op
 Rule = Callable[[Builder, Op], "Sequence[Value] | None"]
@@ -116,3 +117,8 @@ def erase_unused(ops: list[Op], live: set[Value]) -> list[Op]:
     kept.reverse()
     return kept
 
+
+
+def splat_value(value: Value) -> float | None:
+    """The element of a value its producer declares a splat (see `OpDef.splat`), else None."""
+    return None if value.producer is None else lookup(value.producer.name).splat(value.producer)

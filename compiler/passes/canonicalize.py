@@ -20,7 +20,7 @@ from ir.builder import Builder
 from ir.dtypes import DType
 from ir.graph import Graph, Op, Value
 from ir.ops import FusionKind, lookup
-from ir.rewrite import erase_unused, rewrite
+from ir.rewrite import erase_unused, rewrite, splat_value
 from ir.scalar import Expr, ScalarBuilder, evaluate
 
 _SCALAR_KINDS = (FusionKind.elementwise, FusionKind.broadcast)
@@ -56,11 +56,6 @@ def _simplify(b: Builder, op: Op) -> list[Value] | None:
 
 
 # --- the scalar body of an elementwise op, over "leaves" (distinct operand Values) ---------
-
-def splat_value(value: Value) -> float | None:
-    """The element of a value its producer declares a splat (see `OpDef.splat`), else None."""
-    return None if value.producer is None else lookup(value.producer.name).splat(value.producer)
-
 
 class _Body:
     """Builds an op's scalar expression with operands as leaves, inlining one producer level."""

@@ -12,12 +12,11 @@ import attrs
 import numpy as np
 
 from compiler.passes.base import Pass, PassContext, option, register_pass
-from compiler.passes.canonicalize import splat_value
 from ir.builder import Builder
 from ir.graph import Graph, Op, Value
 from ir.interpreter import run_region
 from ir.ops import FusionKind, lookup
-from ir.rewrite import rewrite
+from ir.rewrite import rewrite, splat_value
 from ir.scalar import ScalarBuilder, evaluate
 
 #: the largest tensor (in elements) evaluated to find out whether it folds
