@@ -81,7 +81,9 @@ class HDF5Data:
         for k in np.unique(file_of).tolist():
             where = np.flatnonzero(file_of == k)
             local, inverse = np.unique(indices[where] - self._offsets[k], return_inverse=True)
-            ids, types = self._read(k, local.tolist())
+            first, last = int(local[0]), int(local[-1])
+            span = slice(first, last + 1) if last - first + 1 == len(local) else local.tolist()
+            ids, types = self._read(k, span)
             out_ids[where], out_types[where] = ids[inverse], types[inverse]
         return out_ids, out_types
 
@@ -118,7 +120,8 @@ class HDF5Data:
     def _check_values(self, file: Path, ids: np.ndarray, types: np.ndarray, numbers: Sequence[int]) -> None:
         checks = [(types, 0, NUM_TOKEN_TYPES, "token_type_ids", f"expected 0..{NUM_TOKEN_TYPES - 1}")]
         if self.vocab_size is not None:
-            checks.append((ids, 0, self.vocab_size, "input_ids", f"outside the vocabulary [0, {self.vocab_size})"))
+            checks.append((ids, 0, self.vocab_size, "input_ids",
+                           f"outside the vocabulary [0, {self.vocab_size})"))
         for values, low, high, name, expected in checks:
             bad = (values < low) | (values >= high)
             if bad.any():

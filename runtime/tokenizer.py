@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ class HFTokenizer(Tokenizer):
         encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
         id_lists = [enc.ids for enc in encodings]
         lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-        ids = np.fromiter((i for row in id_lists for i in row), dtype=np.int32, count=int(lengths.sum()))
+        ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(lengths.sum()))
         return ids, lengths
 
     def decode(self, ids: Sequence[int] | np.ndarray, skip_special_tokens: bool = True) -> str:

@@ -218,6 +218,13 @@ def test_lone_surrogate_is_malformed(tmp_path):
     assert load_tokenizer(out).decode(read(out)[0].ravel()) == "ok🙂"
 
 
+def test_byte_order_mark_and_crlf(tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(b'\xef\xbb\xbf{"completion": "ab"}\r\n{"completion": "cd"}\r\n')
+    out, meta = run(tmp_path, tmp_path / "in.jsonl", packing="single::drop", test_ratio=0.5)
+    assert read(out)[0].tolist() == [[97, 98, E, P, P, P]] and meta["malformed_lines"] == 0
+    assert (out / "test" / "test.jsonl").read_bytes() == b'{"completion": "cd"}\n'
+
+
 def _cli_error(capsys, *args: str) -> str:
     assert cli(*args) == 1
     err = capsys.readouterr().err

@@ -101,7 +101,8 @@ class PrepConfig:
             if not 0.0 <= ratio < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {ratio}")
         if self.dev_ratio + self.test_ratio >= 1.0:
-            raise ConfigError("--dev-ratio plus --test-ratio must be below 1: no data would be left to train on")
+            raise ConfigError("--dev-ratio plus --test-ratio must be below 1: "
+                              "no data would be left to train on")
         if self.num_training_splits < 1:
             raise ConfigError(f"--num-training-splits must be at least 1, got {self.num_training_splits}")
         if self.prompt_keyword == self.completion_keyword:
@@ -136,24 +137,19 @@ class LineParser:
     def test_record(self, raw: bytes, article: list[Pair]) -> str:
         """The jsonl line kept for the test split."""
         if self.input_format == "jsonl":
-            return raw.decode("utf-8").rstrip("\r\n")
+            return _decode(raw).rstrip("\r\n")
         return json.dumps({self.prompt_key: "", self.completion_key: article[0][1]}, ensure_ascii=False)
 
     @staticmethod
     def _txt(raw: bytes) -> list[Pair]:
-        try:
-            text = raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError as err:
-            raise Malformed(f"not UTF-8 text (byte {err.start + 1})") from None
+        text = _decode(raw).rstrip("\r\n")
         if "\x00" in text:
             raise Malformed("binary data (NUL byte)")
         return [("", text)]
 
     def _jsonl(self, raw: bytes) -> list[Pair]:
         try:
-            value = json.loads(raw)
-        except UnicodeDecodeError as err:
-            raise Malformed(f"not UTF-8 text (byte {err.start + 1})") from None
+            value = json.loads(_decode(raw))
         except json.JSONDecodeError as err:
             raise Malformed(f"bad JSON: {err.msg} (column {err.colno})") from None
         if isinstance(value, dict):
@@ -178,6 +174,14 @@ class LineParser:
         return prompt, completion
 
 
+def _decode(raw: bytes) -> str:
+    """A line as text (a leading byte-order mark dropped)."""
+    try:
+        return raw.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError as err:
+        raise Malformed(f"not UTF-8 text (byte {err.start + 1})") from None
+
+
 def _check_encodable(pairs: list[Pair]) -> None:
     for prompt, completion in pairs:
         try:
@@ -195,9 +199,13 @@ def check_input(path: Path) -> str:
         raise DataError(f"input is not a file: {path}")
     input_format = INPUT_FORMATS.get(path.suffix.lower())
     if input_format is None:
-        raise DataError(f"{path}: unsupported input format {path.suffix or '(none)'!r}; expected .txt or .jsonl")
-    with path.open("rb") as f:
-        head = f.read(8192)
+        raise DataError(f"{path}: unsupported input format {path.suffix or '(none)'!r}; "
+                        "expected .txt or .jsonl")
+    try:
+        with path.open("rb") as f:
+            head = f.read(8192)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
     if not head.strip():
         raise DataError(f"{path}: input file is empty")
     if b"\x00" in head:
@@ -264,7 +272,8 @@ def _blocks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 # ---------------------------------------------------------------- tokenizing
 
-def tokenize_articles(tokenizer: Tokenizer, articles: list[list[Pair]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def tokenize_articles(tokenizer: Tokenizer,
+                      articles: list[list[Pair]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token ids, token types and per-article lengths of a batch of articles."""
     pairs = [pair for article in articles for pair in article if pair[1]]
     pairs_per_article = np.array([sum(1 for p in a if p[1]) for a in articles], dtype=np.int64)
@@ -361,15 +370,11 @@ class Packer:
         out_ids, out_types = self._empty_rows(num_rows)
         pending = len(self._pending_ids)
         out_ids[0, :pending], out_types[0, :pending] = self._pending_ids, self._pending_types
-        row, col, skip, keep = (placement[:, k] for k in range(4))
-        article = np.repeat(np.arange(len(lens)), lens)
-        pos = np.arange(len(ids)) - np.repeat(np.cumsum(lens) - lens, lens)
-        first = skip[article]
-        kept = (pos >= first) & (pos < first + keep[article])
-        target_row = row[article][kept]
-        target_col = (col[article] + pos - first)[kept]
-        out_ids[target_row, target_col] = ids[kept]
-        out_types[target_row, target_col] = types[kept]
+        starts = (np.cumsum(lens) - lens).tolist()
+        for (row, col, skip, keep), start in zip(placement.tolist(), starts):
+            source = slice(start + skip, start + skip + keep)
+            out_ids[row, col:col + keep] = ids[source]
+            out_types[row, col:col + keep] = types[source]
         return out_ids, out_types
 
     def _empty_rows(self, n: int) -> Row:
@@ -490,9 +495,12 @@ class SplitSink:
 @contextmanager
 def staged_output(target: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary folder beside `target`, renamed to it on success and removed on failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
-    staging.mkdir()
+    try:
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as err:
+        raise DataError(f"cannot create the output folder beside {target} ({err.strerror})") from None
     try:
         yield staging
         check_target(target, overwrite)
@@ -575,7 +583,8 @@ class Preparation:
         shutil.rmtree(self.folder / "_shuffle", ignore_errors=True)
         self.tokenizer.save(self.folder)
         metadata = self.metadata()
-        (self.folder / "metadata.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False), encoding="utf-8")
+        text = yaml.safe_dump(metadata, sort_keys=False)
+        (self.folder / "metadata.yaml").write_text(text, encoding="utf-8")
         return metadata
 
     def _sink(self, writer: HDF5Writer | RoundRobin) -> SplitSink:
