@@ -1,0 +1,102 @@
+"""The compile driver: a model through the compiler's stages, in order.
+
+    frontend (RDL -> forward graph) -> [training graph] -> [passes] -> [backend]
+
+`compile_model(options)` runs them; each stage is one marked call below.
+`options.emit` stops early: "ir" after the frontend (and the training graph).
+A MODEL is an `.rdl` file, a zoo name, or a Hugging Face checkpoint folder whose
+`config.json` picks the zoo model and sizes it.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from compiler import zoo
+from compiler.config import Setting, load_yaml, parse_overrides, resolve
+from compiler.frontend import Source, lower, parse_module
+from compiler.hf_config import read_hf_config
+from ir.errors import ConfigError
+from ir.graph import Graph
+from ir.verifier import verify
+
+
+@attrs.frozen
+class CompileOptions:
+    """What to compile and how (flags of `rduflow compile`)."""
+
+    model: str
+    overrides: tuple[str, ...] = ()
+    config_file: str | None = None
+    batch_size: int | None = None
+    inference: bool = False
+    emit: str | None = None  # "ir": stop after the frontend (and training graph)
+
+
+@attrs.define
+class Compiled:
+    """The result: the resolved config and the graph after the last stage that ran."""
+
+    source: Source
+    config: dict[str, Any]
+    #: the forward graph, as the frontend built it
+    forward: Graph
+    #: the graph after the last stage that ran
+    graph: Graph
+    #: the Hugging Face folder MODEL named, if it was one (its weights initialize the params)
+    checkpoint: Path | None = None
+
+
+@attrs.frozen
+class ModelSource:
+    """Where a model comes from: its RDL, settings implied by a checkpoint, the checkpoint folder."""
+
+    source: Source
+    settings: tuple[Setting, ...] = ()
+    checkpoint: Path | None = None
+
+
+def find_model(model: str) -> ModelSource:
+    """An `.rdl` file, a Hugging Face checkpoint folder, or a zoo model, by name."""
+    path = Path(model)
+    if path.is_dir():
+        hf = read_hf_config(path)
+        return ModelSource(zoo.source(hf.zoo), tuple(hf.settings), path)
+    if path.is_file() or path.suffix == ".rdl":
+        return ModelSource(Source.read(path))
+    if model in zoo.names():
+        return ModelSource(zoo.source(model))
+    close = difflib.get_close_matches(model, zoo.names(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"unknown model '{model}': not an .rdl file, a checkpoint folder or a zoo model "
+                      f"({', '.join(zoo.names())}){hint}")
+
+
+def settings(options: CompileOptions, implied: tuple[Setting, ...] = ()) -> list[Setting]:
+    """Config settings in order of precedence: checkpoint, --config file, -b, overrides."""
+    out = list(implied)
+    if options.config_file is not None:
+        out += load_yaml(options.config_file)
+    if options.batch_size is not None:
+        out.append(Setting("batch_size", options.batch_size, "-b/--batch-size"))
+    return out + parse_overrides(options.overrides)
+
+
+def compile_model(options: CompileOptions) -> Compiled:
+    """Run the stages on `options.model`; raise an `RduflowError` for any user mistake."""
+    found = find_model(options.model)
+    module = parse_module(found.source)
+    config = resolve(module.schema, settings(options, found.settings))
+    # --- stage 1: frontend ------------------------------------------------------------
+    forward = lower(module, config, training=not options.inference)
+    verify(forward)
+    result = Compiled(found.source, config, forward, forward, found.checkpoint)
+    # --- stage 2: training graph (training mode only) -----------------------------------
+    if options.emit == "ir":
+        return result
+    # --- stage 3: passes ----------------------------------------------------------------
+    # --- stage 4: backend ---------------------------------------------------------------
+    return result

@@ -1,0 +1,19 @@
+"""The model zoo: RDL models shipped with rduflow, compiled by name (`rduflow compile gpt2`)."""
+from __future__ import annotations
+
+from importlib import resources
+
+from compiler.frontend.source import Source
+
+
+def names() -> list[str]:
+    """The zoo's model names, sorted."""
+    return sorted(f.name[:-4] for f in resources.files(__package__).iterdir() if f.name.endswith(".rdl"))
+
+
+def source(name: str) -> Source:
+    """The RDL source of zoo model `name` (KeyError if there is none); locations read `zoo/<name>.rdl`."""
+    if name not in names():
+        raise KeyError(name)
+    text = resources.files(__package__).joinpath(f"{name}.rdl").read_text(encoding="utf-8")
+    return Source(text, f"zoo/{name}.rdl")

@@ -1,0 +1,71 @@
+"""`rduflow compile MODEL [KEY=VALUE ...]`: compile a model (RDL file, zoo name or checkpoint folder)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from compiler.driver import CompileOptions, compile_model
+from ir.errors import ConfigError
+from ir.printer import print_graph
+from tools import cli
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let KEY=VALUE overrides come before, between or after options."""
+    plain = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        parser.parse_known_args = plain
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            parser.parse_known_args = parse_known_args
+
+    parser.parse_known_args = parse_known_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compile", help="compile a model: an .rdl file, a zoo model or a Hugging Face checkpoint folder",
+        description="Compile MODEL (an .rdl file, a zoo model name, or a Hugging Face checkpoint folder "
+                    "whose config.json picks the zoo model and its sizes). Model config fields are set "
+                    "with Hydra-style overrides: model.n_layer=2, +model.key=value adds a key.")
+    parser.add_argument("model", metavar="MODEL", help="an .rdl file, a zoo model name or a checkpoint folder")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. model.n_layer=12 model.n_embd=768")
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="a config file ('model: {n_layer: 2, ...}'); flags and overrides apply on top")
+    parser.add_argument("-b", "--batch-size", type=_positive, metavar="N",
+                        help="batch size (sets model.batch_size; a new size needs a recompile)")
+    parser.add_argument("--inference", action="store_true",
+                        help="forward only: the graph's output is the logits (default: training)")
+    parser.add_argument("--emit", choices=("ir",),
+                        help="ir: print the IR after the frontend (and autodiff) and stop")
+    parser.add_argument("--no-locs", dest="locs", action="store_false",
+                        help="print the IR without source locations")
+    cli.add_debug_flag(parser)
+    parser.set_defaults(func=main)
+    _intermixed(parser)
+
+
+def options_from(args: argparse.Namespace) -> CompileOptions:
+    return CompileOptions(model=args.model, overrides=tuple(args.overrides), config_file=args.config,
+                          batch_size=args.batch_size, inference=args.inference, emit=args.emit)
+
+
+def main(args: argparse.Namespace) -> int:
+    result = compile_model(options_from(args))
+    if args.emit == "ir":
+        sys.stdout.write(print_graph(result.graph, with_locs=args.locs))
+        return 0
+    raise ConfigError("nothing to write yet: this build cannot write a PEF; use --emit ir")
