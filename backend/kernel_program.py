@@ -42,6 +42,13 @@ Stage kinds (loop index spaces in brackets):
   updates[..., j, ...] along `axis` (gather's gradient).
 * `concat`: parts [shapes[p]] joined along `axis`.
 * `literal`: out = `values` (flat, row-major).
+* `pad`: out = `value` everywhere, then x[i] at out[low + i * (interior + 1)] (XLA's pad).
+* `conv2d_input_grad`: conv2d's gradient for its input: g [N,O,OH,OW] and w [O,C/groups,kh,kw]
+  give out [N,C,H,W] (each g element times the weights added back over its window).
+* `conv2d_weight_grad`: conv2d's gradient for its weight: x [N,C,H,W] and g [N,O,OH,OW] give
+  out [O,C/groups,kh,kw].
+* `pool2d_grad`: a pooling's gradient for its input [N,C,H,W] from g [N,C,OH,OW]: `avg` spreads
+  g/(kh*kw) over each window; `max` adds g at each window's first maximum of x (padding -inf).
 
 `reduce`, `gemm`, `conv2d` and `pool2d` take an optional `epilogue`: a body over
 the out shape whose `acc` leaf is the stage's raw result (dtype `acc_dtype`);
@@ -288,6 +295,59 @@ class ConcatStage:
 
 
 @attrs.frozen
+class PadStage:
+    kind: ClassVar[str] = "pad"
+    out: str
+    x: Access
+    x_shape: tuple[int, ...] = _ints(_nonneg_all)
+    low: tuple[int, ...] = _ints(_nonneg_all)
+    high: tuple[int, ...] = _ints(_nonneg_all)
+    interior: tuple[int, ...] = _ints(_nonneg_all)
+    value: float
+
+
+@attrs.frozen
+class Conv2dInputGradStage:
+    kind: ClassVar[str] = "conv2d_input_grad"
+    out: str
+    g: Access
+    w: Access
+    g_shape: tuple[int, ...] = _ints(_nonneg_all)
+    w_shape: tuple[int, ...] = _ints(_nonneg_all)
+    stride: tuple[int, ...] = _ints(_pair, _positive_all)
+    padding: tuple[int, ...] = _ints(_pair, _nonneg_all)
+    dilation: tuple[int, ...] = _ints(_pair, _positive_all)
+    groups: int = attrs.field(validator=_positive)
+
+
+@attrs.frozen
+class Conv2dWeightGradStage:
+    kind: ClassVar[str] = "conv2d_weight_grad"
+    out: str
+    x: Access
+    g: Access
+    x_shape: tuple[int, ...] = _ints(_nonneg_all)
+    g_shape: tuple[int, ...] = _ints(_nonneg_all)
+    stride: tuple[int, ...] = _ints(_pair, _positive_all)
+    padding: tuple[int, ...] = _ints(_pair, _nonneg_all)
+    dilation: tuple[int, ...] = _ints(_pair, _positive_all)
+    groups: int = attrs.field(validator=_positive)
+
+
+@attrs.frozen
+class Pool2dGradStage:
+    kind: ClassVar[str] = "pool2d_grad"
+    out: str
+    mode: str = attrs.field(validator=_one_of("max", "avg"))
+    x: Access | None
+    g: Access
+    g_shape: tuple[int, ...] = _ints(_nonneg_all)
+    kernel: tuple[int, ...] = _ints(_pair, _positive_all)
+    stride: tuple[int, ...] = _ints(_pair, _positive_all)
+    padding: tuple[int, ...] = _ints(_pair, _nonneg_all)
+
+
+@attrs.frozen
 class LiteralStage:
     kind: ClassVar[str] = "literal"
     out: str
@@ -295,7 +355,8 @@ class LiteralStage:
 
 
 Stage = Union[MapStage, ReduceStage, GemmStage, Conv2dStage, Pool2dStage, GatherStage,
-              ScatterAddStage, ConcatStage, LiteralStage]
+              ScatterAddStage, ConcatStage, PadStage, Conv2dInputGradStage, Conv2dWeightGradStage,
+              Pool2dGradStage, LiteralStage]
 STAGES: dict[str, type] = {cls.kind: cls for cls in typing.get_args(Stage)}
 
 
@@ -533,6 +594,59 @@ class _Validator:
         if sum(s[stage.axis] for s in stage.shapes) != out.shape[stage.axis]:
             raise self.fail(where, "part sizes do not add up to the output along the axis")
         return out.dtype
+
+    def stage_pad(self, where, stage: PadStage, out) -> str:
+        rank = len(stage.x_shape)
+        if not len(stage.low) == len(stage.high) == len(stage.interior) == rank:
+            raise self.fail(where, f"low, high and interior need {rank} entries each")
+        x = self.access(f"{where}.x", stage.x, stage.x_shape, out.dtype)
+        shape = [lo + hi + d + max(d - 1, 0) * it for d, lo, hi, it in
+                 zip(stage.x_shape, stage.low, stage.high, stage.interior)]
+        self.expect_shape(where, out, tuple(shape))
+        return x.dtype
+
+    def window_grad(self, where, image: tuple[int, ...], window, grad: tuple[int, ...], stage) -> None:
+        """The forward window op over `image` [N,C,H,W] gives `grad`'s spatial size."""
+        dilation = getattr(stage, "dilation", (1, 1))
+        size = tuple((s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in
+                     zip(image[2:], window, stage.stride, stage.padding, dilation))
+        if len(image) != 4 or len(grad) != 4 or min(size, default=0) < 1 or size != tuple(grad[2:]) \
+                or image[0] != grad[0]:
+            raise self.fail(where, f"gradient {list(grad)} does not match the window over {list(image)}")
+
+    def stage_conv2d_input_grad(self, where, stage: Conv2dInputGradStage, out) -> str:
+        if len(stage.w_shape) != 4 or len(out.shape) != 4 or len(stage.g_shape) != 4:
+            raise self.fail(where, "g_shape, w_shape and the output need 4 entries")
+        o, cg, kh, kw = stage.w_shape
+        if stage.g_shape[1] != o or o % stage.groups or out.shape[1] != cg * stage.groups:
+            raise self.fail(where, f"channels do not match groups={stage.groups}")
+        self.window_grad(where, out.shape, (kh, kw), stage.g_shape, stage)
+        g = self.access(f"{where}.g", stage.g, stage.g_shape, out.dtype)
+        self.access(f"{where}.w", stage.w, stage.w_shape, out.dtype)
+        return g.dtype
+
+    def stage_conv2d_weight_grad(self, where, stage: Conv2dWeightGradStage, out) -> str:
+        if len(stage.x_shape) != 4 or len(out.shape) != 4 or len(stage.g_shape) != 4:
+            raise self.fail(where, "x_shape, g_shape and the output need 4 entries")
+        o, cg, kh, kw = out.shape
+        if stage.g_shape[1] != o or o % stage.groups or stage.x_shape[1] != cg * stage.groups:
+            raise self.fail(where, f"channels do not match groups={stage.groups}")
+        self.window_grad(where, stage.x_shape, (kh, kw), stage.g_shape, stage)
+        x = self.access(f"{where}.x", stage.x, stage.x_shape, out.dtype)
+        self.access(f"{where}.g", stage.g, stage.g_shape, out.dtype)
+        return x.dtype
+
+    def stage_pool2d_grad(self, where, stage: Pool2dGradStage, out) -> str:
+        if len(out.shape) != 4 or tuple(out.shape[:2]) != tuple(stage.g_shape[:2]):
+            raise self.fail(where, f"output {list(out.shape)} does not match gradient {list(stage.g_shape)}")
+        if any(2 * p > k for p, k in zip(stage.padding, stage.kernel)):
+            raise self.fail(where, "padding must be at most half the kernel")
+        self.window_grad(where, out.shape, stage.kernel, stage.g_shape, stage)
+        if (stage.x is None) != (stage.mode == "avg"):
+            raise self.fail(f"{where}.x", "max pooling's gradient reads x; average pooling's does not")
+        if stage.x is not None:
+            self.access(f"{where}.x", stage.x, out.shape, out.dtype)
+        return self.access(f"{where}.g", stage.g, stage.g_shape, out.dtype).dtype
 
     def stage_literal(self, where, stage: LiteralStage, out) -> str:
         if len(stage.values) != out.size:

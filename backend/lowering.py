@@ -28,8 +28,9 @@ import numpy as np
 
 from backend.expr import Lazy, body, contiguous, join
 from backend.kernel_program import (
-    Access, Affine, Body, Buffer, Conv2dStage, ConcatStage, GatherStage, GemmStage, KernelCost,
-    KernelProgram, LiteralStage, MapStage, Node, Pool2dStage, ReduceStage, Stage)
+    Access, Affine, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage,
+    GatherStage, GemmStage, KernelCost, KernelProgram, LiteralStage, MapStage, Node, PadStage, Pool2dGradStage,
+    Pool2dStage, ReduceStage, ScatterAddStage, Stage)
 from ir.dtypes import DType
 from ir.errors import BackendError
 from ir.graph import Graph, Op, Value
@@ -245,6 +246,36 @@ class _Kernel:
     def stage_concat(self, op: Op, axis: int) -> None:
         parts = tuple(self.operand_access(v) for v in op.operands)
         stage = ConcatStage(self.target(op.result), parts, tuple(v.type.shape for v in op.operands), axis)
+        self.emit(stage, op.result)
+
+    def stage_scatter_add(self, op: Op, axis: int) -> None:
+        updates, indices = op.operands
+        stage = ScatterAddStage(self.target(op.result), self.operand_access(updates), self.operand_access(indices),
+                                indices.type.shape, axis)
+        self.emit(stage, op.result)
+
+    def stage_pad(self, op: Op, low, high, interior, value: float) -> None:
+        (x,) = op.operands
+        stage = PadStage(self.target(op.result), self.operand_access(x), x.type.shape, low, high, interior, value)
+        self.emit(stage, op.result)
+
+    def stage_conv2d_input_grad(self, op: Op, stride, padding, dilation, groups) -> None:
+        g, w = op.operands
+        stage = Conv2dInputGradStage(self.target(op.result), self.operand_access(g), self.operand_access(w),
+                                     g.type.shape, w.type.shape, stride, padding, dilation, groups)
+        self.emit(stage, op.result)
+
+    def stage_conv2d_weight_grad(self, op: Op, stride, padding, dilation, groups) -> None:
+        x, g = op.operands
+        stage = Conv2dWeightGradStage(self.target(op.result), self.operand_access(x), self.operand_access(g),
+                                      x.type.shape, g.type.shape, stride, padding, dilation, groups)
+        self.emit(stage, op.result)
+
+    def stage_pool2d_grad(self, op: Op, mode: str, kernel, stride, padding) -> None:
+        """Operands: (x, g) when the gradient needs the input (max), else (g,)."""
+        *x, g = op.operands
+        stage = Pool2dGradStage(self.target(op.result), mode, self.operand_access(x[0]) if x else None,
+                                self.operand_access(g), g.type.shape, kernel, stride, padding)
         self.emit(stage, op.result)
 
     # --- results ---------------------------------------------------------------------

@@ -13,8 +13,9 @@ from typing import Mapping
 import numpy as np
 
 from backend.kernel_program import (
-    Access, Body, Buffer, Conv2dStage, ConcatStage, GatherStage, GemmStage, KernelProgram, LiteralStage,
-    MapStage, Pool2dStage, ReduceStage, ScatterAddStage)
+    Access, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage, GatherStage,
+    GemmStage, KernelProgram, LiteralStage, MapStage, PadStage, Pool2dGradStage, Pool2dStage, ReduceStage,
+    ScatterAddStage)
 from ir.dtypes import DType
 from ir.scalar import PRIMITIVES
 
@@ -158,6 +159,82 @@ def _literal(stage: LiteralStage, store, buffers, out: Buffer) -> np.ndarray:
     return np.asarray(stage.values, DType(out.dtype).np)
 
 
+def _pad(stage: PadStage, store, buffers, out: Buffer) -> np.ndarray:
+    x = read(stage.x, stage.x_shape, store)
+    result = np.full(out.shape, stage.value, x.dtype)
+    result[tuple(slice(lo, lo + max(d - 1, 0) * (it + 1) + 1, it + 1)
+                 for d, lo, it in zip(stage.x_shape, stage.low, stage.interior))] = x
+    return result
+
+
+def _window_starts(stage, out_hw, i: int, j: int, dilation=(1, 1)) -> tuple[slice, slice]:
+    """Where window offset (i, j) of every output position lands in the padded image."""
+    (sh, sw), (dh, dw) = stage.stride, dilation
+    return (slice(i * dh, i * dh + (out_hw[0] - 1) * sh + 1, sh),
+            slice(j * dw, j * dw + (out_hw[1] - 1) * sw + 1, sw))
+
+
+def _padded(shape, padding, dtype) -> np.ndarray:
+    n, c, h, w = shape
+    return np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype)
+
+
+def _crop(x: np.ndarray, padding) -> np.ndarray:
+    ph, pw = padding
+    return x[:, :, ph:x.shape[2] - ph, pw:x.shape[3] - pw]
+
+
+def _conv2d_input_grad(stage: Conv2dInputGradStage, store, buffers, out: Buffer) -> np.ndarray:
+    g = read(stage.g, stage.g_shape, store).astype(np.float32)
+    w = read(stage.w, stage.w_shape, store).astype(np.float32)
+    groups, (o, cg, kh, kw) = stage.groups, stage.w_shape
+    n, _, oh, ow = stage.g_shape
+    gg = g.reshape(n, groups, o // groups, oh, ow)
+    wg = w.reshape(groups, o // groups, cg, kh, kw)
+    result = _padded(out.shape, stage.padding, np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            part = np.einsum("ngohw,goc->ngchw", gg, wg[..., i, j]).reshape(n, groups * cg, oh, ow)
+            result[(slice(None), slice(None), *_window_starts(stage, (oh, ow), i, j, stage.dilation))] += part
+    return _crop(result, stage.padding)
+
+
+def _conv2d_weight_grad(stage: Conv2dWeightGradStage, store, buffers, out: Buffer) -> np.ndarray:
+    x = read(stage.x, stage.x_shape, store).astype(np.float32)
+    g = read(stage.g, stage.g_shape, store).astype(np.float32)
+    groups, (o, cg, kh, kw) = stage.groups, out.shape
+    n, _, oh, ow = stage.g_shape
+    xp = np.pad(x, ((0, 0), (0, 0), (stage.padding[0],) * 2, (stage.padding[1],) * 2))
+    gg = g.reshape(n, groups, o // groups, oh, ow)
+    result = np.zeros(out.shape, np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            cols = xp[(slice(None), slice(None), *_window_starts(stage, (oh, ow), i, j, stage.dilation))]
+            cols = cols.reshape(n, groups, cg, oh, ow)
+            result[:, :, i, j] = np.einsum("ngchw,ngohw->goc", cols, gg).reshape(o, cg)
+    return result
+
+
+def _pool2d_grad(stage: Pool2dGradStage, store, buffers, out: Buffer) -> np.ndarray:
+    g = read(stage.g, stage.g_shape, store)
+    (kh, kw), oh, ow = stage.kernel, stage.g_shape[2], stage.g_shape[3]
+    result = _padded(out.shape, stage.padding, g.dtype)
+    windows = [(i, j) for i in range(kh) for j in range(kw)]
+    if stage.mode == "avg":
+        for i, j in windows:
+            result[(slice(None), slice(None), *_window_starts(stage, (oh, ow), i, j))] += g / (kh * kw)
+        return _crop(result, stage.padding)
+    x = read(stage.x, out.shape, store)
+    xp = np.pad(x, ((0, 0), (0, 0), (stage.padding[0],) * 2, (stage.padding[1],) * 2), constant_values=-np.inf)
+    taken = [xp[(slice(None), slice(None), *_window_starts(stage, (oh, ow), i, j))] for i, j in windows]
+    first = np.argmax(np.stack(taken), axis=0)
+    for k, (i, j) in enumerate(windows):
+        result[(slice(None), slice(None), *_window_starts(stage, (oh, ow), i, j))] += np.where(first == k, g, 0)
+    return _crop(result, stage.padding)
+
+
 _STAGES = {MapStage: _map, ReduceStage: _reduce, GemmStage: _gemm, Conv2dStage: _conv2d,
            Pool2dStage: _pool2d, GatherStage: _gather, ScatterAddStage: _scatter_add,
-           ConcatStage: _concat, LiteralStage: _literal}
+           ConcatStage: _concat, LiteralStage: _literal, PadStage: _pad,
+           Conv2dInputGradStage: _conv2d_input_grad, Conv2dWeightGradStage: _conv2d_weight_grad,
+           Pool2dGradStage: _pool2d_grad}
