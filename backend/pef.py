@@ -39,6 +39,7 @@ from backend.schema import SchemaError, decode, encode
 from backend.targets import ONCHIP, Target
 from ir.dtypes import DType
 from ir.errors import PEFError
+from ir.init import Init
 
 MAGIC = "rduflow-pef"
 FORMAT_VERSION = 1
@@ -251,12 +252,19 @@ class _Checker:
 
     def symbols(self) -> None:
         symbols = self.pef.symbols
-        for kind, table in (("inputs", symbols.inputs), ("params", symbols.params)):
-            names = [s.name for s in table]
+        for kind, table in (("inputs", symbols.inputs), ("outputs", symbols.outputs), ("params", symbols.params),
+                            ("updates", [attrs.evolve(u, tensor=u.param) for u in symbols.updates])):
+            names = [s.name if hasattr(s, "name") else s.tensor for s in table]
             if len(set(names)) != len(names):
                 raise ProgramError(f"symbols.{kind}: a name appears twice")
+        for kind, table in (("inputs", symbols.inputs), ("params", symbols.params)):
             for s in table:
                 self.define(f"symbols.{kind}.{s.name}", s.tensor, s.shape, s.dtype)
+        for param in symbols.params:
+            try:
+                Init(param.init, param.init_args)
+            except (ValueError, TypeError) as err:
+                raise ProgramError(f"symbols.params.{param.name}: {err}") from None
 
     def kernels(self) -> None:
         names = set()
@@ -268,6 +276,9 @@ class _Checker:
             validate(program)
             for buffer in program.buffers:
                 self.buffer(where, program, buffer)
+            tiers = {a.name for a in self.pef.memory.arenas}
+            if not set(program.cost.bytes_read) | set(program.cost.bytes_written) <= tiers:
+                raise ProgramError(f"{where}.cost: bytes of a memory tier the plan does not have")
         symbols = self.pef.symbols
         for out in symbols.outputs:
             if self.tensors.get(out.tensor) != (tuple(out.shape), out.dtype):
@@ -316,8 +327,12 @@ class _Checker:
             if any(k.phase != section.phase for k in members):
                 raise ProgramError(f"{where}: its kernels' phases differ from the section's")
             if section.pcus != sum(k.schedule.pcus for k in members) or not 0 < section.pcus <= pcus \
-                    or not 0 < section.pmus <= pmus:
-                raise ProgramError(f"{where}: {section.pcus} PCUs / {section.pmus} PMUs do not fit the budget")
+                    or section.pmus != sum(k.schedule.pmus for k in members) or not 0 < section.pmus <= pmus:
+                raise ProgramError(f"{where}: {section.pcus} PCUs / {section.pmus} PMUs do not match its kernels "
+                                   f"or do not fit the budget of {pcus} / {pmus}")
+            offchip = {t.name for t in target.offchip}
+            if not set(section.offchip_read) | set(section.offchip_written) <= offchip:
+                raise ProgramError(f"{where}: traffic of a tier that is not off-chip memory of the target")
         if expected != len(self.pef.kernels):
             raise ProgramError("sections: some kernels belong to no section")
 

@@ -121,7 +121,7 @@ def _decode_union(members: tuple, data: Any, path: str) -> Any:
         if tags:
             kind = data.get("kind")
             if kind not in tags:
-                raise SchemaError(f"{path}.kind", f"unknown kind {_show(kind)} (expected one of {', '.join(tags)})")
+                raise SchemaError(f"{path}.kind", f"unknown kind {kind!r:.40} (expected one of {', '.join(tags)})")
             return _decode_record(tags[kind], data, path)
         return _decode_record(records[0], data, path)
     for member in members:
