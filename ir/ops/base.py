@@ -254,3 +254,19 @@ def register(cls: type[OpDef]) -> type[OpDef]:
 def lookup(name: str) -> type[OpDef]:
     """The declaration of `name`; KeyError if none."""
     return REGISTRY[name]
+
+
+def unbroadcast(b, grad, shape: tuple[int, ...]):
+    """`grad` summed over the axes broadcasting added or stretched, so it has `shape`.
+
+    The gradient of an operand that was broadcast to a larger result; `b` is a Builder.
+    """
+    shape = tuple(shape)
+    have = grad.type.shape
+    if have == shape:
+        return grad
+    lead = len(have) - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and have[lead + i] != 1)
+    if axes:
+        grad = b.sum(grad, axes=axes)
+    return grad if grad.type.shape == shape else b.reshape(grad, shape=shape)

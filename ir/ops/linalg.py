@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ir.ops.base import Attr, Cost, FusionKind, OpDef, TypeRuleError, register
+from ir.ops.base import Attr, Cost, FusionKind, OpDef, TypeRuleError, register, unbroadcast
 from ir.ops.elementwise import broadcast_shape, same_dtype
 from ir.types import TensorType
 
@@ -44,6 +44,22 @@ class Matmul(OpDef):
         if attrs["transpose_b"]:
             b = np.swapaxes(b, -1, -2)
         return np.matmul(a, b)
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        """dA = g B^T and dB = A^T g, written on the stored (possibly transposed) operands."""
+        x, y = op.operands
+        g = grads[0]
+        ta, tb = op.attrs["transpose_a"], op.attrs["transpose_b"]
+        if ta:
+            dx = b.matmul(y, g, transpose_a=tb, transpose_b=True)
+        else:
+            dx = b.matmul(g, y, transpose_b=not tb)
+        if tb:
+            dy = b.matmul(g, x, transpose_a=True, transpose_b=ta)
+        else:
+            dy = b.matmul(x, g, transpose_a=not ta)
+        return [unbroadcast(b, dx, x.type.shape), unbroadcast(b, dy, y.type.shape)]
 
     @classmethod
     def cost(cls, op):

@@ -13,6 +13,16 @@ def _check_feature(x: TensorType, *params: TensorType) -> None:
             raise TypeRuleError(f"scale/shift {p} must be {x.dtype}[{x.shape[-1]}] for input {x}")
 
 
+def _sum_leading(b, v):
+    """`v` summed over every axis but the last: a per-feature parameter's gradient."""
+    return b.sum(v, axes=tuple(range(v.type.rank - 1))) if v.type.rank > 1 else v
+
+
+def _xhat_term(b, xhat, dxhat):
+    """xhat * mean(dxhat * xhat) over the last axis."""
+    return b.mul(xhat, b.mean(b.mul(dxhat, xhat), axes=(-1,), keepdims=True))
+
+
 @register
 class LayerNorm(OpDef):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis."""
@@ -45,6 +55,20 @@ class LayerNorm(OpDef):
         inv = b.rsqrt(b.add(var, b.scalar(op.attrs["eps"], x.type.dtype)))
         return [b.add(b.mul(b.mul(centered, inv), weight), bias)]
 
+    @classmethod
+    def vjp(cls, b, op, grads):
+        """dx = inv * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = g * weight."""
+        x, weight, _ = op.operands
+        g = grads[0]
+        centered = b.sub(x, b.mean(x, axes=(-1,), keepdims=True))
+        var = b.mean(b.mul(centered, centered), axes=(-1,), keepdims=True)
+        inv = b.rsqrt(b.add(var, b.scalar(op.attrs["eps"], x.type.dtype)))
+        xhat = b.mul(centered, inv)
+        dxhat = b.mul(g, weight)
+        mean_dxhat = b.mean(dxhat, axes=(-1,), keepdims=True)
+        dx = b.mul(inv, b.sub(b.sub(dxhat, mean_dxhat), _xhat_term(b, xhat, dxhat)))
+        return [dx, _sum_leading(b, b.mul(g, xhat)), _sum_leading(b, g)]
+
 
 @register
 class RmsNorm(OpDef):
@@ -75,6 +99,18 @@ class RmsNorm(OpDef):
         ms = b.mean(b.mul(x, x), axes=(-1,), keepdims=True)
         inv = b.rsqrt(b.add(ms, b.scalar(op.attrs["eps"], x.type.dtype)))
         return [b.mul(b.mul(x, inv), weight)]
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        """dx = inv * (dxhat - xhat * mean(dxhat * xhat)), dxhat = g * weight."""
+        x, weight = op.operands
+        g = grads[0]
+        ms = b.mean(b.mul(x, x), axes=(-1,), keepdims=True)
+        inv = b.rsqrt(b.add(ms, b.scalar(op.attrs["eps"], x.type.dtype)))
+        xhat = b.mul(x, inv)
+        dxhat = b.mul(g, weight)
+        dx = b.mul(inv, b.sub(dxhat, _xhat_term(b, xhat, dxhat)))
+        return [dx, _sum_leading(b, b.mul(g, xhat))]
 
 
 @register
@@ -128,6 +164,32 @@ class CrossEntropy(OpDef):
         weights = b.cast(op.operands[2], dtype=dtype)
         count = b.maximum(b.sum(weights), b.scalar(1.0, dtype))
         return [b.div(b.sum(b.mul(nll, weights)), count)]
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        """d/dlogits = (softmax - onehot) * weight / count; float mask weights get theirs too."""
+        logits, labels = op.operands[:2]
+        dtype, g = logits.type.dtype, grads[0]
+        logp = b.log_softmax(logits, axis=-1)
+        classes = b.iota(shape=logits.type.shape, axis=logits.type.rank - 1, dtype=labels.type.dtype)
+        onehot = b.cast(b.eq(classes, b.reshape(labels, shape=labels.type.shape + (1,))), dtype=dtype)
+        diff = b.sub(b.exp(logp), onehot)
+        column = labels.type.shape + (1,)
+        if len(op.operands) == 2:
+            scale = b.div(g, b.scalar(float(max(labels.type.size, 1)), dtype))
+            return [b.mul(diff, scale), None]
+        mask = op.operands[2]
+        weights = b.cast(mask, dtype=dtype)
+        total = b.sum(weights)
+        count = b.maximum(total, b.scalar(1.0, dtype))
+        per_count = b.div(g, count)
+        dlogits = b.mul(diff, b.reshape(b.mul(weights, per_count), shape=column))
+        if not mask.type.dtype.is_float:
+            return [dlogits, None, None]
+        # d/dw_i = (nll_i - loss * [total > 1]) / count: count = max(total, 1) moves with w only above 1
+        nll = b.neg(b.sum(b.mul(onehot, logp), axes=(-1,)))
+        moving = b.cast(b.gt(total, b.scalar(1.0, dtype)), dtype=dtype)
+        return [dlogits, None, b.mul(b.sub(nll, b.mul(op.result, moving)), per_count)]
 
 
 def _window_out(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
@@ -184,6 +246,13 @@ class Conv2d(OpDef):
             cols, wg = cols.astype(np.float32), wg.astype(np.float32)
         out = np.einsum("ngchwij,gocij->ngohw", cols, wg, optimize=True)
         return out.reshape(n, w.shape[0], oh, ow)
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        x, w = op.operands
+        conv = {k: op.attrs[k] for k in cls.attrs}
+        return [b.conv2d_input_grad(grads[0], w, input_hw=x.type.shape[2:], **conv),
+                b.conv2d_weight_grad(x, grads[0], kernel_hw=w.type.shape[2:], **conv)]
 
     @classmethod
     def cost(cls, op):
@@ -249,6 +318,10 @@ class MaxPool2d(Pool2d):
         kh, kw = attrs["kernel"]
         return _windows(x, kh, kw, cls.stride(attrs), attrs["padding"], fill=-np.inf).max(axis=(-2, -1))
 
+    @classmethod
+    def vjp(cls, b, op, grads):
+        return [b.max_pool2d_grad(op.operands[0], grads[0], **op.attrs)]
+
 
 @register
 class AvgPool2d(Pool2d):
@@ -261,3 +334,230 @@ class AvgPool2d(Pool2d):
     def ref(cls, attrs, x):
         kh, kw = attrs["kernel"]
         return _windows(x, kh, kw, cls.stride(attrs), attrs["padding"]).mean(axis=(-2, -1))
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        return [b.avg_pool2d_grad(grads[0], input_hw=op.operands[0].type.shape[2:], **op.attrs)]
+
+
+# --- gradient ops: what the VJPs of conv2d and pooling build --------------------------------
+def _scatter_windows(out: np.ndarray, values: np.ndarray, kh: int, kw: int, stride, dilation=(1, 1)) -> None:
+    """Add values[..., oh, ow, i, j] into out[..., oh*stride + i*dilation, ...] (windows' transpose)."""
+    oh, ow = values.shape[-4:-2]
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
+            cols = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1, stride[1])
+            out[..., rows, cols] += values[..., i, j]
+
+
+def _wide16(*arrays: np.ndarray) -> list[np.ndarray]:
+    """16-bit floats widened to f32 for accumulation (numpy's einsum has no bf16)."""
+    return [a.astype(np.float32) if a.dtype.itemsize < 4 else a for a in arrays]
+
+
+def _crop(padded: np.ndarray, padding) -> np.ndarray:
+    h, w = padded.shape[-2] - 2 * padding[0], padded.shape[-1] - 2 * padding[1]
+    return padded[..., padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+
+
+def _check_window_grad(x_hw, kernel_hw, attrs, stride, dilation, g: TensorType) -> None:
+    """The cotangent `g` must have the forward op's output size for an input of size `x_hw`."""
+    _check_pairs(attrs, "padding")
+    want = tuple(_window_out(x_hw[i], kernel_hw[i], stride[i], attrs["padding"][i], dilation[i]) for i in range(2))
+    if want != tuple(g.shape[2:]):
+        raise TypeRuleError(f"gradient {g} does not match an input of size {list(x_hw)} "
+                            f"(the forward output would be {list(want)})")
+
+
+_CONV_ATTRS = {"stride": Attr("ints", (1, 1)), "padding": Attr("ints", (0, 0)),
+               "dilation": Attr("ints", (1, 1)), "groups": Attr("int", 1)}
+
+
+@register
+class Conv2dInputGrad(OpDef):
+    """conv2d's gradient for its input: (g [N,O,OH,OW], weight [O,C/groups,kh,kw]) -> [N,C,H,W]."""
+
+    name = "conv2d_input_grad"
+    kind = FusionKind.output_fusable
+    arity = 2
+    attrs = {**_CONV_ATTRS, "input_hw": Attr("ints")}
+
+    @classmethod
+    def infer(cls, types, attrs):
+        g, w = types
+        _check_pairs(attrs, "stride", "dilation", "input_hw")
+        groups = attrs["groups"]
+        if g.rank != 4 or w.rank != 4 or g.dtype != w.dtype or not g.dtype.is_float:
+            raise TypeRuleError(f"expects float NCHW gradient and OIHW weight, got {g} and {w}")
+        if groups < 1 or w.shape[0] != g.shape[1] or w.shape[0] % groups:
+            raise TypeRuleError(f"channels of {g} and {w} do not match groups={groups}")
+        _check_window_grad(attrs["input_hw"], w.shape[2:], attrs, attrs["stride"], attrs["dilation"], g)
+        return [TensorType((g.shape[0], w.shape[1] * groups, *attrs["input_hw"]), g.dtype)]
+
+    @classmethod
+    def ref(cls, attrs, g, w):
+        n, o, oh, ow = g.shape
+        groups, (kh, kw), (ph, pw) = attrs["groups"], w.shape[2:], attrs["padding"]
+        g, w = _wide16(g, w)
+        gg = g.reshape(n, groups, o // groups, oh, ow)
+        wg = w.reshape(groups, o // groups, w.shape[1], kh, kw)
+        cols = np.einsum("ngohw,gocij->ngchwij", gg, wg, optimize=True)
+        h, wd = attrs["input_hw"]
+        out = np.zeros((n, groups, w.shape[1], h + 2 * ph, wd + 2 * pw), dtype=np.result_type(g, w))
+        _scatter_windows(out, cols, kh, kw, attrs["stride"], attrs["dilation"])
+        return _crop(out, attrs["padding"]).reshape(n, groups * w.shape[1], h, wd)
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        g, w = op.operands
+        conv = {k: op.attrs[k] for k in _CONV_ATTRS}
+        return [b.conv2d(grads[0], w, **conv), b.conv2d_weight_grad(grads[0], g, kernel_hw=w.type.shape[2:], **conv)]
+
+    @classmethod
+    def cost(cls, op):
+        g, w = (v.type for v in op.operands)
+        return Cost(2 * g.size * w.shape[1] * w.shape[2] * w.shape[3], g.nbytes + w.nbytes,
+                    op.result.type.nbytes)
+
+    @classmethod
+    def stage(cls, op):
+        return {"kind": "conv2d_input_grad", **{k: op.attrs[k] for k in _CONV_ATTRS}}
+
+
+@register
+class Conv2dWeightGrad(OpDef):
+    """conv2d's gradient for its weight: (x [N,C,H,W], g [N,O,OH,OW]) -> [O,C/groups,kh,kw]."""
+
+    name = "conv2d_weight_grad"
+    kind = FusionKind.output_fusable
+    arity = 2
+    attrs = {**_CONV_ATTRS, "kernel_hw": Attr("ints")}
+
+    @classmethod
+    def infer(cls, types, attrs):
+        x, g = types
+        _check_pairs(attrs, "stride", "dilation", "kernel_hw")
+        groups = attrs["groups"]
+        if x.rank != 4 or g.rank != 4 or x.dtype != g.dtype or not x.dtype.is_float or x.shape[0] != g.shape[0]:
+            raise TypeRuleError(f"expects float NCHW input and gradient of one batch, got {x} and {g}")
+        if groups < 1 or x.shape[1] % groups or g.shape[1] % groups:
+            raise TypeRuleError(f"channels of {x} and {g} do not match groups={groups}")
+        _check_window_grad(x.shape[2:], attrs["kernel_hw"], attrs, attrs["stride"], attrs["dilation"], g)
+        return [TensorType((g.shape[1], x.shape[1] // groups, *attrs["kernel_hw"]), x.dtype)]
+
+    @classmethod
+    def ref(cls, attrs, x, g):
+        groups, (kh, kw) = attrs["groups"], attrs["kernel_hw"]
+        x, g = _wide16(x, g)
+        cols = _windows(x, kh, kw, attrs["stride"], attrs["padding"], attrs["dilation"])
+        n, c, oh, ow = cols.shape[:4]
+        cols = cols.reshape(n, groups, c // groups, oh, ow, kh, kw)
+        gg = g.reshape(n, groups, g.shape[1] // groups, oh, ow)
+        out = np.einsum("ngchwij,ngohw->gocij", cols, gg, optimize=True)
+        return out.reshape(g.shape[1], c // groups, kh, kw)
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        x, g = op.operands
+        conv = {k: op.attrs[k] for k in _CONV_ATTRS}
+        return [b.conv2d_input_grad(g, grads[0], input_hw=x.type.shape[2:], **conv), b.conv2d(x, grads[0], **conv)]
+
+    @classmethod
+    def cost(cls, op):
+        x, g = (v.type for v in op.operands)
+        kh, kw = op.attrs["kernel_hw"]
+        return Cost(2 * g.size * (x.shape[1] // op.attrs["groups"]) * kh * kw, x.nbytes + g.nbytes,
+                    op.result.type.nbytes)
+
+    @classmethod
+    def stage(cls, op):
+        return {"kind": "conv2d_weight_grad", **{k: op.attrs[k] for k in _CONV_ATTRS}}
+
+
+class Pool2dGrad(OpDef):
+    """A pooling op's gradient for its input, an NCHW tensor of the input's size."""
+
+    kind = FusionKind.opaque
+    attrs = Pool2d.attrs
+
+    @classmethod
+    def check(cls, attrs, x_hw, g: TensorType) -> None:
+        _check_pairs(attrs, "kernel")
+        if g.rank != 4 or not g.dtype.is_float:
+            raise TypeRuleError(f"expects a float NCHW gradient, got {g}")
+        _check_window_grad(x_hw, attrs["kernel"], attrs, Pool2d.stride(attrs), (1, 1), g)
+
+    @classmethod
+    def cost(cls, op):
+        g = op.operands[-1].type
+        base = super().cost(op)
+        return Cost(g.size * op.attrs["kernel"][0] * op.attrs["kernel"][1], base.bytes_read, base.bytes_written)
+
+    @classmethod
+    def stage(cls, op):
+        return {"kind": "pool2d_grad", "mode": cls.mode, "kernel": op.attrs["kernel"],
+                "stride": Pool2d.stride(op.attrs), "padding": op.attrs["padding"]}
+
+
+@register
+class MaxPool2dGrad(Pool2dGrad):
+    """max_pool2d's gradient: (x, g) -> g added at each window's first maximum of x.
+
+    Not differentiable itself: its gradient for x is zero almost everywhere, and a
+    second-order gradient through max pooling is not supported.
+    """
+
+    name = "max_pool2d_grad"
+    mode = "max"
+    arity = 2
+    differentiable = False
+
+    @classmethod
+    def infer(cls, types, attrs):
+        x, g = types
+        if x.rank != 4 or x.dtype != g.dtype or x.shape[:2] != g.shape[:2]:
+            raise TypeRuleError(f"input {x} and gradient {g} do not match")
+        cls.check(attrs, x.shape[2:], g)
+        return [x]
+
+    @classmethod
+    def ref(cls, attrs, x, g):
+        (kh, kw), stride, padding = attrs["kernel"], Pool2d.stride(attrs), attrs["padding"]
+        windows = _windows(x, kh, kw, stride, padding, fill=-np.inf)
+        first = windows.reshape(*windows.shape[:4], kh * kw).argmax(-1)
+        picks = (np.arange(kh * kw) == first[..., None]).reshape(windows.shape)
+        (g,) = _wide16(g)
+        out = np.zeros((*x.shape[:2], x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]), dtype=g.dtype)
+        _scatter_windows(out, picks * g[..., None, None], kh, kw, stride)
+        return _crop(out, padding)
+
+
+@register
+class AvgPool2dGrad(Pool2dGrad):
+    """avg_pool2d's gradient: g [N,C,OH,OW] spread evenly over each window of an input of size input_hw."""
+
+    name = "avg_pool2d_grad"
+    mode = "avg"
+    arity = 1
+    attrs = {**Pool2d.attrs, "input_hw": Attr("ints")}
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (g,) = types
+        _check_pairs(attrs, "input_hw")
+        cls.check(attrs, attrs["input_hw"], g)
+        return [g.with_shape((*g.shape[:2], *attrs["input_hw"]))]
+
+    @classmethod
+    def ref(cls, attrs, g):
+        (kh, kw), padding, (h, w) = attrs["kernel"], attrs["padding"], attrs["input_hw"]
+        (g,) = _wide16(g)
+        out = np.zeros((*g.shape[:2], h + 2 * padding[0], w + 2 * padding[1]), dtype=g.dtype)
+        share = np.broadcast_to((g / (kh * kw))[..., None, None], (*g.shape, kh, kw))
+        _scatter_windows(out, share, kh, kw, Pool2d.stride(attrs))
+        return _crop(out, padding)
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        return [b.avg_pool2d(grads[0], **{k: op.attrs[k] for k in Pool2d.attrs})]

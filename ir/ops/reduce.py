@@ -59,6 +59,18 @@ def _np_axes(attrs, x):
     return normalize_axes(attrs["axes"], x.ndim)
 
 
+def _kept(b, g, op):
+    """A reduction's cotangent `g` reshaped with the reduced axes kept as size 1."""
+    x = op.operands[0]
+    shape = reduced_shape(x.type.shape, normalize_axes(op.attrs["axes"], x.type.rank), True)
+    return g if g.type.shape == shape else b.reshape(g, shape=shape)
+
+
+def _spread(b, g, op):
+    """A reduction's cotangent broadcast back over the operand's shape."""
+    return b.broadcast_to(_kept(b, g, op), shape=op.operands[0].type.shape)
+
+
 @register
 class Sum(Reduce):
     """Sum over axes."""
@@ -66,6 +78,10 @@ class Sum(Reduce):
     name = "sum"
     #: the scalar primitive combining two partial results, and its identity
     combine, identity = "add", 0.0
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        return [_spread(b, grads[0], op)]
 
     @classmethod
     def ref(cls, attrs, x):
@@ -78,6 +94,14 @@ class Max(Reduce):
 
     name = "max"
     combine, identity = "max", -np.inf
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        """The gradient goes to the maximal elements, split evenly among ties (as PyTorch's amax)."""
+        x = op.operands[0]
+        hit = b.cast(b.eq(x, _kept(b, op.result, op)), dtype=x.type.dtype)
+        ties = b.sum(hit, axes=op.attrs["axes"], keepdims=True)
+        return [b.mul(hit, b.div(_kept(b, grads[0], op), ties))]
 
     @classmethod
     def ref(cls, attrs, x):
@@ -100,6 +124,12 @@ class Mean(Reduce):
     @classmethod
     def ref(cls, attrs, x):
         return np.mean(x, axis=_np_axes(attrs, x), keepdims=attrs["keepdims"], dtype=x.dtype)
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        x = op.operands[0]
+        count = x.type.size // max(op.result.type.size, 1)
+        return [_spread(b, b.div(grads[0], b.scalar(float(count), x.type.dtype)), op)]
 
     @classmethod
     def decompose(cls, b, op):
@@ -177,6 +207,12 @@ class Softmax(Softmaxlike):
         _, z, total = _exp_shifted(b, op.operands[0], op.attrs["axis"])
         return [b.div(z, total)]
 
+    @classmethod
+    def vjp(cls, b, op, grads):
+        """y * (g - sum(g * y))."""
+        y, g = op.result, grads[0]
+        return [b.mul(y, b.sub(g, b.sum(b.mul(g, y), axes=(op.attrs["axis"],), keepdims=True)))]
+
 
 @register
 class LogSoftmax(Softmaxlike):
@@ -193,3 +229,9 @@ class LogSoftmax(Softmaxlike):
     def decompose(cls, b, op):
         shifted, _, total = _exp_shifted(b, op.operands[0], op.attrs["axis"])
         return [b.sub(shifted, b.log(total))]
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        """g - exp(y) * sum(g)."""
+        g = grads[0]
+        return [b.sub(g, b.mul(b.exp(op.result), b.sum(g, axes=(op.attrs["axis"],), keepdims=True)))]

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ir.ops.base import Attr, FusionKind, OpDef, TypeRuleError, register
+from ir.ops.base import Attr, Cost, FusionKind, OpDef, TypeRuleError, register, unbroadcast
 from ir.ops.elementwise import same_dtype
 from ir.types import TensorType
 
@@ -70,6 +70,10 @@ class Reshape(Injective):
         return x.reshape(attrs["shape"])
 
     @classmethod
+    def vjp(cls, b, op, grads):
+        return [b.reshape(grads[0], shape=op.operands[0].type.shape)]
+
+    @classmethod
     def view(cls, attrs, shape, offset, strides):
         new = reshape_strides(shape, strides, attrs["shape"])
         return None if new is None else (offset, new)
@@ -102,6 +106,10 @@ class Transpose(Injective):
     @classmethod
     def ref(cls, attrs, x):
         return np.transpose(x, attrs["perm"])
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        return [b.transpose(grads[0], perm=tuple(np.argsort(op.attrs["perm"]).tolist()))]
 
     @classmethod
     def view(cls, attrs, shape, offset, strides):
@@ -140,6 +148,10 @@ class BroadcastTo(Injective):
     @classmethod
     def ref(cls, attrs, x):
         return np.broadcast_to(x, attrs["shape"])
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        return [unbroadcast(b, grads[0], op.operands[0].type.shape)]
 
     @classmethod
     def view(cls, attrs, shape, offset, strides):
@@ -184,6 +196,17 @@ class Slice(Injective):
         return x[tuple(slice(*s) for s in zip(attrs["starts"], attrs["stops"], steps))]
 
     @classmethod
+    def vjp(cls, b, op, grads):
+        """The cotangent padded back into place with zeros."""
+        x, g = op.operands[0], grads[0]
+        starts = op.attrs["starts"]
+        steps = op.attrs["steps"] or (1,) * x.type.rank
+        taken = g.type.shape
+        high = tuple(dim - lo - max((n - 1) * step + 1, 0)
+                     for dim, lo, n, step in zip(x.type.shape, starts, taken, steps))
+        return [b.pad(g, low=starts, high=high, interior=tuple(step - 1 for step in steps))]
+
+    @classmethod
     def view(cls, attrs, shape, offset, strides):
         steps = attrs["steps"] or (1,) * len(shape)
         start = offset + sum(lo * s for lo, s in zip(attrs["starts"], strides))
@@ -225,6 +248,19 @@ class Concat(Injective):
         return np.concatenate(xs, axis=attrs["axis"])
 
     @classmethod
+    def vjp(cls, b, op, grads):
+        g = grads[0]
+        axis = op.attrs["axis"] % g.type.rank
+        out, start = [], 0
+        for x in op.operands:
+            stop = start + x.type.shape[axis]
+            starts = tuple(start if i == axis else 0 for i in range(g.type.rank))
+            stops = tuple(stop if i == axis else d for i, d in enumerate(g.type.shape))
+            out.append(b.slice(g, starts=starts, stops=stops))
+            start = stop
+        return out
+
+    @classmethod
     def stage(cls, op):
         return {"kind": "concat", "axis": op.attrs["axis"] % op.result.type.rank}
 
@@ -260,6 +296,12 @@ class Gather(Injective):
         return np.take(table, indices, axis=axis)
 
     @classmethod
+    def vjp(cls, b, op, grads):
+        table, indices = op.operands
+        axis = op.attrs["axis"] % table.type.rank
+        return [b.scatter_add(grads[0], indices, axis=axis, size=table.type.shape[axis]), None]
+
+    @classmethod
     def index_bounds(cls, op):
         table = op.operands[0].type
         return {1: table.shape[op.attrs["axis"] % table.rank]}
@@ -267,3 +309,109 @@ class Gather(Injective):
     @classmethod
     def stage(cls, op):
         return {"kind": "gather", "axis": op.attrs["axis"] % op.operands[0].type.rank}
+
+
+@register
+class Pad(Injective):
+    """`low`/`high` elements of `value` before/after each axis and `interior` ones between
+    neighbours (XLA's pad): the gradient of a slice."""
+
+    name = "pad"
+    attrs = {"low": Attr("ints"), "high": Attr("ints"), "interior": Attr("ints", None, optional=True),
+             "value": Attr("float", 0.0)}
+
+    @staticmethod
+    def interior(attrs, rank: int) -> tuple[int, ...]:
+        return attrs["interior"] or (0,) * rank
+
+    @classmethod
+    def padded_shape(cls, attrs, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(lo + hi + d + max(d - 1, 0) * it
+                     for d, lo, hi, it in zip(shape, attrs["low"], attrs["high"], cls.interior(attrs, len(shape))))
+
+    @classmethod
+    def infer(cls, types, attrs):
+        (x,) = types
+        low, high, interior = attrs["low"], attrs["high"], cls.interior(attrs, x.rank)
+        if not len(low) == len(high) == len(interior) == x.rank:
+            raise TypeRuleError(f"low, high and interior need {x.rank} entries each for {x}")
+        if min((*low, *high, *interior), default=0) < 0:
+            raise TypeRuleError("padding amounts must be non-negative")
+        return [x.with_shape(cls.padded_shape(attrs, x.shape))]
+
+    @classmethod
+    def ref(cls, attrs, x):
+        interior = cls.interior(attrs, x.ndim)
+        out = np.full(cls.padded_shape(attrs, x.shape), attrs["value"], dtype=x.dtype)
+        out[tuple(slice(lo, lo + max((d - 1) * (it + 1) + 1, 0), it + 1)
+                  for d, lo, it in zip(x.shape, attrs["low"], interior))] = x
+        return out
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        x = op.operands[0]
+        interior = cls.interior(op.attrs, x.type.rank)
+        stops = tuple(lo + max((d - 1) * (it + 1) + 1, 0) for d, lo, it in zip(x.type.shape, op.attrs["low"], interior))
+        return [b.slice(grads[0], starts=op.attrs["low"], stops=stops, steps=tuple(it + 1 for it in interior))]
+
+    @classmethod
+    def stage(cls, op):
+        rank = op.operands[0].type.rank
+        return {"kind": "pad", "low": op.attrs["low"], "high": op.attrs["high"],
+                "interior": cls.interior(op.attrs, rank), "value": op.attrs["value"]}
+
+
+@register
+class ScatterAdd(OpDef):
+    """Zeros of the table's shape with each slice of `updates` added at its index along
+    `axis` (a table axis of `size` rows): the gradient of gather(table, indices, axis)."""
+
+    name = "scatter_add"
+    kind = FusionKind.opaque
+    arity = 2
+    attrs = {"axis": Attr("int", 0), "size": Attr("int")}
+
+    @classmethod
+    def infer(cls, types, attrs):
+        updates, indices = types
+        if not indices.dtype.is_int:
+            raise TypeRuleError(f"indices must be integers, got {indices}")
+        rank = updates.rank - indices.rank + 1
+        axis, size = attrs["axis"], attrs["size"]
+        if rank < 1 or not -rank <= axis < rank or size < 0:
+            raise TypeRuleError(f"axis {axis} or size {size} out of range for updates {updates} "
+                                f"and indices {indices}")
+        axis %= rank
+        if updates.shape[axis:axis + indices.rank] != indices.shape:
+            raise TypeRuleError(f"updates {updates} do not hold one slice per index of {indices} at axis {axis}")
+        return [updates.with_shape(updates.shape[:axis] + (size,) + updates.shape[axis + indices.rank:])]
+
+    @classmethod
+    def ref(cls, attrs, updates, indices):
+        rank = updates.ndim - indices.ndim + 1
+        axis, size = attrs["axis"] % rank, attrs["size"]
+        if indices.size and (indices.min() < 0 or indices.max() >= size):
+            raise IndexError(f"scatter_add index out of range [0, {size})")
+        rest = updates.shape[:axis] + updates.shape[axis + indices.ndim:]
+        out = np.zeros((size, *rest), dtype=updates.dtype)
+        moved = np.moveaxis(updates, tuple(range(axis, axis + indices.ndim)), tuple(range(indices.ndim)))
+        np.add.at(out, indices.reshape(-1).astype(np.int64), moved.reshape(-1, *rest))
+        return np.moveaxis(out, 0, axis)
+
+    @classmethod
+    def vjp(cls, b, op, grads):
+        rank = op.result.type.rank
+        return [b.gather(grads[0], op.operands[1], axis=op.attrs["axis"] % rank), None]
+
+    @classmethod
+    def index_bounds(cls, op):
+        return {1: op.attrs["size"]}
+
+    @classmethod
+    def cost(cls, op):
+        updates = op.operands[0].type
+        return Cost(updates.size, updates.nbytes + op.operands[1].type.nbytes, op.result.type.nbytes)
+
+    @classmethod
+    def stage(cls, op):
+        return {"kind": "scatter_add", "axis": op.attrs["axis"] % op.result.type.rank}

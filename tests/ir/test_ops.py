@@ -409,6 +409,85 @@ for (_xs, _kernel, _stride, _pad), _dtype in itertools.product(
     case("avg_pool2d", [_x], _attrs, _pool(_x, _kernel, _s, _pad, lambda w: sum(w) / len(w), 0.0))
 
 
+# --- gradient ops (the VJPs of conv2d, pooling, gather and slice build these) -----------------
+def _conv_grads(x, w, g, stride, padding, dilation, groups):
+    """(d<g, conv(x, w)>/dx, d<g, conv(x, w)>/dw) by the definition, with loops."""
+    x, w, g = wide(x), wide(w), wide(g)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    dx = np.zeros((n, c, h + 2 * padding[0], wd + 2 * padding[1]))
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    dw = np.zeros(w.shape)
+    for b, oc, i, j in np.ndindex(*g.shape):
+        grp = oc // (o // groups)
+        for ic, ki, kj in np.ndindex(cg, kh, kw):
+            at = (b, grp * cg + ic, i * stride[0] + ki * dilation[0], j * stride[1] + kj * dilation[1])
+            dx[at] += g[b, oc, i, j] * w[oc, ic, ki, kj]
+            dw[oc, ic, ki, kj] += g[b, oc, i, j] * xp[at]
+    return dx[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + wd], dw
+
+
+for (_xs, _ws, _stride, _pad, _dil, _groups), _dtype in itertools.product(CONVS, FLOATS):
+    _x, _w = sample(_xs, _dtype), sample(_ws, _dtype)
+    _g = sample(_conv(_x, _w, _stride, _pad, _dil, _groups).shape, _dtype)
+    _dx, _dw = _conv_grads(_x, _w, _g, _stride, _pad, _dil, _groups)
+    _conv_attrs = {"stride": _stride, "padding": _pad, "dilation": _dil, "groups": _groups}
+    case("conv2d_input_grad", [_g, _w], {**_conv_attrs, "input_hw": _xs[2:]}, _dx, tol=3)
+    case("conv2d_weight_grad", [_x, _g], {**_conv_attrs, "kernel_hw": _ws[2:]}, _dw, tol=3)
+
+
+def _pool_grad(x, g, kernel, stride, padding, pick):
+    """Each window's share of g (pick(window values) -> weights) added back at the window's input positions."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]))
+    xp = np.pad(wide(x), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=-math.inf)
+    for b, ch, i, j in np.ndindex(*g.shape):
+        spots = [(i * stride[0] + ki, j * stride[1] + kj) for ki, kj in np.ndindex(*kernel)]
+        for (r, q), weight in zip(spots, pick([xp[b, ch, r, q] for r, q in spots])):
+            out[b, ch, r, q] += weight * wide(g)[b, ch, i, j]
+    return out[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+
+
+def _first_max(values):
+    return [1.0 if k == values.index(max(values)) else 0.0 for k in range(len(values))]
+
+
+for (_xs, _kernel, _stride, _pad), _dtype in itertools.product(
+        [((1, 2, 4, 4), (2, 2), None, (0, 0)), ((2, 1, 5, 5), (3, 3), (1, 1), (1, 1)),
+         ((1, 3, 6, 4), (3, 2), (2, 2), (1, 0)), ((1, 1, 2, 2), (2, 2), None, (1, 1))], FLOATS):
+    _x = grid(_xs, _dtype)  # ties: the first maximum of a window takes its gradient
+    _attrs = {"kernel": _kernel, "stride": _stride, "padding": _pad}
+    _s = _stride or _kernel
+    _g = sample(_pool(_x, _kernel, _s, _pad, max, -math.inf).shape, _dtype)
+    case("max_pool2d_grad", [_x, _g], _attrs, _pool_grad(_x, _g, _kernel, _s, _pad, _first_max))
+    case("avg_pool2d_grad", [_g], {**_attrs, "input_hw": _xs[2:]},
+         _pool_grad(_x, _g, _kernel, _s, _pad, lambda v: [1.0 / len(v)] * len(v)))
+
+for (_shape, _low, _high, _interior), _dtype in itertools.product(
+        [((2, 3), (1, 0), (0, 2), None), ((3,), (0,), (0,), (2,)), ((2, 2), (1, 1), (1, 1), (1, 0)),
+         ((), (), (), None), ((0, 2), (1, 0), (1, 1), (1, 1))], [f32, bf16, i32]):
+    _x = sample(_shape, _dtype)
+    _it = _interior or (0,) * len(_shape)
+    _expect = np.full([lo + hi + d + max(d - 1, 0) * k for d, lo, hi, k in zip(_shape, _low, _high, _it)],
+                      1.5 if _dtype.is_float else 0.0)
+    for _idx in np.ndindex(*_shape):
+        _expect[tuple(lo + i * (k + 1) for i, lo, k in zip(_idx, _low, _it))] = wide(_x)[_idx]
+    case("pad", [_x], {"low": _low, "high": _high, "interior": _interior,
+                       "value": 1.5 if _dtype.is_float else 0.0}, _expect)
+
+for (_ushape, _ishape, _axis, _size), _dtype in itertools.product(
+        [((4, 3), (4,), 0, 5), ((2, 3, 2), (2, 3), 0, 3), ((2, 4), (4,), 1, 3), ((3,), (), 0, 2),
+         ((2, 0), (0,), 1, 4)], [f32, bf16, i32]):
+    _u = sample(_ushape, _dtype)
+    _ind = RNG.integers(0, _size, _ishape).astype(np.int32)
+    _wide_u = np.moveaxis(wide(_u), tuple(range(_axis, _axis + len(_ishape))), tuple(range(len(_ishape))))
+    _rest = _ushape[:_axis] + _ushape[_axis + len(_ishape):]
+    _expect = np.zeros((_size, *_rest), dtype=_wide_u.dtype)
+    for _idx in np.ndindex(*_ishape):
+        _expect[_ind[_idx]] += _wide_u[_idx]
+    case("scatter_add", [_u, _ind], {"axis": _axis, "size": _size}, np.moveaxis(_expect, 0, _axis))
+
+
 # --- fused ---------------------------------------------------------------------------------
 def _mul_add_sum(types: list[TensorType]) -> Region:
     """(a * b + a, sum(a * b + a, axes=[1]))."""
@@ -666,6 +745,27 @@ TYPE_ERRORS = [
      "attribute 'stride' needs 2 entries, got [1]"),
     ("fused", [T(f32, 2, 3)], {}, "has no region"),
     ("fused", [T(f32, 2, 3)], {"label": 3}, "attribute 'label' expects str, got 3"),
+    ("conv2d_input_grad", [T(f32, 1, 3, 3, 3), T(f32, 3, 2, 3, 3)], {"input_hw": (6, 5)},
+     "gradient f32[1,3,3,3] does not match an input of size [6, 5] (the forward output would be [4, 3])"),
+    ("conv2d_input_grad", [T(f32, 1, 4, 3, 3), T(f32, 3, 2, 3, 3)], {"input_hw": (5, 5)},
+     "channels of f32[1,4,3,3] and f32[3,2,3,3] do not match groups=1"),
+    ("conv2d_weight_grad", [T(f32, 1, 2, 5, 5), T(f32, 2, 3, 3, 3)], {"kernel_hw": (3, 3)},
+     "expects float NCHW input and gradient of one batch, got f32[1,2,5,5] and f32[2,3,3,3]"),
+    ("conv2d_weight_grad", [T(f32, 1, 2, 5, 5), T(f32, 1, 3, 3, 3)], {"kernel_hw": (3, 3), "groups": 2},
+     "channels of f32[1,2,5,5] and f32[1,3,3,3] do not match groups=2"),
+    ("max_pool2d_grad", [T(f32, 1, 2, 4, 4), T(f32, 1, 2, 3, 3)], {"kernel": (2, 2)},
+     "gradient f32[1,2,3,3] does not match an input of size [4, 4] (the forward output would be [2, 2])"),
+    ("max_pool2d_grad", [T(f32, 1, 2, 4, 4), T(f16, 1, 2, 2, 2)], {"kernel": (2, 2)},
+     "input f32[1,2,4,4] and gradient f16[1,2,2,2] do not match"),
+    ("avg_pool2d_grad", [T(i32, 1, 1, 2, 2)], {"kernel": (2, 2), "input_hw": (4, 4)},
+     "expects a float NCHW gradient, got i32[1,1,2,2]"),
+    ("pad", [T(f32, 2, 3)], {"low": (1,), "high": (0, 0)}, "low, high and interior need 2 entries each for f32[2,3]"),
+    ("pad", [T(f32, 2, 3)], {"low": (1, -1), "high": (0, 0)}, "padding amounts must be non-negative"),
+    ("scatter_add", [T(f32, 4, 3), T(f32, 4)], {"size": 5}, "indices must be integers, got f32[4]"),
+    ("scatter_add", [T(f32, 4, 3), T(i32, 3)], {"size": 5},
+     "updates f32[4,3] do not hold one slice per index of i32[3] at axis 0"),
+    ("scatter_add", [T(f32, 4, 3), T(i32, 4)], {"axis": 2, "size": 5},
+     "axis 2 or size 5 out of range for updates f32[4,3] and indices i32[4]"),
 ]
 
 

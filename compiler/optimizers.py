@@ -1,0 +1,119 @@
+"""Optimizers as graph code: global gradient-norm clipping, SGD and AdamW.
+
+Each optimizer appends ops computing every trained param's new value and records
+it in `graph.updates`. Its persistent state is `Role.state` params, updated the
+same way, so a checkpoint saves it:
+
+* `optimizer.step` (i32[], starts at 0): optimizer steps taken so far. The step
+  being taken is t = step + 1; AdamW's bias correction uses it.
+* SGD with momentum: `optimizer.momentum_buffer.<param>`.
+* AdamW: `optimizer.exp_avg.<param>` and `optimizer.exp_avg_sq.<param>`.
+
+The learning rate is a run-time value (the graph input `lr`, f32[]), so a
+schedule needs no recompile; the other hyperparameters are compile-time constants.
+The formulas are PyTorch's (`torch.optim.SGD`, `torch.optim.AdamW`,
+`torch.nn.utils.clip_grad_norm_`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from ir.builder import Builder
+from ir.dtypes import DType
+from ir.graph import Param, Role, Value
+from ir.init import Init
+from ir.types import TensorType
+
+STEP = "optimizer.step"
+CLIP_EPS = 1e-6
+
+
+class Hyper(Protocol):
+    """The optimizer settings an optimizer reads (`compiler.training.TrainingOptions`)."""
+
+    momentum: float
+    weight_decay: float
+    betas: tuple[float, float]
+    eps: float
+
+
+#: optimizer(b, [(param, gradient)], lr, t, hyper): appends ops and records the updates
+Optimizer = Callable[[Builder, "list[tuple[Param, Value]]", Value, Value, Hyper], None]
+
+
+def state(b: Builder, kind: str, param: Param) -> Value:
+    """A zero-initialized state tensor shaped like `param`, named `optimizer.<kind>.<param>`."""
+    return b.param(f"optimizer.{kind}.{param.name}", param.type, Init("zeros"), Role.state)
+
+
+def step_counter(b: Builder) -> Value:
+    """t = step + 1 as f32, from the step counter state, whose update is recorded."""
+    step = b.param(STEP, TensorType((), DType.i32), Init("zeros"), Role.state)
+    new = b.add(step, b.full(shape=(), value=1.0, dtype=DType.i32))
+    b.update(STEP, new)
+    return b.cast(new, dtype=DType.f32)
+
+
+def clip_by_global_norm(b: Builder, grads: list[Value], max_norm: float | None) -> tuple[list[Value], Value]:
+    """(gradients scaled by min(1, max_norm / (norm + 1e-6)), the pre-clip global L2 norm as f32)."""
+    squares = [_to_f32(b, b.sum(b.mul(g, g))) for g in grads]
+    total = squares[0]
+    for square in squares[1:]:
+        total = b.add(total, square)
+    norm = b.sqrt(total)
+    if max_norm is None:
+        return grads, norm
+    coef = b.minimum(b.div(_f32(b, max_norm), b.add(norm, _f32(b, CLIP_EPS))), _f32(b, 1.0))
+    return [b.mul(g, _like(b, coef, g)) for g in grads], norm
+
+
+def sgd(b: Builder, pairs: list[tuple[Param, Value]], lr: Value, t: Value, hyper: Hyper) -> None:
+    """p -= lr * buf, buf = momentum * buf + (g + weight_decay * p) (no buffer without momentum)."""
+    for param, g in pairs:
+        p = param.value
+        if hyper.weight_decay:
+            g = b.add(g, b.mul(_const(b, hyper.weight_decay, p), p))
+        if hyper.momentum:
+            buf = state(b, "momentum_buffer", param)
+            g = b.add(b.mul(_const(b, hyper.momentum, p), buf), g)
+            b.update(buf.name, g)
+        b.update(param.name, b.sub(p, b.mul(_like(b, lr, p), g)))
+
+
+def adamw(b: Builder, pairs: list[tuple[Param, Value]], lr: Value, t: Value, hyper: Hyper) -> None:
+    """AdamW with decoupled weight decay and bias correction from the step counter."""
+    beta1, beta2 = hyper.betas
+    one = _f32(b, 1.0)
+    step_size = b.div(lr, b.sub(one, b.pow(_f32(b, beta1), t)))
+    correction2 = b.sqrt(b.sub(one, b.pow(_f32(b, beta2), t)))
+    decay = b.sub(one, b.mul(lr, _f32(b, hyper.weight_decay))) if hyper.weight_decay else None
+    for param, g in pairs:
+        p = param.value
+        m, v = state(b, "exp_avg", param), state(b, "exp_avg_sq", param)
+        new_m = b.add(m, b.mul(_const(b, 1.0 - beta1, p), b.sub(g, m)))
+        new_v = b.add(b.mul(_const(b, beta2, p), v), b.mul(_const(b, 1.0 - beta2, p), b.mul(g, g)))
+        denom = b.add(b.div(b.sqrt(new_v), _like(b, correction2, p)), _const(b, hyper.eps, p))
+        decayed = b.mul(p, _like(b, decay, p)) if decay is not None else p
+        b.update(param.name, b.sub(decayed, b.mul(_like(b, step_size, p), b.div(new_m, denom))))
+        b.update(m.name, new_m)
+        b.update(v.name, new_v)
+
+
+OPTIMIZERS: dict[str, Optimizer] = {"sgd": sgd, "adamw": adamw}
+
+
+def _f32(b: Builder, value: float) -> Value:
+    return b.full(shape=(), value=float(value), dtype=DType.f32)
+
+
+def _const(b: Builder, value: float, like: Value) -> Value:
+    return b.full(shape=(), value=float(value), dtype=like.type.dtype)
+
+
+def _like(b: Builder, scalar: Value, like: Value) -> Value:
+    """An f32 scalar in `like`'s dtype."""
+    return scalar if scalar.type.dtype == like.type.dtype else b.cast(scalar, dtype=like.type.dtype)
+
+
+def _to_f32(b: Builder, value: Value) -> Value:
+    return value if value.type.dtype == DType.f32 else b.cast(value, dtype=DType.f32)

@@ -1,0 +1,84 @@
+"""Training compilation: a forward graph with a scalar `loss` becomes one training step.
+
+`build_training_graph(forward, options)` returns a new graph holding, in order,
+the forward ops (phase `fwd`), the backward pass (`bwd`, `compiler.autodiff`),
+the global gradient norm and optional clipping (`gradnorm`) and the optimizer
+update (`opt`, `compiler.optimizers`). It keeps every forward output (`loss` and
+metrics), adds the output `grad_norm` (the pre-clip global L2 norm, f32[]) and
+the input `lr` (f32[]), and records in `updates` the new value of every trained
+param and of every optimizer state. A param the loss does not depend on gets no
+gradient and is left unchanged (as PyTorch skips params whose grad is None).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Literal
+
+import pydantic
+
+from compiler.autodiff import append_gradients
+from compiler.optimizers import OPTIMIZERS, clip_by_global_norm, step_counter
+from ir.builder import Builder
+from ir.dtypes import DType
+from ir.errors import ConfigError, IRError
+from ir.graph import Graph, Phase
+from ir.types import TensorType
+
+Beta = Annotated[float, pydantic.Field(ge=0.0, lt=1.0)]
+
+
+class TrainingOptions(pydantic.BaseModel):
+    """What shapes the training graph; the learning rate is a run-time input instead."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    #: SGD momentum (0: plain SGD, no momentum buffer)
+    momentum: float = pydantic.Field(0.0, ge=0.0)
+    #: SGD: L2 penalty added to the gradient; AdamW: decoupled decay p *= 1 - lr * weight_decay
+    weight_decay: float = pydantic.Field(0.0, ge=0.0)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = pydantic.Field(1e-8, gt=0.0)
+    #: clip the global gradient norm to this value; None: no clipping (the norm is still an output)
+    max_grad_norm: float | None = pydantic.Field(None, gt=0.0)
+
+    @classmethod
+    def parse(cls, **values) -> TrainingOptions:
+        """Options from plain values; ConfigError naming the first bad field."""
+        try:
+            return cls(**values)
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(map(str, first["loc"])) or "options"
+            raise ConfigError(f"training option '{field}': {first['msg']}") from None
+
+
+def build_training_graph(forward: Graph, options: TrainingOptions | None = None) -> Graph:
+    """The training step of `forward` (left unchanged): fwd, bwd, gradnorm and opt ops."""
+    options = options or TrainingOptions()
+    graph = copy.deepcopy(forward)
+    _check_free_names(graph)
+    for op in graph.ops:
+        op.phase = op.phase or Phase.fwd
+    grads = append_gradients(graph)
+    if not grads:
+        raise IRError(f"graph @{graph.name}: no trainable param affects the loss, nothing to train")
+    pairs = [(p, grads[p.name]) for p in graph.params if p.name in grads]
+    b = Builder(graph)
+    lr = b.input("lr", TensorType((), DType.f32))
+    with b.in_phase(Phase.gradnorm):
+        clipped, norm = clip_by_global_norm(b, [g for _, g in pairs], options.max_grad_norm)
+    b.output("grad_norm", norm)
+    with b.in_phase(Phase.opt):
+        t = step_counter(b)
+        OPTIMIZERS[options.optimizer](b, [(p, g) for (p, _), g in zip(pairs, clipped)], lr, t, options)
+    return graph
+
+
+def _check_free_names(graph: Graph) -> None:
+    """The names training adds must not be taken already."""
+    taken = [v.name for v in graph.inputs if v.name == "lr"]
+    taken += [p.name for p in graph.params if p.name.startswith("optimizer.")]
+    taken += [name for name in graph.outputs if name == "grad_norm"]
+    if taken:
+        raise IRError(f"graph @{graph.name} already uses '{taken[0]}', a name the training graph adds")
