@@ -63,9 +63,9 @@ class Setting:
     context: str | None = None
 
     def error(self, message: str, fallback: Field | None = None) -> ConfigError:
-        where, context = self.location, self.context
-        if where is None and fallback is not None:
-            where, context = fallback.location, fallback.context
+        if self.location is not None:  # the location names the file already
+            return ConfigError(message, self.location, self.context)
+        where, context = (fallback.location, fallback.context) if fallback else (None, None)
         return ConfigError(f"{self.origin}: {message}", where, context)
 
 
