@@ -19,6 +19,8 @@ from compiler import zoo
 from compiler.config import Setting, load_yaml, parse_overrides, resolve
 from compiler.frontend import Source, lower, parse_module
 from compiler.hf_config import read_hf_config
+from compiler.passes import PassManager
+from compiler.passes.pipelines import level_pipeline
 from ir.errors import ConfigError
 from ir.graph import Graph
 from ir.verifier import verify
@@ -33,7 +35,7 @@ class CompileOptions:
     config_file: str | None = None
     batch_size: int | None = None
     inference: bool = False
-    emit: str | None = None  # "ir": stop after the frontend (and training graph)
+    emit: str | None = None  # "ir": stop after the frontend (and training graph); "ir-opt"/"dot": after the passes
 
 
 @attrs.define
@@ -85,8 +87,11 @@ def settings(options: CompileOptions, implied: tuple[Setting, ...] = ()) -> list
     return out + parse_overrides(options.overrides)
 
 
-def compile_model(options: CompileOptions) -> Compiled:
-    """Run the stages on `options.model`; raise an `RduflowError` for any user mistake."""
+def compile_model(options: CompileOptions, pass_manager: PassManager | None = None) -> Compiled:
+    """Run the stages on `options.model`; raise an `RduflowError` for any user mistake.
+
+    `pass_manager` runs stage 3 (default: the -O1 pipeline, see `tools.pass_options`).
+    """
     found = find_model(options.model)
     module = parse_module(found.source)
     config = resolve(module.schema, settings(options, found.settings))
@@ -98,5 +103,8 @@ def compile_model(options: CompileOptions) -> Compiled:
     if options.emit == "ir":
         return result
     # --- stage 3: passes ----------------------------------------------------------------
+    result.graph = (pass_manager or PassManager.parse(level_pipeline("O1"))).run(result.graph)
+    if options.emit in ("ir-opt", "dot"):
+        return result
     # --- stage 4: backend ---------------------------------------------------------------
     return result

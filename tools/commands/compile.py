@@ -8,6 +8,8 @@ from compiler.driver import CompileOptions, compile_model
 from ir.errors import ConfigError
 from ir.printer import print_graph
 from tools import cli
+from tools.dot import graph_to_dot
+from tools.pass_options import add_pass_options, pass_manager_from_args
 
 
 def _positive(text: str) -> int:
@@ -49,10 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="batch size (sets model.batch_size; a new size needs a recompile)")
     parser.add_argument("--inference", action="store_true",
                         help="forward only: the graph's output is the logits (default: training)")
-    parser.add_argument("--emit", choices=("ir",),
-                        help="ir: print the IR after the frontend (and autodiff) and stop")
+    parser.add_argument("--emit", choices=("ir", "ir-opt", "dot"),
+                        help="ir: print the IR after the frontend (and autodiff) and stop; ir-opt: the IR "
+                             "after the passes; dot: a Graphviz view of the IR after the passes")
     parser.add_argument("--no-locs", dest="locs", action="store_false",
                         help="print the IR without source locations")
+    add_pass_options(parser)
     cli.add_debug_flag(parser)
     parser.set_defaults(func=main)
     _intermixed(parser)
@@ -64,8 +68,11 @@ def options_from(args: argparse.Namespace) -> CompileOptions:
 
 
 def main(args: argparse.Namespace) -> int:
-    result = compile_model(options_from(args))
-    if args.emit == "ir":
+    result = compile_model(options_from(args), pass_manager_from_args(args))
+    if args.emit in ("ir", "ir-opt"):
         sys.stdout.write(print_graph(result.graph, with_locs=args.locs))
+        return 0
+    if args.emit == "dot":
+        sys.stdout.write(graph_to_dot(result.graph))
         return 0
     raise ConfigError("nothing to write yet: this build cannot write a PEF; use --emit ir")
