@@ -10,7 +10,10 @@ the plan; record symbols, sections and traffic in the PEF.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import attrs
 
@@ -20,7 +23,7 @@ from backend.mapping import budget, check_fits, kernel_needs, stage_tiles
 from backend.memory import bind, offchip_tensors, plan_memory
 from backend.pef import PEF, CompileOption, Header, ParamSymbol, Section, Symbols, TensorSymbol, UpdateSymbol
 from backend.sections import Group, group
-from backend.targets import ONCHIP, Target
+from backend.targets import ONCHIP, Target, load_target
 from ir.dtypes import DType
 from ir.graph import Graph, Value
 
@@ -41,6 +44,25 @@ def compile_options(values: dict[str, object]) -> tuple[CompileOption, ...]:
     return tuple(out)
 
 
+def tool_version() -> str:
+    try:
+        return version("rduflow")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "0+unknown"
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config as dotted keys: {"model": {"n_layer": 2}} -> {"model.n_layer": 2}."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
 @attrs.frozen
 class BackendOptions:
     """What the backend needs beyond the graph."""
@@ -53,7 +75,18 @@ class BackendOptions:
     mode: str = "train"
     options: tuple[CompileOption, ...] = ()
     source_sha256: str = ""
-    tool_version: str = "0+unknown"
+    tool_version: str = attrs.field(factory=tool_version)
+
+
+def backend_stage(graph: Graph, *, target: str, n_chips: int = 1, num_tiles: int | None = None, pack: bool = True,
+                  inference: bool = False, settings: dict[str, Any] | None = None, source: str = "") -> PEF:
+    """The compile driver's backend stage: `settings` (config and flags) are recorded in the
+    header, `source` (the model text) by its sha256."""
+    recorded = flatten(dict(settings or {})) | {"target": target, "n_chips": n_chips, "num_tiles": num_tiles,
+                                                  "inference": inference, "pack_sections": pack}
+    options = BackendOptions(load_target(target), n_chips, num_tiles, pack, "inference" if inference else "train",
+                             compile_options(recorded), hashlib.sha256(source.encode()).hexdigest())
+    return build_pef(graph, options)
 
 
 def compile_program(graph: Graph, options: BackendOptions) -> bytes:

@@ -120,7 +120,7 @@ def _decode_union(members: tuple, data: Any, path: str) -> Any:
         tags = {m.kind: m for m in records if hasattr(m, "kind")}
         if tags:
             kind = data.get("kind")
-            if kind not in tags:
+            if not isinstance(kind, str) or kind not in tags:
                 raise SchemaError(f"{path}.kind", f"unknown kind {kind!r:.40} (expected one of {', '.join(tags)})")
             return _decode_record(tags[kind], data, path)
         return _decode_record(records[0], data, path)

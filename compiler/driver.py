@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+from backend.driver import backend_stage
+from backend.pef import PEF
 from compiler import zoo
 from compiler.config import Setting, load_yaml, parse_overrides, resolve
 from compiler.frontend import Source, lower, parse_module
@@ -36,6 +38,10 @@ class CompileOptions:
     batch_size: int | None = None
     inference: bool = False
     emit: str | None = None  # "ir": stop after the frontend (and training graph); "ir-opt"/"dot": after the passes
+    target: str = "sn40l"  # a preset name or a target YAML file
+    n_chips: int = 1
+    num_tiles: int | None = None  # tiles per chip (default: all)
+    pack_sections: bool = True  # False at -O0: one kernel per section
 
 
 @attrs.define
@@ -50,6 +56,8 @@ class Compiled:
     graph: Graph
     #: the Hugging Face folder MODEL named, if it was one (its weights initialize the params)
     checkpoint: Path | None = None
+    #: the compiled program, once the backend stage ran
+    pef: PEF | None = None
 
 
 @attrs.frozen
@@ -107,4 +115,7 @@ def compile_model(options: CompileOptions, pass_manager: PassManager | None = No
     if options.emit in ("ir-opt", "dot"):
         return result
     # --- stage 4: backend ---------------------------------------------------------------
+    result.pef = backend_stage(result.graph, target=options.target, n_chips=options.n_chips,
+                               num_tiles=options.num_tiles, pack=options.pack_sections,
+                               inference=options.inference, settings=config, source=found.source.text)
     return result

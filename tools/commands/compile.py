@@ -5,9 +5,9 @@ import argparse
 import sys
 
 from compiler.driver import CompileOptions, compile_model
-from ir.errors import ConfigError
 from ir.printer import print_graph
 from tools import cli
+from tools.backend_options import add_backend_options, backend_options, write_output
 from tools.dot import graph_to_dot
 from tools.pass_options import add_pass_options, pass_manager_from_args
 
@@ -57,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-locs", dest="locs", action="store_false",
                         help="print the IR without source locations")
     add_pass_options(parser)
+    add_backend_options(parser)
     cli.add_debug_flag(parser)
     parser.set_defaults(func=main)
     _intermixed(parser)
@@ -64,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def options_from(args: argparse.Namespace) -> CompileOptions:
     return CompileOptions(model=args.model, overrides=tuple(args.overrides), config_file=args.config,
-                          batch_size=args.batch_size, inference=args.inference, emit=args.emit)
+                          batch_size=args.batch_size, inference=args.inference, emit=args.emit,
+                          **backend_options(args))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -75,4 +77,5 @@ def main(args: argparse.Namespace) -> int:
     if args.emit == "dot":
         sys.stdout.write(graph_to_dot(result.graph))
         return 0
-    raise ConfigError("nothing to write yet: this build cannot write a PEF; use --emit ir")
+    write_output(args, result.pef)
+    return 0

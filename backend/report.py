@@ -1,0 +1,65 @@
+"""Summaries of a compiled program: for `rduflow pef info`, `rduflow compile --stats` and tests."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from backend.pef import PEF
+from backend.schema import encode
+from ir.dtypes import DType
+
+
+def offchip_traffic(pef: PEF) -> dict[str, int]:
+    """Modeled off-chip bytes over all sections: read, written, total."""
+    read = sum(sum(s.offchip_read.values()) for s in pef.sections)
+    written = sum(sum(s.offchip_written.values()) for s in pef.sections)
+    return {"read": read, "written": written, "total": read + written}
+
+
+def _bytes(shape, dtype: str) -> int:
+    return math.prod(shape) * DType(dtype).itemsize
+
+
+def info(pef: PEF, file_bytes: int) -> dict[str, Any]:
+    """Header, symbols, sections with resources and traffic, and sizes, as plain data."""
+    header, target = pef.header, pef.header.target
+    units = header.n_chips * header.num_tiles
+    return {
+        "format_version": 1,
+        "tool_version": header.tool_version,
+        "target": {"name": target.name, "description": target.description, "n_chips": header.n_chips,
+                   "num_tiles": header.num_tiles, "pcus": units * target.pcus_per_tile,
+                   "pmus": units * target.pmus_per_tile},
+        "mode": header.mode,
+        "source_sha256": header.source_sha256,
+        "options": [encode(o) for o in header.options],
+        "symbols": encode(pef.symbols),
+        "sections": [{"index": s.index, "phase": s.phase, "kernels": len(s.kernels), "pcus": s.pcus, "pmus": s.pmus,
+                      "offchip_read": s.offchip_read, "offchip_written": s.offchip_written} for s in pef.sections],
+        "sizes": {"file": file_bytes, "kernels": len(pef.kernels),
+                  "param_bytes": sum(_bytes(p.shape, p.dtype) for p in pef.symbols.params),
+                  "arenas": {a.name: a.size for a in pef.memory.arenas}},
+        "offchip_traffic": offchip_traffic(pef),
+    }
+
+
+def stats_text(pef: PEF) -> str:
+    """Resources and sections, a few lines (the backend part of `compile --stats`)."""
+    header, target = pef.header, pef.header.target
+    units = header.n_chips * header.num_tiles
+    phases: dict[str, int] = {}
+    for s in pef.sections:
+        phases[s.phase or "-"] = phases.get(s.phase or "-", 0) + 1
+    traffic = offchip_traffic(pef)
+    lines = [
+        f"target {target.name}: {header.n_chips} chip(s) x {header.num_tiles} tile(s) = "
+        f"{units * target.pcus_per_tile} PCUs, {units * target.pmus_per_tile} PMUs",
+        f"kernels {len(pef.kernels)}, sections {len(pef.sections)} ("
+        + ", ".join(f"{k} {v}" for k, v in phases.items()) + ")",
+        f"peak section: {max((s.pcus for s in pef.sections), default=0)} PCUs, "
+        f"{max((s.pmus for s in pef.sections), default=0)} PMUs",
+        f"modeled off-chip traffic: {traffic['total']:,} bytes (read {traffic['read']:,}, "
+        f"written {traffic['written']:,})",
+        "memory: " + ", ".join(f"{a.name} {a.size:,} bytes" for a in pef.memory.arenas),
+    ]
+    return "\n".join(lines)
