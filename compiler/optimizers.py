@@ -29,12 +29,27 @@ CLIP_EPS = 1e-6
 
 
 class Hyper(Protocol):
-    """The optimizer settings an optimizer reads (`compiler.training.TrainingOptions`)."""
+    """The settings an optimizer reads (`compiler.training.TrainingOptions` has them)."""
 
     momentum: float
     weight_decay: float
     betas: tuple[float, float]
     eps: float
+
+
+class Constants:
+    """Rank-0 constants built once per (value, dtype), ahead of the ops using them."""
+
+    def __init__(self, b: Builder):
+        self.b = b
+        self.made: dict[tuple[float, DType], Value] = {}
+
+    def __call__(self, value: float, like: Value | DType = DType.f32) -> Value:
+        dtype = like if isinstance(like, DType) else like.type.dtype
+        key = (float(value), dtype)
+        if key not in self.made:
+            self.made[key] = self.b.full(shape=(), value=float(value), dtype=dtype)
+        return self.made[key]
 
 
 #: optimizer(b, [(param, gradient)], lr, t, hyper): appends ops and records the updates
@@ -56,45 +71,47 @@ def step_counter(b: Builder) -> Value:
 
 def clip_by_global_norm(b: Builder, grads: list[Value], max_norm: float | None) -> tuple[list[Value], Value]:
     """(gradients scaled by min(1, max_norm / (norm + 1e-6)), the pre-clip global L2 norm as f32)."""
-    squares = [_to_f32(b, b.sum(b.mul(g, g))) for g in grads]
+    squares = [_as(b, b.sum(b.mul(g, g)), DType.f32) for g in grads]
     total = squares[0]
     for square in squares[1:]:
         total = b.add(total, square)
     norm = b.sqrt(total)
     if max_norm is None:
         return grads, norm
-    coef = b.minimum(b.div(_f32(b, max_norm), b.add(norm, _f32(b, CLIP_EPS))), _f32(b, 1.0))
-    return [b.mul(g, _like(b, coef, g)) for g in grads], norm
+    c = Constants(b)
+    coef = b.minimum(b.div(c(max_norm), b.add(norm, c(CLIP_EPS))), c(1.0))
+    return [b.mul(g, _as(b, coef, g.type.dtype)) for g in grads], norm
 
 
 def sgd(b: Builder, pairs: list[tuple[Param, Value]], lr: Value, t: Value, hyper: Hyper) -> None:
     """p -= lr * buf, buf = momentum * buf + (g + weight_decay * p) (no buffer without momentum)."""
+    c = Constants(b)
     for param, g in pairs:
         p = param.value
         if hyper.weight_decay:
-            g = b.add(g, b.mul(_const(b, hyper.weight_decay, p), p))
+            g = b.add(g, b.mul(c(hyper.weight_decay, p), p))
         if hyper.momentum:
             buf = state(b, "momentum_buffer", param)
-            g = b.add(b.mul(_const(b, hyper.momentum, p), buf), g)
+            g = b.add(b.mul(c(hyper.momentum, p), buf), g)
             b.update(buf.name, g)
-        b.update(param.name, b.sub(p, b.mul(_like(b, lr, p), g)))
+        b.update(param.name, b.sub(p, b.mul(_as(b, lr, p.type.dtype), g)))
 
 
 def adamw(b: Builder, pairs: list[tuple[Param, Value]], lr: Value, t: Value, hyper: Hyper) -> None:
     """AdamW with decoupled weight decay and bias correction from the step counter."""
+    c = Constants(b)
     beta1, beta2 = hyper.betas
-    one = _f32(b, 1.0)
-    step_size = b.div(lr, b.sub(one, b.pow(_f32(b, beta1), t)))
-    correction2 = b.sqrt(b.sub(one, b.pow(_f32(b, beta2), t)))
-    decay = b.sub(one, b.mul(lr, _f32(b, hyper.weight_decay))) if hyper.weight_decay else None
+    step_size = b.div(lr, b.sub(c(1.0), b.pow(c(beta1), t)))
+    correction2 = b.sqrt(b.sub(c(1.0), b.pow(c(beta2), t)))
+    decay = b.sub(c(1.0), b.mul(lr, c(hyper.weight_decay))) if hyper.weight_decay else None
     for param, g in pairs:
-        p = param.value
+        p, dtype = param.value, param.type.dtype
         m, v = state(b, "exp_avg", param), state(b, "exp_avg_sq", param)
-        new_m = b.add(m, b.mul(_const(b, 1.0 - beta1, p), b.sub(g, m)))
-        new_v = b.add(b.mul(_const(b, beta2, p), v), b.mul(_const(b, 1.0 - beta2, p), b.mul(g, g)))
-        denom = b.add(b.div(b.sqrt(new_v), _like(b, correction2, p)), _const(b, hyper.eps, p))
-        decayed = b.mul(p, _like(b, decay, p)) if decay is not None else p
-        b.update(param.name, b.sub(decayed, b.mul(_like(b, step_size, p), b.div(new_m, denom))))
+        new_m = b.add(m, b.mul(c(1.0 - beta1, p), b.sub(g, m)))
+        new_v = b.add(b.mul(c(beta2, p), v), b.mul(c(1.0 - beta2, p), b.mul(g, g)))
+        denom = b.add(b.div(b.sqrt(new_v), _as(b, correction2, dtype)), c(hyper.eps, p))
+        decayed = b.mul(p, _as(b, decay, dtype)) if decay is not None else p
+        b.update(param.name, b.sub(decayed, b.mul(_as(b, step_size, dtype), b.div(new_m, denom))))
         b.update(m.name, new_m)
         b.update(v.name, new_v)
 
@@ -102,18 +119,6 @@ def adamw(b: Builder, pairs: list[tuple[Param, Value]], lr: Value, t: Value, hyp
 OPTIMIZERS: dict[str, Optimizer] = {"sgd": sgd, "adamw": adamw}
 
 
-def _f32(b: Builder, value: float) -> Value:
-    return b.full(shape=(), value=float(value), dtype=DType.f32)
-
-
-def _const(b: Builder, value: float, like: Value) -> Value:
-    return b.full(shape=(), value=float(value), dtype=like.type.dtype)
-
-
-def _like(b: Builder, scalar: Value, like: Value) -> Value:
-    """An f32 scalar in `like`'s dtype."""
-    return scalar if scalar.type.dtype == like.type.dtype else b.cast(scalar, dtype=like.type.dtype)
-
-
-def _to_f32(b: Builder, value: Value) -> Value:
-    return value if value.type.dtype == DType.f32 else b.cast(value, dtype=DType.f32)
+def _as(b: Builder, value: Value, dtype: DType) -> Value:
+    """`value` cast to `dtype` if it is not of it already."""
+    return value if value.type.dtype == dtype else b.cast(value, dtype=dtype)

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from autodiff_helpers import run_f64
 from ir.builder import Builder
 from ir.dtypes import DType
 from ir.graph import Op, Value
@@ -355,16 +356,6 @@ def build(name: str, c: Case) -> tuple[list[Op], list[Value], list[Value | None]
     return b.ops, gs, lookup(name).vjp(b, b.ops[0], gs)
 
 
-def run(ops: list[Op], env: dict[Value, np.ndarray]) -> None:
-    """Every op's `ref` on float64 arrays (float results widened back to float64)."""
-    for op in ops:
-        out = lookup(op.name).ref(op.attrs, *(env[v] for v in op.operands))
-        for r, o in zip(op.results, out if isinstance(out, tuple) else (out,)):
-            o = np.asarray(o)
-            assert o.shape == r.type.shape, (op.name, o.shape, r.type)
-            env[r] = o.astype(np.float64) if r.type.dtype.is_float else o
-
-
 def numeric_gradient(op: Op, c: Case, i: int, cotangents: list[np.ndarray]) -> np.ndarray:
     """d<g, f(x)>/dx_i by central differences, element by element."""
     x = c.args[i]
@@ -376,7 +367,7 @@ def numeric_gradient(op: Op, c: Case, i: int, cotangents: list[np.ndarray]) -> n
             args[i] = x.copy()
             args[i][j] += sign * c.h
             env = dict(zip(op.operands, args))
-            run([op], env)
+            run_f64([op], env)
             values.append(sum(float(np.sum(g * env[y])) for g, y in zip(cotangents, op.results)))
         out[j] = (values[0] - values[1]) / (2 * c.h)
     return out
@@ -389,7 +380,7 @@ def check_vjp(name: str, c: Case, seed: int = 0) -> None:
     cotangents = [np.random.default_rng(seed).standard_normal(v.type.shape) for v in gs]
     env = dict(zip(op.operands, c.args)) | dict(zip(gs, cotangents))
     with np.errstate(all="ignore"):
-        run(ops, env)
+        run_f64(ops, env)
     for i, (x, grad) in enumerate(zip(c.args, vjp)):
         if x.dtype != np.float64:
             assert grad is None, f"operand {i} of '{name}' is not float but got a gradient"
