@@ -11,7 +11,7 @@ HEAD = "config { n: int = 4 }\ninput x: f32[2, n]\n"  # lines 1-2 of most cases
 
 # (case id, source, expected message part, line, column)
 CASES = [
-    ("syntax-eof", HEAD + "let a = ", "syntax error: unexpected end of input; expected", 3, 9),
+    ("syntax-eof", HEAD + "let a = ", "syntax error: unexpected end of input; expected", 3, 8),
     ("syntax-token", HEAD + "let a = (1 + 2\noutput y = x", "syntax error: unexpected 'output'; expected", 4, 1),
     ("syntax-char", HEAD + "let a = 1 $ 2", "syntax error: unexpected character '$'", 3, 11),
     ("syntax-missing-name", HEAD + "let = 1", "syntax error: unexpected '='; expected '(', a name", 3, 5),
