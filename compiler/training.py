@@ -70,8 +70,8 @@ def build_training_graph(forward: Graph, options: TrainingOptions | None = None)
         clipped, norm = clip_by_global_norm(b, [g for _, g in pairs], options.max_grad_norm)
     b.output("grad_norm", norm)
     with b.in_phase(Phase.opt):
-        t = step_counter(b)
-        OPTIMIZERS[options.optimizer](b, [(p, g) for (p, _), g in zip(pairs, clipped)], lr, t, options)
+        step_counter(b)
+        OPTIMIZERS[options.optimizer](b, [(p, g) for (p, _), g in zip(pairs, clipped)], lr, options)
     return graph
 
 
