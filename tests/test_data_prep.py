@@ -8,6 +8,8 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tools.data_prep as data_prep
 from runtime.tokenizer import load_tokenizer
@@ -253,6 +255,7 @@ def test_cli_success(tmp_path, capsys):
     (b"x\n", ".csv", [], "unsupported input format '.csv'"),
     (b"x\n", ".txt", ["--tokenizer", "/no/such/tokenizer"], "error: tokenizer not found: /no/such/tokenizer"),
     (b"x\n", ".txt", ["--dev-ratio", "1.5"], "--dev-ratio must be in [0, 1)"),
+    (b"x\ny\n", ".txt", ["--dev-ratio", "0.3", "--test-ratio", "0.3"], "too few lines (2) for --dev-ratio 0.3"),
     (b"x\n", ".txt", ["--num-training-splits", "2", "--packing", "single::drop"],
      "1 training sequences after packing"),
 ])
@@ -320,3 +323,50 @@ def test_crash_keeps_the_old_output(tmp_path, monkeypatch):
         run(tmp_path, source, packing="single::drop", overwrite=True)
     assert read(out)[0].tolist() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out"]
+
+
+def _pack(packing: str, lens: list[int], cuts: list[int], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pack articles whose token i of article a is 1000 * a + i, fed in batches split at `cuts`."""
+    style, _, overflow = packing.partition("::")
+    packer = data_prep.Packer(style, overflow or None, length, pad_id=-1)
+    ids = [np.arange(n, dtype=np.int32) + 1000 * a for a, n in enumerate(lens)]
+    out = []
+    for lo, hi in zip([0, *cuts], [*cuts, len(lens)]):
+        part = ids[lo:hi]
+        flat = np.concatenate(part) if part else np.zeros(0, np.int32)
+        out.append(packer.add(flat, np.ones_like(flat), np.array(lens[lo:hi], dtype=np.int64)))
+    out.append(packer.flush())
+    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+
+
+@settings(max_examples=100, deadline=None)
+@given(packing=st.sampled_from(data_prep.PACKINGS), length=st.integers(1, 12),
+       lens=st.lists(st.integers(0, 30), max_size=25), data=st.data())
+def test_packing_properties(packing, length, lens, data):
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(lens)), max_size=4)))
+    ids, types = _pack(packing, lens, cuts, length)
+    assert np.array_equal(ids, _pack(packing, lens, [], length)[0])  # batch boundaries do not matter
+    assert ids.shape[1:] == (length,) and np.array_equal(ids == -1, types == 2)
+    tokens = ids[ids != -1]
+    if packing == "full":
+        assert np.array_equal(tokens, np.concatenate([np.arange(n) + 1000 * a for a, n in enumerate(lens)] + [[]]))
+        assert (ids[:-1] != -1).all()
+        return
+    style, overflow = packing.split("::")
+    for a, n in enumerate(lens):
+        mine = tokens[tokens // 1000 == a] % 1000
+        if n <= length:
+            expected = np.arange(n)
+        else:
+            expected = {"drop": np.arange(0), "truncate_right": np.arange(length),
+                        "truncate_left": np.arange(n - length, n)}[overflow]
+        assert np.array_equal(mine, expected)
+    articles_per_row = [len(np.unique(r[r != -1] // 1000)) for r in ids]
+    assert all(k == 1 for k in articles_per_row) if style == "single" else all(k >= 1 for k in articles_per_row)
+    if style == "greedy":
+        fills = (ids != -1).sum(axis=1)
+        for row in range(len(ids) - 1):
+            after = int(ids[row][ids[row] != -1].max() // 1000) + 1
+            while lens[after] == 0:  # empty articles fit anywhere
+                after += 1
+            assert lens[after] > length - fills[row]  # a row closes only when the next article does not fit

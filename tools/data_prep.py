@@ -627,7 +627,7 @@ class Preparation:
         c = self.config
         dev, test = (max(1, round(count * r)) if r > 0 else 0 for r in (c.dev_ratio, c.test_ratio))
         if count - dev - test < 1:
-            raise DataError(f"{c.input}: {count} lines are too few for --dev-ratio {c.dev_ratio} "
+            raise DataError(f"{c.input}: too few lines ({count}) for --dev-ratio {c.dev_ratio} "
                             f"and --test-ratio {c.test_ratio}")
         return count - dev - test, count - test
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus import write_corpus  # noqa: E402
+from data_prep_corpus import write_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import pytest
 from tools.data_prep import PrepConfig, prepare
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus import write_corpus  # noqa: E402
+from data_prep_corpus import write_corpus  # noqa: E402
 
 GPT2 = Path(__file__).parents[1] / "data" / "gpt2_tokenizer"
 CORPUS_BYTES = 6_000_000
