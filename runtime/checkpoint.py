@@ -29,7 +29,7 @@ TIED = "lm_head.weight"
 
 
 @attrs.frozen
-class Loaded:
+class LoadedCheckpoint:
     """The tensors by program param name, and checkpoint tensors nothing asked for."""
 
     tensors: dict[str, np.ndarray]
@@ -85,7 +85,8 @@ def _listing(names: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def load_hf_checkpoint(folder: str | Path, expected: Mapping[str, TensorType], strict: bool = False) -> Loaded:
+def load_hf_checkpoint(folder: str | Path, expected: Mapping[str, TensorType],
+                       strict: bool = False) -> LoadedCheckpoint:
     """The tensors for the params in `expected` (name -> type); `strict` also refuses unexpected ones."""
     found: dict[str, np.ndarray] = {}
     unexpected = []
@@ -105,4 +106,4 @@ def load_hf_checkpoint(folder: str | Path, expected: Mapping[str, TensorType], s
     if strict and unexpected:
         raise CheckpointError(f"checkpoint '{folder}' has {len(unexpected)} tensor(s) the model does not use: "
                               f"{_listing(unexpected)}")
-    return Loaded(found, tuple(unexpected))
+    return LoadedCheckpoint(found, tuple(unexpected))

@@ -21,6 +21,7 @@ from compiler.frontend.values import Builtin, Function, OpRef, describe, format_
 from ir.dtypes import DType
 from ir.errors import Location, VerifyError
 from ir.graph import Value
+from ir.ops import REGISTRY
 
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
                "//": operator.floordiv, "%": operator.mod, "**": operator.pow}
@@ -101,7 +102,7 @@ class Expressions:
         return self.lookup(node.children[0], scope)
 
     # --- names ----------------------------------------------------------------------
-    def lookup(self, token: lark.Token, scope) -> Any:
+    def lookup(self, token: lark.Token, scope, calling: bool = False) -> Any:
         """A variable, config field, function, param (relative to the scope), builtin or op."""
         name = str(token)
         found, value = scope.get(name)
@@ -112,8 +113,12 @@ class Expressions:
             return param
         if name in BUILTINS:
             return BUILTINS[name]
-        if self.is_op(name):
+        if name in REGISTRY:
             return OpRef(name)
+        if calling:
+            callables = {n for n in scope.names() if isinstance(scope.get(n)[1], Function)}
+            raise self.error(f"unknown op or function '{name}'"
+                             f"{suggest(name, callables | set(BUILTINS) | set(REGISTRY))}", token)
         raise self.error(f"undefined name '{name}'{suggest(name, self.visible_names(scope))}", token)
 
     def _expr_attr(self, node, scope):
@@ -145,10 +150,12 @@ class Expressions:
     def _expr_call(self, node, scope):
         callee, args_node = node.children
         args, kwargs = self.arguments(args_node, scope)
+        if callee.data == "name":
+            return self.call(self.lookup(callee.children[0], scope, calling=True), args, kwargs, node)
         path = dotted(callee) if callee.data == "attr" else None
         if path is None:
             return self.call(self.eval(callee, scope), args, kwargs, node)
-        target = self.lookup(path[-1], scope)
+        target = self.lookup(path[-1], scope, calling=True)
         if not isinstance(target, Function):
             raise self.error(f"only functions take a scope: '{'.'.join(map(str, path))}(...)' calls "
                              f"{describe(target)}", callee)
@@ -223,7 +230,7 @@ class Expressions:
         else:
             raise self.error(f"cannot use {describe(value)} as a tensor operand of {context}", node)
         if not ok:
-            raise self.error(f"dtype mismatch in {context}: {describe(value)} with a {dtype} tensor "
+            raise self.error(f"dtype mismatch in {context}: {describe(value)} with a tensor of dtype {dtype} "
                              f"(use cast(x, dtype=...))", node)
         return self.op("full", [], {"shape": (), "value": float(value), "dtype": dtype}, node)
 

@@ -176,7 +176,8 @@ class Lowerer(Expressions):
                 continue
             name, params, body = node.children
             if str(name) in self.globals.values:
-                what = "function" if isinstance(self.globals.values[str(name)], Function) else "config field or constant"
+                existing = self.globals.values[str(name)]
+                what = "function" if isinstance(existing, Function) else "config field or constant"
                 raise self.error(f"'{name}' is already defined (as a {what})", name)
             self.globals.values[str(name)] = Function(str(name), self.def_params(params), body, node)
 
@@ -209,9 +210,6 @@ class Lowerer(Expressions):
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise self.error(f"lowering takes over {MAX_STEPS} steps (an endless loop?)", node)
-
-    def is_op(self, name: str) -> bool:
-        return name in REGISTRY
 
     def param_named(self, path: str) -> Value | None:
         """The param `path` names: relative to the current prefix first, then absolute."""

@@ -52,7 +52,8 @@ def _found(err: lark.exceptions.UnexpectedInput, text: str) -> str:
 
 def _position(err: lark.exceptions.UnexpectedInput, text: str) -> tuple[int, int]:
     """Where the error is; for an unexpected end, just past the last visible character."""
-    at_end = isinstance(err, lark.exceptions.UnexpectedEOF) or getattr(getattr(err, "token", None), "type", "") == "$END"
+    token = getattr(err, "token", None)
+    at_end = isinstance(err, lark.exceptions.UnexpectedEOF) or getattr(token, "type", "") == "$END"
     if not at_end and err.line is not None and err.line >= 1:
         return err.line, max(err.column, 1)
     lines = text.rstrip().split("\n")

@@ -210,3 +210,28 @@ def test_model_name_and_comments():
     graph = lower_text("# a comment\nmodel tiny  # trailing comment\ninput x: f32[1]\noutput y = x")
     assert graph.name == "tiny"
     assert lower_text("input x: f32[1]\noutput y = x").name == "t"
+
+
+def test_output_of_an_existing_variable():
+    graph = lower_text("input x: f32[2]\nlet h = relu(x)\noutput h\noutput twice = h")
+    assert list(graph.outputs) == ["h", "twice"] and graph.outputs["h"] is graph.outputs["twice"]
+
+
+def test_functions_and_ops_are_values():
+    graph = lower_text("""
+        def apply(f, t) { return f(t) }
+        input x: f32[2]
+        output y = apply(relu, x) + apply(neg, x)
+    """)
+    assert [op.name for op in graph.ops] == ["relu", "neg", "add"]
+
+
+def test_the_language_reference_example_lowers():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "compiler" / "frontend" / "RDL.md").read_text()
+    example = doc.split("```\n", 2)[1]
+    graph = lower_text(example)
+    assert graph.name == "gpt2" and list(graph.outputs) == ["logits", "loss"]
+    assert [p.name for p in graph.params][:3] == ["transformer.wte.weight", "transformer.h.0.mlp.c_fc.weight",
+                                                  "transformer.h.0.mlp.c_fc.bias"]
