@@ -42,4 +42,4 @@ def test_every_pass_has_a_lit_file():
 
     builtin = {name for name, cls in PASSES.items() if cls.__module__.startswith("compiler.passes.")}
     tested = {m for path in LIT.glob("*.ir") for m in re.findall(r"-p '?([a-z-]+)", path.read_text())}
-    assert builtin <= tested, builtin - tested
+    assert builtin <= tested, f"passes without a golden test in tests/passes/lit: {sorted(builtin - tested)}"

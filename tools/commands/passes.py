@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -11,6 +12,9 @@ from compiler.passes import PASSES, load_pass_file
 from compiler.passes.pipelines import PIPELINES, level_pipeline
 from compiler.passes.plugins import load_entry_points
 from tools import cli
+
+#: table width when the output is not a terminal (so piped listings do not wrap)
+WIDTH = 160
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     load_entry_points()
     for path in args.load_pass:
         load_pass_file(path)
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else WIDTH)
     table = Table(title="Passes", title_justify="left")
     table.add_column("pass", style="bold", no_wrap=True)
     table.add_column("options", no_wrap=True)
