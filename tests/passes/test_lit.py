@@ -1,11 +1,14 @@
-"""Golden tests in the style of MLIR's lit: each `// RUN:` line of tests/passes/lit/*.ir runs in a shell.
+"""Golden tests in the style of MLIR's lit: the `// RUN:` lines of tests/passes/lit/*.ir.
 
-`%s` is the test file; `not CMD` succeeds when CMD fails; a pipeline fails when any
-command in it fails. The `filecheck` package checks the output against `// CHECK:` lines.
+A RUN line is `[not] rduflow ARGS [REDIRECTS] | filecheck %s [FILECHECK-ARGS]`:
+`%s` is the test file, `not` expects the command to fail, REDIRECTS are `2>&1`
+and `>/dev/null` applied left to right as in a shell. The `rduflow` command runs
+in process (it is the slow part); the `filecheck` package checks its output.
 """
 from __future__ import annotations
 
-import os
+import contextlib
+import io
 import re
 import shlex
 import subprocess
@@ -14,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tools.cli import main
+
 LIT = Path(__file__).parent / "lit"
 _RUN = re.compile(r"^//\s*RUN:\s*(.*)$", re.MULTILINE)
-_PRELUDE = 'not() { ! "$@"; }; set -o pipefail; '
 
 
 def run_lines(path: Path) -> list[str]:
@@ -28,13 +32,39 @@ def lit_cases() -> list:
             for path in sorted(LIT.glob("*.ir")) for i in range(len(run_lines(path)))]
 
 
+def run_rduflow(words: list[str]) -> tuple[int, str, str]:
+    """Exit code, what reaches the pipe, and the rest of stderr, of `rduflow WORDS [2>&1] [>/dev/null]`."""
+    pipe, null, stderr = io.StringIO(), io.StringIO(), io.StringIO()
+    fd1, fd2, argv = pipe, stderr, []
+    for word in words:
+        if word == "2>&1":
+            fd2 = fd1
+        elif word in (">/dev/null", "1>/dev/null"):
+            fd1 = null
+        else:
+            argv.append(word)
+    with contextlib.redirect_stdout(fd1), contextlib.redirect_stderr(fd2):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, pipe.getvalue(), stderr.getvalue()
+
+
 @pytest.mark.parametrize("path, index", lit_cases())
-def test_lit(path: Path, index: int, tmp_path: Path):
+def test_lit(path: Path, index: int, tmp_path: Path, monkeypatch):
     command = run_lines(path)[index]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "-c", _PRELUDE + command], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"RUN: {command}\n{done.stdout}\n{done.stderr}"
+    left, _, right = command.partition("|")
+    words, check = shlex.split(left), shlex.split(right)
+    expect_failure = words[0] == "not"
+    words = words[1:] if expect_failure else words
+    assert words[0] == "rduflow" and check[0] == "filecheck", f"unsupported RUN line: {command}"
+    monkeypatch.chdir(tmp_path)
+    code, output, stderr = run_rduflow(words[1:])
+    assert (code != 0) == expect_failure, f"RUN: {command}\nexit {code}\n{output}\n{stderr}"
+    done = subprocess.run([sys.executable, "-m", "filecheck", *check[1:]], input=output,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"RUN: {command}\n{done.stdout}{done.stderr}\n--- output ---\n{output}"
 
 
 def test_every_pass_has_a_lit_file():
