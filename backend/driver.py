@@ -19,7 +19,7 @@ import attrs
 
 from backend.kernel_program import KernelProgram, Schedule
 from backend.lowering import check_lowerable, lower_op, tensor_names
-from backend.mapping import budget, check_fits, kernel_needs, stage_tiles
+from backend.mapping import budget, check_fits, kernel_needs, schedule_tiles
 from backend.memory import bind, offchip_tensors, plan_memory
 from backend.pef import PEF, CompileOption, Header, ParamSymbol, Section, Symbols, TensorSymbol, UpdateSymbol
 from backend.sections import Group, group
@@ -100,7 +100,7 @@ def build_pef(graph: Graph, options: BackendOptions) -> PEF:
     target = options.target
     limit = budget(target, options.n_chips, options.num_tiles)
     names = tensor_names(graph)
-    kernels = [_scheduled(lower_op(op, i, names), op.attrs.get("tile"), target) for i, op in enumerate(graph.ops)]
+    kernels = [_scheduled(lower_op(op, i, names), target) for i, op in enumerate(graph.ops)]
     needs = [kernel_needs(k, target) for k in kernels]
     for kernel, need in zip(kernels, needs):
         check_fits(kernel, need, limit, target)
@@ -124,9 +124,8 @@ def build_pef(graph: Graph, options: BackendOptions) -> PEF:
     return PEF(header, symbols, tuple(sections), tuple(kernels), plan)
 
 
-def _scheduled(program: KernelProgram, tile, target: Target) -> KernelProgram:
-    tile = tuple(tile) if isinstance(tile, (tuple, list)) else None
-    return attrs.evolve(program, schedule=Schedule(stage_tiles(program, target, tile)))
+def _scheduled(program: KernelProgram, target: Target) -> KernelProgram:
+    return attrs.evolve(program, schedule=Schedule(schedule_tiles(program, target)))
 
 
 def _nbytes(shape: tuple[int, ...], dtype: str) -> int:

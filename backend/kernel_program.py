@@ -15,7 +15,8 @@ the compiler:
   its operands through `Access`es: element `offset + sum(strides[j] * i[j])`
   of the buffer's flat storage for the loop index `i` of a stated index space,
   so transposes, broadcasts (stride 0), slices and reshapes are free.
-* `schedule`: tile sizes per stage and the PCUs/PMUs the mapping gave the kernel.
+* `schedule`: tile sizes per stage, over the stage's loop nest (`loop_nest`), and the
+  PCUs/PMUs the mapping gave the kernel.
 * `cost`: modeled flops and bytes read/written per memory tier.
 
 Expression bodies (`Body`) are scalar-expression DAGs (`ir.scalar` serialized):
@@ -50,6 +51,11 @@ Stage kinds (loop index spaces in brackets):
 * `pool2d_grad`: a pooling's gradient for its input [N,C,H,W] from g [N,C,OH,OW]: `avg` spreads
   g/(kh*kw) over each window; `max` adds g at each window's first maximum of x (padding -inf).
 
+Loop nests (what a schedule's tile sizes): the result's axes, then contracted ones —
+gemm (batch..., m, n, k); conv2d (n, o, oh, ow, c/groups, kh, kw); conv2d_input_grad
+(n, c, h, w, o/groups, kh, kw); conv2d_weight_grad (o, c/groups, kh, kw, n, oh, ow);
+reduce its `shape`; every other stage its output's shape.
+
 `reduce`, `gemm`, `conv2d` and `pool2d` take an optional `epilogue`: a body over
 the out shape whose `acc` leaf is the stage's raw result (dtype `acc_dtype`);
 the epilogue's value is what is stored.
@@ -58,7 +64,7 @@ from __future__ import annotations
 
 import math
 import typing
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Union
 
 import attrs
 import msgpack
@@ -360,9 +366,25 @@ Stage = Union[MapStage, ReduceStage, GemmStage, Conv2dStage, Pool2dStage, Gather
 STAGES: dict[str, type] = {cls.kind: cls for cls in typing.get_args(Stage)}
 
 
+def loop_nest(program: KernelProgram, stage: Stage) -> tuple[int, ...]:
+    """The extents of the loop nest a stage's tile sizes (see the module docstring)."""
+    out = tuple(program.buffer(stage.out).shape)
+    if isinstance(stage, ReduceStage):
+        return tuple(stage.shape)
+    if isinstance(stage, GemmStage):
+        return tuple(stage.batch) + (stage.m, stage.n, stage.k)
+    if isinstance(stage, Conv2dStage):
+        return out + tuple(stage.w_shape[1:])
+    if isinstance(stage, Conv2dInputGradStage):
+        return out + (stage.w_shape[0] // stage.groups, *stage.w_shape[2:])
+    if isinstance(stage, Conv2dWeightGradStage):
+        return out + (stage.g_shape[0], *stage.g_shape[2:])
+    return out
+
+
 @attrs.frozen
 class Schedule:
-    """Tile sizes per stage (over its loop nest; empty: untiled) and the mapped resources."""
+    """Tile sizes per stage (over its `loop_nest`; empty: not chosen) and the mapped resources."""
 
     tiles: tuple[tuple[int, ...], ...] = attrs.field(converter=tuple, default=())
     pcus: int = attrs.field(default=0, validator=_nonneg)
@@ -451,9 +473,10 @@ class _Validator:
         tiles = self.program.schedule.tiles
         if tiles and len(tiles) != len(self.program.stages):
             raise self.fail("schedule.tiles", f"{len(tiles)} entries for {len(self.program.stages)} stages")
-        for i, tile in enumerate(tiles):
-            if any(t < 1 for t in tile):
-                raise self.fail(f"schedule.tiles[{i}]", f"tile sizes must be >= 1, got {list(tile)}")
+        for i, (tile, stage) in enumerate(zip(tiles, self.program.stages)):
+            nest = loop_nest(self.program, stage)
+            if tile and (len(tile) != len(nest) or any(t < 1 for t in tile)):
+                raise self.fail(f"schedule.tiles[{i}]", f"tile {list(tile)} does not fit loop nest {list(nest)}")
 
     def check_buffer(self, where: str, buffer: Buffer) -> None:
         if buffer.name in self.buffers:

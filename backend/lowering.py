@@ -30,7 +30,7 @@ from backend.expr import Lazy, body, contiguous, join
 from backend.kernel_program import (
     Access, Affine, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage,
     GatherStage, GemmStage, KernelCost, KernelProgram, LiteralStage, MapStage, Node, PadStage, Pool2dGradStage,
-    Pool2dStage, ReduceStage, ScatterAddStage, Stage)
+    Pool2dStage, ReduceStage, ScatterAddStage, Schedule, Stage)
 from ir.dtypes import DType
 from ir.errors import BackendError
 from ir.graph import Graph, Op, Value
@@ -79,13 +79,13 @@ def lower_op(op: Op, index: int, names: dict[Value, str]) -> KernelProgram:
     for inner in ops:
         kernel.lower(inner)
     kernel.finish(results, [names[v] for v in op.results])
-    stages = fold_epilogues(kernel.stages, kernel.buffers)
-    used = {name for s in stages for name in stage_buffers(s)}
+    scheduled = fold_epilogues(kernel.stages, kernel.buffers)
+    used = {name for s, _ in scheduled for name in stage_buffers(s)}
     buffers = [b for b in kernel.buffers.values() if b.role != "temp" or b.name in used]
     return KernelProgram(
         name=kernel.name, op=op.name, phase=op.phase.value if op.phase else None,
-        loc=str(op.locs[0]) if op.locs else "", buffers=tuple(buffers), stages=tuple(stages),
-        cost=KernelCost(lookup(op.name).cost(op).flops))
+        loc=str(op.locs[0]) if op.locs else "", buffers=tuple(buffers), stages=tuple(s for s, _ in scheduled),
+        schedule=Schedule(tuple(t for _, t in scheduled)), cost=KernelCost(lookup(op.name).cost(op).flops))
 
 
 class _Kernel:
@@ -95,7 +95,8 @@ class _Kernel:
         self.name = name
         self.op = op
         self.buffers: dict[str, Buffer] = {}
-        self.stages: list[Stage] = []
+        #: each stage with the tile its op's `tile` attribute gives (`()`: none)
+        self.stages: list[tuple[Stage, tuple[int, ...]]] = []
         self.env: dict[Value, Lazy] = {}
         self.result_buffer: dict[Value, str] = {}
         self.written: set[str] = set()
@@ -125,7 +126,7 @@ class _Kernel:
         return symbol
 
     def emit(self, stage: Stage, value: Value) -> None:
-        self.stages.append(stage)
+        self.stages.append((stage, tuple(value.producer.attrs.get("tile") or ()) if value.producer else ()))
         self.written.add(stage.out)
         self.env[value] = Lazy.read(stage.out, value.type.shape, value.type.dtype)
 
@@ -283,7 +284,7 @@ class _Kernel:
         """Write every kernel output not yet written (copying a value already in memory)."""
         for value, symbol in zip(results, symbols):
             if symbol not in self.written:
-                self.stages.append(MapStage(symbol, body(self.env[value])))
+                self.stages.append((MapStage(symbol, body(self.env[value])), ()))
                 self.written.add(symbol)
 
 
@@ -306,9 +307,11 @@ def stage_buffers(stage: Stage) -> set[str]:
     return {a.buffer for a in stage_accesses(stage)} | {stage.out}
 
 
-def fold_epilogues(stages: list[Stage], buffers: dict[str, Buffer]) -> list[Stage]:
-    """Fold a map stage into the gemm/reduce/conv/pool stage whose temporary it alone reads."""
-    stages = list(stages)
+def fold_epilogues(scheduled: list[tuple[Stage, tuple]], buffers: dict[str, Buffer]) -> list[tuple[Stage, tuple]]:
+    """Fold a map stage into the gemm/reduce/conv/pool stage whose temporary it alone reads
+    (stages come with their tiles; a folded stage keeps the producer's)."""
+    stages = [s for s, _ in scheduled]
+    tiles = [t for _, t in scheduled]
     for i, stage in enumerate(stages):
         if stage is None or getattr(stage, "epilogue", False) is not None or buffers[stage.out].role != "temp":
             continue
@@ -322,8 +325,9 @@ def fold_epilogues(stages: list[Stage], buffers: dict[str, Buffer]) -> list[Stag
         if buffers[user.out].shape != temp.shape or any(r != whole for r in reads_temp):
             continue
         stages[readers[0]] = attrs.evolve(stage, out=user.out, epilogue=_with_acc(user.body, whole))
+        tiles[readers[0]] = tiles[i]
         stages[i] = None
-    return [s for s in stages if s is not None]
+    return [(s, t) for s, t in zip(stages, tiles) if s is not None]
 
 
 def _with_acc(b: Body, acc: Access) -> Body:

@@ -4,8 +4,9 @@
 * Needs: a kernel's minimum PCUs (one chain of PCUs per stage, one PCU
   pipeline stage per expression node) and its PMUs (one scratchpad per operand
   stream at least; more when a double-buffered tile of it is larger than a PMU).
-* Tiles: per stage, over its loop nest, from the `tile` op attribute when the
-  `tile` pass set one, else `lanes` x `lanes` blocks of the two inner axes.
+* Tiles: per stage, over its loop nest (`kernel_program.loop_nest`), from the op's
+  `tile` attribute when the `tile` pass set one, else `lanes` x `lanes` blocks of the
+  two inner result axes and a `lanes`-deep contraction.
 * Balancing: in a section, kernels run as one pipeline, so the spare PCUs go to
   kernels in proportion to their flops (each stage then takes about as long),
   capped by how many PCUs a kernel's loop can keep busy.
@@ -17,9 +18,9 @@ import math
 import attrs
 
 from backend.kernel_program import (
-    Body, ConcatStage, Conv2dStage, GatherStage, GemmStage, KernelProgram, LiteralStage, MapStage, Pool2dStage,
-    ReduceStage, ScatterAddStage, Stage)
-from backend.lowering import stage_accesses
+    Access, Body, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage, GatherStage, GemmStage,
+    KernelProgram, LiteralStage, MapStage, Pool2dGradStage, Pool2dStage, ReduceStage, ScatterAddStage, Stage,
+    loop_nest)
 from backend.targets import Target
 from ir.dtypes import DType
 from ir.errors import BackendError, ConfigError
@@ -60,29 +61,41 @@ class Needs:
     useful_pcus: int
 
 
-def default_tile(shape: tuple[int, ...], lanes: int) -> tuple[int, ...]:
-    """`lanes` x `lanes` blocks of the two inner axes, one element of the outer ones."""
-    return tuple(1 if i < len(shape) - 2 else max(1, min(d, lanes)) for i, d in enumerate(shape))
-
-
-def loop_shape(program: KernelProgram, stage: Stage) -> tuple[int, ...]:
-    """The iteration space a stage's schedule tiles."""
-    if isinstance(stage, ReduceStage):
-        return tuple(stage.shape)
-    if isinstance(stage, GemmStage):
-        return tuple(stage.batch) + (stage.m, stage.n)
-    return tuple(program.buffer(stage.out).shape)
-
-
-def stage_tiles(program: KernelProgram, target: Target, tile: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], ...]:
-    """One tile per stage: `tile` (an op attribute) where its rank fits, else the default."""
-    tiles = []
-    for stage in program.stages:
-        shape = loop_shape(program, stage)
-        if tile is not None and len(tile) == len(shape):
-            tiles.append(tuple(max(1, min(t, d)) for t, d in zip(tile, shape)))
+def default_tile(extents: tuple[int, ...], reduced: tuple[int, ...], lanes: int) -> tuple[int, ...]:
+    """The tile without a `tile` pass: `lanes` x `lanes` of the two inner result axes, the
+    other result axes one at a time, the first contracted axis `lanes` deep, the others whole."""
+    free = [i for i in range(len(extents)) if i not in reduced]
+    tile = []
+    for i, extent in enumerate(extents):
+        if i in reduced:
+            tile.append(min(extent, lanes) if i == reduced[0] else extent)
         else:
-            tiles.append(default_tile(shape, target.pcu.lanes))
+            tile.append(min(extent, lanes) if i in free[-2:] else 1)
+    return tuple(max(t, 1) for t in tile)
+
+
+def reduced_axes(program: KernelProgram, stage: Stage) -> tuple[int, ...]:
+    """The contracted axes of a stage's loop nest."""
+    if isinstance(stage, ReduceStage):
+        return tuple(sorted(stage.axes))
+    rank = len(loop_nest(program, stage))
+    if isinstance(stage, GemmStage):
+        return (rank - 1,)
+    if isinstance(stage, (Conv2dStage, Conv2dInputGradStage, Conv2dWeightGradStage)):
+        return (rank - 3, rank - 2, rank - 1)
+    return ()
+
+
+def schedule_tiles(program: KernelProgram, target: Target) -> tuple[tuple[int, ...], ...]:
+    """Each stage's tile: the one its op was given (clipped to the extents), else the default."""
+    tiles = []
+    for i, stage in enumerate(program.stages):
+        nest = loop_nest(program, stage)
+        given = program.schedule.tiles[i] if i < len(program.schedule.tiles) else ()
+        if len(given) == len(nest) and given:
+            tiles.append(tuple(max(1, min(t, d)) for t, d in zip(given, nest)))
+        else:
+            tiles.append(default_tile(nest, reduced_axes(program, stage), target.pcu.lanes))
     return tuple(tiles)
 
 
@@ -99,35 +112,72 @@ def _stage_pcus(stage: Stage, target: Target) -> int:
     return max(1, math.ceil((nodes + core) / target.pcu.stages))
 
 
-def _working_set(program: KernelProgram, stage: Stage, tile: tuple[int, ...], target: Target) -> list[int]:
-    """Bytes of one tile of each operand stream and of the output."""
-    out = program.buffer(stage.out)
-    tile_elems = math.prod(tile)
-    streams = []
+def _span(out: int, kernel: int, stride: int, dilation: int) -> int:
+    """Input rows a window op's tile of `out` rows and `kernel` taps reads."""
+    return stride * (out - 1) + dilation * (kernel - 1) + 1
+
+
+def _tile_elements(stage: Stage, tile: tuple[int, ...], access: Access) -> int:
+    """Elements of `access`'s tensor one tile touches (axes it does not move along count once)."""
     if isinstance(stage, GemmStage):
-        k = max(1, min(stage.k, target.pcu.lanes))
-        item = DType(program.buffer(stage.a.buffer).dtype).itemsize
-        tm, tn = (tile[-2], tile[-1]) if len(tile) >= 2 else (1, 1)
-        streams += [tm * k * item, k * tn * item]
-    elif isinstance(stage, ReduceStage):
-        reduced = math.prod(stage.shape[a] for a in stage.axes) if stage.axes else 1
-        kept = math.prod(t for i, t in enumerate(tile) if i not in stage.axes)
-        for access in stage.body.reads:
-            streams.append(kept * min(reduced, target.pcu.lanes) * DType(program.buffer(access.buffer).dtype).itemsize)
-    else:
-        for access in stage_accesses(stage):
-            streams.append(tile_elems * DType(program.buffer(access.buffer).dtype).itemsize)
-    streams.append(tile_elems * DType(out.dtype).itemsize)
-    return streams
+        *batch, tm, tn, tk = tile
+        rows, cols = (tm, tk) if access is stage.a else (tk, tn)
+        return math.prod(t for t, s in zip(batch, access.strides) if s) * rows * cols
+    if isinstance(stage, Conv2dStage) and access is stage.x:
+        n, _, oh, ow, c, kh, kw = tile
+        return n * c * _span(oh, kh, stage.stride[0], stage.dilation[0]) * _span(ow, kw, stage.stride[1], stage.dilation[1])
+    if isinstance(stage, Conv2dStage):
+        return math.prod(tile[1:2] + tile[4:])
+    if isinstance(stage, Conv2dInputGradStage):
+        n, c, h, w, o, kh, kw = tile
+        if access is stage.w:
+            return o * c * kh * kw
+        return n * o * math.ceil((h + stage.dilation[0] * (kh - 1)) / stage.stride[0]) * \
+            math.ceil((w + stage.dilation[1] * (kw - 1)) / stage.stride[1])
+    if isinstance(stage, Conv2dWeightGradStage):
+        o, c, kh, kw, n, oh, ow = tile
+        if access is stage.g:
+            return n * o * oh * ow
+        return n * c * _span(oh, kh, stage.stride[0], stage.dilation[0]) * _span(ow, kw, stage.stride[1], stage.dilation[1])
+    if isinstance(stage, (Pool2dStage, Pool2dGradStage)):
+        n, c, h, w = tile
+        return n * c * (h + stage.kernel[0]) * (w + stage.kernel[1])
+    return _strided_elements(tile, access)
+
+
+def _strided_elements(tile: tuple[int, ...], access: Access) -> int:
+    return math.prod(t for t, s in zip(tile, access.strides) if s)
+
+
+def working_set(program: KernelProgram, stage: Stage, tile: tuple[int, ...]) -> list[int]:
+    """Bytes of one tile of each operand stream and of the result (accumulated in f32 when contracted).
+
+    Operand fields follow the loop nest; a body's reads follow it too, an epilogue's the result axes."""
+    def nbytes(access: Access, elements: int) -> int:
+        return elements * DType(program.buffer(access.buffer).dtype).itemsize
+    reduced = reduced_axes(program, stage)
+    result_tile = tuple(t for i, t in enumerate(tile) if i not in reduced)
+    streams = []
+    for field in attrs.fields(type(stage)):
+        value = getattr(stage, field.name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, Access):
+                streams.append(nbytes(item, _tile_elements(stage, tile, item)))
+            elif isinstance(item, Body):
+                inner = result_tile if field.name == "epilogue" else tile
+                streams += [nbytes(r, _strided_elements(inner, r)) for r in item.reads]
+    item = 4 if reduced else DType(program.buffer(stage.out).dtype).itemsize
+    return streams + [math.prod(result_tile) * item]
 
 
 def kernel_needs(program: KernelProgram, target: Target) -> Needs:
-    """The minimum PCUs and PMUs of a kernel under its schedule's tiles."""
+    """The minimum PCUs and PMUs of a kernel under its schedule's tiles: each stream's tile,
+    double-buffered, in whole PMUs."""
     pcus = sum(_stage_pcus(s, target) for s in program.stages)
     pmus = 0
     for stage, tile in zip(program.stages, program.schedule.tiles):
-        pmus += sum(max(1, math.ceil(2 * nbytes / target.pmu.bytes)) for nbytes in _working_set(program, stage, tile, target))
-    biggest = max((math.prod(loop_shape(program, s)) for s in program.stages), default=1)
+        pmus += sum(max(1, math.ceil(2 * nbytes / target.pmu.bytes)) for nbytes in working_set(program, stage, tile))
+    biggest = max((math.prod(loop_nest(program, s)) for s in program.stages), default=1)
     useful = max(pcus, pcus * math.ceil(biggest / (target.pcu.lanes * target.pcu.stages)))
     return Needs(pcus, max(pmus, 1), program.cost.flops, useful)
 

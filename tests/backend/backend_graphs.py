@@ -6,7 +6,7 @@ import numpy as np
 from ir.builder import Builder, make_op
 from ir.dtypes import f32, i32
 from ir.errors import Location
-from ir.graph import Graph, Op, Phase, Region, Value
+from ir.graph import Graph, Phase, Region, Value
 from ir.init import Init
 from ir.interpreter import initial_params
 from ir.ops import lookup
