@@ -11,7 +11,6 @@ gradient and is left unchanged (as PyTorch skips params whose grad is None).
 """
 from __future__ import annotations
 
-import copy
 from typing import Annotated, Literal
 
 import pydantic
@@ -21,7 +20,7 @@ from compiler.optimizers import OPTIMIZERS, clip_by_global_norm, step_counter
 from ir.builder import Builder
 from ir.dtypes import DType
 from ir.errors import ConfigError, IRError
-from ir.graph import Graph, Phase
+from ir.graph import Graph, Op, Param, Phase, Region, Value
 from ir.types import TensorType
 
 Beta = Annotated[float, pydantic.Field(ge=0.0, lt=1.0)]
@@ -56,7 +55,7 @@ class TrainingOptions(pydantic.BaseModel):
 def build_training_graph(forward: Graph, options: TrainingOptions | None = None) -> Graph:
     """The training step of `forward` (left unchanged): fwd, bwd, gradnorm and opt ops."""
     options = options or TrainingOptions()
-    graph = copy.deepcopy(forward)
+    graph = clone(forward)
     _check_free_names(graph)
     for op in graph.ops:
         op.phase = op.phase or Phase.fwd
@@ -82,3 +81,32 @@ def _check_free_names(graph: Graph) -> None:
     taken += [name for name in graph.outputs if name == "grad_norm"]
     if taken:
         raise IRError(f"graph @{graph.name} already uses '{taken[0]}', a name the training graph adds")
+
+
+def clone(graph: Graph) -> Graph:
+    """A copy of `graph` with fresh values and ops (attributes, types and locations are shared)."""
+    env: dict[Value, Value] = {}
+
+    def value(v: Value) -> Value:
+        env[v] = Value(v.type, name=v.name)
+        return env[v]
+
+    inputs = [value(v) for v in graph.inputs]
+    params = [Param(value(p.value), p.init, p.role) for p in graph.params]
+    return Graph(graph.name, inputs, params, _clone_ops(graph.ops, env),
+                 {k: env[v] for k, v in graph.outputs.items()}, {k: env[v] for k, v in graph.updates.items()})
+
+
+def _clone_ops(ops: list[Op], env: dict[Value, Value]) -> list[Op]:
+    out = []
+    for op in ops:
+        region = None
+        if op.region is not None:
+            args = [Value(a.type) for a in op.region.args]
+            env.update(zip(op.region.args, args))
+            region = Region(args, _clone_ops(op.region.ops, env), [env[v] for v in op.region.results])
+        new = Op(op.name, [env[v] for v in op.operands], dict(op.attrs), region=region, locs=op.locs, phase=op.phase)
+        new.results = [Value(r.type, new, r.index, r.name) for r in op.results]
+        env.update(zip(op.results, new.results))
+        out.append(new)
+    return out

@@ -6,10 +6,14 @@ from pathlib import Path
 import numpy as np
 
 from compiler import zoo
+from compiler.autodiff import append_gradients
 from compiler.config import parse_overrides
 from compiler.frontend import build
+from compiler.training import clone
 from ir.graph import Graph, Op, Value
+from ir.interpreter import interpret
 from ir.ops import lookup
+from ir.verifier import verify
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -33,3 +37,15 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     """Largest absolute difference over the largest reference magnitude."""
     want = np.asarray(want, np.float64)
     return float(np.abs(np.asarray(got, np.float64) - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def run_with_gradients(forward: Graph, inputs: dict, params: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    """Interpret `forward` and its backward pass: (outputs, gradient of each trained param by name)."""
+    graph = clone(forward)
+    keys = {}
+    for i, (name, grad) in enumerate(append_gradients(graph).items()):
+        keys[name] = f"grad_{i}"
+        graph.outputs[keys[name]] = grad
+    verify(graph)
+    outputs = interpret(graph, inputs, params).outputs
+    return outputs, {name: outputs[key] for name, key in keys.items()}

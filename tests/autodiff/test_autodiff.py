@@ -2,25 +2,22 @@
 accumulation over uses, integers, pruning, fused regions, errors and determinism."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 
-from autodiff_helpers import run_f64, zoo_forward
+from autodiff_helpers import run_f64, run_with_gradients, zoo_forward
 from compiler.autodiff import append_gradients
-from compiler.training import build_training_graph
-from ir.builder import Builder
+from compiler.training import build_training_graph, clone
+from ir.builder import Builder, make_op
 from ir.dtypes import DType
 from ir.errors import IRError
 from ir.graph import Graph, Phase, Region, Role, Value
 from ir.init import Init
-from ir.interpreter import initial_params, interpret
+from ir.interpreter import initial_params
 from ir.ops import lookup
 from ir.parser import parse
 from ir.printer import print_graph
 from ir.types import TensorType
-from ir.verifier import verify
 
 f32, i32 = DType.f32, DType.i32
 
@@ -66,7 +63,7 @@ def test_zoo_gradients_match_finite_differences(name):
     """<grad, d> against (L(p + h d) - L(p - h d)) / 2h in float64, for random directions d."""
     overrides, bounds = ZOO[name]
     forward = zoo_forward(name, *overrides)
-    graph = copy.deepcopy(forward)
+    graph = clone(forward)
     grads = append_gradients(graph)
     trained = [p for p in graph.params if p.role == Role.param]
     assert set(grads) == {p.name for p in trained}
@@ -99,12 +96,7 @@ def scalar_graph(build) -> Graph:
 
 
 def gradient_of(graph: Graph, inputs: dict, params: dict) -> dict[str, np.ndarray]:
-    graph = copy.deepcopy(graph)
-    for name, grad in append_gradients(graph).items():
-        graph.outputs[f"grad.{name}"] = grad
-    verify(graph)
-    out = interpret(graph, inputs, params).outputs
-    return {k[5:]: v for k, v in out.items() if k.startswith("grad.")}
+    return run_with_gradients(graph, inputs, params)[1]
 
 
 def test_gradients_accumulate_over_uses():
@@ -156,7 +148,6 @@ def fused_graph(fused: bool) -> Graph:
     inner = Builder(ops=region.ops)
     rw, rx = region.args
     region.results = [inner.add(inner.mul(inner.exp(rw), rx), rw)]
-    from ir.builder import make_op
     op = make_op("fused", [w, x], {"label": "k"}, region=region)
     b.ops.append(op)
     b.output("loss", b.sum(op.result))
