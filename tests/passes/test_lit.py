@@ -7,8 +7,6 @@ in process (it is the slow part); the `filecheck` package checks its output.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import shlex
 import subprocess
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.cli import main
+from pass_cli import run_rduflow
 
 LIT = Path(__file__).parent / "lit"
 _RUN = re.compile(r"^//\s*RUN:\s*(.*)$", re.MULTILINE)
@@ -30,25 +28,6 @@ def run_lines(path: Path) -> list[str]:
 def lit_cases() -> list:
     return [pytest.param(path, i, id=f"{path.name}:{i + 1}")
             for path in sorted(LIT.glob("*.ir")) for i in range(len(run_lines(path)))]
-
-
-def run_rduflow(words: list[str]) -> tuple[int, str, str]:
-    """Exit code, what reaches the pipe, and the rest of stderr, of `rduflow WORDS [2>&1] [>/dev/null]`."""
-    pipe, null, stderr = io.StringIO(), io.StringIO(), io.StringIO()
-    fd1, fd2, argv = pipe, stderr, []
-    for word in words:
-        if word == "2>&1":
-            fd2 = fd1
-        elif word in (">/dev/null", "1>/dev/null"):
-            fd1 = null
-        else:
-            argv.append(word)
-    with contextlib.redirect_stdout(fd1), contextlib.redirect_stderr(fd2):
-        try:
-            code = main(argv)
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, pipe.getvalue(), stderr.getvalue()
 
 
 @pytest.mark.parametrize("path, index", lit_cases())
