@@ -111,7 +111,9 @@ def compile_model(options: CompileOptions, pass_manager: PassManager | None = No
     if options.emit == "ir":
         return result
     # --- stage 3: passes ----------------------------------------------------------------
-    result.graph = (pass_manager or PassManager.parse(level_pipeline("O1"))).run(result.graph)
+    manager = pass_manager or PassManager.parse(level_pipeline("O1"))
+    manager.target = options.target
+    result.graph = manager.run(result.graph)
     if options.emit in ("ir-opt", "dot"):
         return result
     # --- stage 4: backend ---------------------------------------------------------------

@@ -21,10 +21,13 @@ from ir.graph import Graph
 
 @attrs.define
 class PassContext:
-    """What a running pass may use: its statistic counters."""
+    """What a running pass may use: its statistic counters and the compile target."""
 
     pass_: Pass
     counters: Counter = attrs.field(factory=Counter)
+    #: the compile's `--target` (a preset name or YAML file), None outside a compile;
+    #: passes with a `target` option (tile, plan-memory) default to it
+    target: str | None = None
 
     def count(self, statistic: str, n: int = 1) -> None:
         """Add `n` to one of the running pass's declared statistics."""

@@ -77,6 +77,8 @@ class PassManager:
         self.stream = stream
         self.records: list[PassRecord] = []
         self.counters: Counter = Counter()
+        #: the compile target handed to every pass (see `PassContext.target`)
+        self.target: str | None = None
 
     @classmethod
     def parse(cls, pipeline: str, **options) -> PassManager:
@@ -112,7 +114,7 @@ class PassManager:
     def _run_one(self, record: PassRecord, graph: Graph, original: str | None, ran: list[Pass]) -> Graph:
         for hook in self.instrumentations:
             hook.before_pass(record, graph)
-        ctx = PassContext(record.pass_, record.counters)
+        ctx = PassContext(record.pass_, record.counters, self.target)
         start = time.perf_counter()
         try:
             result = record.pass_.run(graph, ctx)

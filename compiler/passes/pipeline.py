@@ -10,7 +10,8 @@ import re
 from compiler.passes.base import Pass, lookup_pass, suggest
 from ir.errors import Location, PassError
 
-_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z0-9_.-]+)|(?P<punct>[{}=,])|(?P<end>$)|(?P<bad>\S))")
+#: names and option values; `/` lets a value be a file path (`tile{target=targets/my.yaml}`)
+_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z0-9_./-]+)|(?P<punct>[{}=,])|(?P<end>$)|(?P<bad>\S))")
 
 
 class _Scanner:

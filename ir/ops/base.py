@@ -129,6 +129,27 @@ class Cost:
     bytes_written: int
 
 
+#: one tensor dimension as a function of loop axes: ((axis, coefficient), ...); see `LoopNest`
+Dim = tuple[tuple[int, float], ...]
+
+
+@attrs.frozen
+class LoopNest:
+    """An op's loop nest, for the `tile` pass: axis extents and how each tensor follows them.
+
+    Axes are in the order of the op's `tile` attribute: the result's axes first, then the
+    `reduced` (contracted) ones. `operands` (one per operand) and `result` give each tensor
+    dimension as (axis, coefficient) pairs: a tile spanning `t[a]` steps of each axis touches
+    `1 + sum(coefficient * (t[a] - 1))` entries of that dimension (a convolution input row
+    spans `stride * (oh - 1) + dilation * (kh - 1) + 1`); `()` is a dimension of size 1.
+    """
+
+    extents: tuple[int, ...]
+    reduced: int
+    operands: tuple[tuple[Dim, ...], ...]
+    result: tuple[Dim, ...]
+
+
 class OpDef:
     """Base of every op declaration. Subclasses set the class attributes below."""
 
@@ -173,6 +194,9 @@ class OpDef:
     #: ones built with b), or None; the canonicalize pass applies it (an identity reshape is
     #: its operand, a reshape of a reshape is one reshape, ...)
     canonicalize = None
+    #: loop_nest(op) -> LoopNest, for ops the `tile` pass tiles (matmul, conv): the loop axes
+    #: its `tile` attribute sizes and how operands and result follow them
+    loop_nest = None
 
     @classmethod
     def splat(cls, op: Op) -> float | None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ir.ops.base import Attr, Cost, FusionKind, OpDef, TypeRuleError, register, unbroadcast
+from ir.ops.base import Attr, Cost, FusionKind, LoopNest, OpDef, TypeRuleError, register, unbroadcast
 from ir.ops.elementwise import broadcast_shape, same_dtype
 from ir.types import TensorType
 
@@ -26,7 +26,8 @@ class Matmul(OpDef):
     name = "matmul"
     kind = FusionKind.output_fusable
     arity = 2
-    attrs = {"transpose_a": Attr("bool", False), "transpose_b": Attr("bool", False)}
+    #: tile: sizes over the loop nest (batch..., m, n, k), set by the `tile` pass; () is untiled
+    attrs = {"transpose_a": Attr("bool", False), "transpose_b": Attr("bool", False), "tile": Attr("ints", ())}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -70,4 +71,20 @@ class Matmul(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "gemm", **op.attrs}
+        return {"kind": "gemm", "transpose_a": op.attrs["transpose_a"], "transpose_b": op.attrs["transpose_b"]}
+
+    @classmethod
+    def loop_nest(cls, op):
+        """Axes (batch..., m, n, k); an operand's batch dimension of size 1 is broadcast."""
+        a, b = (v.type for v in op.operands)
+        batch, m, n, k = matmul_dims(a, b, op.attrs)
+        nb = len(batch)
+        im, in_, ik = nb, nb + 1, nb + 2
+
+        def operand(t, rows, cols, transpose):
+            lead = [() if d == 1 else ((nb - (t.rank - 2) + j, 1.0),) for j, d in enumerate(t.shape[:-2])]
+            inner = [((cols, 1.0),), ((rows, 1.0),)] if transpose else [((rows, 1.0),), ((cols, 1.0),)]
+            return tuple(lead + inner)
+        return LoopNest(batch + (m, n, k), 1,
+                        (operand(a, im, ik, op.attrs["transpose_a"]), operand(b, ik, in_, op.attrs["transpose_b"])),
+                        tuple(((i, 1.0),) for i in range(nb + 2)))

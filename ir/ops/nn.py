@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ir.ops.base import Attr, Cost, FusionKind, OpDef, TypeRuleError, register
+from ir.ops.base import Attr, Cost, FusionKind, LoopNest, OpDef, TypeRuleError, register
 from ir.types import TensorType
 
 
@@ -217,8 +217,9 @@ class Conv2d(OpDef):
     name = "conv2d"
     kind = FusionKind.output_fusable
     arity = 2
+    #: tile: sizes over the loop nest (n, o, oh, ow, c, kh, kw), set by the `tile` pass; () is untiled
     attrs = {"stride": Attr("ints", (1, 1)), "padding": Attr("ints", (0, 0)),
-             "dilation": Attr("ints", (1, 1)), "groups": Attr("int", 1)}
+             "dilation": Attr("ints", (1, 1)), "groups": Attr("int", 1), "tile": Attr("ints", ())}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -263,7 +264,15 @@ class Conv2d(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "conv2d", **op.attrs}
+        return {"kind": "conv2d", **{k: op.attrs[k] for k in _CONV_ATTRS}}
+
+    @classmethod
+    def loop_nest(cls, op):
+        """Axes (n, o, oh, ow, c, kh, kw): c counts one group's input channels."""
+        (n, _, _, _), (o, c, kh, kw) = (v.type.shape for v in op.operands)
+        _, _, oh, ow = op.result.type.shape
+        return LoopNest((n, o, oh, ow, c, kh, kw), 3,
+                        (_image(0, 4, (2, 5), (3, 6), op.attrs), _axes(1, 4, 5, 6)), _axes(0, 1, 2, 3))
 
 
 class Pool2d(OpDef):
@@ -381,7 +390,8 @@ class Conv2dInputGrad(OpDef):
     name = "conv2d_input_grad"
     kind = FusionKind.output_fusable
     arity = 2
-    attrs = {**_CONV_ATTRS, "input_hw": Attr("ints")}
+    #: tile: sizes over the loop nest (n, c, h, w, o, kh, kw), set by the `tile` pass; () is untiled
+    attrs = {**_CONV_ATTRS, "input_hw": Attr("ints"), "tile": Attr("ints", ())}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -424,6 +434,17 @@ class Conv2dInputGrad(OpDef):
     def stage(cls, op):
         return {"kind": "conv2d_input_grad", **{k: op.attrs[k] for k in _CONV_ATTRS}}
 
+    @classmethod
+    def loop_nest(cls, op):
+        """Axes (n, c, h, w, o, kh, kw): o counts one group's output channels; g rows span h / stride."""
+        g, w = (v.type.shape for v in op.operands)
+        n, c, h, wd = op.result.type.shape
+        (sh, sw), (dh, dw) = op.attrs["stride"], op.attrs["dilation"]
+        rows = ((2, 1.0 / sh), (5, dh / sh))
+        cols = ((3, 1.0 / sw), (6, dw / sw))
+        return LoopNest((n, c, h, wd, g[1] // op.attrs["groups"], w[2], w[3]), 3,
+                        ((((0, 1.0),), ((4, 1.0),), rows, cols), _axes(4, 1, 5, 6)), _axes(0, 1, 2, 3))
+
 
 @register
 class Conv2dWeightGrad(OpDef):
@@ -432,7 +453,8 @@ class Conv2dWeightGrad(OpDef):
     name = "conv2d_weight_grad"
     kind = FusionKind.output_fusable
     arity = 2
-    attrs = {**_CONV_ATTRS, "kernel_hw": Attr("ints")}
+    #: tile: sizes over the loop nest (o, c, kh, kw, n, oh, ow), set by the `tile` pass; () is untiled
+    attrs = {**_CONV_ATTRS, "kernel_hw": Attr("ints"), "tile": Attr("ints", ())}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -473,6 +495,26 @@ class Conv2dWeightGrad(OpDef):
     @classmethod
     def stage(cls, op):
         return {"kind": "conv2d_weight_grad", **{k: op.attrs[k] for k in _CONV_ATTRS}}
+
+    @classmethod
+    def loop_nest(cls, op):
+        """Axes (o, c, kh, kw, n, oh, ow): c counts one group's input channels."""
+        (n, _, _, _), (_, o, oh, ow) = (v.type.shape for v in op.operands)
+        _, c, kh, kw = op.result.type.shape
+        return LoopNest((o, c, kh, kw, n, oh, ow), 3,
+                        (_image(4, 1, (5, 2), (6, 3), op.attrs), _axes(4, 0, 5, 6)), _axes(0, 1, 2, 3))
+
+
+def _axes(*axes: int) -> tuple:
+    """Dimensions that each follow one loop axis."""
+    return tuple(((a, 1.0),) for a in axes)
+
+
+def _image(n: int, c: int, rows: tuple[int, int], cols: tuple[int, int], attrs) -> tuple:
+    """An NCHW input read through windows: (output position, kernel offset) axes per spatial dim."""
+    (sh, sw), (dh, dw) = attrs["stride"], attrs["dilation"]
+    return (((n, 1.0),), ((c, 1.0),), ((rows[0], float(sh)), (rows[1], float(dh))),
+            ((cols[0], float(sw)), (cols[1], float(dw))))
 
 
 class Pool2dGrad(OpDef):
