@@ -23,6 +23,7 @@ from compiler.frontend import Source, lower, parse_module
 from compiler.hf_config import read_hf_config
 from compiler.passes import PassManager
 from compiler.passes.pipelines import level_pipeline
+from compiler.training import TrainingOptions, build_training_graph
 from ir.errors import ConfigError
 from ir.graph import Graph
 from ir.verifier import verify
@@ -42,6 +43,7 @@ class CompileOptions:
     n_chips: int = 1
     num_tiles: int | None = None  # tiles per chip (default: all)
     pack_sections: bool = True  # False at -O0: one kernel per section
+    training: TrainingOptions = attrs.field(factory=TrainingOptions)  # optimizer and clipping (training only)
 
 
 @attrs.define
@@ -108,12 +110,12 @@ def compile_model(options: CompileOptions, pass_manager: PassManager | None = No
     verify(forward)
     result = Compiled(found.source, config, forward, forward, found.checkpoint)
     # --- stage 2: training graph (training mode only) -----------------------------------
+    if not options.inference:
+        result.graph = build_training_graph(forward, options.training)
     if options.emit == "ir":
         return result
     # --- stage 3: passes ----------------------------------------------------------------
-    manager = pass_manager or PassManager.parse(level_pipeline("O1"))
-    manager.target = options.target
-    result.graph = manager.run(result.graph)
+    result.graph = (pass_manager or PassManager.parse(level_pipeline("O1"))).run(result.graph)
     if options.emit in ("ir-opt", "dot"):
         return result
     # --- stage 4: backend ---------------------------------------------------------------

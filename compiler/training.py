@@ -11,7 +11,7 @@ gradient and is left unchanged (as PyTorch skips params whose grad is None).
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Literal
 
 import pydantic
 
@@ -42,14 +42,15 @@ class TrainingOptions(pydantic.BaseModel):
     max_grad_norm: float | None = pydantic.Field(None, gt=0.0)
 
     @classmethod
-    def parse(cls, **values) -> TrainingOptions:
-        """Options from plain values; ConfigError naming the first bad field."""
+    def parse(cls, label: Callable[[str], str] = "training option '{}'".format, **values) -> TrainingOptions:
+        """Options from plain values; ConfigError naming the first bad field as `label(field)`."""
         try:
             return cls(**values)
         except pydantic.ValidationError as err:
             first = err.errors()[0]
-            field = ".".join(map(str, first["loc"])) or "options"
-            raise ConfigError(f"training option '{field}': {first['msg']}") from None
+            field = str(first["loc"][0]) if first["loc"] else "options"
+            message = first["msg"][:1].lower() + first["msg"][1:]
+            raise ConfigError(f"{label(field)}: {message}") from None
 
 
 def build_training_graph(forward: Graph, options: TrainingOptions | None = None) -> Graph:

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from compiler.driver import CompileOptions, compile_model
+from compiler.training import TrainingOptions
 from ir.printer import print_graph
 from tools import cli
 from tools.backend_options import add_backend_options, backend_options, write_output
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "after the passes; dot: a Graphviz view of the IR after the passes")
     parser.add_argument("--no-locs", dest="locs", action="store_false",
                         help="print the IR without source locations")
+    _add_training_options(parser)
     add_pass_options(parser)
     add_backend_options(parser)
     cli.add_debug_flag(parser)
@@ -63,10 +65,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _intermixed(parser)
 
 
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The training graph's structure; the learning rate is a run-time input (`rduflow run --lr`)."""
+    group = parser.add_argument_group("training graph (ignored with --inference)")
+    group.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw",
+                       help="the optimizer update in the graph (default: adamw)")
+    group.add_argument("--momentum", type=float, default=0.0, metavar="M", help="SGD momentum (default: 0, none)")
+    group.add_argument("--weight-decay", type=float, default=0.0, metavar="WD",
+                       help="SGD: L2 term added to the gradient; AdamW: decoupled decay (default: 0)")
+    group.add_argument("--max-grad-norm", type=float, metavar="N",
+                       help="clip the global gradient norm to N (default: no clipping)")
+    group.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"),
+                       help=cli.debug_help("AdamW's betas (default: 0.9 0.999)"))
+    group.add_argument("--eps", type=float, default=1e-8, help=cli.debug_help("AdamW's epsilon (default: 1e-8)"))
+
+
+def training_options(args: argparse.Namespace) -> TrainingOptions:
+    """TrainingOptions from the flags; ConfigError naming the flag of a bad value."""
+    return TrainingOptions.parse(lambda field: "--" + field.replace("_", "-"), optimizer=args.optimizer,
+                                 momentum=args.momentum, weight_decay=args.weight_decay,
+                                 max_grad_norm=args.max_grad_norm, betas=tuple(args.betas), eps=args.eps)
+
+
 def options_from(args: argparse.Namespace) -> CompileOptions:
     return CompileOptions(model=args.model, overrides=tuple(args.overrides), config_file=args.config,
                           batch_size=args.batch_size, inference=args.inference, emit=args.emit,
-                          **backend_options(args))
+                          training=training_options(args), **backend_options(args))
 
 
 def main(args: argparse.Namespace) -> int:
