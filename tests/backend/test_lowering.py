@@ -210,3 +210,22 @@ def test_dtypes_survive():
     b.output("out", b.matmul(b.relu(x), x))
     programs = assert_matches_interpreter(fuse(b.graph, 0, 2))
     assert {buf.dtype for buf in programs[0].buffers} == {"bf16"}
+
+
+def test_fused_gpt2_training_step_matches_the_interpreter():
+    """The zoo GPT-2 training step, fused by the `fuse` pass, lowered kernel by kernel."""
+    passes = pytest.importorskip("compiler.passes")
+    if "fuse" not in passes.PASSES:
+        pytest.skip("the fuse pass is not available")
+    from compiler.config import resolve
+    from compiler.driver import find_model
+    from compiler.frontend import lower, parse_module
+    from compiler.training import build_training_graph
+    module = parse_module(find_model("gpt2").source)
+    graph = build_training_graph(lower(module, resolve(module.schema, []), training=True))
+    graph = passes.PassManager.parse("decompose,canonicalize,cse,dce,fuse").run(graph)
+    inputs = random_inputs(graph)
+    inputs["lr"] = np.asarray(0.01, np.float32)
+    programs = assert_matches_interpreter(graph, inputs)
+    assert all(p.op == "fused" for p in programs if len(p.stages) > 1)
+    assert sum(len(p.stages) for p in programs) > 2 * len(programs)
