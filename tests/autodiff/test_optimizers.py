@@ -148,3 +148,20 @@ def test_state_is_named_zero_initialized_and_resumable():
 def test_plain_sgd_has_no_buffers():
     graph = build_training_graph(regression(), TrainingOptions(optimizer="sgd"))
     assert [p.name for p in graph.params if p.role == Role.state] == ["optimizer.step"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_half_precision_params_keep_their_dtype(optimizer):
+    """f16 params: the f32 learning rate, norm and corrections are cast; updates stay f16."""
+    b = Builder(Graph("half"))
+    x = b.input("x", TensorType((3,), DType.f16))
+    w = b.param("w", TensorType((3,), DType.f16), Init("ones"))
+    b.output("loss", b.cast(b.sum(b.mul(b.mul(w, w), x)), dtype=f32))
+    options = TrainingOptions(optimizer=optimizer, momentum=0.9, weight_decay=0.1, max_grad_norm=1.0)
+    graph = build_training_graph(b.graph, options)
+    x_value = np.array([1.0, -2.0, 0.5], np.float16)
+    result = interpret(graph, {"x": x_value, "lr": np.float32(0.01)})
+    assert result.updates["w"].dtype == np.float16
+    grad = 2 * x_value.astype(np.float64)  # d/dw of sum(w * w * x) at w = 1
+    assert result.outputs["grad_norm"] == pytest.approx(np.linalg.norm(grad), rel=1e-3)
+    assert np.all(np.sign(1.0 - result.updates["w"].astype(np.float64)) == np.sign(grad))
