@@ -212,20 +212,28 @@ def test_dtypes_survive():
     assert {buf.dtype for buf in programs[0].buffers} == {"bf16"}
 
 
-def test_fused_gpt2_training_step_matches_the_interpreter():
-    """The zoo GPT-2 training step, fused by the `fuse` pass, lowered kernel by kernel."""
+def _zoo_training_graph(name: str, pipeline: str):
     passes = pytest.importorskip("compiler.passes")
-    if "fuse" not in passes.PASSES:
-        pytest.skip("the fuse pass is not available")
+    if any(p not in passes.PASSES for p in pipeline.split(",")):
+        pytest.skip(f"a pass of '{pipeline}' is not available")
     from compiler.config import resolve
     from compiler.driver import find_model
     from compiler.frontend import lower, parse_module
     from compiler.training import build_training_graph
-    module = parse_module(find_model("gpt2").source)
+    module = parse_module(find_model(name).source)
     graph = build_training_graph(lower(module, resolve(module.schema, []), training=True))
-    graph = passes.PassManager.parse("decompose,canonicalize,cse,dce,fuse").run(graph)
+    return passes.PassManager.parse(pipeline).run(graph)
+
+
+@pytest.mark.parametrize("name, pipeline", [
+    *((n, "decompose,canonicalize,cse,dce,fuse") for n in ("logreg", "mlp", "lenet", "gpt2", "llama")),
+    ("lenet", "decompose"),
+])
+def test_zoo_training_steps_match_the_interpreter(name, pipeline):
+    """A zoo model's whole training step, lowered kernel by kernel (fused by the `fuse` pass, or not)."""
+    graph = _zoo_training_graph(name, pipeline)
     inputs = random_inputs(graph)
     inputs["lr"] = np.asarray(0.01, np.float32)
     programs = assert_matches_interpreter(graph, inputs)
-    assert all(p.op == "fused" for p in programs if len(p.stages) > 1)
-    assert sum(len(p.stages) for p in programs) > 2 * len(programs)
+    if pipeline.endswith("fuse"):
+        assert sum(len(p.stages) for p in programs) > len(programs)
