@@ -50,9 +50,8 @@ def check_lowerable(graph: Graph) -> None:
     """BackendError for the first composite op (the `decompose` pass must run first)."""
     for op in graph.walk():
         if lookup(op.name).is_composite():
-            where = f" at {op.locs[0]}" if op.locs else ""
-            raise BackendError(f"op '{op.name}'{where} is composite: run the 'decompose' pass "
-                               "before the backend", op.locs[0] if op.locs else None)
+            raise BackendError(f"op '{op.name}' is composite: run the 'decompose' pass before the backend",
+                               op.locs[0] if op.locs else None)
 
 
 def lower_graph(graph: Graph, names: dict[Value, str] | None = None) -> list[KernelProgram]:

@@ -92,3 +92,8 @@ def test_bad_backend_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["compile", "mlp", "--num-tiles", "0"])
     assert exit_info.value.code == 2
+
+
+def test_a_pipeline_without_decompose_is_refused_by_the_backend(tmp_path, capsys):
+    assert main(["compile", "mlp", "--passes", "canonicalize", "-o", str(tmp_path)]) == 1
+    assert "error: op 'cross_entropy' is composite: run the 'decompose' pass" in capsys.readouterr().err
