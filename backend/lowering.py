@@ -77,6 +77,9 @@ def lower_op(op: Op, index: int, names: dict[Value, str]) -> KernelProgram:
     kernel.bind_outputs(results, [names[v] for v in op.results])
     for inner in ops:
         kernel.lower(inner)
+        for value in inner.results:
+            if value in kernel.result_buffer:  # written once now, read back by later users
+                kernel.materialize(value)
     kernel.finish(results, [names[v] for v in op.results])
     scheduled = fold_epilogues(kernel.stages, kernel.buffers)
     used = {name for s, _ in scheduled for name in stage_buffers(s)}

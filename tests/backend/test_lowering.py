@@ -237,3 +237,19 @@ def test_zoo_training_steps_match_the_interpreter(name, pipeline):
     programs = assert_matches_interpreter(graph, inputs)
     if pipeline.endswith("fuse"):
         assert sum(len(p.stages) for p in programs) > len(programs)
+
+
+def test_a_kernel_output_used_inside_is_written_once_and_read_back():
+    """conv + bias is exported (for the backward pass) and feeds a relu: the conv writes it
+    through its epilogue, the relu reads it; nothing is recomputed, no temporary remains."""
+    b = Builder(Graph("convrelu"))
+    y = b.add(b.conv2d(_x(b, (2, 3, 6, 6)), _x(b, (4, 3, 3, 3), name="w"), padding=(1, 1)),
+              b.reshape(_x(b, (4,), name="bias"), shape=(1, 4, 1, 1)))
+    b.output("pre", y)
+    b.output("post", b.relu(y))
+    (program,) = assert_matches_interpreter(fuse(b.graph, 0, len(b.graph.ops)))
+    conv, relu = program.stages
+    pre, post = (buffer.name for buffer in program.with_role("output"))
+    assert conv.kind == "conv2d" and conv.out == pre and conv.epilogue is not None
+    assert relu.kind == "map" and relu.out == post and {r.buffer for r in relu.body.reads} == {pre}
+    assert program.with_role("temp") == []
