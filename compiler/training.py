@@ -56,6 +56,9 @@ class TrainingOptions(pydantic.BaseModel):
 def build_training_graph(forward: Graph, options: TrainingOptions | None = None) -> Graph:
     """The training step of `forward` (left unchanged): fwd, bwd, gradnorm and opt ops."""
     options = options or TrainingOptions()
+    if "loss" not in forward.outputs:
+        raise IRError(f"graph @{forward.name} has no 'loss' output, so there is nothing to train (a model "
+                      "declares it in its train block; an inference compile needs none)")
     graph = clone(forward)
     _check_free_names(graph)
     for op in graph.ops:

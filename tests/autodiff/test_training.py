@@ -91,3 +91,13 @@ def test_compile_inference_has_no_training_phases(capsys):
 def test_compile_rejects_a_bad_training_flag(capsys):
     assert rduflow(["compile", "mlp", "--emit", "ir", "--max-grad-norm", "-1"]) == 1
     assert capsys.readouterr().err.strip() == "error: --max-grad-norm: input should be greater than 0"
+
+
+def test_compiling_a_model_without_a_loss_for_training_is_a_user_error(tmp_path, capsys):
+    model = tmp_path / "m.rdl"
+    model.write_text("input x: f32[2]\noutput y = x * 2.0")
+    assert rduflow(["compile", str(model), "--emit", "ir"]) == 1
+    assert capsys.readouterr().err.strip() == ("error: graph @m has no 'loss' output, so there is nothing to train "
+                                               "(a model declares it in its train block; an inference compile "
+                                               "needs none)")
+    assert rduflow(["compile", str(model), "--emit", "ir", "--inference"]) == 0

@@ -43,9 +43,9 @@ def test_checkpoint_logits_match_transformers(name):
 @pytest.mark.parametrize("name", sorted(HF))
 def test_training_loss_matches_the_reference_definition(name):
     result = compiled(HF[name], inference=False)
-    loaded = load_hf_checkpoint(HF[name], expected_types(result.graph))
+    loaded = load_hf_checkpoint(HF[name], expected_types(result.forward))
     batch = np.load(FIXTURES / "ref" / name / "finetune.npz")
-    out = interpret(result.graph, {"input_ids": batch["input_ids"][0],
+    out = interpret(result.forward, {"input_ids": batch["input_ids"][0],
                                    "token_type_ids": batch["token_type_ids"][0]}, loaded.tensors).outputs
     np.testing.assert_allclose(out["loss"], batch["losses"][0], rtol=1e-5)
 

@@ -103,7 +103,7 @@ def test_driver_precedence_checkpoint_then_file_then_batch_flag_then_overrides(t
 def test_driver_finds_files_zoo_models_and_folders(tmp_path):
     rdl = tmp_path / "m.rdl"
     rdl.write_text("input x: f32[2]\noutput y = x * 2.0")
-    assert compile_model(CompileOptions(model=str(rdl), emit="ir")).graph.name == "m"
+    assert compile_model(CompileOptions(model=str(rdl), inference=True, emit="ir")).graph.name == "m"
     assert find_model("gpt2").source.filename == "zoo/gpt2.rdl"
     assert find_model("tests/fixtures/hf/llama-tiny").source.filename == "zoo/llama.rdl"
     with pytest.raises(ConfigError, match=r"unknown model 'lama'.*did you mean llama"):
