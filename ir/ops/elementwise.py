@@ -33,11 +33,16 @@ class Unary(OpDef):
 
 
 def broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...]:
-    try:
-        return tuple(np.broadcast_shapes(*shapes))
-    except ValueError:
-        listed = " and ".join(str(list(s)) for s in shapes)
-        raise TypeRuleError(f"operand shapes {listed} do not broadcast") from None
+    """numpy's broadcasting rule (in plain Python: type rules run on every verify)."""
+    rank = max(map(len, shapes))
+    out = []
+    for axis in range(rank):
+        dims = {s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0} - {1}
+        if len(dims) > 1:
+            listed = " and ".join(str(list(s)) for s in shapes)
+            raise TypeRuleError(f"operand shapes {listed} do not broadcast")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
 
 
 def same_dtype(types: list[TensorType]) -> DType:
