@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Callable, Literal
 
 import pydantic
+from pydantic_core import PydanticCustomError
 
 from compiler.autodiff import append_gradients
 from compiler.optimizers import OPTIMIZERS, clip_by_global_norm, step_counter
@@ -40,6 +41,13 @@ class TrainingOptions(pydantic.BaseModel):
     eps: float = pydantic.Field(1e-8, gt=0.0)
     #: clip the global gradient norm to this value; None: no clipping (the norm is still an output)
     max_grad_norm: float | None = pydantic.Field(None, gt=0.0)
+
+    @pydantic.field_validator("momentum")
+    @classmethod
+    def _momentum_is_for_sgd(cls, momentum: float, info: pydantic.ValidationInfo) -> float:
+        if momentum and info.data.get("optimizer") != "sgd":
+            raise PydanticCustomError("sgd_only", "applies to the sgd optimizer only (adamw has betas)")
+        return momentum
 
     @classmethod
     def parse(cls, label: Callable[[str], str] = "training option '{}'".format, **values) -> TrainingOptions:

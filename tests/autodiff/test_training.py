@@ -51,6 +51,7 @@ def test_sgd_without_momentum_or_clipping_is_small():
     ({"betas": (0.9, 1.0)}, "training option 'betas': input should be less than 1"),
     ({"max_grad_norm": 0.0}, "training option 'max_grad_norm': input should be greater than 0"),
     ({"lr": 0.1}, "training option 'lr': extra inputs are not permitted"),
+    ({"momentum": 0.9}, "training option 'momentum': applies to the sgd optimizer only (adamw has betas)"),
 ])
 def test_bad_options_name_the_field(values, message):
     with pytest.raises(ConfigError) as info:
