@@ -119,7 +119,8 @@ def compile_model(options: CompileOptions, pass_manager: PassManager | None = No
     if options.emit in ("ir-opt", "dot"):
         return result
     # --- stage 4: backend ---------------------------------------------------------------
+    recorded = config if options.inference else {**config, "training": options.training.model_dump()}
     result.pef = backend_stage(result.graph, target=options.target, n_chips=options.n_chips,
                                num_tiles=options.num_tiles, pack=options.pack_sections,
-                               inference=options.inference, settings=config, source=found.source.text)
+                               inference=options.inference, settings=recorded, source=found.source.text)
     return result
