@@ -29,6 +29,8 @@ def test_compile_writes_the_named_pef_and_stats(tmp_path, capsys):
     options = {o.name: (o.value, o.recompile) for o in pef.header.options}
     assert options["target"] == ("rdu-mini", True) and options["pack_sections"] == (False, True)
     assert options["batch_size"][1] is True
+    assert options["training.optimizer"] == ("adamw", True)
+    assert {s.phase for s in pef.sections} == {"fwd", "bwd", "gradnorm", "opt"}
 
 
 def test_compile_options_reach_the_header(compiled):
