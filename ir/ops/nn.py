@@ -251,7 +251,7 @@ class Conv2d(OpDef):
     @classmethod
     def vjp(cls, b, op, grads):
         x, w = op.operands
-        conv = {k: op.attrs[k] for k in cls.attrs}
+        conv = {k: op.attrs[k] for k in _CONV_ATTRS}  # not the forward tile
         return [b.conv2d_input_grad(grads[0], w, input_hw=x.type.shape[2:], **conv),
                 b.conv2d_weight_grad(x, grads[0], kernel_hw=w.type.shape[2:], **conv)]
 
