@@ -84,6 +84,7 @@ def backend_stage(graph: Graph, *, target: str, n_chips: int = 1, num_tiles: int
     header, `source` (the model text) by its sha256."""
     recorded = flatten(dict(settings or {})) | {"target": target, "n_chips": n_chips, "num_tiles": num_tiles,
                                                   "inference": inference, "pack_sections": pack}
+    recorded["model"] = graph.name  # names the model family, e.g. for Hugging Face checkpoint export
     options = BackendOptions(load_target(target), n_chips, num_tiles, pack, "inference" if inference else "train",
                              compile_options(recorded), hashlib.sha256(source.encode()).hexdigest())
     return build_pef(graph, options)
