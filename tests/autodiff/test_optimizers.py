@@ -157,7 +157,8 @@ def test_half_precision_params_keep_their_dtype(optimizer):
     x = b.input("x", TensorType((3,), DType.f16))
     w = b.param("w", TensorType((3,), DType.f16), Init("ones"))
     b.output("loss", b.cast(b.sum(b.mul(b.mul(w, w), x)), dtype=f32))
-    options = TrainingOptions(optimizer=optimizer, momentum=0.9, weight_decay=0.1, max_grad_norm=1.0)
+    options = TrainingOptions(optimizer=optimizer, momentum=0.9 if optimizer == "sgd" else 0.0, weight_decay=0.1,
+                              max_grad_norm=1.0)
     graph = build_training_graph(b.graph, options)
     x_value = np.array([1.0, -2.0, 0.5], np.float16)
     result = interpret(graph, {"x": x_value, "lr": np.float32(0.01)})
