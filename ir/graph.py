@@ -34,14 +34,30 @@ class Phase(enum.Enum):
     opt = "opt"
 
 
+@attrs.frozen
+class Placement:
+    """Where the memory plan puts a tensor: `offset` bytes into the arena of memory tier `tier`."""
+
+    tier: str
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.tier}:{self.offset}"
+
+
 @attrs.define(eq=False, repr=False)
 class Value:
-    """An SSA value. `producer` is None for graph inputs, params and region arguments."""
+    """An SSA value. `producer` is None for graph inputs, params and region arguments.
+
+    `mem` is its place in the memory plan (set by the `plan-memory` pass; printed as
+    `mem(ddr:4096)`); the backend reads the plan from there.
+    """
 
     type: TensorType
     producer: Op | None = None
     index: int = 0
     name: str | None = None
+    mem: Placement | None = None
 
     def __repr__(self) -> str:
         label = self.name or (self.producer.name if self.producer else "arg")

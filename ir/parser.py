@@ -10,7 +10,7 @@ import lark
 from ir.builder import unknown_op_message
 from ir.dtypes import DType
 from ir.errors import Location, ParseError
-from ir.graph import Graph, Op, Param, Phase, Region, Role, Value
+from ir.graph import Graph, Op, Param, Phase, Placement, Region, Role, Value
 from ir.init import Init
 from ir.ops import REGISTRY, TypeRuleError, lookup
 from ir.types import TensorType
@@ -54,13 +54,13 @@ class _Reader:
         for item in items:
             kind = item.data
             if kind == "input_decl":
-                name, type_node = item.children
-                value = Value(self.type(type_node), name=name[1:])
+                name, type_node, *mem = item.children
+                value = Value(self.type(type_node), name=name[1:], mem=self.placements(mem, 1)[0])
                 self.define(scope, name, value)
                 graph.inputs.append(value)
             elif kind == "param_decl":
-                role, name, type_node, init = item.children
-                value = Value(self.type(type_node), name=name[1:])
+                role, name, type_node, init, *mem = item.children
+                value = Value(self.type(type_node), name=name[1:], mem=self.placements(mem, 1)[0])
                 self.define(scope, name, value)
                 graph.params.append(Param(value, self.init(init), Role(str(role))))
             elif kind == "label":
@@ -116,6 +116,7 @@ class _Reader:
         attrs_node = next((t for t in subtrees if t.data == "attrs"), None)
         loc_node = next((t for t in subtrees if t.data == "loc"), None)
         region_node = next((t for t in subtrees if t.data == "region"), None)
+        mem_node = next((t for t in subtrees if t.data == "mem"), None)
         if str(name) not in REGISTRY:
             raise self.error(unknown_op_message(str(name)), name)
         if len(results) != len(types):
@@ -124,7 +125,8 @@ class _Reader:
                 locs=self.locs(loc_node) if loc_node else ())
         if region_node is not None:
             op.region = self.region(region_node)
-        op.results = [Value(t, op, i) for i, t in enumerate(types)]
+        places = self.placements([mem_node] if mem_node else [], len(types))
+        op.results = [Value(t, op, i, mem=m) for i, (t, m) in enumerate(zip(types, places))]
         for token, value in zip(results, op.results):
             self.define(scope, token, value)
         self.positions[op] = Location(self.filename, name.line, name.column)
@@ -188,6 +190,22 @@ class _Reader:
 
     def locs(self, tree: lark.Tree) -> tuple[Location, ...]:
         return tuple(Location(json.loads(f), int(l), int(c)) for f, l, c in (n.children for n in tree.children))
+
+    def placements(self, mem: list[lark.Tree], count: int) -> list[Placement | None]:
+        """The placements of a `mem(...)` (a list holding its node, or empty): one per value."""
+        if not mem:
+            return [None] * count
+        entries = mem[0].children
+        if len(entries) != count:
+            raise self.error(f"{len(entries)} memory placement(s) for {count} value(s)", entries[0].children[0])
+        return [self.placement(*entry.children) for entry in entries]
+
+    def placement(self, tier, offset) -> Placement | None:
+        if offset is not None:
+            return Placement(str(tier), int(offset))
+        if tier != "none":
+            raise self.error(f"memory placement '{tier}' needs an offset ('{tier}:OFFSET') or is 'none'", tier)
+        return None
 
 
 def parse_with_positions(text: str, filename: str = "<string>") -> tuple[Graph, dict[Op, Location]]:

@@ -38,6 +38,13 @@ def format_locs(locs: tuple[Location, ...]) -> str:
     return f" loc({parts})"
 
 
+def format_mem(values: list[Value]) -> str:
+    """` mem(ddr:0, onchip:64)`: the values' placements (`none` for an unplaced one), if any is placed."""
+    if all(v.mem is None for v in values):
+        return ""
+    return " mem(" + ", ".join(str(v.mem) if v.mem else "none" for v in values) + ")"
+
+
 def format_attrs(op: Op) -> str:
     spec = lookup(op.name).attrs
     shown = [(k, v) for k, v in sorted(op.attrs.items()) if k not in spec or v != spec[k].default]
@@ -57,9 +64,9 @@ class Printer:
         g = self.graph
         self.lines.append(f"graph @{g.name} {{")
         for value in g.inputs:
-            self.lines.append(f"  input %{value.name} : {value.type}")
+            self.lines.append(f"  input %{value.name} : {value.type}{format_mem([value])}")
         for param in g.params:
-            self.lines.append(f"  {param.role.value} @{param.name} : {param.type} = {param.init}")
+            self.lines.append(f"  {param.role.value} @{param.name} : {param.type} = {param.init}{format_mem([param.value])}")
         phase = None
         for op in g.ops:
             if op.phase != phase:
@@ -78,7 +85,7 @@ class Printer:
         results = ", ".join(self.namer.define(v) for v in op.results)
         types = ", ".join(str(v.type) for v in op.results)
         loc = format_locs(op.locs) if self.with_locs and op.locs else ""
-        head = f"{indent}{results} = {op.name}({operands}){format_attrs(op)} : {types}{loc}"
+        head = f"{indent}{results} = {op.name}({operands}){format_attrs(op)} : {types}{format_mem(op.results)}{loc}"
         if op.region is None:
             self.lines.append(head)
             return
