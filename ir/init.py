@@ -5,6 +5,7 @@ hash of the param's name, so values do not depend on declaration order.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import zlib
 from typing import Callable
@@ -58,6 +59,8 @@ def _xavier_normal(rng, shape, gain=1.0):
 
 def _kaiming_uniform(rng, shape, fan="in"):
     """PyTorch's default for Linear/Conv weights: U(-1/sqrt(fan), 1/sqrt(fan))."""
+    if fan not in ("in", "out"):
+        raise ValueError(f"fan must be 'in' or 'out', got {fan!r}")
     fan_in, fan_out = _fans(shape)
     bound = 1.0 / math.sqrt(fan_in if fan == "in" else fan_out)
     return rng.uniform(-bound, bound, shape)
@@ -91,9 +94,14 @@ class Init:
     def __attrs_post_init__(self):
         if self.kind not in INITIALIZERS:
             raise ValueError(f"unknown initializer '{self.kind}' (expected one of {', '.join(INITIALIZERS)})")
+        accepted = list(inspect.signature(INITIALIZERS[self.kind]).parameters)[2:]
+        for key, _ in self.args:
+            if key not in accepted:
+                raise ValueError(f"bad arguments to initializer '{self.kind}': no argument '{key}' "
+                                 f"(expected: {', '.join(accepted) or 'none'})")
         try:
             INITIALIZERS[self.kind](np.random.default_rng(0), (1, 1), **dict(self.args))
-        except TypeError as err:
+        except (TypeError, ValueError, ArithmeticError) as err:
             raise ValueError(f"bad arguments to initializer '{self.kind}': {err}") from None
 
     def materialize(self, type: TensorType, name: str, seed: int = 0) -> np.ndarray:

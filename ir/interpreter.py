@@ -6,6 +6,7 @@ from typing import Mapping
 import attrs
 import numpy as np
 
+from ir.dtypes import DType
 from ir.errors import ExecutionError
 from ir.graph import Graph, Op, Region, Value
 from ir.ops import lookup
@@ -19,12 +20,13 @@ class Result:
     updates: dict[str, np.ndarray]
 
 
-def check_array(name: str, value, expected) -> np.ndarray:
+def check_array(name: str, value, expected, what: str = "input") -> np.ndarray:
     """`value` as an array of the expected type, or ExecutionError naming the symbol."""
     array = np.asarray(value)
     if array.shape != expected.shape or array.dtype != expected.dtype.np:
-        got = f"{array.dtype}{list(array.shape)}"
-        raise ExecutionError(f"input '{name}' must be {expected}, got {got}")
+        known = [d.value for d in DType if d.np == array.dtype]
+        got = f"{known[0] if known else array.dtype}[{','.join(map(str, array.shape))}]"
+        raise ExecutionError(f"{what} '{name}' must be {expected}, got {got}")
     return array
 
 
@@ -61,7 +63,7 @@ def interpret(graph: Graph, inputs: Mapping[str, np.ndarray],
     given = dict(params or {})
     for param in graph.params:
         if param.name in given:
-            env[param.value] = check_array(param.name, given[param.name], param.type)
+            env[param.value] = check_array(param.name, given[param.name], param.type, "param")
         else:
             env[param.value] = param.init.materialize(param.type, param.name, seed)
     _run_ops(graph.ops, env)

@@ -39,10 +39,11 @@ class _Reader:
     def __init__(self, text: str, filename: str):
         self.lines = text.splitlines()
         self.filename = filename
-        self.positions: dict[Op, Location] = {}
+        self.positions: dict[object, Location] = {}
 
     def error(self, message: str, node) -> ParseError:
-        line, col = node.line, node.column
+        where = node.meta if isinstance(node, lark.Tree) else node
+        line, col = where.line, where.column
         context = self.lines[line - 1] if 0 < line <= len(self.lines) else None
         return ParseError(message, Location(self.filename, line, col), context)
 
@@ -57,11 +58,13 @@ class _Reader:
                 name, type_node, *mem = item.children
                 value = Value(self.type(type_node), name=name[1:], mem=self.placements(mem, 1)[0])
                 self.define(scope, name, value)
+                self.located(value, name)
                 graph.inputs.append(value)
             elif kind == "param_decl":
                 role, name, type_node, init, *mem = item.children
                 value = Value(self.type(type_node), name=name[1:], mem=self.placements(mem, 1)[0])
                 self.define(scope, name, value)
+                self.located(value, name)
                 graph.params.append(Param(value, self.init(init), Role(str(role))))
             elif kind == "label":
                 phase = self.phase(item.children[0])
@@ -72,12 +75,17 @@ class _Reader:
                 if str(name) in graph.outputs:
                     raise self.error(f"output '{name}' defined twice", name)
                 graph.outputs[str(name)] = self.ref(ref, scope)
+                self.located(("output", str(name)), name)
             else:
                 name, ref = item.children
                 if name[1:] in graph.updates:
                     raise self.error(f"update of {name} given twice", name)
                 graph.updates[name[1:]] = self.ref(ref, scope)
+                self.located(("update", name[1:]), name)
         return graph
+
+    def located(self, key, token) -> None:
+        self.positions[key] = Location(self.filename, token.line, token.column)
 
     def phase(self, token) -> Phase | None:
         if token == "untagged":
@@ -154,7 +162,9 @@ class _Reader:
         try:
             return lookup(str(op_name)).check_attrs(given)
         except TypeRuleError as err:
-            raise self.error(f"'{op_name}': {err}", tree or op_name) from None
+            keys = [a.children[0] for a in (tree.children if tree else []) if a is not None]
+            named = next((k for k in keys if f"attribute '{k}'" in str(err)), None)
+            raise self.error(f"'{op_name}': {err}", named or tree or op_name) from None
 
     def attr_dict(self, tree: lark.Tree | None) -> dict:
         if tree is None:
@@ -208,19 +218,25 @@ class _Reader:
         return None
 
 
-def parse_with_positions(text: str, filename: str = "<string>") -> tuple[Graph, dict[Op, Location]]:
-    """The graph and, for each op, where it stands in the text."""
+def parse_with_positions(text: str, filename: str = "<string>") -> tuple[Graph, dict[object, Location]]:
+    """The graph and where each part stands in the text: keyed by op, by declared input or
+    param `Value`, and by `("output", name)` / `("update", param name)`."""
     try:
         tree = _lark().parse(text)
     except lark.exceptions.UnexpectedInput as err:
         reader = _Reader(text, filename)
-        expected = getattr(err, "expected", None) or getattr(err, "allowed", None) or set()
+        parser = getattr(err, "interactive_parser", None)
+        expected = (parser.accepts() - {"$END"} if parser else None) or getattr(err, "expected", None) \
+            or getattr(err, "allowed", None) or set()
         found = getattr(err, "token", None)
         if isinstance(err, lark.exceptions.UnexpectedCharacters):
             found = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "end of input"
         what = "end of input" if found is None or getattr(found, "type", "") == "$END" else f"'{found}'"
         message = f"unexpected {what}" + (f"; expected {_describe_expected(expected)}" if expected else "")
         node = lark.Token("X", "", line=max(err.line, 1), column=max(err.column, 1))
+        if what == "end of input":  # just past the last character
+            body = text.rstrip()
+            node = lark.Token("X", "", line=body.count("\n") + 1, column=len(body) - body.rfind("\n"))
         raise reader.error(message, node) from None
     reader = _Reader(text, filename)
     graph = reader.graph(tree)

@@ -6,6 +6,8 @@ with one training phase.
 """
 from __future__ import annotations
 
+import json
+
 from ir.errors import Location
 from ir.graph import Graph, Op, Region, Value
 from ir.literals import format_literal
@@ -34,7 +36,7 @@ class Namer:
 
 
 def format_locs(locs: tuple[Location, ...]) -> str:
-    parts = ", ".join(f'"{loc.file}":{loc.line}:{loc.col}' for loc in locs)
+    parts = ", ".join(f"{json.dumps(loc.file)}:{loc.line}:{loc.col}" for loc in locs)
     return f" loc({parts})"
 
 

@@ -10,36 +10,43 @@ from ir.ops import REGISTRY, TypeRuleError, lookup
 from ir.printer import Namer
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
+_OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class _Verifier:
-    def __init__(self, graph: Graph, positions: dict[Op, Location] | None):
+    def __init__(self, graph: Graph, positions: dict[object, Location] | None):
         self.graph = graph
         self.positions = positions or {}
         self.namer = Namer(graph)
 
-    def fail(self, message: str, op: Op | None = None) -> VerifyError:
+    def fail(self, message: str, op: Op | None = None, at: object = None) -> VerifyError:
+        """An error located at `op`, or at the `positions` entry `at` (a declaration, output or update)."""
         if op is None:
-            return VerifyError(message)
+            return VerifyError(message, self.positions.get(at))
         where = self.positions.get(op) or (op.locs[0] if op.locs else None)
         results = ", ".join(self.namer[v] for v in op.results) or "<no results>"
         return VerifyError(f"op {results} = {op.name}: {message}", where)
 
     def run(self) -> None:
+        if not _NAME.match(self.graph.name or ""):
+            raise self.fail(f"graph name '{self.graph.name}' is not a valid identifier")
         scope = self.declarations()
         self.ops(self.graph.ops, scope)
         for name, value in self.graph.outputs.items():
+            if not _OUTPUT_NAME.match(name):
+                raise self.fail(f"output name '{name}' is not a valid identifier", at=("output", name))
             if value not in scope:
-                raise self.fail(f"output '{name}' uses a value not defined in the graph")
+                raise self.fail(f"output '{name}' uses a value not defined in the graph", at=("output", name))
         roles = {p.name: p for p in self.graph.params}
         for name, value in self.graph.updates.items():
             param = roles.get(name)
+            at = ("update", name)
             if param is None or param.role == Role.buffer:
-                raise self.fail(f"update of @{name}, which is not a trainable param or state")
+                raise self.fail(f"update of @{name}, which is not a trainable param or state", at=at)
             if value not in scope:
-                raise self.fail(f"update of @{name} uses a value not defined in the graph")
+                raise self.fail(f"update of @{name} uses a value not defined in the graph", at=at)
             if value.type != param.type:
-                raise self.fail(f"update of @{name} has type {value.type}, the param is {param.type}")
+                raise self.fail(f"update of @{name} has type {value.type}, the param is {param.type}", at=at)
 
     def declarations(self) -> set[Value]:
         seen: set[str] = set()
@@ -47,11 +54,11 @@ class _Verifier:
         values = [(v, "input") for v in self.graph.inputs] + [(p.value, "param") for p in self.graph.params]
         for value, what in values:
             if not value.name or not _NAME.match(value.name):
-                raise self.fail(f"{what} name '{value.name}' is not a valid identifier")
+                raise self.fail(f"{what} name '{value.name}' is not a valid identifier", at=value)
             if value.name in seen:
-                raise self.fail(f"{what} name '{value.name}' is declared twice")
+                raise self.fail(f"{what} name '{value.name}' is declared twice", at=value)
             if value.producer is not None:
-                raise self.fail(f"{what} '{value.name}' has a producing op")
+                raise self.fail(f"{what} '{value.name}' has a producing op", at=value)
             seen.add(value.name)
             scope.add(value)
         return scope
@@ -82,8 +89,8 @@ class _Verifier:
             expected = opdef.infer_op(op)
         except TypeRuleError as err:
             raise self.fail(str(err), op) from None
-        if op.region is not None and op.name != "fused":
-            raise self.fail("only 'fused' ops may own a region", op)
+        if op.region is not None and not opdef.owns_region:
+            raise self.fail(f"has a region, but '{op.name}' ops do not own one", op)
         actual = [v.type for v in op.results]
         if actual != expected:
             raise self.fail(f"result types {', '.join(map(str, actual))} do not match the type rule, "
@@ -106,6 +113,7 @@ class _Verifier:
                 raise TypeRuleError(f"region result {i} is not defined inside the region")
 
 
-def verify(graph: Graph, positions: dict[Op, Location] | None = None) -> None:
-    """Raise `VerifyError` for the first broken rule; `positions` locate ops in IR text."""
+def verify(graph: Graph, positions: dict[object, Location] | None = None) -> None:
+    """Raise `VerifyError` for the first broken rule; `positions` (from `parse_with_positions`)
+    locate ops, declarations, outputs and updates in IR text."""
     _Verifier(graph, positions).run()

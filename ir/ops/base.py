@@ -161,6 +161,8 @@ class OpDef:
     flops_per_element: ClassVar[int] = 1
     #: whether gradients flow through the op's float operands
     differentiable: ClassVar[bool] = True
+    #: whether the op owns a region (a sub-graph its `evaluate` runs); others may not have one
+    owns_region: ClassVar[bool] = False
 
     # --- hooks subclasses provide -------------------------------------------------
     @classmethod

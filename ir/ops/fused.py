@@ -12,12 +12,15 @@ class Fused(OpDef):
     kind = FusionKind.opaque
     arity = None
     attrs = {"label": Attr("str", "")}
+    owns_region = True
 
     @classmethod
     def infer_op(cls, op):
         region = op.region
         if region is None:
             raise TypeRuleError("has no region")
+        if not region.results:
+            raise TypeRuleError("region yields no values")
         if len(region.args) != len(op.operands):
             raise TypeRuleError(f"region takes {len(region.args)} arguments but the op has "
                                 f"{len(op.operands)} operands")

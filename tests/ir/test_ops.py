@@ -28,6 +28,8 @@ ALL = NUMERIC + (boolean,)
 TOL = {f32: (1e-5, 1e-6), f16: (4e-3, 2e-3), bf16: (3e-2, 2e-2)}
 
 RNG = np.random.default_rng(1234)
+#: a mean over an empty axis is NaN, as numpy's (which also warns)
+pytestmark = pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
 
 
 def T(dtype: DType, *shape: int) -> TensorType:
