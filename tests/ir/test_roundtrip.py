@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from ir.builder import Builder, make_op
 from ir.dtypes import DType, bf16, boolean, f16, f32, i32, i64
 from ir.errors import Location
-from ir.graph import Graph, Phase, Region, Role, Value
+from ir.graph import Graph, Phase, Placement, Region, Role, Value
 from ir.init import Init
 from ir.interpreter import interpret
 from ir.parser import parse, parse_with_positions
@@ -274,7 +274,16 @@ def graphs(draw, min_ops: int = 50) -> Graph:
     for param in b.graph.params:
         if param.role != Role.buffer and draw(st.booleans()):
             b.update(param.name, b.neg(param.value))
+    place(b.graph, draw(st.randoms(use_true_random=False)))
     return b.graph
+
+
+def place(graph: Graph, rnd) -> None:
+    """A memory plan on some values (as `plan-memory` leaves one): `mem(tier:offset)` or unplaced."""
+    values = [*graph.inputs, *(p.value for p in graph.params), *(r for op in graph.walk() for r in op.results)]
+    for value in values:
+        if rnd.random() < 0.4:
+            value.mem = Placement(rnd.choice(["ddr", "hbm", "onchip", "pmu_3"]), rnd.randrange(0, 1 << 40, 64))
 
 
 def random_inputs(graph: Graph, seed: int) -> dict[str, np.ndarray]:
@@ -310,14 +319,15 @@ def test_print_parse_print_is_identity(graph: Graph, seed: int):
 
 def test_random_graphs_cover_the_ir():
     """The generator reaches every op kind, attribute kind, role, phase and multi-result fused ops."""
-    seen_ops, roles, phases, attr_kinds, multi, count = set(), set(), set(), set(), False, 0
+    seen_ops, roles, phases, attr_kinds, multi, count, placed = set(), set(), set(), set(), False, 0, 0
 
     @settings(max_examples=10, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(graphs())
     def collect(graph):
-        nonlocal multi, count
+        nonlocal multi, count, placed
         count += 1
+        placed += sum(r.mem is not None for op in graph.walk() for r in op.results)
         for op in graph.walk():
             seen_ops.add(op.name)
             phases.add(op.phase)
@@ -326,7 +336,7 @@ def test_random_graphs_cover_the_ir():
         roles.update(p.role for p in graph.params)
 
     collect()
-    assert count == 10
+    assert count == 10 and placed
     assert roles == set(Role) and set(Phase) | {None} == phases and multi
     assert {"fused", "matmul", "conv2d", "gather", "cross_entropy", "constant", "slice"} <= seen_ops
     assert {"int", "float", "bool", "str", "tuple", "DType", "NoneType"} <= attr_kinds
