@@ -61,7 +61,8 @@ class Decomposed:
             inside = b.and_(inside, ok)
         if not self.bounds:
             return cg.load(b, ptrs[self.access.arg], index, self.access.dtype)
-        value = cg.load(b, ptrs[self.access.arg], b.select(inside, index, base), self.access.dtype)
+        # a masked-off element reads element 0 instead (always in the buffer)
+        value = cg.load(b, ptrs[self.access.arg], b.select(inside, index, i64(0)), self.access.dtype)
         return b.select(inside, value, ir.Constant(F32, 0.0))
 
 
@@ -96,7 +97,6 @@ def _epilogue_strides(strides: Sequence[int], o: int, og: int, oh: int, ow: int)
 def lower_conv2d(km: KernelModule, name: str, stage: kp.Conv2dStage) -> int:
     """Emit the stage as function `name`; returns its parallel extent."""
     x, w = km.access(stage.x), km.access(stage.w)
-    # an image offset may go negative with padding; every padded read is masked off
     gemm = conv_gemm(stage, x, w, km.whole(stage.out))
     if stage.epilogue is not None:
         n, o, oh, ow = km.buffer(stage.out).shape
@@ -104,3 +104,83 @@ def lower_conv2d(km: KernelModule, name: str, stage: kp.Conv2dStage) -> int:
             lambda s: _epilogue_strides(s, o, o // stage.groups, oh, ow))
         gemm = attrs.evolve(gemm, epilogue=epilogue)
     return emit_gemm(km, name, gemm)
+
+
+@attrs.frozen
+class TransposedWindow:
+    """conv2d_input_grad's right operand: rows (o, kh, kw), columns (h, w) of the input.
+
+    Element = g[o, oh, ow] where h + p0 - kh*d0 = oh*s0 and w + p1 - kw*d1 = ow*s1
+    (zero when no such in-range output position exists).
+    """
+
+    access: Access  # strides: batch strides only
+    kernel: tuple[int, int, int]  # (Og, KH, KW)
+    image: tuple[int, int]  # (H, W)
+    grad: tuple[int, int]  # (OH, OW)
+    grad_strides: tuple[int, int, int]  # of g along (o, oh, ow)
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+    def batch_strides(self) -> tuple[int, ...]:
+        return self.access.strides
+
+    def with_batch_strides(self, strides: Sequence[int]) -> TransposedWindow:
+        return attrs.evolve(self, access=self.access.with_strides(strides))
+
+    def base(self, b, batch):
+        return cg.affine(b, self.access.offset, list(zip(batch, self.access.strides)))
+
+    def load(self, b, ptrs, base, row, col):
+        o, kh, kw = cg.unravel(b, row, self.kernel)
+        h, w = cg.unravel(b, col, self.image)
+        inside = ir.Constant(cg.I1, 1)
+        positions = []
+        for pos, k, s, p, d, limit in ((h, kh, self.stride[0], self.padding[0], self.dilation[0], self.grad[0]),
+                                       (w, kw, self.stride[1], self.padding[1], self.dilation[1], self.grad[1])):
+            shifted = b.sub(b.add(pos, i64(p)), b.mul(k, i64(d)))
+            quotient = b.sdiv(shifted, i64(s))
+            ok = b.and_(b.icmp_signed(">=", shifted, i64(0)),
+                        b.and_(b.icmp_signed("==", b.srem(shifted, i64(s)), i64(0)),
+                               b.icmp_signed("<", quotient, i64(limit))))
+            inside = b.and_(inside, ok)
+            positions.append(quotient)
+        index = b.add(base, cg.affine(b, 0, list(zip([o, *positions], self.grad_strides))))
+        value = cg.load(b, ptrs[self.access.arg], b.select(inside, index, i64(0)), self.access.dtype)
+        return b.select(inside, value, ir.Constant(F32, 0.0))
+
+
+def lower_conv2d_input_grad(km: KernelModule, name: str, stage: kp.Conv2dInputGradStage) -> int:
+    """dx[n, g, c, (h, w)] = sum over (o, kh, kw) of w[g, o, c, kh, kw] * window(g)[(o, kh, kw), (h, w)]."""
+    g_acc, w = km.access(stage.g), km.access(stage.w)
+    n, _, h, wd = km.buffer(stage.out).shape
+    o, cgr, kh, kw = stage.w_shape
+    groups = stage.groups
+    og = o // groups
+    _, _, oh, ow = stage.g_shape
+    ws, gs = w.strides, g_acc.strides
+    weights = Decomposed(w.with_strides((0, og * ws[0])), ((cgr, ws[1]),), ((og, ws[0]), (kh, ws[2]), (kw, ws[3])))
+    window = TransposedWindow(g_acc.with_strides((gs[0], og * gs[1])), (og, kh, kw), (h, wd), (oh, ow),
+                              (gs[1], gs[2], gs[3]), tuple(stage.stride), tuple(stage.padding), tuple(stage.dilation))
+    out = km.whole(stage.out).with_strides((groups * cgr * h * wd, cgr * h * wd, h * wd, 1))
+    return emit_gemm(km, name, Gemm((n, groups), cgr, h * wd, og * kh * kw, weights, window, out))
+
+
+def lower_conv2d_weight_grad(km: KernelModule, name: str, stage: kp.Conv2dWeightGradStage) -> int:
+    """dw[g, o, (c, kh, kw)] = sum over (n, oh, ow) of g[n, g, o, (oh, ow)] * im2col(x)[(n, oh, ow), (c, kh, kw)]."""
+    x, g_acc = km.access(stage.x), km.access(stage.g)
+    o, cgr, kh, kw = km.buffer(stage.out).shape
+    groups = stage.groups
+    og = o // groups
+    n, _, h, wd = stage.x_shape
+    _, _, oh, ow = stage.g_shape
+    (s0, s1), (p0, p1), (d0, d1) = stage.stride, stage.padding, stage.dilation
+    xs, gs = x.strides, g_acc.strides
+    grads = Decomposed(g_acc.with_strides((og * gs[1],)), ((og, gs[1]),), ((n, gs[0]), (oh, gs[2]), (ow, gs[3])))
+    image = Decomposed(
+        attrs.evolve(x, offset=x.offset - p0 * xs[2] - p1 * xs[3], strides=(cgr * xs[1],)),
+        ((n, xs[0]), (oh, s0 * xs[2]), (ow, s1 * xs[3])), ((cgr, xs[1]), (kh, d0 * xs[2]), (kw, d1 * xs[3])),
+        (Bound((0, s0, 0), (0, d0, 0), -p0, h), Bound((0, 0, s1), (0, 0, d1), -p1, wd)))
+    out = km.whole(stage.out).with_strides((og * cgr * kh * kw, cgr * kh * kw, 1))
+    return emit_gemm(km, name, Gemm((groups,), og, cgr * kh * kw, n * oh * ow, grads, image, out))

@@ -29,6 +29,8 @@ MR, NR = 6, 16
 UNROLL = 4
 LANES = 8
 KC, MC, NC = 256, 96, 2048
+#: products with fewer multiply-adds per batch entry use the plain loop nest
+SMALL = 1 << 15
 VEC = ir.VectorType(F32, LANES)
 
 
@@ -210,16 +212,16 @@ class _Emitter:
         with b.if_else(full) as (then, otherwise):
             with then:
                 with cg.loop(b, 0, kc, name="pk") as p:
-                    for w in range(width):
-                        value = load(p, b.add(first, i64(w)))
-                        b.store(value, b.gep(dst, [b.add(b.mul(p, i64(width)), i64(w))]))
+                    with cg.loop(b, 0, width, name="pkw") as w:
+                        value = load(p, b.add(first, w))
+                        b.store(value, b.gep(dst, [b.add(b.mul(p, i64(width)), w)]))
             with otherwise:
                 with cg.loop(b, 0, kc, name="pke") as p:
-                    for w in range(width):
-                        inside = b.icmp_signed("<", i64(w), remaining)
-                        index = cg.imin(b, b.add(first, i64(w)), i64(max(limit - 1, 0)))
+                    with cg.loop(b, 0, width, name="pkew") as w:
+                        inside = b.icmp_signed("<", w, remaining)
+                        index = cg.imin(b, b.add(first, w), i64(max(limit - 1, 0)))
                         value = b.select(inside, load(p, index), ir.Constant(F32, 0.0))
-                        b.store(value, b.gep(dst, [b.add(b.mul(p, i64(width)), i64(w))]))
+                        b.store(value, b.gep(dst, [b.add(b.mul(p, i64(width)), w)]))
 
     def micro(self, ap: ir.Value, bp: ir.Value, kc: ir.Value) -> None:
         """tile = sum over p < kc of ap[p*MR + i] * bp[p*NR + j], in 2*MR vector registers."""
@@ -272,15 +274,6 @@ class _Emitter:
     def store_tile(self, row0, col0, mr, nr, is_first, is_last) -> None:
         """C[row0:, col0:] (+)= tile, applying the epilogue on the last depth block."""
         b = self.b
-        full = b.and_(b.icmp_signed("==", mr, i64(MR)), b.icmp_signed("==", nr, i64(NR)))
-        with b.if_else(full) as (then, otherwise):
-            with then:
-                self._store_loops(row0, col0, i64(MR), i64(NR), is_first, is_last)
-            with otherwise:
-                self._store_loops(row0, col0, mr, nr, is_first, is_last)
-
-    def _store_loops(self, row0, col0, mr, nr, is_first, is_last) -> None:
-        b = self.b
         with b.if_else(is_last) as (then, otherwise):
             with then:
                 self._store(row0, col0, mr, nr, is_first, True)
@@ -305,6 +298,32 @@ class _Emitter:
                 cg.store(b, acc, self.ptrs[out.arg], address, out.dtype)
 
 
+def is_small(stage: Gemm) -> bool:
+    """Small products skip packing and blocking: a plain loop nest (and much less code)."""
+    return stage.m * stage.n * stage.k < SMALL
+
+
+def emit_small(stage: Gemm, b: ir.IRBuilder, ptrs, lo, hi) -> None:
+    """out[batch, i, j] = epilogue(sum_p a[i, p] * b[p, j]), parallel over batch * m rows."""
+    with b.goto_entry_block():
+        acc = b.alloca(F32)
+    with cg.loop(b, lo, hi, name="row") as flat:
+        *batch, i = cg.unravel(b, flat, (*stage.batch, stage.m))
+        a_base, b_base = stage.a.base(b, batch), stage.b.base(b, batch)
+        with cg.loop(b, 0, stage.n, name="col") as j:
+            b.store(ir.Constant(F32, 0.0), acc)
+            with cg.loop(b, 0, stage.k, name="dot") as p:
+                product = b.fmul(stage.a.load(b, ptrs, a_base, i, p), stage.b.load(b, ptrs, b_base, p, j))
+                b.store(b.fadd(b.load(acc), product, flags=("reassoc", "contract")), acc)
+            indices = [*batch, i, j]
+            value = b.load(acc)
+            if stage.epilogue is not None:
+                value = stage.epilogue.emit(b, ptrs, indices, value)
+            else:
+                value = ex.cast(b, value, DType.f32, stage.out.dtype)
+            cg.store(b, value, ptrs[stage.out.arg], stage.out.address(b, indices), stage.out.dtype)
+
+
 def lower_gemm(km: KernelModule, name: str, stage: kp.GemmStage) -> int:
     """Emit the stage as function `name`; returns its parallel extent."""
     epilogue = km.expression(stage.epilogue) if stage.epilogue is not None else None
@@ -316,6 +335,9 @@ def lower_gemm(km: KernelModule, name: str, stage: kp.GemmStage) -> int:
 def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
     """Emit a gemm as function `name`; returns its parallel extent."""
     stage = simplify(stage)
+    if is_small(stage):
+        km.function(name, lambda b, ptrs, lo, hi: emit_small(stage, b, ptrs, lo, hi))
+        return math.prod(stage.batch) * stage.m
 
     def body(b: ir.IRBuilder, ptrs, lo, hi):
         _Emitter(stage, b, ptrs).run(lo, hi)

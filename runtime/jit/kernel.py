@@ -17,20 +17,23 @@ import msgpack
 from backend import kernel_program as kp
 from backend.schema import encode
 from runtime.jit.concat import lower_concat, lower_literal
-from runtime.jit.conv import lower_conv2d
+from runtime.jit.conv import lower_conv2d, lower_conv2d_input_grad, lower_conv2d_weight_grad
 from runtime.jit.engine import host_signature
 from runtime.jit.gather import lower_gather, lower_scatter_add
 from runtime.jit.gemm import lower_gemm
 from runtime.jit.map import lower_map
 from runtime.jit.module import KernelModule
-from runtime.jit.pool import lower_pool2d
+from runtime.jit.pad import lower_pad
+from runtime.jit.pool import lower_pool2d, lower_pool2d_grad
 from runtime.jit.reduce import lower_reduce
 
 #: stage kind -> lowering(km, function name, stage) -> parallel extent
 LOWERINGS: dict[str, Callable[[KernelModule, str, Any], int]] = {
     "map": lower_map, "reduce": lower_reduce, "gemm": lower_gemm, "conv2d": lower_conv2d,
     "pool2d": lower_pool2d, "gather": lower_gather, "scatter_add": lower_scatter_add,
-    "concat": lower_concat, "literal": lower_literal,
+    "concat": lower_concat, "literal": lower_literal, "pad": lower_pad,
+    "conv2d_input_grad": lower_conv2d_input_grad, "conv2d_weight_grad": lower_conv2d_weight_grad,
+    "pool2d_grad": lower_pool2d_grad,
 }
 
 
@@ -48,9 +51,11 @@ def stage_work(stage: Any, buffers: dict[str, kp.Buffer]) -> int:
     out = buffers[stage.out].size
     if stage.kind == "gemm":
         return math.prod(stage.batch) * stage.m * stage.n * max(stage.k, 1)
-    if stage.kind == "conv2d":
+    if stage.kind in ("conv2d", "conv2d_input_grad"):
         return out * math.prod(stage.w_shape[1:])
-    if stage.kind == "pool2d":
+    if stage.kind == "conv2d_weight_grad":
+        return out * math.prod(stage.g_shape) // max(stage.g_shape[1], 1)
+    if stage.kind in ("pool2d", "pool2d_grad"):
         return out * math.prod(stage.kernel)
     if stage.kind == "reduce":
         return math.prod(stage.shape) * len(stage.body.nodes)
@@ -81,6 +86,15 @@ def code_key(program: kp.KernelProgram) -> str:
     """A hash of everything the native code depends on (program content and host)."""
     data = msgpack.packb([_anonymous(program), host_signature()], use_bin_type=True)
     return hashlib.sha256(data).hexdigest()[:32]
+
+
+#: kernels doing less work than this (element operations) compile with the quick pipeline
+QUICK_WORK = 1 << 14
+
+
+def needs_full_optimization(plans: list[StagePlan]) -> bool:
+    """Whether a kernel is big enough for the O3 pipeline to pay for its compile time."""
+    return sum(p.work for p in plans) >= QUICK_WORK
 
 
 def lower_program(program: kp.KernelProgram, key: str) -> tuple[KernelModule, list[StagePlan]]:

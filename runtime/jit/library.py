@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import attrs
@@ -9,8 +10,8 @@ import attrs
 from backend import kernel_program as kp
 from runtime.jit.cache import DiskCache
 from runtime.jit.engine import NativeLibrary
-from runtime.jit.kernel import StagePlan, code_key, lower_program
-from runtime.jit.parallel import KernelFn
+from runtime.jit.kernel import StagePlan, code_key, lower_program, needs_full_optimization
+from runtime.jit.parallel import KernelFn, default_threads
 
 
 @attrs.frozen
@@ -29,6 +30,8 @@ class NativeKernel:
 
 @attrs.define
 class JitStats:
+    """What loading cost: kernels compiled, found in the disk cache, or shared with an identical one."""
+
     compiled: int = 0
     cached: int = 0
     shared: int = 0
@@ -36,11 +39,18 @@ class JitStats:
     load_seconds: float = 0.0
 
 
+def compile_program(key: str, program: kp.KernelProgram) -> tuple[bytes, list[StagePlan]]:
+    """Object code and stage plans of one kernel program."""
+    module, plans = lower_program(program, key)
+    return module.compile(needs_full_optimization(plans)), plans
+
+
 class Jit:
     """Compiles kernel programs into one native library, through a disk cache."""
 
-    def __init__(self, cache: DiskCache | None = None, use_cache: bool = True):
+    def __init__(self, cache: DiskCache | None = None, use_cache: bool = True, threads: int | None = None):
         self.cache = (cache or DiskCache()) if use_cache else None
+        self.threads = threads or default_threads()
         self.library = NativeLibrary()
         self.kernels: dict[str, NativeKernel] = {}
         self.stats = JitStats()
@@ -48,34 +58,34 @@ class Jit:
     def load(self, programs: Sequence[kp.KernelProgram]) -> list[NativeKernel]:
         """Native code for every program (identical programs share one unit)."""
         keys = [code_key(p) for p in programs]
-        pending: dict[str, list[StagePlan]] = {}
+        todo: dict[str, kp.KernelProgram] = {}
         for key, program in zip(keys, programs):
-            if key in self.kernels or key in pending:
+            if key in self.kernels or key in todo:
                 self.stats.shared += 1
-                continue
-            pending[key] = self._object(key, program)
+            else:
+                todo[key] = program
+        entries = {key: self.cache.get(key) if self.cache is not None else None for key in todo}
+        self._compile({k: p for k, p in todo.items() if entries[k] is None}, entries)
         start = time.perf_counter()
-        for key, plans in pending.items():
+        for key in todo:
+            obj, plans = entries[key]
+            self.library.add_object(obj)
             self.kernels[key] = NativeKernel(key, tuple(
                 NativeStage(p, KernelFn(self.library.address(p.symbol))) for p in plans))
         self.stats.load_seconds += time.perf_counter() - start
         return [self.kernels[k] for k in keys]
 
-    def _object(self, key: str, program: kp.KernelProgram) -> list[StagePlan]:
-        """Add the program's object code to the library (from the cache or compiled)."""
-        entry = self.cache.get(key) if self.cache is not None else None
-        if entry is not None:
-            self.stats.cached += 1
-            obj, plans = entry
-        else:
-            start = time.perf_counter()
-            module, plans = lower_program(program, key)
-            obj = module.compile()
-            self.stats.compile_seconds += time.perf_counter() - start
-            self.stats.compiled += 1
-            if self.cache is not None:
-                self.cache.put(key, obj, plans)
+    def _compile(self, programs: dict[str, kp.KernelProgram], entries: dict) -> None:
+        """Compile programs on all threads (LLVM releases the GIL); store them in the cache."""
+        self.stats.cached += len(entries) - len(programs)
+        if not programs:
+            return
         start = time.perf_counter()
-        self.library.add_object(obj)
-        self.stats.load_seconds += time.perf_counter() - start
-        return plans
+        with ThreadPoolExecutor(min(self.threads, len(programs))) as pool:
+            results = pool.map(compile_program, programs.keys(), programs.values())
+            for key, (obj, plans) in zip(programs, results):
+                entries[key] = (obj, plans)
+                if self.cache is not None:
+                    self.cache.put(key, obj, plans)
+        self.stats.compiled += len(programs)
+        self.stats.compile_seconds += time.perf_counter() - start
