@@ -5,17 +5,27 @@ by name: GPT-2 keys may lack the `transformer.` prefix (and Llama's the `model.`
 prefix), a tied `lm_head.weight` is ignored when the program has no such param,
 and floating-point tensors are converted to the param's dtype. Missing tensors
 and shape mismatches raise `CheckpointError`; unexpected ones are listed.
+
+`save_checkpoint(folder, weights, config, ...)` writes a checkpoint atomically:
+`config.json` (`model_config`: Hugging Face format for the gpt2 and llama
+families), `model.safetensors` with Hugging Face names (the zoo's params carry
+them; GPT-2 has no `lm_head.weight` of its own, as transformers saves it), and for
+resuming `optimizer.safetensors` (optimizer state by param name) and
+`trainer_state.json`. `list_checkpoints` / `prune_checkpoints` manage the
+`checkpoint-<step>` folders of a save directory.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import attrs
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from ir.errors import CheckpointError
 from ir.types import TensorType
@@ -107,3 +117,183 @@ def load_hf_checkpoint(folder: str | Path, expected: Mapping[str, TensorType],
         raise CheckpointError(f"checkpoint '{folder}' has {len(unexpected)} tensor(s) the model does not use: "
                               f"{_listing(unexpected)}")
     return LoadedCheckpoint(found, tuple(unexpected))
+
+
+# --- saving ------------------------------------------------------------------------------
+CONFIG = "config.json"
+OPTIMIZER = "optimizer.safetensors"
+TRAINER_STATE = "trainer_state.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+#: groups of files a checkpoint carries over from the folders it came from (tokenizer; generation settings)
+COMPANION_FILES = (("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"),
+                   ("generation_config.json",))
+
+#: zoo config field -> Hugging Face config.json key, per model family
+_HF_KEYS: dict[str, dict[str, str]] = {
+    "gpt2": {k: k for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner",
+                            "layer_norm_epsilon", "initializer_range")},
+    "llama": {k: k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                             "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
+                             "rms_norm_eps", "initializer_range", "tie_word_embeddings", "attention_bias",
+                             "mlp_bias")},
+}
+_HF_FIXED: dict[str, dict[str, object]] = {
+    "gpt2": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "tie_word_embeddings": True,
+             "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0, "scale_attn_weights": True,
+             "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False, "dtype": "float32"},
+    "llama": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+              "attention_dropout": 0.0, "pretraining_tp": 1, "dtype": "float32"},
+}
+_GELU = {"tanh": "gelu_new", "none": "gelu"}
+
+
+def hf_families() -> tuple[str, ...]:
+    """Model names whose checkpoints are written in a Hugging Face family's config format."""
+    return tuple(_HF_KEYS)
+
+
+def model_config(model: str, options: Mapping[str, object], base: Mapping[str, object] | None = None,
+                 eos_id: int | None = None) -> dict[str, object]:
+    """`config.json` for a checkpoint of `model` whose config fields are `options` (the PEF's header).
+
+    For `gpt2` and `llama` this is a Hugging Face config that transformers loads; `base`
+    (the config.json training started from) keeps its other keys (token ids, versions).
+    Any other model gets `{"model_type": model, <its config fields>}`.
+    """
+    if model not in _HF_KEYS:
+        return {"model_type": model, **{k: options[k] for k in sorted(options)}}
+    config: dict[str, object] = dict(base or {})
+    if eos_id is not None and not base:
+        config.update(bos_token_id=eos_id, eos_token_id=eos_id)
+    config.update(_HF_FIXED[model])
+    config.update({hf: options[zoo] for zoo, hf in _HF_KEYS[model].items() if zoo in options})
+    if model == "gpt2" and "gelu_approximate" in options:
+        config["activation_function"] = _GELU[str(options["gelu_approximate"])]
+    if model == "llama" and "rope_theta" in options:
+        rope = config.get("rope_parameters")
+        if isinstance(rope, dict):
+            config["rope_parameters"] = {**rope, "rope_theta": options["rope_theta"]}
+        else:
+            config["rope_theta"] = options["rope_theta"]
+    return dict(sorted(config.items()))
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step}"
+
+
+def list_checkpoints(save_dir: str | Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints `checkpoint-<step>` in `save_dir`, by step (partial writes never appear)."""
+    found = []
+    folder = Path(save_dir)
+    if not folder.is_dir():
+        return []
+    for path in folder.iterdir():
+        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() and path.is_dir():
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+def save_checkpoint(folder: str | Path, weights: Mapping[str, np.ndarray], config: Mapping[str, object],
+                    optimizer_state: Mapping[str, np.ndarray] | None = None,
+                    trainer_state: Mapping[str, object] | None = None,
+                    companions: Sequence[Path] = ()) -> Path:
+    """Write a checkpoint folder atomically: built beside it, then renamed into place.
+
+    It holds `config.json`, `model.safetensors` (`weights` by their Hugging Face names),
+    and, when given, `optimizer.safetensors`, `trainer_state.json` and the
+    `COMPANION_FILES` of `companions` (each group from the first folder holding any of its files).
+    """
+    target = Path(folder)
+    stage = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        _write_tensors(stage / WEIGHTS, weights)
+        _write_json(stage / CONFIG, config)
+        if optimizer_state is not None:
+            _write_tensors(stage / OPTIMIZER, optimizer_state)
+        if trainer_state is not None:
+            _write_json(stage / TRAINER_STATE, trainer_state)
+        for group in COMPANION_FILES:
+            _copy_group(group, companions, stage)
+        _swap_into_place(stage, target)
+    except OSError as err:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {target}: {err.strerror or err}") from None
+    return target
+
+
+def prune_checkpoints(save_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the `keep_last` newest checkpoints of `save_dir`; return what was deleted."""
+    doomed = [path for _, path in list_checkpoints(save_dir)[:-keep_last]] if keep_last > 0 else []
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+def read_trainer_state(folder: str | Path) -> dict:
+    """A checkpoint's `trainer_state.json`."""
+    path = Path(folder) / TRAINER_STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return state
+
+
+def read_optimizer_state(folder: str | Path, expected: Mapping[str, TensorType]) -> dict[str, np.ndarray]:
+    """A checkpoint's optimizer state, every tensor of `expected` present and of its shape."""
+    path = Path(folder) / OPTIMIZER
+    try:
+        tensors = load_file(path)
+    except (OSError, SafetensorError, ValueError) as err:
+        raise CheckpointError(f"cannot read optimizer state {path}: {err}") from None
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} optimizer tensor(s) the program needs: "
+                              f"{_listing(missing)} (was it saved with another optimizer?)")
+    return {name: _convert(name, tensors[name], want) for name, want in expected.items()}
+
+
+def _copy_group(names: Sequence[str], sources: Sequence[Path], stage: Path) -> None:
+    source = next((s for s in sources if any((s / n).is_file() for n in names)), None)
+    for name in names if source is not None else ():
+        if (source / name).is_file():
+            shutil.copyfile(source / name, stage / name)
+
+
+def _write_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
+    save_file({name: np.ascontiguousarray(tensors[name]) for name in sorted(tensors)}, path,
+              metadata={"format": "pt"})
+    _fsync(path)
+
+
+def _write_json(path: Path, data: Mapping[str, object]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _swap_into_place(stage: Path, target: Path) -> None:
+    """Rename `stage` to `target`; an existing `target` is replaced (moved aside, then deleted)."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.rename(target, old)
+    os.rename(stage, target)
+    shutil.rmtree(old, ignore_errors=True)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
