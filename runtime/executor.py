@@ -1,0 +1,133 @@
+"""Executing a PEF's kernels on the host: arenas, bound kernels, the step loop.
+
+Memory is one zero-filled numpy byte array per arena of the memory plan; every
+tensor is a fixed byte range in its arena, so each kernel's argument array (the
+base pointers of its buffers) is built once at load time. Params and optimizer
+state stay resident: a param and the tensor holding its update swap places after
+each step (two argument arrays per kernel, one per parity), so a training step
+copies nothing; an update that cannot swap (it is also an input, a param, or
+updates two params) is copied instead.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+from typing import Sequence
+
+import attrs
+import numpy as np
+
+from backend import kernel_program as kp
+from backend.memory import Allocation, temp_symbol
+from backend.pef import PEF
+from ir.dtypes import DType
+from ir.errors import ExecutionError
+from runtime.jit.codegen import ERRORS
+from runtime.jit.library import Jit, NativeKernel
+from runtime.jit.parallel import Parallel
+
+
+@attrs.define
+class BoundKernel:
+    """A kernel program with its native code and its argument arrays (per parity)."""
+
+    index: int
+    program: kp.KernelProgram
+    section: int
+    native: NativeKernel
+    args: tuple[ctypes.Array, ctypes.Array]
+
+
+def _tensor_of(program: kp.KernelProgram, buffer: kp.Buffer) -> str:
+    return temp_symbol(program, buffer.name) if buffer.role == "temp" else buffer.name
+
+
+def swap_pairs(pef: PEF) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Param tensor <-> update tensor pairs that trade places each step, and (param, update)
+    pairs that must be copied instead."""
+    symbols = pef.symbols
+    fixed = {s.tensor for s in (*symbols.inputs, *symbols.params)}
+    tensor_of = {p.name: p.tensor for p in symbols.params}
+    targets = [u.tensor for u in symbols.updates]
+    swaps: dict[str, str] = {}
+    copies: list[tuple[str, str]] = []
+    for update in symbols.updates:
+        param = tensor_of[update.param]
+        if update.tensor == param:
+            continue
+        if update.tensor in fixed or targets.count(update.tensor) > 1:
+            copies.append((param, update.tensor))
+        else:
+            swaps[param], swaps[update.tensor] = update.tensor, param
+    return swaps, copies
+
+
+class Executor:
+    """A loaded PEF's memory and native kernels; `step()` runs every kernel once, in order."""
+
+    def __init__(self, pef: PEF, jit: Jit, parallel: Parallel):
+        self.pef = pef
+        self.parallel = parallel
+        self.arenas = {a.name: np.zeros(a.size, np.uint8) for a in pef.memory.arenas}
+        self.where: dict[str, Allocation] = pef.memory.lookup()
+        self.swaps, self.copies = swap_pairs(pef)
+        self.parity = 0
+        section_of = {k: s.index for s in pef.sections for k in s.kernels}
+        natives = jit.load(pef.kernels)
+        self.kernels = [BoundKernel(i, p, section_of[i], n, (self._args(p, 0), self._args(p, 1)))
+                        for i, (p, n) in enumerate(zip(pef.kernels, natives))]
+
+    # --- memory -------------------------------------------------------------------------
+    def location(self, tensor: str, parity: int | None = None) -> Allocation:
+        """Where `tensor` lives now (params and their updates trade places each step)."""
+        parity = self.parity if parity is None else parity
+        if parity and tensor in self.swaps:
+            tensor = self.swaps[tensor]
+        return self.where[tensor]
+
+    def address(self, tensor: str, parity: int | None = None) -> int:
+        a = self.location(tensor, parity)
+        return self.arenas[a.arena].ctypes.data + a.offset
+
+    def view(self, tensor: str, shape: Sequence[int], dtype: DType) -> np.ndarray:
+        """The tensor's current bytes as a writeable array (no copy)."""
+        a = self.location(tensor)
+        count = math.prod(shape)
+        raw = self.arenas[a.arena][a.offset:a.offset + count * dtype.itemsize]
+        return raw.view(dtype.np).reshape(shape)
+
+    def _args(self, program: kp.KernelProgram, parity: int) -> ctypes.Array:
+        pointers = [self.address(_tensor_of(program, b), parity) for b in program.buffers]
+        return (ctypes.c_void_p * max(len(pointers), 1))(*pointers)
+
+    # --- running ----------------------------------------------------------------------------
+    def run_kernel(self, kernel: BoundKernel) -> None:
+        args = kernel.args[self.parity]
+        for stage in kernel.native.stages:
+            status = self.parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work)
+            if status:
+                program = kernel.program
+                where = f" at {program.loc}" if program.loc else ""
+                raise ExecutionError(f"kernel '{program.name}' ('{program.op}'{where}): "
+                                     f"{ERRORS.get(status, f'error {status}')}")
+
+    def step(self, timings: list[float] | None = None) -> None:
+        """Run every kernel once; with `timings`, append each kernel's host seconds.
+
+        Outputs are readable until `commit_updates()` makes the updates current."""
+        for kernel in self.kernels:
+            if timings is None:
+                self.run_kernel(kernel)
+            else:
+                start = time.perf_counter()
+                self.run_kernel(kernel)
+                timings.append(time.perf_counter() - start)
+
+    def commit_updates(self) -> None:
+        """Make each param's update its current value (swap places, or copy)."""
+        for param, update in self.copies:
+            a, b = self.location(param), self.location(update)
+            self.arenas[a.arena][a.offset:a.offset + b.nbytes] = self.arenas[b.arena][b.offset:b.offset + b.nbytes]
+        if self.swaps:
+            self.parity ^= 1

@@ -1,0 +1,151 @@
+"""The runtime's Python API: load a PEF, run it, get and set its params.
+
+    program = runtime.load("out/gpt2/gpt2.pef")
+    outputs = program.run({"input_ids": ids, "labels": labels, "lr": np.float32(1e-3)})
+    program.params["wte"]             # a param or optimizer state, as numpy
+    program.params["wte"] = array      # replaced in place
+    program.profile                    # host time per kernel, over the runs so far
+
+A Program keeps its params and optimizer state resident between runs: a
+training PEF's run applies one optimizer step in place.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from backend.pef import PEF, ParamSymbol, TensorSymbol, load_pef, read_pef
+from ir.dtypes import DType
+from ir.errors import ExecutionError
+from ir.init import Init
+from ir.types import TensorType
+from runtime.executor import Executor
+from runtime.jit.library import Jit
+from runtime.jit.parallel import Parallel
+from runtime.profile import Profile
+
+
+def _type_text(shape, dtype: str) -> str:
+    return f"{dtype}[{','.join(map(str, shape))}]"
+
+
+def _checked(kind: str, symbol: TensorSymbol | ParamSymbol, value) -> np.ndarray:
+    """`value` as an array of the symbol's type, or an ExecutionError naming it."""
+    array = np.asarray(value)
+    if array.shape != tuple(symbol.shape) or array.dtype != DType(symbol.dtype).np:
+        raise ExecutionError(f"{kind} '{symbol.name}' must be {_type_text(symbol.shape, symbol.dtype)}, "
+                             f"got {array.dtype}{list(array.shape)}")
+    return array
+
+
+class Params(Mapping[str, np.ndarray]):
+    """Named params, buffers and optimizer state of a loaded program (copies out, in place in)."""
+
+    def __init__(self, program: Program):
+        self._program = program
+        self._symbols = {p.name: p for p in program.pef.symbols.params}
+
+    def symbol(self, name: str) -> ParamSymbol:
+        try:
+            return self._symbols[name]
+        except KeyError:
+            known = ", ".join(sorted(self._symbols)) or "none"
+            raise ExecutionError(f"no param '{name}' in this program (params: {known})") from None
+
+    def view(self, name: str) -> np.ndarray:
+        """The param's current value in place (read-only; valid until the next run)."""
+        s = self.symbol(name)
+        array = self._program.executor.view(s.tensor, s.shape, DType(s.dtype))
+        array.flags.writeable = False
+        return array
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.view(name).copy()
+
+    def __setitem__(self, name: str, value) -> None:
+        s = self.symbol(name)
+        self._program.executor.view(s.tensor, s.shape, DType(s.dtype))[...] = _checked("param", s, value)
+
+    def update(self, values: Mapping[str, np.ndarray]) -> None:  # type: ignore[override]
+        for name, value in values.items():
+            self[name] = value
+
+    def roles(self) -> dict[str, str]:
+        """Each name's role: param, buffer or state."""
+        return {name: s.role for name, s in self._symbols.items()}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._symbols)
+
+    def __len__(self) -> int:
+        return len(self._symbols)
+
+
+class Program:
+    """A PEF loaded for execution: native kernels, resident memory, params."""
+
+    def __init__(self, pef: PEF, *, seed: int = 0, jit: Jit | None = None, threads: int | None = None):
+        self.pef = pef
+        self.jit = jit or Jit(threads=threads)
+        self.parallel = Parallel(threads)
+        self.executor = Executor(pef, self.jit, self.parallel)
+        self.params = Params(self)
+        self.profile = Profile(pef)
+        self.initialize(seed)
+
+    @property
+    def inputs(self) -> dict[str, TensorSymbol]:
+        return {s.name: s for s in self.pef.symbols.inputs}
+
+    @property
+    def outputs(self) -> dict[str, TensorSymbol]:
+        return {s.name: s for s in self.pef.symbols.outputs}
+
+    @property
+    def mode(self) -> str:
+        return self.pef.header.mode
+
+    def initialize(self, seed: int = 0) -> None:
+        """Every param and state from its initializer (as the reference interpreter does)."""
+        for s in self.pef.symbols.params:
+            value = Init(s.init, s.init_args).materialize(TensorType(s.shape, DType(s.dtype)), s.name, seed)
+            self.params[s.name] = np.asarray(value, DType(s.dtype).np)
+
+    def run(self, inputs: Mapping[str, np.ndarray], *, profile: bool = False) -> dict[str, np.ndarray]:
+        """One execution: every input bound by symbol name; returns the outputs (copies).
+
+        A training program also applies its param updates (in place)."""
+        self._bind_inputs(inputs)
+        timings: list[float] | None = [] if profile else None
+        self.executor.step(timings)
+        outputs = {s.name: self.executor.view(s.tensor, s.shape, DType(s.dtype)).copy()
+                   for s in self.pef.symbols.outputs}
+        self.executor.commit_updates()
+        if timings is not None:
+            self.profile.add_step(timings)
+        return outputs
+
+    def _bind_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
+        symbols = self.inputs
+        unknown = sorted(set(inputs) - set(symbols))
+        if unknown:
+            raise ExecutionError(f"unknown input '{unknown[0]}' (inputs: {', '.join(symbols) or 'none'})")
+        missing = [name for name in symbols if name not in inputs]
+        if missing:
+            raise ExecutionError(f"missing input(s): {', '.join(missing)}")
+        for name, symbol in symbols.items():
+            array = _checked("input", symbol, inputs[name])
+            self.executor.view(symbol.tensor, symbol.shape, DType(symbol.dtype))[...] = array
+
+
+def load(pef: str | os.PathLike | bytes | PEF, *, seed: int = 0, jit: Jit | None = None,
+         threads: int | None = None) -> Program:
+    """A PEF (path, bytes or record), validated, JIT-compiled and ready to run."""
+    if isinstance(pef, (str, os.PathLike)):
+        pef = read_pef(Path(pef))
+    elif isinstance(pef, (bytes, bytearray)):
+        pef = load_pef(bytes(pef))
+    return Program(pef, seed=seed, jit=jit, threads=threads)
