@@ -50,6 +50,11 @@ Stage kinds (loop index spaces in brackets):
   out [O,C/groups,kh,kw].
 * `pool2d_grad`: a pooling's gradient for its input [N,C,H,W] from g [N,C,OH,OW]: `avg` spreads
   g/(kh*kw) over each window; `max` adds g at each window's first maximum of x (padding -inf).
+* `dynamic_slice`: out[b, ..., j, ...] = x[b, ..., starts[b] + j, ...] along `axis` (>= 1) of x
+  [x_shape], one start per row of axis 0; zero where starts[b] + j is outside the axis.
+* `update_slice`: out = operand, then out[b, ..., starts[b] + j, ...] = update[b, ..., j, ...] along
+  `axis` for the rows of update [update_shape] that land inside it (others are dropped). `in_place`:
+  the memory plan gave out the operand's own range, so only the update's rows are written (a KV cache).
 
 Loop nests (what a schedule's tile sizes): the result's axes, then contracted ones —
 gemm (batch..., m, n, k); conv2d (n, o, oh, ow, c/groups, kh, kw); conv2d_input_grad
@@ -354,6 +359,28 @@ class Pool2dGradStage:
 
 
 @attrs.frozen
+class DynamicSliceStage:
+    kind: ClassVar[str] = "dynamic_slice"
+    out: str
+    x: Access
+    x_shape: tuple[int, ...] = _ints(_nonneg_all)
+    starts: Access
+    axis: int = attrs.field(validator=_positive)
+
+
+@attrs.frozen
+class UpdateSliceStage:
+    kind: ClassVar[str] = "update_slice"
+    out: str
+    operand: Access
+    update: Access
+    update_shape: tuple[int, ...] = _ints(_nonneg_all)
+    starts: Access
+    axis: int = attrs.field(validator=_positive)
+    in_place: bool = False
+
+
+@attrs.frozen
 class LiteralStage:
     kind: ClassVar[str] = "literal"
     out: str
@@ -362,7 +389,7 @@ class LiteralStage:
 
 Stage = Union[MapStage, ReduceStage, GemmStage, Conv2dStage, Pool2dStage, GatherStage,
               ScatterAddStage, ConcatStage, PadStage, Conv2dInputGradStage, Conv2dWeightGradStage,
-              Pool2dGradStage, LiteralStage]
+              Pool2dGradStage, LiteralStage, DynamicSliceStage, UpdateSliceStage]
 STAGES: dict[str, type] = {cls.kind: cls for cls in typing.get_args(Stage)}
 
 
@@ -670,6 +697,35 @@ class _Validator:
         if stage.x is not None:
             self.access(f"{where}.x", stage.x, out.shape, out.dtype)
         return self.access(f"{where}.g", stage.g, stage.g_shape, out.dtype).dtype
+
+    def row_starts(self, where: str, starts: Access, rows: int) -> None:
+        """One integer start per row of axis 0."""
+        buffer = self.access(f"{where}.starts", starts, (rows,))
+        if not DType(buffer.dtype).is_int:
+            raise self.fail(f"{where}.starts", f"starts must be integers, got {buffer.dtype}")
+
+    def stage_dynamic_slice(self, where, stage: DynamicSliceStage, out) -> str:
+        shape, axis = tuple(stage.x_shape), stage.axis
+        if axis >= len(shape) or len(out.shape) != len(shape) or out.shape[axis] > shape[axis]:
+            raise self.fail(where, f"output {list(out.shape)} is not a window of {list(shape)} along axis {axis}")
+        self.expect_shape(where, out, shape[:axis] + (out.shape[axis],) + shape[axis + 1:])
+        self.row_starts(where, stage.starts, shape[0])
+        return self.access(f"{where}.x", stage.x, shape, out.dtype).dtype
+
+    def stage_update_slice(self, where, stage: UpdateSliceStage, out) -> str:
+        shape, axis = tuple(out.shape), stage.axis
+        update = tuple(stage.update_shape)
+        if axis >= len(shape) or len(update) != len(shape) or update[axis] > shape[axis] or any(
+                u != d for i, (u, d) in enumerate(zip(update, shape)) if i != axis):
+            raise self.fail(where, f"update {list(update)} does not fit output {list(shape)} along axis {axis}")
+        operand = self.access(f"{where}.operand", stage.operand, shape, out.dtype)
+        self.access(f"{where}.update", stage.update, update, out.dtype)
+        self.row_starts(where, stage.starts, shape[0])
+        if stage.in_place and ((operand.tier, operand.offset) != (out.tier, out.offset)
+                               or stage.operand.offset or tuple(stage.operand.strides) != out.strides):
+            raise self.fail(f"{where}.in_place", f"operand '{operand.name}' does not share output "
+                                                 f"'{out.name}'s memory and layout")
+        return out.dtype
 
     def stage_literal(self, where, stage: LiteralStage, out) -> str:
         if len(stage.values) != out.size:

@@ -29,8 +29,8 @@ import numpy as np
 from backend.expr import Lazy, body, contiguous, join
 from backend.kernel_program import (
     Access, Affine, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage,
-    GatherStage, GemmStage, KernelCost, KernelProgram, LiteralStage, MapStage, Node, PadStage, Pool2dGradStage,
-    Pool2dStage, ReduceStage, ScatterAddStage, Schedule, Stage)
+    DynamicSliceStage, GatherStage, GemmStage, KernelCost, KernelProgram, LiteralStage, MapStage, Node, PadStage,
+    Pool2dGradStage, Pool2dStage, ReduceStage, ScatterAddStage, Schedule, Stage, UpdateSliceStage)
 from ir.dtypes import DType
 from ir.errors import BackendError
 from ir.graph import Graph, Op, Value
@@ -279,6 +279,19 @@ class _Kernel:
         *x, g = op.operands
         stage = Pool2dGradStage(self.target(op.result), mode, self.operand_access(x[0]) if x else None,
                                 self.operand_access(g), g.type.shape, kernel, stride, padding)
+        self.emit(stage, op.result)
+
+    def stage_dynamic_slice(self, op: Op, axis: int) -> None:
+        x, starts = op.operands
+        stage = DynamicSliceStage(self.target(op.result), self.operand_access(x), x.type.shape,
+                                  self.operand_access(starts), axis)
+        self.emit(stage, op.result)
+
+    def stage_update_slice(self, op: Op, axis: int) -> None:
+        """Not in place yet: the backend driver marks it when the memory plan shares the operand's range."""
+        operand, update, starts = op.operands
+        stage = UpdateSliceStage(self.target(op.result), self.operand_access(operand), self.operand_access(update),
+                                 update.type.shape, self.operand_access(starts), axis)
         self.emit(stage, op.result)
 
     # --- results ---------------------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import Mapping
 import numpy as np
 
 from backend.kernel_program import (
-    Access, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage, GatherStage,
-    GemmStage, KernelProgram, LiteralStage, MapStage, PadStage, Pool2dGradStage, Pool2dStage, ReduceStage,
-    ScatterAddStage)
+    Access, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage, DynamicSliceStage,
+    GatherStage, GemmStage, KernelProgram, LiteralStage, MapStage, PadStage, Pool2dGradStage, Pool2dStage,
+    ReduceStage, ScatterAddStage, UpdateSliceStage)
 from ir.dtypes import DType
 from ir.scalar import PRIMITIVES
 
@@ -233,8 +233,36 @@ def _pool2d_grad(stage: Pool2dGradStage, store, buffers, out: Buffer) -> np.ndar
     return _crop(result, stage.padding)
 
 
+def _rows(starts: np.ndarray, count: int, extent: int) -> list[tuple[int, int]]:
+    """Per row b, the (j, position) pairs of `count` entries from its start that lie in [0, extent)."""
+    return [[(j, int(s) + j) for j in range(count) if 0 <= int(s) + j < extent] for s in starts]
+
+
+def _dynamic_slice(stage: DynamicSliceStage, store, buffers, out: Buffer) -> np.ndarray:
+    x = read(stage.x, stage.x_shape, store)
+    starts = read(stage.starts, stage.x_shape[:1], store)
+    result = np.zeros(out.shape, x.dtype)
+    lead = (slice(None),) * (stage.axis - 1)
+    for b, pairs in enumerate(_rows(starts, out.shape[stage.axis], stage.x_shape[stage.axis])):
+        for j, p in pairs:
+            result[(b, *lead, j)] = x[(b, *lead, p)]
+    return result
+
+
+def _update_slice(stage: UpdateSliceStage, store, buffers, out: Buffer) -> np.ndarray:
+    """In place or not, the result is the same: the operand with the update's rows written."""
+    result = read(stage.operand, out.shape, store).copy()
+    update = read(stage.update, stage.update_shape, store)
+    starts = read(stage.starts, out.shape[:1], store)
+    lead = (slice(None),) * (stage.axis - 1)
+    for b, pairs in enumerate(_rows(starts, stage.update_shape[stage.axis], out.shape[stage.axis])):
+        for j, p in pairs:
+            result[(b, *lead, p)] = update[(b, *lead, j)]
+    return result
+
+
 _STAGES = {MapStage: _map, ReduceStage: _reduce, GemmStage: _gemm, Conv2dStage: _conv2d,
            Pool2dStage: _pool2d, GatherStage: _gather, ScatterAddStage: _scatter_add,
            ConcatStage: _concat, LiteralStage: _literal, PadStage: _pad,
            Conv2dInputGradStage: _conv2d_input_grad, Conv2dWeightGradStage: _conv2d_weight_grad,
-           Pool2dGradStage: _pool2d_grad}
+           Pool2dGradStage: _pool2d_grad, DynamicSliceStage: _dynamic_slice, UpdateSliceStage: _update_slice}

@@ -163,6 +163,10 @@ class OpDef:
     differentiable: ClassVar[bool] = True
     #: whether the op owns a region (a sub-graph its `evaluate` runs); others may not have one
     owns_region: ClassVar[bool] = False
+    #: the operand whose memory the result may take over (None: none): the op rewrites only
+    #: part of it and leaves the rest as the operand has it (a KV-cache write); the memory plan
+    #: gives both one range when the operand dies there, and the kernel then writes only that part
+    inplace_operand: ClassVar[int | None] = None
 
     # --- hooks subclasses provide -------------------------------------------------
     @classmethod

@@ -18,6 +18,7 @@ from backend import kernel_program as kp
 from backend.schema import encode
 from runtime.jit.concat import lower_concat, lower_literal
 from runtime.jit.conv import lower_conv2d, lower_conv2d_input_grad, lower_conv2d_weight_grad
+from runtime.jit.dynamic import lower_dynamic_slice, lower_update_slice
 from runtime.jit.engine import host_signature
 from runtime.jit.gather import lower_gather, lower_scatter_add
 from runtime.jit.gemm import lower_gemm
@@ -33,7 +34,7 @@ LOWERINGS: dict[str, Callable[[KernelModule, str, Any], int]] = {
     "pool2d": lower_pool2d, "gather": lower_gather, "scatter_add": lower_scatter_add,
     "concat": lower_concat, "literal": lower_literal, "pad": lower_pad,
     "conv2d_input_grad": lower_conv2d_input_grad, "conv2d_weight_grad": lower_conv2d_weight_grad,
-    "pool2d_grad": lower_pool2d_grad,
+    "pool2d_grad": lower_pool2d_grad, "dynamic_slice": lower_dynamic_slice, "update_slice": lower_update_slice,
 }
 
 
@@ -57,6 +58,8 @@ def stage_work(stage: Any, buffers: dict[str, kp.Buffer]) -> int:
         return out * math.prod(stage.g_shape) // max(stage.g_shape[1], 1)
     if stage.kind in ("pool2d", "pool2d_grad"):
         return out * math.prod(stage.kernel)
+    if stage.kind == "update_slice":
+        return math.prod(stage.update_shape) + (0 if stage.in_place else out)
     if stage.kind == "reduce":
         return math.prod(stage.shape) * len(stage.body.nodes)
     if stage.kind == "map":

@@ -338,6 +338,19 @@ def _scatter_add(draw, name):
     return Case([updates, indices], {"axis": axis, "size": table[axis]})
 
 
+@case("dynamic_slice", "dynamic_update_slice")
+def _dynamic(draw, name):
+    """One start per row; some windows run past either end of the axis."""
+    r = rng(draw)
+    x = normal(r, shape(draw, 2, 4))
+    axis = draw(st.integers(1, x.ndim - 1))
+    size = draw(st.integers(1, x.shape[axis]))
+    starts = r.integers(-size, x.shape[axis] + 1, x.shape[0]).astype(np.int32)
+    if name == "dynamic_slice":
+        return Case([x, starts], {"axis": axis, "size": size})
+    update = normal(r, x.shape[:axis] + (size,) + x.shape[axis + 1:])
+    return Case([x, update, starts], {"axis": axis})
+
 @case("pad")
 def _pad(draw, name):
     x = normal(rng(draw), shape(draw, 0, 3))

@@ -489,6 +489,23 @@ for (_ushape, _ishape, _axis, _size), _dtype in itertools.product(
         _expect[_ind[_idx]] += _wide_u[_idx]
     case("scatter_add", [_u, _ind], {"axis": _axis, "size": _size}, np.moveaxis(_expect, 0, _axis))
 
+# --- dynamic_slice / dynamic_update_slice: one start per row of axis 0 ---------------------
+for (_xshape, _axis, _size, _starts), _dtype in itertools.product(
+        [((2, 5, 3), 1, 2, (0, 3)), ((3, 2, 6, 2), 2, 3, (4, 0, -2)), ((2, 4), 1, 4, (1, 9))], [f32, bf16, i32]):
+    _x = sample(_xshape, _dtype)
+    _st = np.array(_starts, np.int32)
+    _expect = np.zeros(_xshape[:_axis] + (_size,) + _xshape[_axis + 1:])
+    _u = sample(_expect.shape, _dtype)
+    _written = wide(_x).copy()
+    for _b, _j in itertools.product(range(_xshape[0]), range(_size)):
+        _p = _starts[_b] + _j
+        if 0 <= _p < _xshape[_axis]:
+            _at = (_b,) + (slice(None),) * (_axis - 1) + (_p,)
+            _expect[(_b,) + (slice(None),) * (_axis - 1) + (_j,)] = wide(_x)[_at]
+            _written[_at] = wide(_u)[(_b,) + (slice(None),) * (_axis - 1) + (_j,)]
+    case("dynamic_slice", [_x, _st], {"axis": _axis, "size": _size}, _expect)
+    case("dynamic_update_slice", [_x, _u, _st], {"axis": _axis}, _written)
+
 
 # --- fused ---------------------------------------------------------------------------------
 def _mul_add_sum(types: list[TensorType]) -> Region:
@@ -768,6 +785,15 @@ TYPE_ERRORS = [
      "updates f32[4,3] do not hold one slice per index of i32[3] at axis 0"),
     ("scatter_add", [T(f32, 4, 3), T(i32, 4)], {"axis": 2, "size": 5},
      "axis 2 or size 5 out of range for updates f32[4,3] and indices i32[4]"),
+    ("dynamic_slice", [T(f32, 2, 5), T(i32, 3)], {"axis": 1, "size": 2},
+     "starts must be an integer vector with one entry per row of axis 0 (2), got i32[3]"),
+    ("dynamic_slice", [T(f32, 2, 5), T(i32, 2)], {"axis": 0, "size": 2},
+     "axis 0 out of range for f32[2,5]: 1 <= axis < rank (axis 0 holds the rows)"),
+    ("dynamic_slice", [T(f32, 2, 5), T(i32, 2)], {"axis": 1, "size": 6}, "size 6 out of range for axis 1 of f32[2,5]"),
+    ("dynamic_update_slice", [T(f32, 2, 5, 3), T(f32, 2, 1, 2), T(i32, 2)], {"axis": 1},
+     "update f32[2,1,2] does not fit f32[2,5,3] along axis 1"),
+    ("dynamic_update_slice", [T(f32, 2, 5), T(f32, 2, 1), T(f32, 2)], {"axis": 1},
+     "starts must be an integer vector with one entry per row of axis 0 (2), got f32[2]"),
 ]
 
 
