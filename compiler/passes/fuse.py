@@ -380,8 +380,9 @@ def _fuse(members: list[Op], escapes: Callable[[Value], bool], stats: Counter) -
         op.operands = [_local(v, inside, local, region, operands, stats) for v in op.operands]
         op.phase = None
         region.ops.append(op)
-    region.results = [v for op in members for v in op.results if escapes(v)]
-    stats["bytes-kept-onchip"] += sum(v.type.nbytes for op in members for v in op.results if not escapes(v))
+    # a group nothing uses (dead code, left to `dce`) still yields its last value
+    region.results = [v for op in members for v in op.results if escapes(v)] or list(members[-1].results)
+    stats["bytes-kept-onchip"] += sum(v.type.nbytes for op in members for v in op.results if v not in region.results)
     stats["fused-kernels"] += 1
     stats["ops-fused"] += len(members)
     return make_op("fused", operands, {"label": label}, locs, phase, region)

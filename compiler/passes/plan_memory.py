@@ -204,7 +204,8 @@ class Liveness:
             return []
         here = self.position[id(op)]
         later = _read_later(op)[value.index]
-        return [v for v in dict.fromkeys(op.operands)
+        own = self.update_of.get(value)  # a param's update goes to the param's range first
+        return [v for v in sorted(dict.fromkeys(op.operands), key=lambda v: v is not own)
                 if v.type.shape == value.type.shape and v.type.nbytes == value.type.nbytes
                 and self.last_use.get(v) == here and v not in later and self._may_die(v, value)]
 

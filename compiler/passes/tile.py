@@ -15,7 +15,8 @@ accumulator tile staying on chip, no reuse between output tiles):
 * traffic: the result written once; each operand read once per output tile over
   the whole contraction, so an operand is re-read once per tile of each result
   axis it does not follow (matmul: A re-read N/tn times, B M/tm times, a weight
-  shared by the batch once per batch tile as well);
+  shared by the batch once per batch tile as well); partial edge tiles read only
+  what they cover, and a convolution's input windows overlap by their halo;
 * lower bound: every operand read once and the result written once.
 
 Candidate sizes per axis are the powers of two below its extent and the extent
@@ -59,6 +60,7 @@ class Problem:
         return cls(lookup(op.name).loop_nest(op), tuple(v.type.dtype.itemsize for v in op.operands),
                    op.results[0].type.nbytes)
 
+    @functools.cache
     def lower_bound(self) -> int:
         """Compulsory bytes: each operand read once, the result written once."""
         full = np.array([self.nest.extents], dtype=np.float64)
@@ -151,8 +153,13 @@ def default_tile(nest: LoopNest, lanes: int) -> tuple[int, ...]:
 
 def score(problem: Problem, tile: tuple[int, ...], target: Target) -> Choice:
     """The modeled traffic and PMUs of one tile."""
-    traffic, pmus = _evaluate(problem, np.array([tile], dtype=np.float64), target.pmu.bytes)
-    return Choice(tuple(tile), int(traffic[0]), int(pmus[0]))
+    return _score(problem, tuple(tile), target.pmu.bytes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _score(problem: Problem, tile: tuple[int, ...], pmu_bytes: int) -> Choice:
+    traffic, pmus = _evaluate(problem, np.array([tile], dtype=np.float64), pmu_bytes)
+    return Choice(tile, int(traffic[0]), int(pmus[0]))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -206,15 +213,34 @@ def _evaluate(problem: Problem, tiles: np.ndarray, pmu_bytes: int) -> tuple[np.n
     nest = problem.nest
     extents = np.array(nest.extents, dtype=np.float64)
     free = len(extents) - nest.reduced
-    whole = tiles.copy()
-    whole[:, free:] = extents[free:]
-    steps = np.ceil(extents[:free] / tiles[:, :free]).prod(axis=1)
+    counts = np.ceil(extents[:free] / tiles[:, :free])
     traffic = np.full(len(tiles), float(problem.result_bytes))
     pmus = _pmus(_footprint(nest.result, tiles) * ACC_BYTES, pmu_bytes)
     for dims, item in zip(nest.operands, problem.itemsizes):
-        traffic += steps * _footprint(dims, whole) * item
+        traffic += _reads(dims, counts, extents, free) * item
         pmus += _pmus(_footprint(dims, tiles) * item, pmu_bytes)
     return np.round(traffic), pmus
+
+
+def _reads(dims, counts: np.ndarray, extents: np.ndarray, free: int) -> np.ndarray:
+    """Elements of one operand read over all output tiles (each over the whole contraction).
+
+    Once per tile of each result axis it does not follow; along a dimension it does
+    follow, the tiles' spans summed (the last tile of an axis may be partial; windows
+    overlap by their halo).
+    """
+    followed = {axis for dim in dims for axis, _ in dim if axis < free}
+    total = np.prod([counts[:, a] for a in range(free) if a not in followed], axis=0) \
+        if len(followed) < free else np.ones(len(counts))
+    for dim in dims:
+        tiles = np.prod([counts[:, a] for a, _ in dim if a < free], axis=0) if any(a < free for a, _ in dim) \
+            else np.ones(len(counts))
+        span = tiles * (1.0 + sum(c * (extents[a] - 1.0) for a, c in dim if a >= free))
+        for a, c in dim:
+            if a < free:
+                span = span + c * (extents[a] - counts[:, a]) * tiles / counts[:, a]
+        total = total * span
+    return total
 
 
 def _pmus(nbytes: np.ndarray, pmu_bytes: int) -> np.ndarray:
