@@ -112,12 +112,16 @@ class Executor:
                 raise ExecutionError(f"kernel '{program.name}' ('{program.op}'{where}): "
                                      f"{ERRORS.get(status, f'error {status}')}")
 
-    def step(self, timings: list[float] | None = None) -> None:
-        """Run every kernel once; with `timings`, append each kernel's host seconds.
+    def step(self, timings: list[float] | None = None, phases: frozenset[str | None] | None = None) -> None:
+        """Run every kernel once (only those of `phases`, if given); with `timings`, append
+        each kernel's host seconds (0 for a kernel not run).
 
         Outputs are readable until `commit_updates()` makes the updates current."""
         for kernel in self.kernels:
-            if timings is None:
+            if phases is not None and kernel.program.phase not in phases:
+                if timings is not None:
+                    timings.append(0.0)
+            elif timings is None:
                 self.run_kernel(kernel)
             else:
                 start = time.perf_counter()

@@ -28,6 +28,10 @@ from runtime.jit.parallel import Parallel
 from runtime.profile import Profile
 
 
+#: the phases `evaluate` runs (untagged kernels belong to inference graphs)
+FORWARD = frozenset({"fwd", None})
+
+
 def _type_text(shape, dtype: str) -> str:
     return f"{dtype}[{','.join(map(str, shape))}]"
 
@@ -127,6 +131,28 @@ class Program:
         if timings is not None:
             self.profile.add_step(timings)
         return outputs
+
+    def step(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One training step: every section; params and optimizer state update in place."""
+        return self.run(inputs)
+
+    def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The forward sections only (outputs such as the loss); nothing is updated.
+
+        Outputs computed outside the forward phase are not returned."""
+        self._bind_inputs(inputs)
+        self.executor.step(phases=FORWARD)
+        forward = {b.name for k in self.pef.kernels if k.phase in FORWARD for b in k.with_role("output")}
+        return {s.name: self.executor.view(s.tensor, s.shape, DType(s.dtype)).copy()
+                for s in self.pef.symbols.outputs if s.tensor in forward}
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        """Copies of every param, buffer and optimizer state, by name."""
+        return {name: self.params[name] for name in self.params}
+
+    def set_params(self, values: Mapping[str, np.ndarray]) -> None:
+        """Overwrite some params or optimizer states (checked against their types)."""
+        self.params.update(values)
 
     def _bind_inputs(self, inputs: Mapping[str, np.ndarray]) -> None:
         symbols = self.inputs
