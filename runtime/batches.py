@@ -9,7 +9,9 @@ from HDF5 datasets named after those inputs, row by row:
   against `metadata.yaml`, token types and the model's vocabulary);
 * any other inputs (e.g. `x` and `labels` of the tutorial models): datasets of
   those names in a folder's `{split}_{i}_of_{N}.hdf5` files or in one `.hdf5`
-  file, each of shape `(rows, *input_shape[1:])` and of the input's dtype.
+  file, each of the input's dtype, a row holding as many values as a row of the
+  input (`(rows, 8, 8)` images feed an input `f32[16, 1, 8, 8]` or `f32[16, 64]`;
+  rows are reshaped in C order).
 
 `BatchOrder` maps a global step to the rows of its batch: epoch `e` visits the
 rows in the order of a permutation drawn from `(seed, e)` (or in file order with
@@ -20,6 +22,7 @@ exactly the batches an uninterrupted one does.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -116,7 +119,8 @@ class TensorRows:
             local, inverse = np.unique(indices[where] - self._offsets[k], return_inverse=True)
             for spec in self.specs:
                 try:
-                    out[spec.name][where] = self._handles[k][spec.name][local.tolist()][inverse]
+                    values = self._handles[k][spec.name][local.tolist()]
+                    out[spec.name][where] = values.reshape(len(local), *spec.row_shape)[inverse]
                 except OSError as err:
                     raise DataError(f"{self.files[k]}: unreadable dataset '{spec.name}' ({err})") from None
         return out
@@ -156,9 +160,10 @@ def _check_dataset(file: Path, handle: h5py.File, spec: InputSpec) -> int:
     if dataset.dtype != _np_dtype(spec.dtype):
         raise DataError(f"{file}: dataset '{spec.name}' has dtype {dataset.dtype}, the program input is "
                         f"{spec.dtype} ({_np_dtype(spec.dtype)})")
-    if tuple(dataset.shape[1:]) != spec.row_shape or dataset.ndim < 1:
-        raise DataError(f"{file}: dataset '{spec.name}' has shape {tuple(dataset.shape)}, expected "
-                        f"(rows, {', '.join(map(str, spec.row_shape))}) for input {spec.name}{list(spec.shape)}")
+    if dataset.ndim < 1 or math.prod(dataset.shape[1:]) != math.prod(spec.row_shape):
+        raise DataError(f"{file}: dataset '{spec.name}' has shape {tuple(dataset.shape)}, expected rows of "
+                        f"{math.prod(spec.row_shape)} values, e.g. (rows, {', '.join(map(str, spec.row_shape))}), "
+                        f"for input {spec.name}{list(spec.shape)}")
     return int(dataset.shape[0])
 
 

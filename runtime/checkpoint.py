@@ -87,7 +87,7 @@ def _convert(name: str, array: np.ndarray, want: TensorType) -> np.ndarray:
     same_kind = np.issubdtype(array.dtype, np.floating) == want.dtype.is_float
     if not same_kind:
         raise CheckpointError(f"tensor '{name}': the checkpoint has dtype {array.dtype}, the model expects {want}")
-    return np.ascontiguousarray(array, dtype=want.dtype.np)
+    return np.asarray(array, dtype=want.dtype.np, order="C")  # ascontiguousarray would make a scalar 1-d
 
 
 def _listing(names: list[str], limit: int = 8) -> str:
@@ -270,7 +270,7 @@ def _copy_group(names: Sequence[str], sources: Sequence[Path], stage: Path) -> N
 
 
 def _write_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
-    save_file({name: np.ascontiguousarray(tensors[name]) for name in sorted(tensors)}, path,
+    save_file({name: np.asarray(tensors[name], order="C") for name in sorted(tensors)}, path,
               metadata={"format": "pt"})
     _fsync(path)
 

@@ -381,7 +381,7 @@ class Trainer:
 
     def _model_config(self) -> dict[str, object]:
         model = str(self.options.get("model", "model"))
-        fields = {k: v for k, v in self.options.items() if k not in NON_MODEL_OPTIONS}
+        fields = {k: v for k, v in self.options.items() if "." not in k and k not in NON_MODEL_OPTIONS}
         base = None
         if self.config.checkpoint is not None and (self.config.checkpoint / ckpt.CONFIG).is_file():
             base = _read_json(self.config.checkpoint / ckpt.CONFIG)
@@ -448,7 +448,7 @@ class Trainer:
         return summary
 
 
-#: header options that describe the compile, not the model's config
+#: header options that describe the compile, not the model's config (nor do dotted ones: `training.optimizer`)
 NON_MODEL_OPTIONS = frozenset({"model", "target", "n_chips", "num_tiles", "inference", "pack_sections",
                                "batch_size", "seq_len"})
 
