@@ -116,13 +116,22 @@ def build_pef(graph: Graph, options: BackendOptions) -> PEF:
         | {u.tensor for u in symbols.updates}
     tensors = [(s.tensor, _nbytes(s.shape, s.dtype)) for s in (*symbols.params, *symbols.inputs)]
     tensors += [(b.name, b.nbytes) for k in kernels for b in k.with_role("output")]
-    plan = plan_memory(kernels, tensors, offchip_tensors(kernels, section_of, persistent), target, limit.chips)
+    plan = plan_memory(kernels, tensors, offchip_tensors(kernels, section_of, persistent), target, limit.chips,
+                       ir_plan(graph, names))
     where = plan.lookup()
     kernels = [bind(k, where) for k in kernels]
     header = Header(options.tool_version, target, options.mode, limit.chips, limit.tiles, options.options,
                     options.source_sha256)
     sections = [_section(i, g, kernels) for i, g in enumerate(groups)]
     return PEF(header, symbols, tuple(sections), tuple(kernels), plan)
+
+
+def ir_plan(graph: Graph, names: dict[Value, str]) -> dict[str, tuple[str, int]] | None:
+    """The plan-memory pass's placements (`Value.mem`: symbol -> (tier, offset)), if every graph tensor has one."""
+    values = [*graph.inputs, *(p.value for p in graph.params), *(v for op in graph.ops for v in op.results)]
+    if any(v.mem is None for v in values):
+        return None
+    return {names[v]: (v.mem.tier, v.mem.offset) for v in values}
 
 
 def _scheduled(program: KernelProgram, target: Target) -> KernelProgram:

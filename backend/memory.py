@@ -5,9 +5,13 @@ params and optimizer state, outputs and param updates, and values used by a
 later section. The others — values produced and used within one section, and
 kernel temporaries — live on-chip. Off-chip tensors go to the target's fastest
 tier with room (HBM before DDR). This plan gives every tensor its own
-64-byte-aligned range (no reuse), which is simple and always correct; a
-memory-planning pass may later share ranges between tensors whose lifetimes
-do not overlap.
+64-byte-aligned range (no reuse), which is simple and always correct.
+
+When the graph carries the `plan-memory` pass's plan (`Value.mem` on every
+input, param and top-level result; `mem(ddr:4096)` in IR text), graph tensors
+keep the tier and offset it gives — ranges shared by tensors that are never
+live at once — and only kernel temporaries are placed here, after it.
+`lifetimes` and `overlapping` let a reader check such a plan.
 """
 from __future__ import annotations
 
@@ -65,8 +69,9 @@ def offchip_tensors(programs: list[KernelProgram], section_of: list[int], persis
 
 
 def plan_memory(programs: list[KernelProgram], tensors: list[tuple[str, int]], offchip: set[str],
-                target: Target, chips: int) -> MemoryPlan:
-    """Allocate `tensors` ((symbol, nbytes), in order) and every kernel temporary."""
+                target: Target, chips: int, placed: dict[str, tuple[str, int]] | None = None) -> MemoryPlan:
+    """Allocate `tensors` ((symbol, nbytes), in order) and every kernel temporary; a tensor in
+    `placed` (symbol -> (tier, offset), the IR's plan) keeps its place."""
     used = {tier.name: 0 for tier in target.offchip} | {ONCHIP: 0}
     allocations = []
 
@@ -75,13 +80,64 @@ def plan_memory(programs: list[KernelProgram], tensors: list[tuple[str, int]], o
         allocations.append(Allocation(symbol, arena, offset, nbytes))
         used[arena] = offset + nbytes
 
+    def keep(symbol: str, nbytes: int, arena: str, offset: int) -> None:
+        if arena not in used:
+            raise BackendError(f"the IR's memory plan puts '{symbol}' in '{arena}', which target '{target.name}' "
+                               "does not have: plan memory for the compile target")
+        allocations.append(Allocation(symbol, arena, offset, nbytes))
+        used[arena] = max(used[arena], offset + nbytes)
+
     for symbol, nbytes in tensors:
+        if placed and symbol in placed:
+            keep(symbol, nbytes, *placed[symbol])
+            continue
         place(symbol, nbytes, _tier_with_room(symbol, nbytes, used, target, chips) if symbol in offchip else ONCHIP)
     for program in programs:
         for buffer in program.with_role("temp"):
             place(temp_symbol(program, buffer.name), buffer.nbytes, ONCHIP)
     arenas = [Arena(name, -(-size // ALIGN) * ALIGN) for name, size in used.items() if size or name == ONCHIP]
     return MemoryPlan(tuple(arenas), tuple(allocations))
+
+
+def lifetimes(programs: list[KernelProgram], kept: set[str]) -> dict[str, tuple[int, int]]:
+    """When each tensor's range is in use, in half steps: kernel k reads at 2k and writes at
+    2k + 1, so a result may take the range of an input its kernel reads last (the plan-memory
+    pass does that for elementwise kernels only). Tensors no kernel writes (inputs, params)
+    start at 0; `kept` ones last to the end; a temporary lives in its kernel. A tensor no
+    kernel touches is absent: it holds its range for the whole run."""
+    live: dict[str, list[int]] = {}
+    for k, program in enumerate(programs):
+        for buffer in program.buffers:
+            if buffer.role == "temp":
+                live[temp_symbol(program, buffer.name)] = [2 * k, 2 * k + 1]
+            elif buffer.role == "output":
+                live.setdefault(buffer.name, [2 * k + 1, 2 * k + 1])
+            else:
+                span = live.setdefault(buffer.name, [0, 0])
+                span[1] = max(span[1], 2 * k)
+    for name in kept:
+        live.setdefault(name, [0, 0])[1] = 2 * len(programs) + 1
+    return {name: (a, b) for name, (a, b) in live.items()}
+
+
+def overlapping(allocations: tuple[Allocation, ...], live: dict[str, tuple[int, int]]) -> tuple[Allocation, Allocation] | None:
+    """Two allocations sharing bytes of an arena while both are live (see `lifetimes`), if any."""
+    whole = (0, 1 << 62)
+    arenas: dict[str, list[Allocation]] = {}
+    for a in allocations:
+        if a.nbytes:
+            arenas.setdefault(a.arena, []).append(a)
+    for ranked in arenas.values():
+        ranked.sort(key=lambda a: (a.offset, a.nbytes, a.tensor))
+        for i, a in enumerate(ranked):
+            (a0, a1) = live.get(a.tensor, whole)
+            for b in ranked[i + 1:]:
+                if b.offset >= a.offset + a.nbytes:
+                    break
+                (b0, b1) = live.get(b.tensor, whole)
+                if a0 <= b1 and b0 <= a1:
+                    return a, b
+    return None
 
 
 def _tier_with_room(symbol: str, nbytes: int, used: dict[str, int], target: Target, chips: int) -> str:

@@ -34,7 +34,7 @@ import attrs
 import msgpack
 
 from backend.kernel_program import ProgramError, KernelProgram, validate
-from backend.memory import ALIGN, Allocation, MemoryPlan, temp_symbol
+from backend.memory import ALIGN, Allocation, MemoryPlan, lifetimes, overlapping, temp_symbol
 from backend.schema import SchemaError, decode, encode
 from backend.targets import ONCHIP, Target
 from ir.dtypes import DType
@@ -222,17 +222,27 @@ class _Checker:
             arenas[arena.name] = arena
         if len(self.plan) != len(memory.allocations):
             raise ProgramError("memory: a tensor is allocated twice")
-        ranges: dict[str, list[Allocation]] = {}
         for a in memory.allocations:
             arena = arenas.get(a.arena)
             if arena is None or a.offset + a.nbytes > arena.size or a.offset % ALIGN:
                 raise ProgramError(f"memory: tensor '{a.tensor}' lies outside its arena '{a.arena}'")
-            ranges.setdefault(a.arena, []).append(a)
-        for name, allocations in ranges.items():
-            allocations.sort(key=lambda a: (a.offset, a.nbytes))
-            for prev, cur in zip(allocations, allocations[1:]):
-                if prev.nbytes and cur.offset < prev.offset + prev.nbytes:
-                    raise ProgramError(f"memory: tensors '{prev.tensor}' and '{cur.tensor}' overlap in '{name}'")
+        clash = overlapping(memory.allocations, lifetimes(list(self.pef.kernels), self.kept()))
+        if clash is not None:
+            first, second = clash
+            raise ProgramError(f"memory: tensors '{first.tensor}' and '{second.tensor}' overlap in '{first.arena}' "
+                               "while both are live")
+
+    def kept(self) -> set[str]:
+        """Tensors live to the end: outputs, updates, and params (but one whose update takes its range)."""
+        symbols = self.pef.symbols
+        updates = {u.param: u.tensor for u in symbols.updates}
+        shared = {p.tensor for p in symbols.params if p.name in updates and self._same_range(p.tensor, updates[p.name])}
+        return {s.tensor for s in symbols.outputs} | set(updates.values()) | \
+            {p.tensor for p in symbols.params if p.tensor not in shared}
+
+    def _same_range(self, a: str, b: str) -> bool:
+        x, y = self.plan.get(a), self.plan.get(b)
+        return x is not None and y is not None and (x.arena, x.offset) == (y.arena, y.offset)
 
     def define(self, where: str, tensor: str, shape: tuple[int, ...], dtype: str) -> None:
         if tensor in self.tensors:
