@@ -43,10 +43,15 @@ def _tensor_of(program: kp.KernelProgram, buffer: kp.Buffer) -> str:
     return temp_symbol(program, buffer.name) if buffer.role == "temp" else buffer.name
 
 
+def _overlap(a: Allocation, b: Allocation) -> bool:
+    return a.arena == b.arena and a.offset < b.offset + b.nbytes and b.offset < a.offset + a.nbytes
+
+
 def swap_pairs(pef: PEF) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """Param tensor <-> update tensor pairs that trade places each step, and (param, update)
-    pairs that must be copied instead."""
+    pairs that must be copied instead. An update planned into its param's range is in place."""
     symbols = pef.symbols
+    where = pef.memory.lookup()
     fixed = {s.tensor for s in (*symbols.inputs, *symbols.params)}
     tensor_of = {p.name: p.tensor for p in symbols.params}
     targets = [u.tensor for u in symbols.updates]
@@ -54,7 +59,7 @@ def swap_pairs(pef: PEF) -> tuple[dict[str, str], list[tuple[str, str]]]:
     copies: list[tuple[str, str]] = []
     for update in symbols.updates:
         param = tensor_of[update.param]
-        if update.tensor == param:
+        if update.tensor == param or where[update.tensor] == attrs.evolve(where[param], tensor=update.tensor):
             continue
         if update.tensor in fixed or targets.count(update.tensor) > 1:
             copies.append((param, update.tensor))
@@ -74,7 +79,7 @@ class Executor:
         self.swaps, self.copies = swap_pairs(pef)
         self.parity = 0
         section_of = {k: s.index for s in pef.sections for k in s.kernels}
-        natives = jit.load(pef.kernels)
+        natives = jit.load(pef.kernels, [self._noalias(p) for p in pef.kernels])
         self.kernels = [BoundKernel(i, p, section_of[i], n, (self._args(p, 0), self._args(p, 1)))
                         for i, (p, n) in enumerate(zip(pef.kernels, natives))]
 
@@ -96,6 +101,12 @@ class Executor:
         count = math.prod(shape)
         raw = self.arenas[a.arena][a.offset:a.offset + count * dtype.itemsize]
         return raw.view(dtype.np).reshape(shape)
+
+    def _noalias(self, program: kp.KernelProgram) -> list[bool] | None:
+        """Per buffer, whether its memory overlaps no other buffer of the kernel (None: none do)."""
+        places = [self.location(_tensor_of(program, b), 0) for b in program.buffers]
+        flags = [not any(i != j and _overlap(a, b) for j, b in enumerate(places)) for i, a in enumerate(places)]
+        return None if all(flags) else flags
 
     def _args(self, program: kp.KernelProgram, parity: int) -> ctypes.Array:
         pointers = [self.address(_tensor_of(program, b), parity) for b in program.buffers]

@@ -118,11 +118,11 @@ def _libc(module: ir.Module, name: str, ret: ir.Type, params: list[ir.Type]) -> 
 class _Emitter:
     """Emits one gemm stage's function body."""
 
-    def __init__(self, stage: Gemm, b: ir.IRBuilder, ptrs: list[ir.Value]):
+    def __init__(self, stage: Gemm, b: ir.IRBuilder, ptrs: list[ir.Value], out_may_alias: bool):
         self.s, self.b, self.ptrs = stage, b, ptrs
         # partial sums live in C between depth blocks only when that is exact and safe
         reads = stage.epilogue.reads if stage.epilogue is not None else ()
-        safe = stage.out.dtype == DType.f32 and all(r.arg != stage.out.arg for r in reads)
+        safe = stage.out.dtype == DType.f32 and not out_may_alias and all(r.arg != stage.out.arg for r in reads)
         self.kc = max(min(KC, stage.k) if safe else stage.k, 1)
         self.mc, self.nc = MC, NC
 
@@ -340,7 +340,7 @@ def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
         return math.prod(stage.batch) * stage.m
 
     def body(b: ir.IRBuilder, ptrs, lo, hi):
-        _Emitter(stage, b, ptrs).run(lo, hi)
+        _Emitter(stage, b, ptrs, not km.noalias[stage.out.arg]).run(lo, hi)
 
     km.function(name, body)
     return parallel_extent(stage)

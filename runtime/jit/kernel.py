@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 import msgpack
@@ -85,9 +85,10 @@ def _anonymous(program: kp.KernelProgram) -> dict:
     return {"buffers": buffers, "stages": stages}
 
 
-def code_key(program: kp.KernelProgram) -> str:
-    """A hash of everything the native code depends on (program content and host)."""
-    data = msgpack.packb([_anonymous(program), host_signature()], use_bin_type=True)
+def code_key(program: kp.KernelProgram, noalias: Sequence[bool] | None = None) -> str:
+    """A hash of everything the native code depends on (program content, aliasing, host)."""
+    aliasing = list(noalias) if noalias is not None and not all(noalias) else None
+    data = msgpack.packb([_anonymous(program), aliasing, host_signature()], use_bin_type=True)
     return hashlib.sha256(data).hexdigest()[:32]
 
 
@@ -100,9 +101,12 @@ def needs_full_optimization(plans: list[StagePlan]) -> bool:
     return sum(p.work for p in plans) >= QUICK_WORK
 
 
-def lower_program(program: kp.KernelProgram, key: str) -> tuple[KernelModule, list[StagePlan]]:
-    """The LLVM module of a kernel program and the plan of each stage."""
-    km = KernelModule(program.buffers)
+def lower_program(program: kp.KernelProgram, key: str,
+                  noalias: Sequence[bool] | None = None) -> tuple[KernelModule, list[StagePlan]]:
+    """The LLVM module of a kernel program and the plan of each stage.
+
+    `noalias[i]` (default: all) promises buffer i shares no memory with the others."""
+    km = KernelModule(program.buffers, noalias)
     buffers = {b.name: b for b in program.buffers}
     plans = []
     for i, stage in enumerate(program.stages):

@@ -39,9 +39,10 @@ class JitStats:
     load_seconds: float = 0.0
 
 
-def compile_program(key: str, program: kp.KernelProgram) -> tuple[bytes, list[StagePlan]]:
+def compile_program(key: str, program: kp.KernelProgram,
+                    noalias: Sequence[bool] | None = None) -> tuple[bytes, list[StagePlan]]:
     """Object code and stage plans of one kernel program."""
-    module, plans = lower_program(program, key)
+    module, plans = lower_program(program, key, noalias)
     return module.compile(needs_full_optimization(plans)), plans
 
 
@@ -55,17 +56,22 @@ class Jit:
         self.kernels: dict[str, NativeKernel] = {}
         self.stats = JitStats()
 
-    def load(self, programs: Sequence[kp.KernelProgram]) -> list[NativeKernel]:
-        """Native code for every program (identical programs share one unit)."""
-        keys = [code_key(p) for p in programs]
-        todo: dict[str, kp.KernelProgram] = {}
-        for key, program in zip(keys, programs):
+    def load(self, programs: Sequence[kp.KernelProgram],
+             noalias: Sequence[Sequence[bool] | None] | None = None) -> list[NativeKernel]:
+        """Native code for every program (identical programs share one unit).
+
+        `noalias[k]` lists, per buffer of program k, whether it is free of overlap with
+        the others (default: all are)."""
+        flags = list(noalias) if noalias is not None else [None] * len(programs)
+        keys = [code_key(p, f) for p, f in zip(programs, flags)]
+        todo: dict[str, tuple[kp.KernelProgram, Sequence[bool] | None]] = {}
+        for key, program, f in zip(keys, programs, flags):
             if key in self.kernels or key in todo:
                 self.stats.shared += 1
             else:
-                todo[key] = program
+                todo[key] = (program, f)
         entries = {key: self.cache.get(key) if self.cache is not None else None for key in todo}
-        self._compile({k: p for k, p in todo.items() if entries[k] is None}, entries)
+        self._compile({k: v for k, v in todo.items() if entries[k] is None}, entries)
         start = time.perf_counter()
         for key in todo:
             obj, plans = entries[key]
@@ -75,14 +81,14 @@ class Jit:
         self.stats.load_seconds += time.perf_counter() - start
         return [self.kernels[k] for k in keys]
 
-    def _compile(self, programs: dict[str, kp.KernelProgram], entries: dict) -> None:
+    def _compile(self, programs: dict[str, tuple], entries: dict) -> None:
         """Compile programs on all threads (LLVM releases the GIL); store them in the cache."""
         self.stats.cached += len(entries) - len(programs)
         if not programs:
             return
         start = time.perf_counter()
         with ThreadPoolExecutor(min(self.threads, len(programs))) as pool:
-            results = pool.map(compile_program, programs.keys(), programs.values())
+            results = pool.map(compile_program, programs.keys(), *zip(*programs.values()))
             for key, (obj, plans) in zip(programs, results):
                 entries[key] = (obj, plans)
                 if self.cache is not None:
