@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ class TrainConfig(pydantic.BaseModel):
     def _needs_save_dir(self) -> TrainConfig:
         for field in ("resume", "save_every", "keep_last"):
             if getattr(self, field) and self.save_dir is None:
-                raise ValueError(f"{field} needs save_dir")
+                raise ValueError(f"{field}: needs save_dir")
         return self
 
     @classmethod
@@ -87,8 +88,11 @@ class TrainConfig(pydantic.BaseModel):
         except pydantic.ValidationError as err:
             first = err.errors()[0]
             message = first["msg"].removeprefix("Value error, ")
-            field = str(first["loc"][0]) if first["loc"] else message.split()[0]
-            message = message.replace("needs save_dir", f"needs {label('save_dir')}")
+            if first["loc"]:
+                field = str(first["loc"][0])
+            else:  # a cross-field rule: "field: needs other_field"
+                field, message = message.split(": ", 1)
+                message = re.sub(r"\w+$", lambda m: label(m.group()), message)
             raise ConfigError(f"{label(field)}: {message[:1].lower() + message[1:]}") from None
 
 

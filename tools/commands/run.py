@@ -1,0 +1,198 @@
+"""`rduflow run PEF [options]`: train with a training PEF (the mode comes from the PEF's header).
+
+Each mode is a function of the parsed arguments and the loaded PEF, registered in
+`MODES` by the PEF mode it serves; options shared by every mode are added by
+`_add_common_options`, a mode's own by its `_add_*_options`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from backend.pef import PEF, read_pef
+from backend.targets import load_target
+from ir.errors import ConfigError, ExecutionError
+from runtime.cost_model import estimate
+from runtime.profile import print_profile, write_trace
+from runtime.program import Program, load
+from runtime.schedules import SCHEDULES
+from runtime.train import TrainConfig, Trainer
+from tools import cli
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got '{text}'")
+    return int(text)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run a PEF: train with a training PEF",
+        description="Run a compiled PEF. A training PEF trains on HDF5 data (a data-prep folder or one "
+                    ".hdf5 file whose datasets are named after the PEF's inputs), optionally starting from "
+                    "a Hugging Face or rduflow checkpoint, and saves Hugging Face checkpoints.")
+    parser.add_argument("pef", type=Path, metavar="PEF", help="the compiled program (.pef)")
+    _add_common_options(parser.add_argument_group("all modes"))
+    _add_training_options(parser.add_argument_group("training (a training PEF)"))
+    cli.add_debug_flag(parser)
+    parser.set_defaults(func=main)
+
+
+def _add_common_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--checkpoint", type=Path, metavar="DIR",
+                       help="initial weights: a Hugging Face checkpoint folder or an rduflow checkpoint")
+    group.add_argument("--seed", type=_count, default=0, metavar="N",
+                       help="seed of the initializers and of the data order (default: 0)")
+    group.add_argument("--profile", action="store_true",
+                       help="print host time and modeled RDU time per kernel and section")
+    group.add_argument("--trace", type=Path, metavar="FILE.json",
+                       help="write a Chrome/Perfetto trace of the host and the modeled RDU timelines")
+    group.add_argument("--target", metavar="NAME|FILE.yaml",
+                       help="model the RDU cost on this target instead of the PEF's (see 'rduflow targets')")
+    group.add_argument("--threads", type=_positive, metavar="N",
+                       help=cli.debug_help("host threads for the kernels (default: all cores)"))
+
+
+def _add_training_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--data", type=Path, metavar="DIR|FILE.hdf5",
+                       help="training data: a data-prep folder (train_* files, dev_* files evaluated) or one "
+                            ".hdf5 file")
+    group.add_argument("--num-epochs", type=_positive, default=1, metavar="N", help="passes over the data (default: 1)")
+    group.add_argument("--num-steps", type=_positive, metavar="N",
+                       help="stop after N steps counted from the start of training (overrides --num-epochs; "
+                            "a resumed run stops at the same step)")
+    group.add_argument("--lr", type=float, default=1e-3, metavar="X", help="peak learning rate (default: 0.001)")
+    group.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
+                       help="decay after warmup (default: constant)")
+    group.add_argument("--warmup-steps", type=_count, default=0, metavar="N",
+                       help="steps of linear warmup (default: 0)")
+    group.add_argument("--no-shuffle", dest="shuffle", action="store_false",
+                       help="read the rows in file order (default: a seeded shuffle per epoch)")
+    group.add_argument("--save-dir", type=Path, metavar="DIR",
+                       help="folder for checkpoints, per_step_metrics.csv and summary.txt")
+    group.add_argument("--save-every", type=_positive, metavar="N",
+                       help="save a checkpoint every N steps (one is always saved at the end)")
+    group.add_argument("--keep-last", type=_positive, metavar="K", help="keep only the K newest checkpoints")
+    group.add_argument("--resume", action="store_true",
+                       help="continue from the newest checkpoint in --save-dir (weights, optimizer, data position)")
+    group.add_argument("--eval-every", type=_positive, metavar="N",
+                       help="evaluate on the dev split every N steps (it is always evaluated at the end)")
+    group.add_argument("--log-every", type=_positive, default=1, metavar="N",
+                       help="print a loss line every N steps (default: 1)")
+
+
+def main(args: argparse.Namespace) -> int:
+    pef = read_pef(args.pef)
+    mode = MODES.get(pef.header.mode)
+    if mode is None:
+        raise ExecutionError(f"{args.pef}: a PEF compiled for {pef.header.mode}; 'rduflow run' handles "
+                             f"{', '.join(MODES)} PEFs")
+    return mode(args, pef)
+
+
+# --- training ---------------------------------------------------------------------------
+_FLAGS = {"shuffle": "--no-shuffle"}
+
+
+def _flag(field: str) -> str:
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def train(args: argparse.Namespace, pef: PEF) -> int:
+    """Train with a training PEF; the loss lines go to stdout, the progress bar to stderr."""
+    if args.data is None:
+        raise ConfigError("--data is required to train (a data-prep folder or an .hdf5 file)")
+    config = TrainConfig.parse(
+        label=_flag, data=args.data, checkpoint=args.checkpoint, num_epochs=args.num_epochs,
+        num_steps=args.num_steps, lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+        seed=args.seed, shuffle=args.shuffle, save_dir=args.save_dir, save_every=args.save_every,
+        keep_last=args.keep_last, resume=args.resume, eval_every=args.eval_every, log_every=args.log_every)
+    target = load_target(args.target) if args.target else None
+    profiling = args.profile or args.trace is not None
+    program = load(pef, seed=args.seed, threads=args.threads)
+    reporter = ConsoleReporter(Console(stderr=True))
+    with Trainer(_Profiled(program) if profiling else program, config, reporter) as trainer:
+        reporter.line(f"Training {trainer.options.get('model', 'the model')} on {config.data}: {len(trainer.train)} "
+                      f"rows, batch {trainer.batch_size}, {trainer.total_steps} steps ({trainer.num_epochs} "
+                      f"epoch(s))")
+        with reporter:
+            trainer.run()
+    if profiling:
+        report = estimate(pef, target)
+        if args.profile:
+            print_profile(program.profile, report)
+        if args.trace is not None:
+            write_trace(args.trace, program.profile, report)
+            print(f"Trace written to {args.trace}")
+    if config.save_dir is None:
+        reporter.warn("no --save-dir: the trained weights and metrics were not saved")
+    return 0
+
+
+class _Profiled:
+    """A program whose training steps record host time per kernel (for --profile and --trace)."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        self.pef = program.pef
+
+    def step(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.program.run(inputs, profile=True)
+
+    def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.program.evaluate(inputs)
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return self.program.get_params()
+
+    def set_params(self, values: Mapping[str, np.ndarray]) -> None:
+        self.program.set_params(values)
+
+
+class ConsoleReporter:
+    """Loss lines on stdout, a progress bar on stderr when it is a terminal, warnings on stderr."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                            disable=not console.is_terminal, redirect_stdout=False, redirect_stderr=False)
+        self.task = None
+
+    def __enter__(self) -> ConsoleReporter:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def line(self, text: str) -> None:
+        if self.bar.live.is_started and not self.bar.disable and sys.stdout.isatty():
+            self.console.print(text, markup=False, highlight=False)  # above the bar, on the same terminal
+        else:
+            print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        self.console.print(f"warning: {text}", markup=False, highlight=False)
+
+    def progress(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("train", total=total, completed=done - 1)
+        self.bar.update(self.task, completed=done)
+
+
+#: PEF mode -> the function that runs it
+MODES: dict[str, Callable[[argparse.Namespace, PEF], int]] = {"train": train}
