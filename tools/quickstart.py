@@ -22,14 +22,15 @@ from typing import TextIO
 import attrs
 
 from ir.errors import RduflowError
+from runtime.checkpoint import checkpoint_name
 from runtime.tokenizer import ByteTokenizer
+from runtime.train import METRICS_FILE as METRICS
 from tools import cli
 
 CORPUS = Path(__file__).parent / "data" / "midsummer.txt"
 MARKER = ".rduflow-quickstart"
 #: what a rerun in the same work folder replaces
 OUTPUTS = ("data", "pef", "checkpoints", "logs")
-METRICS = "per_step_metrics.csv"
 COMPLETION = "Completion: "
 
 
@@ -55,11 +56,11 @@ class Settings:
     n_embd: int = 64
     n_head: int = 4
     seq_len: int = 64
-    batch_size: int = 8
-    num_steps: int = 300
+    batch_size: int = 16
+    num_steps: int = 400
     lr: float = 3e-3
     warmup_steps: int = 20
-    log_every: int = 25
+    log_every: int = 40
     prompt: str = "LYSANDER"
     max_new_tokens: int = 120
     temperature: float = 0.8
@@ -132,7 +133,8 @@ def steps(layout: Layout, s: Settings) -> list[Step]:
         Step("compile-inference", "compile it for inference (forward only)",
              ("compile", *model, "--inference", "-b", "1", "-o", str(layout.pefs), "--pef-name", "generate")),
         Step("generate", "generate a sample from the trained weights",
-             ("run", str(layout.pef("generate")), "--inference", "--checkpoint", str(layout.checkpoints),
+             ("run", str(layout.pef("generate")), "--inference",
+              "--checkpoint", str(layout.checkpoints / checkpoint_name(s.num_steps)),
               "--prompt", s.prompt, "--max-new-tokens", str(s.max_new_tokens),
               "--temperature", str(s.temperature), "--seed", str(s.seed))),
     ]
@@ -191,11 +193,18 @@ def prepare_workdir(layout: Layout) -> None:
         (root / MARKER).write_text("made by rduflow quickstart: a rerun replaces "
                                    f"{', '.join(OUTPUTS)}\n")
         for name in OUTPUTS:
-            shutil.rmtree(root / name, ignore_errors=True)
+            _remove(root / name)
         layout.logs.mkdir()
         shutil.copyfile(CORPUS, layout.corpus)
     except OSError as err:
         raise QuickstartError(f"cannot prepare work folder {root}: {err.strerror or err}") from None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def run_step(step: Step, log: Path, debug: bool = False) -> None:
