@@ -8,13 +8,13 @@ object code (what the disk cache stores), and loaded into one MCJIT engine per
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
+from pathlib import Path
 
 import llvmlite
 import llvmlite.binding as llvm
 
-#: bumped whenever generated code changes meaning, so stale cache entries are ignored
-CODEGEN_VERSION = "2"
 
 _lock = threading.Lock()
 
@@ -36,11 +36,19 @@ def new_target_machine(opt: int = 3) -> llvm.TargetMachine:
 
 
 @functools.cache
+def codegen_version() -> str:
+    """A hash of the code generator's own source: any change to it invalidates cached code."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
 def host_signature() -> str:
     """What native code depends on besides the kernel: CPU, features, llvmlite, codegen."""
     return "|".join((llvm.get_process_triple(), llvm.get_host_cpu_name(),
-                     llvm.get_host_cpu_features().flatten(), llvmlite.__version__,
-                     CODEGEN_VERSION))
+                     llvm.get_host_cpu_features().flatten(), llvmlite.__version__, codegen_version()))
 
 
 def optimize(module: llvm.ModuleRef, tm: llvm.TargetMachine | None = None, full: bool = True) -> None:

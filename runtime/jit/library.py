@@ -22,10 +22,11 @@ class NativeStage:
 
 @attrs.frozen
 class NativeKernel:
-    """A kernel program's native code: one callable per stage."""
+    """A kernel program's native code: one callable per stage (it keeps its library loaded)."""
 
     key: str
     stages: tuple[NativeStage, ...]
+    library: NativeLibrary = attrs.field(eq=False, repr=False)
 
 
 @attrs.define
@@ -77,7 +78,7 @@ class Jit:
             obj, plans = entries[key]
             self.library.add_object(obj)
             self.kernels[key] = NativeKernel(key, tuple(
-                NativeStage(p, KernelFn(self.library.address(p.symbol))) for p in plans))
+                NativeStage(p, KernelFn(self.library.address(p.symbol))) for p in plans), self.library)
         self.stats.load_seconds += time.perf_counter() - start
         return [self.kernels[k] for k in keys]
 

@@ -1,0 +1,334 @@
+"""The JIT's optimized paths on shapes large enough to use them (vectorized O3 code, the
+blocked gemm, threads), its f32 math against exact values, fused epilogues, and the cache."""
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+import pytest
+
+from backend import kernel_program as kp
+from backend.lowering import lower_graph
+from compiler.passes import PassManager
+from ir.builder import Builder
+from ir.dtypes import DType, bf16, f32, i32
+from ir.interpreter import interpret
+from ir.types import TensorType
+from kernels import run_kernels
+from runtime.jit import engine
+from runtime.jit.cache import DiskCache
+from runtime.jit.gemm import SMALL
+from runtime.jit.kernel import QUICK_WORK, StagePlan, code_key, lower_program
+from runtime.jit.library import Jit
+from runtime.jit.parallel import Parallel
+
+RNG = np.random.default_rng(7)
+
+
+def unary(op: str, x: np.ndarray, **attrs) -> np.ndarray:
+    b = Builder()
+    b.output("y", getattr(b, op)(b.input("x", TensorType(x.shape, DType.of(x))), **attrs))
+    return run_kernels(b.graph, {"x": x})[0]["y"]
+
+
+def ulps(got: np.ndarray, exact: np.ndarray) -> float:
+    """Largest error in units of the f32 spacing at the exact value (where that is finite)."""
+    exact32 = exact.astype(np.float32)
+    finite = np.isfinite(exact32) & (np.abs(exact32) > np.finfo(np.float32).tiny)
+    spacing = np.spacing(np.abs(exact32[finite])).astype(np.float64)
+    return float(np.max(np.abs(got[finite].astype(np.float64) - exact[finite]) / spacing))
+
+
+MATH = {  # op: (exact float64 function, sample range)
+    "exp": (np.exp, (-87.0, 88.0)), "log": (np.log, (1e-30, 1e30)), "tanh": (np.tanh, (-12.0, 12.0)),
+    "erf": (np.vectorize(math.erf), (-5.0, 5.0)), "sin": (np.sin, (-200.0, 200.0)),
+    "cos": (np.cos, (-200.0, 200.0)), "sqrt": (np.sqrt, (0.0, 1e6)),
+}
+
+
+@pytest.mark.parametrize("op", MATH)
+def test_vectorized_math_is_within_a_few_ulp(op):
+    exact, (low, high) = MATH[op]
+    if op == "log":
+        x = np.exp(RNG.uniform(np.log(low), np.log(high), 1 << 16))
+    else:
+        x = RNG.uniform(low, high, 1 << 16)
+    near_zero = RNG.uniform(0.0 if low >= 0 else -1e-3, 1e-3, 4096) if op != "log" else RNG.uniform(0.5, 2.0, 4096)
+    x = np.concatenate([x, near_zero])
+    x = x.astype(np.float32)
+    assert x.size >= QUICK_WORK
+    got, want = unary(op, x), exact(x.astype(np.float64))
+    if op in ("sin", "cos"):  # near their zeros the reduced argument's absolute error shows
+        assert np.max(np.abs(got - want)) < 2.5e-7
+        big = np.abs(want) > 0.1
+        assert ulps(got[big], want[big]) <= 4.0
+    else:
+        assert ulps(got, want) <= 3.0
+
+
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, -1e-40, 1e-30, -3.0, 88.8, -104.0, 1e30],
+                    np.float32)
+
+
+@pytest.mark.parametrize("op", ["exp", "log", "tanh", "erf", "sin", "cos", "sqrt"])
+def test_special_values_follow_numpy(op):
+    x = np.tile(SPECIALS, 2048)
+    got = unary(op, x)[:len(SPECIALS)]
+    with np.errstate(all="ignore"):
+        want = getattr(np, op)(SPECIALS) if op != "erf" else np.array(
+            [math.erf(v) if not math.isnan(v) else math.nan for v in SPECIALS.astype(np.float64)], np.float32)
+    if op in ("sin", "cos"):  # beyond |x| = 8192 the reduction is not exact (documented)
+        got, want = got[:-1], want[:-1]
+    np.testing.assert_allclose(got, want, rtol=3e-7, atol=0)
+    numbers = ~np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got[numbers]), np.signbit(want[numbers]))
+
+
+def test_exp_map_compiles_to_vector_code_without_calls():
+    b = Builder()
+    b.output("y", b.exp(b.input("x", TensorType((1 << 16,), f32))))
+    program = _programs(b.graph)[0]
+    module, plans = lower_program(program, "asmcheck")
+    assert sum(p.work for p in plans) >= QUICK_WORK
+    asm = engine.assembly(module.ir_text())
+    assert "ymm" in asm and "call" not in asm.replace("callq", "call").split("rdu_asmcheck_s0:")[1]
+
+
+def _programs(graph):
+    return lower_graph(graph)
+
+
+def matmul_case(a_shape, b_shape, dtype=f32, **attrs):
+    b = Builder()
+    x = b.input("a", TensorType(a_shape, dtype))
+    y = b.input("b", TensorType(b_shape, dtype))
+    b.output("c", b.matmul(x, y, **attrs))
+    inputs = {"a": RNG.standard_normal(a_shape).astype(dtype.np), "b": RNG.standard_normal(b_shape).astype(dtype.np)}
+    return b.graph, inputs
+
+
+@pytest.mark.parametrize("a_shape,b_shape,attrs", [
+    ((130, 300), (300, 70), {}),
+    ((300, 130), (300, 70), {"transpose_a": True}),
+    ((130, 300), (70, 300), {"transpose_b": True}),
+    ((1, 257), (257, 513), {}),
+    ((600, 61), (61, 5), {}),
+    ((3, 37, 41), (3, 41, 29), {}),
+    ((2, 3, 37, 41), (41, 29), {}),
+    ((64, 1000), (1000, 48), {}),  # several depth blocks: partial sums in the output
+])
+def test_blocked_gemm_matches_numpy(a_shape, b_shape, attrs):
+    graph, inputs = matmul_case(a_shape, b_shape, **attrs)
+    program = _programs(graph)[0]
+    stage = program.stages[0]
+    assert stage.m * stage.n * stage.k >= SMALL
+    got = run_kernels(graph, inputs)[0]["c"]
+    want = interpret(graph, inputs).outputs["c"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * math.sqrt(stage.k))
+
+
+def test_blocked_gemm_with_bf16_output():
+    graph, inputs = matmul_case((96, 520), (520, 40), bf16)
+    got = run_kernels(graph, inputs)[0]["c"].astype(np.float32)
+    exact = inputs["a"].astype(np.float32) @ inputs["b"].astype(np.float32)
+    np.testing.assert_allclose(got, exact, rtol=1e-2, atol=1e-2)
+
+
+def fused(graph):
+    return PassManager.parse("decompose,fuse").run(graph)
+
+
+def test_fused_epilogue_bias_gelu_residual():
+    b = Builder()
+    x = b.input("x", TensorType((128, 96), f32))
+    w = b.input("w", TensorType((96, 200), f32))
+    bias = b.input("bias", TensorType((200,), f32))
+    res = b.input("res", TensorType((128, 200), f32))
+    b.output("y", b.add(b.gelu(b.add(b.matmul(x, w), bias), approximate="none"), res))
+    inputs = {n: RNG.standard_normal(v.type.shape).astype(np.float32) for n, v in
+              ((v.name, v) for v in b.graph.inputs)}
+    want = interpret(b.graph, inputs).outputs["y"]
+    graph = fused(b.graph)
+    programs = _programs(graph)
+    assert [s.kind for s in programs[0].stages] == ["gemm"] and programs[0].stages[0].epilogue is not None
+    np.testing.assert_allclose(run_kernels(graph, inputs)[0]["y"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_softmax_rows():
+    b = Builder()
+    x = b.input("x", TensorType((64, 8, 257), f32))
+    b.output("y", b.softmax(x, axis=-1))
+    inputs = {"x": (RNG.standard_normal((64, 8, 257)) * 10).astype(np.float32)}
+    want = interpret(b.graph, inputs).outputs["y"]
+    np.testing.assert_allclose(run_kernels(fused(b.graph), inputs)[0]["y"], want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("axes", [(2,), (0,), (1,), (0, 2), (0, 1, 2)])
+@pytest.mark.parametrize("op", ["sum", "max"])
+def test_large_reductions(op, axes):
+    b = Builder()
+    x = b.input("x", TensorType((48, 130, 33), f32))
+    b.output("y", getattr(b, op)(x, axes=axes))
+    inputs = {"x": RNG.standard_normal((48, 130, 33)).astype(np.float32)}
+    want = interpret(b.graph, inputs).outputs["y"]
+    np.testing.assert_allclose(run_kernels(b.graph, inputs)[0]["y"], want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_argmax_first_maximum_and_first_nan(axis):
+    x = np.round(RNG.standard_normal((300, 257)) * 2).astype(np.float32)  # many ties
+    x[5, 7] = np.nan
+    x[9, 3] = np.nan
+    b = Builder()
+    b.output("i", b.argmax(b.input("x", TensorType(x.shape, f32)), axis=axis))
+    got = run_kernels(b.graph, {"x": x})[0]["i"]
+    np.testing.assert_array_equal(got, np.argmax(x, axis=axis).astype(np.int32))
+
+
+def test_max_propagates_nan():
+    x = RNG.standard_normal((200, 300)).astype(np.float32)
+    x[17, 250] = np.nan
+    b = Builder()
+    b.output("m", b.max(b.input("x", TensorType(x.shape, f32)), axes=(1,)))
+    got = run_kernels(b.graph, {"x": x})[0]["m"]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(x.max(axis=1)))
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups", [((1, 1), (1, 1), (1, 1), 1), ((2, 2), (2, 1), (2, 1), 2)])
+def test_conv2d_and_its_gradients_on_large_shapes(stride, padding, dilation, groups):
+    b = Builder()
+    x = b.input("x", TensorType((4, 6, 21, 19), f32))
+    w = b.input("w", TensorType((8, 6 // groups, 3, 3), f32))
+    y = b.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    g = b.input("g", y.type)
+    conv = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+    b.output("y", y)
+    b.output("dx", b.conv2d_input_grad(g, w, input_hw=(21, 19), **conv))
+    b.output("dw", b.conv2d_weight_grad(x, g, kernel_hw=(3, 3), **conv))
+    inputs = {v.name: RNG.standard_normal(v.type.shape).astype(np.float32) for v in b.graph.inputs}
+    want = interpret(b.graph, inputs).outputs
+    got = run_kernels(b.graph, inputs)[0]
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_pooling_and_gradients_on_large_shapes():
+    b = Builder()
+    x = b.input("x", TensorType((4, 8, 30, 28), f32))
+    attrs = {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1)}
+    mx, avg = b.max_pool2d(x, **attrs), b.avg_pool2d(x, **attrs)
+    g = b.input("g", mx.type)
+    b.output("max", mx)
+    b.output("avg", avg)
+    b.output("dmax", b.max_pool2d_grad(x, g, **attrs))
+    b.output("davg", b.avg_pool2d_grad(g, input_hw=(30, 28), **attrs))
+    inputs = {"x": np.round(RNG.standard_normal((4, 8, 30, 28)) * 3).astype(np.float32),
+              "g": RNG.standard_normal(mx.type.shape).astype(np.float32)}
+    want = interpret(b.graph, inputs).outputs
+    got = run_kernels(b.graph, inputs)[0]
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_embedding_gather_and_scatter_add():
+    b = Builder()
+    table = b.input("table", TensorType((500, 64), f32))
+    ids = b.input("ids", TensorType((8, 128), i32))
+    rows = b.gather(table, ids)
+    b.output("rows", rows)
+    b.output("grad", b.scatter_add(b.input("up", rows.type), ids, axis=0, size=500))
+    inputs = {"table": RNG.standard_normal((500, 64)).astype(np.float32),
+              "ids": RNG.integers(0, 500, (8, 128)).astype(np.int32),
+              "up": RNG.standard_normal((8, 128, 64)).astype(np.float32)}
+    want = interpret(b.graph, inputs).outputs
+    got = run_kernels(b.graph, inputs)[0]
+    np.testing.assert_array_equal(got["rows"], want["rows"])
+    np.testing.assert_allclose(got["grad"], want["grad"], rtol=1e-5, atol=1e-5)
+
+
+def _call(native, arrays, parallel):
+    args = (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
+    for stage in native.stages:
+        assert parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work) == 0
+
+
+def test_threads_split_work_without_changing_a_bit():
+    b = Builder()
+    x = b.input("x", TensorType((256, 384), f32))
+    w = b.input("w", TensorType((384, 320), f32))
+    h = b.tanh(b.matmul(x, w))
+    b.output("h", h)
+    b.output("s", b.sum(h, axes=(0,)))
+    graph = fused(b.graph)
+    inputs = {"x": RNG.standard_normal((256, 384)).astype(np.float32),
+              "w": RNG.standard_normal((384, 320)).astype(np.float32)}
+    programs = _programs(graph)
+    natives = Jit().load(programs)
+    results = []
+    for threads in (1, 2, 3):
+        env = dict(inputs)
+        for program, native in zip(programs, natives):
+            arrays = []
+            for buf in program.buffers:
+                name = buf.name.lstrip("%")
+                if buf.role != "input":
+                    env[name] = np.empty(buf.shape, DType(buf.dtype).np)
+                arrays.append(env[name])
+            _call(native, arrays, Parallel(threads))
+        results.append({k: v.copy() for k, v in env.items() if k not in inputs})
+    for other in results[1:]:
+        for name in results[0]:
+            np.testing.assert_array_equal(other[name], results[0][name])
+
+
+def test_cache_entry_round_trip_and_damage(tmp_path):
+    cache = DiskCache(tmp_path)
+    plans = [StagePlan("rdu_x_s0", 7, 100)]
+    cache.put("ab" * 16, b"object bytes", plans)
+    assert cache.get("ab" * 16) == (b"object bytes", plans)
+    assert not list(tmp_path.rglob(".tmp-*"))
+    path = cache.path("ab" * 16)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    assert cache.get("ab" * 16) is None
+    path.write_bytes(b"garbage")
+    assert cache.get("ab" * 16) is None
+    assert cache.get("cd" * 16) is None
+
+
+def test_damaged_cache_entries_are_rebuilt(tmp_path):
+    graph, inputs = matmul_case((40, 50), (50, 30))
+    programs = _programs(graph)
+    first = Jit(DiskCache(tmp_path))
+    first.load(programs)
+    for path in tmp_path.rglob("*.o"):
+        path.write_bytes(path.read_bytes()[:-3])
+    second = Jit(DiskCache(tmp_path))
+    second.load(programs)
+    assert second.stats.compiled == first.stats.compiled == 1 and second.stats.cached == 0
+    third = Jit(DiskCache(tmp_path))
+    third.load(programs)
+    assert third.stats.cached == 1 and third.stats.compiled == 0
+
+
+def test_identical_kernels_share_native_code():
+    b = Builder()
+    x = b.input("x", TensorType((64, 64), f32))
+    y = b.input("y", TensorType((64, 64), f32))
+    b.output("a", b.tanh(x))
+    b.output("b", b.tanh(y))
+    jit = Jit()
+    natives = jit.load(_programs(b.graph))
+    assert natives[0] is natives[1] and jit.stats.shared == 1
+
+
+def test_kernel_program_buffers_need_not_be_named_alike():
+    body = kp.Body((kp.Access("p", 0, (1,)),), (), (kp.Node("arg", "f32", (), 0), kp.Node("neg", "f32", (0,))))
+    one = kp.KernelProgram("k", "neg", None, "", (kp.Buffer("p", "input", (8,), "f32"),
+                                                   kp.Buffer("q", "output", (8,), "f32")), (kp.MapStage("q", body),))
+    other = kp.KernelProgram("j", "neg", None, "", (kp.Buffer("r", "input", (8,), "f32"),
+                                                     kp.Buffer("s", "output", (8,), "f32")),
+                             (kp.MapStage("s", kp.Body((kp.Access("r", 0, (1,)),), (), body.nodes)),))
+    assert code_key(one) == code_key(other)
