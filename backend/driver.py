@@ -20,8 +20,9 @@ import attrs
 from backend.kernel_program import KernelProgram, Schedule
 from backend.lowering import check_lowerable, lower_op, tensor_names
 from backend.mapping import budget, check_fits, kernel_needs, schedule_tiles
-from backend.memory import bind, offchip_tensors, plan_memory
-from backend.pef import PEF, CompileOption, Header, ParamSymbol, Section, Symbols, TensorSymbol, UpdateSymbol
+from backend.memory import bind, mark_in_place, offchip_tensors, plan_memory
+from backend.pef import (PEF, CompileOption, Entry, Header, ParamSymbol, Section, Symbols, TensorSymbol, UpdateSymbol,
+                         check_entries)
 from backend.sections import Group, group
 from backend.targets import ONCHIP, Target, load_target
 from ir.dtypes import DType
@@ -79,15 +80,25 @@ class BackendOptions:
 
 
 def backend_stage(graph: Graph, *, target: str, n_chips: int = 1, num_tiles: int | None = None, pack: bool = True,
-                  inference: bool = False, settings: dict[str, Any] | None = None, source: str = "") -> PEF:
+                  inference: bool = False, settings: dict[str, Any] | None = None, source: str = "",
+                  entries: dict[str, Graph] | None = None) -> PEF:
     """The compile driver's backend stage: `settings` (config and flags) are recorded in the
-    header, `source` (the model text) by its sha256."""
+    header, `source` (the model text) by its sha256; `entries` are further entry points (graphs
+    with the same params as `graph`)."""
     recorded = flatten(dict(settings or {})) | {"target": target, "n_chips": n_chips, "num_tiles": num_tiles,
                                                   "inference": inference, "pack_sections": pack}
     recorded["model"] = graph.name  # names the model family, e.g. for Hugging Face checkpoint export
     options = BackendOptions(load_target(target), n_chips, num_tiles, pack, "inference" if inference else "train",
                              compile_options(recorded), hashlib.sha256(source.encode()).hexdigest())
-    return build_pef(graph, options)
+    return with_entries(build_pef(graph, options), {name: build_pef(g, options) for name, g in (entries or {}).items()})
+
+
+def with_entries(main: PEF, entries: dict[str, PEF]) -> PEF:
+    """`main` with the programs of `entries` as its entry points (checked to share its params)."""
+    pef = attrs.evolve(main, entries=tuple(Entry(name, p.symbols, p.sections, p.kernels, p.memory)
+                                           for name, p in entries.items()))
+    check_entries(pef)
+    return pef
 
 
 def compile_program(graph: Graph, options: BackendOptions) -> bytes:
@@ -117,19 +128,23 @@ def build_pef(graph: Graph, options: BackendOptions) -> PEF:
     tensors = [(s.tensor, _nbytes(s.shape, s.dtype)) for s in (*symbols.params, *symbols.inputs)]
     tensors += [(b.name, b.nbytes) for k in kernels for b in k.with_role("output")]
     plan = plan_memory(kernels, tensors, offchip_tensors(kernels, section_of, persistent), target, limit.chips,
-                       ir_plan(graph, names))
+                       ir_plan(graph, names, target))
     where = plan.lookup()
-    kernels = [bind(k, where) for k in kernels]
+    kernels = [mark_in_place(bind(k, where)) for k in kernels]
     header = Header(options.tool_version, target, options.mode, limit.chips, limit.tiles, options.options,
                     options.source_sha256)
     sections = [_section(i, g, kernels) for i, g in enumerate(groups)]
     return PEF(header, symbols, tuple(sections), tuple(kernels), plan)
 
 
-def ir_plan(graph: Graph, names: dict[Value, str]) -> dict[str, tuple[str, int]] | None:
-    """The plan-memory pass's placements (`Value.mem`: symbol -> (tier, offset)), if every graph tensor has one."""
+def ir_plan(graph: Graph, names: dict[Value, str], target: Target) -> dict[str, tuple[str, int]] | None:
+    """The plan-memory pass's placements (`Value.mem`: symbol -> (tier, offset)) if every graph tensor
+    has one and they fit `target`'s tiers (a plan made for another target is not used)."""
     values = [*graph.inputs, *(p.value for p in graph.params), *(v for op in graph.ops for v in op.results)]
     if any(v.mem is None for v in values):
+        return None
+    room = {t.name: t.capacity for t in target.offchip} | {ONCHIP: target.sram_bytes}
+    if any(v.mem.tier not in room or v.mem.offset + v.type.nbytes > room[v.mem.tier] for v in values):
         return None
     return {names[v]: (v.mem.tier, v.mem.offset) for v in values}
 

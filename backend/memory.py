@@ -8,17 +8,21 @@ tier with room (HBM before DDR). This plan gives every tensor its own
 64-byte-aligned range (no reuse), which is simple and always correct.
 
 When the graph carries the `plan-memory` pass's plan (`Value.mem` on every
-input, param and top-level result; `mem(ddr:4096)` in IR text), graph tensors
-keep the tier and offset it gives — ranges shared by tensors that are never
-live at once — and only kernel temporaries are placed here, after it.
+input, param and top-level result; `mem(ddr:4096)` in IR text) and it fits the
+target, graph tensors keep the tier and offset it gives — ranges shared by
+tensors that are never live at once — and only kernel temporaries are placed
+here, after it.
 `lifetimes` and `overlapping` let a reader check such a plan.
 """
 from __future__ import annotations
 
+import math
+
 import attrs
 
-from backend.kernel_program import KernelCost, KernelProgram
+from backend.kernel_program import KernelCost, KernelProgram, UpdateSliceStage
 from backend.targets import ONCHIP, Target
+from ir.dtypes import DType
 from ir.errors import BackendError
 
 ALIGN = 64
@@ -81,9 +85,6 @@ def plan_memory(programs: list[KernelProgram], tensors: list[tuple[str, int]], o
         used[arena] = offset + nbytes
 
     def keep(symbol: str, nbytes: int, arena: str, offset: int) -> None:
-        if arena not in used:
-            raise BackendError(f"the IR's memory plan puts '{symbol}' in '{arena}', which target '{target.name}' "
-                               "does not have: plan memory for the compile target")
         allocations.append(Allocation(symbol, arena, offset, nbytes))
         used[arena] = max(used[arena], offset + nbytes)
 
@@ -165,3 +166,21 @@ def bind(program: KernelProgram, plan: dict[str, Allocation]) -> KernelProgram:
             read[buffer.tier] = read.get(buffer.tier, 0) + buffer.nbytes
     cost = KernelCost(program.cost.flops, dict(sorted(read.items())), dict(sorted(written.items())))
     return attrs.evolve(program, buffers=tuple(buffers), cost=cost)
+
+
+def mark_in_place(program: KernelProgram) -> KernelProgram:
+    """A bound program whose `update_slice` stages write over their operand's own range marked
+    `in_place` (they then write only the update's rows), with the bytes they no longer move."""
+    stages, read, written = [], dict(program.cost.bytes_read), dict(program.cost.bytes_written)
+    for stage in program.stages:
+        if isinstance(stage, UpdateSliceStage) and not stage.in_place:
+            out, operand = program.buffer(stage.out), program.buffer(stage.operand.buffer)
+            if (out.tier, out.offset) == (operand.tier, operand.offset) and not stage.operand.offset \
+                    and tuple(stage.operand.strides) == out.strides:
+                stage = attrs.evolve(stage, in_place=True)
+                update = math.prod(stage.update_shape) * DType(out.dtype).itemsize
+                read[operand.tier] -= operand.nbytes
+                written[out.tier] -= out.nbytes - update
+        stages.append(stage)
+    return attrs.evolve(program, stages=tuple(stages), cost=KernelCost(program.cost.flops, read, written))
+

@@ -1,6 +1,6 @@
 """The PEF file: a compiled program, self-contained, in msgpack.
 
-Layout: a msgpack map `{"magic": "rduflow-pef", "format_version": 1,
+Layout: a msgpack map `{"magic": "rduflow-pef", "format_version": 2,
 "sha256": <hex digest of payload>, "payload": <bin>}`; the payload is the msgpack
 of a `PEF` record:
 
@@ -12,7 +12,14 @@ of a `PEF` record:
   dtype, role, initializer), and which tensor updates which param;
 * `sections`: kernel ranges with their phase, PCUs/PMUs and modeled off-chip traffic;
 * `kernels`: the kernel programs (`backend/kernel_program.py`), tiers and offsets bound;
-* `memory`: the memory plan (`backend/memory.py`).
+* `memory`: the memory plan (`backend/memory.py`);
+* `entries` (format 2): further entry points, each a named program of its own
+  (symbols, sections, kernels, memory plan) over the main program's params: a
+  generation PEF's `prefill` and `decode` steps beside its `forward` pass. An
+  entry's params are main-program params, at the same place, and nothing else
+  of the entry overlaps a main-program param, so one set of arenas serves every
+  entry and params (a KV cache among them) persist from one entry's run to the
+  next. Format 1 files (no entries) are still read.
 
 Tensors are named by their IR text names (`%x` inputs, `@w` params, `%12`
 values; `k3_fused/t0` kernel temporaries). The writer is deterministic: equal
@@ -26,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -42,7 +50,9 @@ from ir.errors import PEFError
 from ir.init import Init
 
 MAGIC = "rduflow-pef"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the oldest format version this reader accepts (1: no entry points)
+OLDEST_VERSION = 1
 #: no arena may claim more than this many bytes (a guard against hostile files)
 MAX_ARENA = 2**44
 
@@ -128,14 +138,37 @@ class Section:
 
 
 @attrs.frozen
+class Entry:
+    """A further entry point: a named graph of its own over the main program's params."""
+
+    name: str
+    symbols: Symbols
+    sections: tuple[Section, ...] = attrs.field(converter=tuple)
+    kernels: tuple[KernelProgram, ...] = attrs.field(converter=tuple)
+    memory: MemoryPlan
+
+
+@attrs.frozen
 class PEF:
-    """A whole compiled program."""
+    """A whole compiled program: the main program and, possibly, further entry points."""
 
     header: Header
     symbols: Symbols
     sections: tuple[Section, ...] = attrs.field(converter=tuple)
     kernels: tuple[KernelProgram, ...] = attrs.field(converter=tuple)
     memory: MemoryPlan
+    entries: tuple[Entry, ...] = attrs.field(converter=tuple, default=())
+
+    @property
+    def entry_names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.entries)
+
+    def entry(self, name: str) -> PEF:
+        """Entry point `name` as a program of its own (the same header, no entries); KeyError if none."""
+        for e in self.entries:
+            if e.name == name:
+                return PEF(self.header, e.symbols, e.sections, e.kernels, e.memory)
+        raise KeyError(name)
 
     def to_bytes(self) -> bytes:
         """The file's bytes: deterministic for equal records."""
@@ -157,20 +190,60 @@ def read_pef(path: str | Path) -> PEF:
 
 def load_pef(data: bytes, source: str = "<bytes>") -> PEF:
     """Validate PEF bytes; `source` names them in errors."""
-    payload = _unwrap(data, source)
+    payload, version = _unwrap(data, source)
     try:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as err:  # noqa: BLE001 - msgpack raises many types on bad bytes
         raise PEFError(f"{source}: corrupted PEF payload ({type(err).__name__})") from None
     try:
         pef = decode(PEF, obj)
+        if version < 2 and pef.entries:
+            raise ProgramError(f"entries: format version {version} has no entry points")
         _Checker(pef).run()
+        check_entries(pef)
     except (SchemaError, ProgramError) as err:
         raise PEFError(f"{source}: invalid PEF: {err}") from None
     return pef
 
 
-def _unwrap(data: bytes, source: str) -> bytes:
+_ENTRY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def check_entries(pef: PEF) -> None:
+    """Each entry valid as a program of its own, sharing the main program's params."""
+    main = {p.name: p for p in pef.symbols.params}
+    where = pef.memory.lookup()
+    ranges = [where[p.tensor] for p in pef.symbols.params]
+    for i, entry in enumerate(pef.entries):
+        at = f"entries[{i}]"
+        if not _ENTRY_NAME.match(entry.name) or pef.entry_names.count(entry.name) > 1:
+            raise ProgramError(f"{at}.name: '{entry.name}' is not an identifier or names two entries")
+        program = pef.entry(entry.name)
+        try:
+            _Checker(program).run()
+        except ProgramError as err:
+            raise ProgramError(f"{at} '{entry.name}': {err}") from None
+        own = program.memory.lookup()
+        shared = set()
+        for param in entry.symbols.params:
+            if main.get(param.name) != param or attrs.evolve(own[param.tensor], nbytes=0) != \
+                    attrs.evolve(where[param.tensor], nbytes=0):
+                raise ProgramError(f"{at} '{entry.name}': param '{param.name}' is not the main program's, "
+                                   "at the same place")
+            shared.add(param.tensor)
+        tensor_of = {p.name: p.tensor for p in entry.symbols.params}
+        shared |= {u.tensor for u in entry.symbols.updates  # updates written in place
+                   if attrs.evolve(own[u.tensor], tensor="") == attrs.evolve(own[tensor_of[u.param]], tensor="")}
+        for a in program.memory.allocations:
+            clash = next((p for p in ranges if a.tensor not in shared and a.nbytes and p.nbytes
+                          and a.arena == p.arena and a.offset < p.offset + p.nbytes
+                          and p.offset < a.offset + a.nbytes), None)
+            if clash is not None:
+                raise ProgramError(f"{at} '{entry.name}': tensor '{a.tensor}' overlaps param tensor "
+                                   f"'{clash.tensor}' of the main program")
+
+
+def _unwrap(data: bytes, source: str) -> tuple[bytes, int]:
     """The verified payload of the outer envelope."""
     try:
         outer = msgpack.unpackb(data, raw=False, strict_map_key=True)
@@ -184,7 +257,7 @@ def _unwrap(data: bytes, source: str) -> bytes:
     if version > FORMAT_VERSION:
         raise PEFError(f"{source}: PEF format version {version} is newer than this rduflow reads "
                        f"({FORMAT_VERSION}); upgrade rduflow or recompile the model")
-    if version != FORMAT_VERSION:
+    if version < OLDEST_VERSION:
         raise PEFError(f"{source}: PEF format version {version} is no longer supported; recompile the model")
     digest, payload = outer.get("sha256"), outer.get("payload")
     if set(outer) != {"magic", "format_version", "sha256", "payload"} \
@@ -192,7 +265,7 @@ def _unwrap(data: bytes, source: str) -> bytes:
         raise PEFError(f"{source}: malformed PEF envelope")
     if hashlib.sha256(payload).hexdigest() != digest:
         raise PEFError(f"{source}: the PEF file was modified or corrupted (checksum mismatch)")
-    return payload
+    return payload, version
 
 
 class _Checker:

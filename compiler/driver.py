@@ -20,6 +20,7 @@ from backend.pef import PEF
 from compiler import zoo
 from compiler.config import Setting, load_yaml, parse_overrides, resolve
 from compiler.frontend import Source, lower, parse_module
+from compiler.generation import generation_graphs, share_params
 from compiler.hf_config import read_hf_config
 from compiler.passes import PassManager
 from compiler.passes.pipelines import level_pipeline
@@ -60,6 +61,9 @@ class Compiled:
     checkpoint: Path | None = None
     #: the compiled program, once the backend stage ran
     pef: PEF | None = None
+    #: generation entry points (inference of a model with caches): "prefill" and "decode" graphs,
+    #: sharing `graph`'s params once the passes ran (see `compiler.generation`)
+    entries: dict[str, Graph] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -109,18 +113,25 @@ def compile_model(options: CompileOptions, pass_manager: PassManager | None = No
     forward = lower(module, config, training=not options.inference)
     verify(forward)
     result = Compiled(found.source, config, forward, forward, found.checkpoint)
+    if options.inference:
+        result.entries = generation_graphs(module, config)
     # --- stage 2: training graph (training mode only) -----------------------------------
     if not options.inference:
         result.graph = build_training_graph(forward, options.training)
     if options.emit == "ir":
         return result
     # --- stage 3: passes ----------------------------------------------------------------
-    result.graph = (pass_manager or PassManager.parse(level_pipeline("O1"))).run(result.graph)
+    manager = pass_manager or PassManager.parse(level_pipeline("O1"))
+    manager.target = options.target
+    share_params([result.graph, *result.entries.values()])
+    result.graph = manager.run(result.graph)
+    result.entries = {name: manager.run(graph) for name, graph in result.entries.items()}
     if options.emit in ("ir-opt", "dot"):
         return result
     # --- stage 4: backend ---------------------------------------------------------------
     recorded = config if options.inference else {**config, "training": options.training.model_dump()}
     result.pef = backend_stage(result.graph, target=options.target, n_chips=options.n_chips,
                                num_tiles=options.num_tiles, pack=options.pack_sections,
-                               inference=options.inference, settings=recorded, source=found.source.text)
+                               inference=options.inference, settings=recorded, source=found.source.text,
+                               entries=result.entries)
     return result

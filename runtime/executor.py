@@ -68,13 +68,24 @@ def swap_pairs(pef: PEF) -> tuple[dict[str, str], list[tuple[str, str]]]:
     return swaps, copies
 
 
-class Executor:
-    """A loaded PEF's memory and native kernels; `step()` runs every kernel once, in order."""
+def shared_arenas(pef: PEF) -> dict[str, np.ndarray]:
+    """Zero-filled arenas large enough for the main program and every entry point of `pef`."""
+    sizes: dict[str, int] = {}
+    for plan in (pef.memory, *(e.memory for e in pef.entries)):
+        for arena in plan.arenas:
+            sizes[arena.name] = max(sizes.get(arena.name, 0), arena.size)
+    return {name: np.zeros(size, np.uint8) for name, size in sizes.items()}
 
-    def __init__(self, pef: PEF, jit: Jit, parallel: Parallel):
+
+class Executor:
+    """A loaded PEF's memory and native kernels; `step()` runs every kernel once, in order.
+
+    `arenas` (by name, at least as large as the plan's) lets entry points of one PEF share memory."""
+
+    def __init__(self, pef: PEF, jit: Jit, parallel: Parallel, arenas: dict[str, np.ndarray] | None = None):
         self.pef = pef
         self.parallel = parallel
-        self.arenas = {a.name: np.zeros(a.size, np.uint8) for a in pef.memory.arenas}
+        self.arenas = arenas if arenas is not None else {a.name: np.zeros(a.size, np.uint8) for a in pef.memory.arenas}
         self.where: dict[str, Allocation] = pef.memory.lookup()
         self.swaps, self.copies = swap_pairs(pef)
         self.parity = 0

@@ -22,7 +22,7 @@ from ir.dtypes import DType
 from ir.errors import ExecutionError
 from ir.init import Init
 from ir.types import TensorType
-from runtime.executor import Executor
+from runtime.executor import Executor, shared_arenas
 from runtime.jit.library import Jit
 from runtime.jit.parallel import Parallel
 from runtime.profile import Profile
@@ -91,14 +91,32 @@ class Params(Mapping[str, np.ndarray]):
 class Program:
     """A PEF loaded for execution: native kernels, resident memory, params."""
 
-    def __init__(self, pef: PEF, *, seed: int = 0, jit: Jit | None = None, threads: int | None = None):
+    def __init__(self, pef: PEF, *, seed: int = 0, jit: Jit | None = None, threads: int | None = None,
+                 parallel: Parallel | None = None, memory: dict[str, np.ndarray] | None = None):
+        """`memory` (another program's arenas, params already set) makes this an entry point of it."""
         self.pef = pef
         self.jit = jit or Jit(threads=threads)
-        self.parallel = Parallel(threads)
-        self.executor = Executor(pef, self.jit, self.parallel)
+        self.parallel = parallel or Parallel(threads)
+        self.executor = Executor(pef, self.jit, self.parallel, memory if memory is not None else shared_arenas(pef))
         self.params = Params(self)
         self.profile = Profile(pef)
-        self.initialize(seed)
+        self._entries: dict[str, Program] = {}
+        if memory is None:
+            self.initialize(seed)
+
+    def entry(self, name: str) -> Program:
+        """The PEF's entry point `name` (`pef.entry_names`), run over this program's memory: the
+        params are shared, so what one entry writes into a state (a KV cache) the next one reads."""
+        if name not in self._entries:
+            if name not in self.pef.entry_names:
+                known = ", ".join(self.pef.entry_names) or "none"
+                raise ExecutionError(f"this PEF has no entry point '{name}' (entry points: {known})")
+            program = Program(self.pef.entry(name), jit=self.jit, parallel=self.parallel, memory=self.executor.arenas)
+            if self.executor.swaps or program.executor.swaps:
+                raise ExecutionError(f"entry point '{name}' cannot share params that trade places with their "
+                                     "updates after each run (only in-place updates can be shared)")
+            self._entries[name] = program
+        return self._entries[name]
 
     @property
     def inputs(self) -> dict[str, TensorSymbol]:

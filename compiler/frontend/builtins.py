@@ -147,6 +147,21 @@ def _split(lw, node, x, parts, axis=-1):
     return tuple(out)
 
 
+def _cache_write(lw, node, cache, update, starts, axis):
+    """Write `update` into a declared cache at each row's start along `axis`; the result is the
+    cache's new value (and the update of its param)."""
+    cache = tensor(lw, node, cache, "cache_write's cache")
+    name = lw.caches.get(cache)
+    if name is None:
+        raise lw.error(f"cache_write needs a tensor declared with 'cache', got {describe(cache)}", node)
+    if name in lw.graph.updates:
+        raise lw.error(f"cache '{name}' is written twice in one step", node)
+    operands = [cache, tensor(lw, node, update, "cache_write's update"), tensor(lw, node, starts, "cache_write's starts")]
+    written = lw.op("dynamic_update_slice", operands, {"axis": axis_of(lw, node, axis, cache.type.rank)}, node)
+    lw.builder.update(name, written)
+    return written
+
+
 def _number(cast):
     def convert(lw, node, value):
         if not is_number(value) and not (cast is str and isinstance(value, str)):
@@ -164,5 +179,5 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in (
     Builtin("transpose", _transpose), Builtin("permute", _permute), Builtin("swapaxes", _swapaxes),
     Builtin("unsqueeze", _unsqueeze), Builtin("squeeze", _squeeze), Builtin("flatten", _flatten),
     Builtin("split", _split), Builtin("int", _number(int)), Builtin("float", _number(float)),
-    Builtin("str", _number(str)),
+    Builtin("str", _number(str)), Builtin("cache_write", _cache_write),
 )}

@@ -8,6 +8,10 @@
   referred to by its path, relative to the current prefix or absolute.
 - `scope "name" { }` extends the param-name prefix (it does not scope variables);
   `a.b.f(x)` calls function `f` with the prefix extended by `a.b`.
+- `cache path: f32[...]` declares generation state (a KV cache: a zero-initialized `state`
+  param) when lowering a generation step (`mode` "prefill" or "decode"); the builtin
+  `cache_write(cache, update, starts, axis=)` writes it and records the param's update.
+  The compile-time name `mode` says what is lowered: "train", "forward", "prefill", "decode".
 - `let x = e` defines a variable, `x = e` rebinds it. `for`, `if` and `train` bodies
   are blocks of their own; a function body sees its arguments, the config fields and
   the functions, not the caller's variables.
@@ -33,7 +37,7 @@ from compiler.frontend.values import CONSTANTS, Builtin, Function, OpRef, descri
 from ir.builder import Builder
 from ir.dtypes import DType
 from ir.errors import FrontendError, Location
-from ir.graph import Graph, Value
+from ir.graph import Graph, Role, Value
 from ir.init import INITIALIZERS, Init
 from ir.ops import REGISTRY
 from ir.types import TensorType
@@ -44,6 +48,9 @@ MAX_STEPS = 5_000_000
 
 _SCOPE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*\Z")
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\Z")
+#: what a lowering builds: a training step, a forward pass, or one step of generation
+MODES = ("train", "forward", "prefill", "decode")
+GENERATION_MODES = ("prefill", "decode")
 
 
 class Scope:
@@ -143,18 +150,29 @@ class _Default:
         return value
 
 
-def lower(module: Module, config: dict[str, Any], training: bool = True) -> Graph:
-    """The forward graph of `module` with resolved `config` values; `training` adds `train` blocks."""
-    return Lowerer(module, config, training).run()
+def lower(module: Module, config: dict[str, Any], training: bool = True, generate: str | None = None) -> Graph:
+    """The forward graph of `module` with resolved `config` values; `training` adds `train` blocks;
+    `generate` ("prefill" or "decode") lowers one step of generation instead (with its caches)."""
+    if generate is not None and (training or generate not in GENERATION_MODES):
+        raise ValueError(f"generate must be one of {GENERATION_MODES} and training off, got {generate!r}")
+    return Lowerer(module, config, training, generate).run()
+
+
+def declares_caches(module: Module) -> bool:
+    """Whether the module has `cache` declarations (it can be compiled for generation)."""
+    return any(node.data == "cache_decl" for node in module.tree.iter_subtrees())
 
 
 class Lowerer(Expressions):
     """Executes a module's statements, building the graph as it goes."""
 
-    def __init__(self, module: Module, config: dict[str, Any], training: bool):
+    def __init__(self, module: Module, config: dict[str, Any], training: bool, generate: str | None = None):
         self.module = module
         self.source = module.source
         self.training = training
+        self.mode = generate or ("train" if training else "forward")
+        #: each declared cache's value -> its param name
+        self.caches: dict[Value, str] = {}
         self.graph = Graph(module.name)
         self.builder = Builder(self.graph)
         self.params: dict[str, Value] = {}
@@ -167,6 +185,7 @@ class Lowerer(Expressions):
         self.embedded: dict[tuple, lark.Tree] = {}
         self.globals = Scope(frame=True)
         self.globals.values.update(CONSTANTS)
+        self.globals.values["mode"] = self.mode
         self.globals.values.update(config)
         self.collect_functions()
 
@@ -285,6 +304,20 @@ class Lowerer(Expressions):
 
     def _stmt_param_decl(self, node, scope):
         path, type_node, init_node = node.children
+        name = self.new_param_name(path)
+        self.add_param(name, path, self.tensor_type(type_node, scope), self.initializer(init_node, scope))
+
+    def _stmt_cache_decl(self, node, scope):
+        path, type_node = node.children
+        if self.mode not in GENERATION_MODES:
+            raise self.error(f"a cache exists only in a generation step (mode \"prefill\" or \"decode\"), "
+                             f"not in mode \"{self.mode}\": declare it under 'if mode == \"decode\" ...'", node)
+        name = self.new_param_name(path)
+        value = self.add_param(name, path, self.tensor_type(type_node, scope), Init("zeros"), Role.state)
+        self.caches[value] = name
+
+    def new_param_name(self, path: lark.Tree) -> str:
+        """`path` under the current prefix, checked to be a new, well-formed param name."""
         name = ".".join(filter(None, (self.prefix, ".".join(map(str, path.children)))))
         if not _PARAM_NAME.match(name):
             raise self.error(f"param name '{name}' must start with a letter or '_'", path)
@@ -292,9 +325,12 @@ class Lowerer(Expressions):
             first = self.param_where.get(name)
             raise self.error(f"param '{name}' declared twice{f' (first at {first})' if first else ''}; "
                              f"give each call of a function with params its own scope", path)
-        self.params[name] = self.builder.param(name, self.tensor_type(type_node, scope),
-                                               self.initializer(init_node, scope))
+        return name
+
+    def add_param(self, name: str, path: lark.Tree, type: TensorType, init: Init, role: Role = Role.param) -> Value:
+        self.params[name] = self.builder.param(name, type, init, role)
         self.param_where[name] = self.location(path)
+        return self.params[name]
 
     def tensor_type(self, node: lark.Tree, scope: Scope) -> TensorType:
         dtype_token, *dims = node.children

@@ -24,7 +24,8 @@ Tiers:
 In-place reuse: an elementwise kernel (an op, or a fused op of elementwise ops
 only) writes a result over an operand of the same shape and size that dies
 there (a param only when the result is that param's update) and that none of
-its later results reads; results computed from others go first, so an
+its later results reads; so does an op declaring `inplace_operand` (a KV-cache
+write rewrites a few rows of its cache); results computed from others go first, so an
 optimizer's kernel updates a param and its moments all in place.
 
 Offsets: greedy by breadth (TFLite: tensors live at the fullest time first),
@@ -198,14 +199,22 @@ class Liveness:
 
     def donors(self, value: Value) -> list[Value]:
         """Operands `value`'s kernel may overwrite with it: same shape and size, dying there, and
-        read by none of the kernel's later results (an elementwise kernel writes them in order)."""
+        read by none of the kernel's later results (an elementwise kernel writes them in order),
+        or the operand an op declares it rewrites in part (`OpDef.inplace_operand`: a cache write)."""
         op = value.producer
-        if op is None or not _elementwise_kernel(op):
+        if op is None:
             return []
         here = self.position[id(op)]
-        later = _read_later(op)[value.index]
-        own = self.update_of.get(value)  # a param's update goes to the param's range first
-        return [v for v in sorted(dict.fromkeys(op.operands), key=lambda v: v is not own)
+        declared = lookup(op.name).inplace_operand if op.region is None else None
+        if declared is not None:
+            candidates, later = [op.operands[declared]], set()
+        elif _elementwise_kernel(op):
+            own = self.update_of.get(value)  # a param's update goes to the param's range first
+            candidates = sorted(dict.fromkeys(op.operands), key=lambda v: v is not own)
+            later = _read_later(op)[value.index]
+        else:
+            return []
+        return [v for v in candidates
                 if v.type.shape == value.type.shape and v.type.nbytes == value.type.nbytes
                 and self.last_use.get(v) == here and v not in later and self._may_die(v, value)]
 

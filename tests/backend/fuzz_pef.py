@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from backend_graphs import decompose, fuse_phases, mlp  # noqa: E402
 
 from backend.driver import BackendOptions, build_pef  # noqa: E402
-from backend.pef import PEF, load_pef  # noqa: E402
+from backend.pef import FORMAT_VERSION, PEF, load_pef  # noqa: E402
 from backend.targets import load_target  # noqa: E402
 from ir.errors import PEFError  # noqa: E402
 
@@ -39,7 +39,7 @@ def sample_pef() -> PEF:
 
 
 def _sign(payload: bytes) -> bytes:
-    outer = {"magic": "rduflow-pef", "format_version": 1,
+    outer = {"magic": "rduflow-pef", "format_version": FORMAT_VERSION,
              "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
     return msgpack.packb(outer, use_bin_type=True)
 

@@ -100,7 +100,7 @@ def test_damaged_files_are_refused(tmp_path, damage, message):
 def test_versions_are_checked():
     outer = _envelope(compile_program(decompose(mlp()), _options()))
     outer["format_version"] = FORMAT_VERSION + 1
-    with pytest.raises(PEFError, match="version 2 is newer than this rduflow reads"):
+    with pytest.raises(PEFError, match=f"version {FORMAT_VERSION + 1} is newer than this rduflow reads"):
         load_pef(_resign(outer))
     outer["format_version"] = 0
     with pytest.raises(PEFError, match="no longer supported"):

@@ -70,7 +70,7 @@ def test_a_checkpoint_folder(capsys):
 @pytest.mark.parametrize("argv, first_line, caret_line", [
     (("gpt2", "model.n_layer=abc"), "zoo/gpt2.rdl:10:3: error: override 'model.n_layer=abc': model.n_layer: expected int",
      "  ^"),
-    (("gpt2", "model.n_head=5"), "zoo/gpt2.rdl:20:1: error: assertion failed: n_embd (32) must be a multiple of n_head (5)",
+    (("gpt2", "model.n_head=5"), "zoo/gpt2.rdl:21:1: error: assertion failed: n_embd (32) must be a multiple of n_head (5)",
      "^"),
     (("llama", "model.n_layer=3"), "error: override 'model.n_layer=3': unknown config key 'model.n_layer'", None),
 ])

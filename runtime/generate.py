@@ -1,0 +1,354 @@
+"""Text generation with a generation PEF: prefill the prompts into the KV caches, then decode.
+
+A model with `cache` declarations compiled for inference has the entry points
+`prefill` (inputs `input_ids` [B, P], `positions` [B] — where each sequence's
+tokens start — and `lengths` [B] — how many of the P are real; output `logits`
+[B, vocab] of each sequence's last real token) and `decode` (`input_ids` [B, 1],
+`positions` [B]; `logits` [B, vocab]). Both write the caches in place, and the
+caches hold `max_seq_length` positions (a compile option in the PEF header).
+
+`generate` runs a list of prompts in batches of B: prompts longer than P are
+prefilled in chunks of P; a sequence's finished rows (a shorter prompt, a
+stopped sequence, an unused row of the batch) get position `max_seq_length`,
+so their cache writes fall outside the cache and are dropped. Each sequence
+stops at EOS (kept as its last token, as Hugging Face does), after
+`max_new_tokens`, or when its cache is full. Sampling (`runtime.sampling`)
+happens on the host between steps: sampling options are run-time choices.
+
+`ProgramSteps` runs the entry points of a loaded PEF; `InterpretedSteps` runs
+the same prefill and decode graphs with the reference interpreter (the oracle
+of the tests).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence
+
+import attrs
+import numpy as np
+
+from backend.pef import PEF
+from ir.errors import CheckpointError, DataError, ExecutionError
+from ir.graph import Graph
+from ir.interpreter import interpret
+from ir.types import TensorType
+from ir.dtypes import DType
+from runtime import checkpoint as ckpt
+from runtime.program import Program
+from runtime.sampling import Sampler, SamplingOptions
+from runtime.tokenizer import MERGES_FILE, TOKENIZER_FILE, VOCAB_FILE, ByteTokenizer, Tokenizer, load_tokenizer
+
+#: the entry points a generation PEF has
+PREFILL, DECODE = "prefill", "decode"
+
+
+@attrs.frozen
+class Limits:
+    """The static shapes generation works within: batch B, prefill chunk P, cache length, vocabulary."""
+
+    batch: int
+    chunk: int
+    max_seq_length: int
+    vocab: int
+
+
+@attrs.frozen
+class Prompt:
+    """Token ids and where they came from (for error messages)."""
+
+    ids: tuple[int, ...]
+    source: str
+
+
+@attrs.frozen
+class Completion:
+    """The new tokens of one prompt and why generation stopped: eos, max_new_tokens or max_seq_length."""
+
+    prompt: Prompt
+    token_ids: tuple[int, ...]
+    stop: str
+
+
+@attrs.frozen
+class Generation:
+    """Every completion, in prompt order, and the timing.
+
+    `ttft_s`: seconds from the start to the first tokens (prefill and the first draw);
+    `tokens_per_s`: tokens generated after the first ones per second of decoding
+    (with no decoding: all tokens over the whole time)."""
+
+    completions: tuple[Completion, ...]
+    ttft_s: float
+    tokens_per_s: float
+    seconds: float
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(len(c.token_ids) for c in self.completions)
+
+
+class Steps(Protocol):
+    """One call of each entry point; state (the KV caches) persists between calls."""
+
+    limits: Limits
+
+    def prefill(self, input_ids: np.ndarray, positions: np.ndarray, lengths: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, input_ids: np.ndarray, positions: np.ndarray) -> np.ndarray: ...
+
+
+def limits_of(prefill: Mapping[str, TensorType], logits: TensorType, max_seq_length: int) -> Limits:
+    """The limits from the prefill inputs' types and the logits' type."""
+    batch, chunk = prefill["input_ids"].shape
+    return Limits(batch, chunk, max_seq_length, logits.shape[-1])
+
+
+def pef_limits(pef: PEF) -> Limits:
+    """The generation limits of a PEF; ExecutionError if it has no generation entry points."""
+    missing = [name for name in (PREFILL, DECODE) if name not in pef.entry_names]
+    if missing:
+        raise ExecutionError("this PEF has no generation entry points (prefill and decode): compile a model "
+                             "with a KV cache (gpt2, llama, or an RDL model declaring 'cache') with --inference")
+    options = {o.name: o.value for o in pef.header.options}
+    if not isinstance(options.get("max_seq_length"), int):
+        raise ExecutionError("the PEF does not record the cache length (config field 'max_seq_length')")
+    prefill = pef.entry(PREFILL).symbols
+    inputs = {s.name: TensorType(s.shape, DType(s.dtype)) for s in prefill.inputs}
+    logits = next(s for s in prefill.outputs if s.name == "logits")
+    return limits_of(inputs, TensorType(logits.shape, DType(logits.dtype)), options["max_seq_length"])
+
+
+class ProgramSteps:
+    """The prefill and decode entry points of a loaded generation PEF."""
+
+    def __init__(self, program: Program):
+        self.limits = pef_limits(program.pef)
+        self.programs = {name: program.entry(name) for name in (PREFILL, DECODE)}
+
+    def prefill(self, input_ids, positions, lengths):
+        return self.programs[PREFILL].run({"input_ids": input_ids, "positions": positions,
+                                           "lengths": lengths})["logits"]
+
+    def decode(self, input_ids, positions):
+        return self.programs[DECODE].run({"input_ids": input_ids, "positions": positions})["logits"]
+
+
+class InterpretedSteps:
+    """The prefill and decode graphs run by the reference interpreter; `params` include the caches."""
+
+    def __init__(self, prefill: Graph, decode: Graph, params: Mapping[str, np.ndarray], max_seq_length: int):
+        self.graphs = {PREFILL: prefill, DECODE: decode}
+        self.params = dict(params)
+        inputs = {v.name: v.type for v in prefill.inputs}
+        self.limits = limits_of(inputs, prefill.outputs["logits"].type, max_seq_length)
+
+    def run(self, name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        result = interpret(self.graphs[name], inputs, self.params)
+        self.params.update(result.updates)
+        return result.outputs["logits"]
+
+    def prefill(self, input_ids, positions, lengths):
+        return self.run(PREFILL, {"input_ids": input_ids, "positions": positions, "lengths": lengths})
+
+    def decode(self, input_ids, positions):
+        return self.run(DECODE, {"input_ids": input_ids, "positions": positions})
+
+
+# --- the loop ----------------------------------------------------------------------------
+def check_prompts(prompts: Sequence[Prompt], limits: Limits) -> None:
+    """ExecutionError naming the first prompt that is empty, too long, or has an unknown token."""
+    if not prompts:
+        raise ExecutionError("no prompts: give --prompt, --prompt-ids or --prompts-file")
+    for prompt in prompts:
+        if not prompt.ids:
+            raise ExecutionError(f"{prompt.source}: the prompt is empty")
+        if len(prompt.ids) > limits.max_seq_length:
+            raise ExecutionError(f"{prompt.source}: the prompt has {len(prompt.ids)} tokens, more than the "
+                                 f"{limits.max_seq_length} the PEF was compiled for (max_seq_length)")
+        bad = next((t for t in prompt.ids if not 0 <= t < limits.vocab), None)
+        if bad is not None:
+            raise ExecutionError(f"{prompt.source}: token id {bad} is outside the model's vocabulary "
+                                 f"(0..{limits.vocab - 1})")
+
+
+@attrs.define
+class _Row:
+    """One sequence of a batch while it generates."""
+
+    prompt: Prompt
+    tokens: list[int] = attrs.field(factory=list)
+    stop: str | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt.ids) + len(self.tokens)
+
+
+def generate(steps: Steps, prompts: Sequence[Prompt], max_new_tokens: int, sampling: SamplingOptions,
+             eos_id: int | None = None) -> Generation:
+    """Complete every prompt (see the module docstring)."""
+    limits = steps.limits
+    check_prompts(prompts, limits)
+    if max_new_tokens < 1:
+        raise ExecutionError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    sampler = Sampler(sampling)
+    start = time.perf_counter()
+    first: float | None = None
+    decoding, decoded = 0.0, 0
+    completions: list[Completion] = []
+    for at in range(0, len(prompts), limits.batch):
+        rows = [_Row(p) for p in prompts[at:at + limits.batch]]
+        logits = _prefill(steps, rows)
+        for row, row_logits in zip(rows, logits):
+            _accept(row, sampler.next_token(row_logits, row.prompt.ids), max_new_tokens, eos_id)
+        first = first if first is not None else time.perf_counter() - start
+        begin = time.perf_counter()
+        decoded += _decode(steps, rows, sampler, max_new_tokens, eos_id)
+        decoding += time.perf_counter() - begin
+        completions += [Completion(r.prompt, tuple(r.tokens), r.stop) for r in rows]
+    seconds = time.perf_counter() - start
+    total = sum(len(c.token_ids) for c in completions)
+    rate = decoded / decoding if decoded and decoding > 0 else total / seconds
+    return Generation(tuple(completions), first, rate, seconds)
+
+
+def _prefill(steps: Steps, rows: list[_Row]) -> np.ndarray:
+    """Every prompt through the prefill entry, chunk by chunk; each row's logits after its last token."""
+    limits = steps.limits
+    chunk, batch = limits.chunk, limits.batch
+    last = np.zeros((batch, limits.vocab), np.float32)
+    longest = max(len(r.prompt.ids) for r in rows)
+    for start in range(0, longest, chunk):
+        ids = np.zeros((batch, chunk), np.int32)
+        positions = np.full(batch, limits.max_seq_length, np.int32)
+        lengths = np.ones(batch, np.int32)
+        for b, row in enumerate(rows):
+            part = row.prompt.ids[start:start + chunk]
+            if part:
+                ids[b, :len(part)] = part
+                positions[b], lengths[b] = start, len(part)
+        logits = steps.prefill(ids, positions, lengths)
+        for b, row in enumerate(rows):
+            if start < len(row.prompt.ids) <= start + chunk:
+                last[b] = logits[b]
+    return last[:len(rows)]
+
+
+def _decode(steps: Steps, rows: list[_Row], sampler: Sampler, max_new_tokens: int, eos_id: int | None) -> int:
+    """Decode until every row stops; the number of tokens generated."""
+    limits = steps.limits
+    count = 0
+    while True:
+        for row in rows:
+            if row.stop is None and row.length > limits.max_seq_length:
+                row.stop = "max_seq_length"  # no cache position left for the last token
+        active = [b for b, row in enumerate(rows) if row.stop is None]
+        if not active:
+            return count
+        ids = np.zeros((limits.batch, 1), np.int32)
+        positions = np.full(limits.batch, limits.max_seq_length, np.int32)
+        for b in active:
+            ids[b, 0], positions[b] = rows[b].tokens[-1], rows[b].length - 1
+        logits = steps.decode(ids, positions)
+        for b in active:
+            row = rows[b]
+            _accept(row, sampler.next_token(logits[b], (*row.prompt.ids, *row.tokens)), max_new_tokens, eos_id)
+            count += 1
+
+
+def _accept(row: _Row, token: int, max_new_tokens: int, eos_id: int | None) -> None:
+    row.tokens.append(token)
+    if token == eos_id:
+        row.stop = "eos"
+    elif len(row.tokens) >= max_new_tokens:
+        row.stop = "max_new_tokens"
+
+
+# --- prompts, tokenizer, weights ------------------------------------------------------------
+def text_prompts(texts: Sequence[str], tokenizer: Tokenizer, label: str = "--prompt") -> list[Prompt]:
+    return [Prompt(tuple(tokenizer.encode(t)), f"{label} {i + 1}") for i, t in enumerate(texts)]
+
+
+def id_prompts(lists: Sequence[str]) -> list[Prompt]:
+    """Prompts from comma-separated token ids (`--prompt-ids 1,2,3`)."""
+    out = []
+    for i, text in enumerate(lists):
+        source = f"--prompt-ids {i + 1}"
+        try:
+            ids = tuple(int(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise ExecutionError(f"{source}: expected comma-separated integers, got '{text}'") from None
+        out.append(Prompt(ids, source))
+    return out
+
+
+def file_prompts(path: Path, tokenizer: Tokenizer) -> list[Prompt]:
+    """Prompts of a JSON-lines file: each line a string, or an object with "prompt" (text) or
+    "prompt_ids" (token ids); blank lines are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read prompts file {path}: {getattr(err, 'strerror', None) or err}") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        source = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{source}:{err.colno}: not valid JSON ({err.msg})") from None
+        out.append(_file_prompt(item, source, tokenizer))
+    return out
+
+
+def _file_prompt(item, source: str, tokenizer: Tokenizer) -> Prompt:
+    if isinstance(item, dict) and isinstance(item.get("prompt_ids"), list) \
+            and all(type(t) is int for t in item["prompt_ids"]):
+        return Prompt(tuple(item["prompt_ids"]), source)
+    text = item.get("prompt") if isinstance(item, dict) else item
+    if not isinstance(text, str):
+        raise DataError(f"{source}: expected a string, or an object with \"prompt\" (a string) or "
+                        "\"prompt_ids\" (a list of integers)")
+    return Prompt(tuple(tokenizer.encode(text)), source)
+
+
+def checkpoint_tokenizer(checkpoint: Path | None) -> tuple[Tokenizer, str]:
+    """The checkpoint folder's tokenizer (its tokenizer.json, or GPT-2's vocab.json + merges.txt)
+    and the file it came from; else the built-in byte-level tokenizer ("byte")."""
+    if checkpoint is not None:
+        if (checkpoint / TOKENIZER_FILE).is_file():
+            return load_tokenizer(checkpoint / TOKENIZER_FILE), str(checkpoint / TOKENIZER_FILE)
+        if (checkpoint / VOCAB_FILE).is_file() and (checkpoint / MERGES_FILE).is_file():
+            return load_tokenizer(checkpoint), str(checkpoint / VOCAB_FILE)
+    return ByteTokenizer(), "byte"
+
+
+def eos_token_id(checkpoint: Path | None, tokenizer: Tokenizer, vocab: int) -> int | None:
+    """EOS: the checkpoint's generation_config.json or config.json `eos_token_id`, else the
+    tokenizer's (when the model's vocabulary has it)."""
+    for name in ("generation_config.json", ckpt.CONFIG):
+        path = checkpoint / name if checkpoint is not None else None
+        if path is not None and path.is_file():
+            try:
+                value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+            except (OSError, ValueError, AttributeError) as err:
+                raise CheckpointError(f"{path}: unreadable ({err})") from None
+            if isinstance(value, list) and value:
+                value = value[0]
+            if type(value) is int:
+                return value
+    return tokenizer.eos_id if 0 <= tokenizer.eos_id < vocab else None
+
+
+def load_weights(program: Program, checkpoint: Path) -> tuple[str, ...]:
+    """Set the program's params (not its state: caches, optimizer moments) from a checkpoint
+    folder; the names of checkpoint tensors the model does not use."""
+    expected = {s.name: TensorType(s.shape, DType(s.dtype)) for s in program.pef.symbols.params
+                if s.role in ("param", "buffer")}
+    loaded = ckpt.load_hf_checkpoint(checkpoint, expected)
+    program.params.update(loaded.tensors)
+    return loaded.unexpected
+
