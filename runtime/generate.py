@@ -121,18 +121,22 @@ def pef_limits(pef: PEF) -> Limits:
 
 
 class ProgramSteps:
-    """The prefill and decode entry points of a loaded generation PEF."""
+    """The prefill and decode entry points of a loaded generation PEF (`profile`: each records
+    host time per kernel in its `Program.profile`)."""
 
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, profile: bool = False):
         self.limits = pef_limits(program.pef)
+        self.program = program
         self.programs = {name: program.entry(name) for name in (PREFILL, DECODE)}
+        self.profile = profile
 
     def prefill(self, input_ids, positions, lengths):
-        return self.programs[PREFILL].run({"input_ids": input_ids, "positions": positions,
-                                           "lengths": lengths})["logits"]
+        inputs = {"input_ids": input_ids, "positions": positions, "lengths": lengths}
+        return self.programs[PREFILL].run(inputs, profile=self.profile)["logits"]
 
     def decode(self, input_ids, positions):
-        return self.programs[DECODE].run({"input_ids": input_ids, "positions": positions})["logits"]
+        inputs = {"input_ids": input_ids, "positions": positions}
+        return self.programs[DECODE].run(inputs, profile=self.profile)["logits"]
 
 
 class InterpretedSteps:

@@ -1,4 +1,5 @@
-"""`rduflow run PEF [options]`: train with a training PEF (the mode comes from the PEF's header).
+"""`rduflow run PEF [options]`: train with a training PEF, generate text with an inference PEF
+(`--inference`, see `tools/generation.py`); the mode comes from the PEF's header.
 
 Each mode is a function of the parsed arguments and the loaded PEF, registered in
 `MODES` by the PEF mode it serves; options shared by every mode are added by
@@ -24,6 +25,7 @@ from runtime.program import Program, load
 from runtime.schedules import SCHEDULES
 from runtime.train import TrainConfig, Trainer
 from tools import cli
+from tools.generation import add_inference_options, check_mode, run_inference
 
 
 def _positive(text: str) -> int:
@@ -40,13 +42,15 @@ def _count(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "run", help="run a PEF: train with a training PEF",
+        "run", help="run a PEF: train with a training PEF, generate with an inference PEF",
         description="Run a compiled PEF. A training PEF trains on HDF5 data (a data-prep folder or one "
                     ".hdf5 file whose datasets are named after the PEF's inputs), optionally starting from "
-                    "a Hugging Face or rduflow checkpoint, and saves Hugging Face checkpoints.")
+                    "a Hugging Face or rduflow checkpoint, and saves Hugging Face checkpoints. An inference "
+                    "PEF of a model with a KV cache (--inference) completes prompts.")
     parser.add_argument("pef", type=Path, metavar="PEF", help="the compiled program (.pef)")
     _add_common_options(parser.add_argument_group("all modes"))
     _add_training_options(parser.add_argument_group("training (a training PEF)"))
+    add_inference_options(parser.add_argument_group("generation (an inference PEF of a model with a KV cache)"))
     cli.add_debug_flag(parser)
     parser.set_defaults(func=main)
 
@@ -96,6 +100,7 @@ def _add_training_options(group: argparse._ArgumentGroup) -> None:
 
 def main(args: argparse.Namespace) -> int:
     pef = read_pef(args.pef)
+    check_mode(args, pef)
     mode = MODES.get(pef.header.mode)
     if mode is None:
         raise ExecutionError(f"{args.pef}: a PEF compiled for {pef.header.mode}; 'rduflow run' handles "
@@ -149,6 +154,9 @@ class _Profiled:
         self.program = program
         self.pef = program.pef
 
+    def initialize(self, seed: int) -> None:
+        self.program.initialize(seed)
+
     def step(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.program.run(inputs, profile=True)
 
@@ -195,4 +203,4 @@ class ConsoleReporter:
 
 
 #: PEF mode -> the function that runs it
-MODES: dict[str, Callable[[argparse.Namespace, PEF], int]] = {"train": train}
+MODES: dict[str, Callable[[argparse.Namespace, PEF], int]] = {"train": train, "inference": run_inference}

@@ -1,0 +1,129 @@
+"""`rduflow run PEF --inference`: text generation with a generation PEF (see `runtime.generate`).
+
+Prompts come from `--prompt` (text, tokenized with the checkpoint's tokenizer or the
+built-in byte-level one), `--prompt-ids 1,2,3` and `--prompts-file FILE.jsonl`, in
+that order. Each completion prints as `Completion: ...`, then the time to first token
+and tokens per second; `--json` prints one JSON object instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from backend.pef import PEF
+from backend.targets import load_target
+from ir.errors import ConfigError
+from runtime.cost_model import estimate
+from runtime.generate import (DECODE, PREFILL, Generation, ProgramSteps, checkpoint_tokenizer, eos_token_id,
+                              file_prompts, generate, id_prompts, load_weights, text_prompts)
+from runtime.profile import print_profile, write_trace
+from runtime.program import load
+from runtime.sampling import SamplingOptions
+from runtime.tokenizer import Tokenizer
+
+
+def add_inference_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--inference", action="store_true",
+                       help="generate text (the PEF must be compiled with --inference; its mode is used anyway)")
+    group.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                       help="a prompt, tokenized with the checkpoint's tokenizer.json (else byte-level); repeatable")
+    group.add_argument("--prompt-ids", action="append", default=[], metavar="1,2,3",
+                       help="a prompt as comma-separated token ids; repeatable")
+    group.add_argument("--prompts-file", type=Path, metavar="FILE.jsonl",
+                       help='prompts, one JSON per line: "text", {"prompt": "text"} or {"prompt_ids": [1, 2]}')
+    group.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
+                       help="stop a completion after N new tokens (default: 32)")
+    group.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                       help="sampling temperature; 0 is greedy (default: 0)")
+    group.add_argument("--top-k", type=int, default=0, metavar="K",
+                       help="sample among the K most likely tokens (default: 0, all)")
+    group.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                       help="sample among the most likely tokens holding probability P (default: 1, all)")
+    group.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                       help="penalize tokens already in the sequence, as Hugging Face does (default: 1, off)")
+    group.add_argument("--json", action="store_true",
+                       help="print one JSON object: completions, token_ids, ttft_s, tokens_per_s, ...")
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def run_inference(args: argparse.Namespace, pef: PEF) -> int:
+    """Generate for every prompt; profile the entry points with --profile / --trace."""
+    sampling = SamplingOptions.parse(_flag, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                     repetition_penalty=args.repetition_penalty, seed=args.seed)
+    if sampling.greedy and (args.top_k or args.top_p < 1.0):
+        print("warning: --top-k and --top-p have no effect with --temperature 0 (greedy)", file=sys.stderr)
+    tokenizer, source = checkpoint_tokenizer(args.checkpoint)
+    prompts = text_prompts(args.prompt, tokenizer) + id_prompts(args.prompt_ids)
+    if args.prompts_file is not None:
+        prompts += file_prompts(args.prompts_file, tokenizer)
+    target = load_target(args.target) if args.target else None
+    profiling = args.profile or args.trace is not None
+    program = load(pef, seed=args.seed, threads=args.threads)
+    steps = ProgramSteps(program, profile=profiling)
+    if args.checkpoint is not None:
+        unused = load_weights(program, args.checkpoint)
+        if unused:
+            print(f"warning: checkpoint {args.checkpoint}: {len(unused)} tensor(s) the model does not use",
+                  file=sys.stderr)
+    elif not args.json:
+        print("warning: no --checkpoint: the weights are the PEF's initializers", file=sys.stderr)
+    result = generate(steps, prompts, args.max_new_tokens, sampling,
+                      eos_token_id(args.checkpoint, tokenizer, steps.limits.vocab))
+    _report(args, result, tokenizer, source)
+    if profiling:
+        _profile(args, pef, steps, target)
+    return 0
+
+
+def _text(tokenizer: Tokenizer, ids: tuple[int, ...]) -> str:
+    """The tokens' text; ids the tokenizer does not know show as <id>."""
+    if all(0 <= i < tokenizer.vocab_size for i in ids):
+        return tokenizer.decode(ids)
+    return " ".join(f"<{i}>" for i in ids)
+
+
+def _printable(text: str) -> str:
+    """Control characters other than newline and tab as \\xNN escapes."""
+    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
+
+
+def _report(args: argparse.Namespace, result: Generation, tokenizer: Tokenizer, source: str) -> None:
+    texts = [_text(tokenizer, c.token_ids) for c in result.completions]
+    if args.json:
+        print(json.dumps({"completions": texts, "token_ids": [list(c.token_ids) for c in result.completions],
+                          "prompt_ids": [list(c.prompt.ids) for c in result.completions],
+                          "stop": [c.stop for c in result.completions], "ttft_s": result.ttft_s,
+                          "tokens_per_s": result.tokens_per_s, "tokenizer": source}))
+        return
+    for completion, text in zip(result.completions, texts):
+        print(f"Completion: {_printable(text)}")
+        if completion.stop == "max_seq_length":
+            print(f"warning: {completion.prompt.source}: stopped at the PEF's maximum length "
+                  "(max_seq_length) before --max-new-tokens", file=sys.stderr)
+    print(f"time to first token {result.ttft_s:.4f} s")
+    print(f"tokens/second {result.tokens_per_s:.1f}")
+
+
+def _profile(args: argparse.Namespace, pef: PEF, steps: ProgramSteps, target) -> None:
+    """Host vs modeled RDU time of each entry point; the trace shows the decode step."""
+    console = Console(stderr=args.json)  # keep stdout one JSON object
+    for name in (PREFILL, DECODE):
+        console.print(f"--- {name} ---")
+        print_profile(steps.programs[name].profile, estimate(pef.entry(name), target), console)
+    if args.trace is not None:
+        write_trace(args.trace, steps.programs[DECODE].profile, estimate(pef.entry(DECODE), target))
+        console.print(f"Trace written to {args.trace} (the decode step)")
+
+
+def check_mode(args: argparse.Namespace, pef: PEF) -> None:
+    """ConfigError when --inference is given for a training PEF."""
+    if getattr(args, "inference", False) and pef.header.mode != "inference":
+        raise ConfigError(f"{args.pef}: --inference needs a PEF compiled with 'rduflow compile --inference'; "
+                          f"this one is a {pef.header.mode} PEF")
