@@ -7,6 +7,7 @@ its `code_key` ignores those: identical layers of a model share one native unit.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from typing import Any, Callable, Sequence
@@ -15,7 +16,6 @@ import attrs
 import msgpack
 
 from backend import kernel_program as kp
-from backend.schema import encode
 from runtime.jit.concat import lower_concat, lower_literal
 from runtime.jit.conv import lower_conv2d, lower_conv2d_input_grad, lower_conv2d_weight_grad
 from runtime.jit.dynamic import lower_dynamic_slice, lower_update_slice
@@ -67,22 +67,28 @@ def stage_work(stage: Any, buffers: dict[str, kp.Buffer]) -> int:
     return out
 
 
-def _anonymous(program: kp.KernelProgram) -> dict:
+@functools.cache
+def _fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in attrs.fields(cls))
+
+
+def _plain(value: Any, numbers: dict[str, int], key: str = "") -> Any:
+    """A record as nested lists, buffer names (the `buffer` and `out` fields) as numbers."""
+    if attrs.has(type(value)):
+        return [getattr(type(value), "kind", type(value).__name__),
+                *(_plain(getattr(value, f), numbers, f) for f in _fields(type(value)))]
+    if isinstance(value, tuple):
+        return [_plain(v, numbers, key) for v in value]
+    if key in ("buffer", "out") and isinstance(value, str):
+        return numbers[value]
+    return value
+
+
+def _anonymous(program: kp.KernelProgram) -> list:
     """The program's code-relevant content: buffer names replaced by numbers, no offsets."""
     numbers = {b.name: i for i, b in enumerate(program.buffers)}
-
-    def strip(value: Any, key: str = "") -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v, k) for k, v in value.items()}
-        if isinstance(value, list):
-            return [strip(v, key) for v in value]
-        if key in ("buffer", "out") and isinstance(value, str):
-            return numbers[value]
-        return value
-
     buffers = [[b.role, list(b.shape), b.dtype, list(b.strides)] for b in program.buffers]
-    stages = [strip(encode(s)) for s in program.stages]
-    return {"buffers": buffers, "stages": stages}
+    return [buffers, _plain(program.stages, numbers)]
 
 
 def code_key(program: kp.KernelProgram, noalias: Sequence[bool] | None = None) -> str:
