@@ -25,7 +25,7 @@ import functools
 import math
 import re
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import attrs
 import h5py
@@ -95,9 +95,10 @@ class TokenRows:
 class TensorRows:
     """Datasets named after the inputs, read across files in order."""
 
-    def __init__(self, files: Sequence[Path], specs: Sequence[InputSpec]):
+    def __init__(self, files: Sequence[Path], specs: Sequence[InputSpec], bounds: Mapping[str, int] | None = None):
         self.files = list(files)
         self.specs = list(specs)
+        self.bounds = dict(bounds or {})
         self.description = ", ".join(str(f) for f in self.files)
         self._handles: list[h5py.File] = []
         try:
@@ -120,10 +121,19 @@ class TensorRows:
             for spec in self.specs:
                 try:
                     values = self._handles[k][spec.name][local.tolist()]
-                    out[spec.name][where] = values.reshape(len(local), *spec.row_shape)[inverse]
                 except OSError as err:
                     raise DataError(f"{self.files[k]}: unreadable dataset '{spec.name}' ({err})") from None
+                self._check_bound(k, spec.name, values, local)
+                out[spec.name][where] = values.reshape(len(local), *spec.row_shape)[inverse]
         return out
+
+    def _check_bound(self, k: int, name: str, values: np.ndarray, rows: np.ndarray) -> None:
+        bound = self.bounds.get(name)
+        bad = (values < 0) | (values >= bound) if bound is not None else None
+        if bad is not None and bad.any():
+            at = np.argwhere(bad)[0]
+            raise DataError(f"{self.files[k]}: row {int(rows[at[0]])}: {name} holds {values[tuple(at)]}, outside "
+                            f"[0, {bound})")
 
     def weight(self, batch: dict[str, np.ndarray]) -> float:
         """Every row counts the same."""
@@ -187,13 +197,18 @@ def is_token_data(specs: Sequence[InputSpec]) -> bool:
     return sorted(s.name for s in specs) == sorted(TOKEN_INPUTS)
 
 
-def open_rows(path: str | Path, split: str, specs: Sequence[InputSpec], vocab_size: int | None = None) -> Rows:
-    """The `split` rows of `path` (a folder, or one `.hdf5` file) for the inputs `specs`, checked."""
+def open_rows(path: str | Path, split: str, specs: Sequence[InputSpec],
+              bounds: Mapping[str, int] | None = None) -> Rows:
+    """The `split` rows of `path` (a folder, or one `.hdf5` file) for the inputs `specs`, checked.
+
+    `bounds` gives index inputs their exclusive upper bound (`input_ids`: the vocabulary size,
+    `labels`: the number of classes); a value outside is a DataError naming file and row."""
+    bounds = dict(bounds or {})
     path = Path(path)
     if not path.exists():
         raise DataError(f"data not found: {path}")
     if is_token_data(specs):
-        data = hdf5_data.open_data(path, split, vocab_size)
+        data = hdf5_data.open_data(path, split, bounds.get("input_ids"))
         rows: Rows = TokenRows(data, ", ".join(str(f) for f in data.files))
         width = next(s for s in specs if s.name == "input_ids").row_shape
         if (data.max_seq_length,) != width:
@@ -210,7 +225,7 @@ def open_rows(path: str | Path, split: str, specs: Sequence[InputSpec], vocab_si
         files = [path]
     else:
         raise DataError(f"{path}: expected a data folder or an .hdf5 file")
-    return TensorRows(files, specs)
+    return TensorRows(files, specs, bounds)
 
 
 @attrs.frozen

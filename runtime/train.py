@@ -35,7 +35,6 @@ import pydantic
 from backend.pef import PEF, Scalar
 from ir.dtypes import DType
 from ir.errors import CheckpointError, ConfigError, ExecutionError
-from ir.init import Init
 from ir.types import TensorType
 from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
@@ -47,6 +46,8 @@ SUMMARY_FILE = "summary.txt"
 METRICS_COLUMNS = ("step", "epoch", "loss", "accuracy", "lr")
 STATE_FORMAT = "rduflow-trainer-state"
 STATE_VERSION = 1
+#: index inputs and the header option (model config field) that bounds their values
+INDEX_BOUNDS = {"input_ids": "vocab_size", "labels": "n_classes"}
 
 
 class TrainConfig(pydantic.BaseModel):
@@ -100,6 +101,9 @@ class Executable(Protocol):
     """What the loop needs of a loaded training program (see `TrainProgram`)."""
 
     pef: PEF
+
+    def initialize(self, seed: int) -> None:
+        """Every param and optimizer state from its initializer, seeded."""
 
     def step(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One training step: every section; params and optimizer state are updated in place."""
@@ -193,12 +197,6 @@ def header_options(pef: PEF) -> dict[str, Scalar]:
     return {o.name: o.value for o in pef.header.options}
 
 
-def initial_values(pef: PEF, seed: int) -> dict[str, np.ndarray]:
-    """Every param and optimizer state from its initializer, seeded."""
-    return {p.name: Init(p.init, p.init_args).materialize(TensorType(p.shape, DType(p.dtype)), p.name, seed)
-            for p in pef.symbols.params}
-
-
 def param_types(pef: PEF, roles: tuple[str, ...]) -> dict[str, TensorType]:
     return {p.name: TensorType(p.shape, DType(p.dtype)) for p in pef.symbols.params if p.role in roles}
 
@@ -216,11 +214,15 @@ class Trainer:
         self.specs = data_inputs(program.pef)
         self.batch_size = batch_size(self.specs)
         self.options = header_options(program.pef)
-        vocab = self.options.get("vocab_size")
-        self.train = open_rows(config.data, "train", self.specs, vocab if isinstance(vocab, int) else None)
-        self.dev: Rows | None = None
-        if has_split(config.data, "dev"):
-            self.dev = open_rows(config.data, "dev", self.specs, vocab if isinstance(vocab, int) else None)
+        bounds = {name: self.options[option] for name, option in INDEX_BOUNDS.items()
+                  if isinstance(self.options.get(option), int)}
+        self.train = open_rows(config.data, "train", self.specs, bounds)
+        self.dev = open_rows(config.data, "dev", self.specs, bounds) if has_split(config.data, "dev") else None
+        if self.dev is not None and len(self.dev) < self.batch_size:
+            self.reporter.warn(f"the dev split has {len(self.dev)} rows, fewer than a batch of {self.batch_size}: "
+                               "it is not evaluated")
+            self.dev.close()
+            self.dev = None
         self.order = BatchOrder(len(self.train), self.batch_size, config.shuffle, config.seed)
         self.total_steps = config.num_steps or config.num_epochs * self.order.steps_per_epoch
         self.schedule = Schedule(config.lr, config.lr_schedule, config.warmup_steps, self.total_steps)
@@ -243,12 +245,15 @@ class Trainer:
     # -- setup --
     def start(self) -> int:
         """Set the params (initializers, --checkpoint, or the resumed checkpoint); the first step to run."""
-        self.program.set_params(initial_values(self.program.pef, self.config.seed))
+        self.program.initialize(self.config.seed)
+        found = ckpt.list_checkpoints(self.config.save_dir) if self.config.save_dir is not None else []
         if self.config.resume:
-            found = ckpt.list_checkpoints(self.config.save_dir)
             if found:
                 return self._resume(found[-1][1])
             self.reporter.warn(f"no checkpoint in {self.config.save_dir} to resume from: starting at step 1")
+        elif found:
+            raise CheckpointError(f"{self.config.save_dir} holds checkpoints of an earlier run (up to "
+                                  f"{found[-1][1].name}): continue it with --resume, or save elsewhere")
         if self.config.checkpoint is not None:
             self._load_weights(self.config.checkpoint)
         return 0

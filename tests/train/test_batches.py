@@ -71,6 +71,16 @@ def test_tensor_datasets_are_checked_against_the_inputs(tmp_path):
         TensorRows([write(tmp_path / "d.hdf5", x=bad["x"], labels=bad["labels"][:3])], IMAGES)
 
 
+def test_index_inputs_are_checked_against_their_bound(tmp_path):
+    data = images(6)
+    data["labels"][4] = 7
+    rows = open_rows(write(tmp_path / "l.hdf5", **data), "train", IMAGES, {"labels": 7})
+    assert rows.rows(np.array([0, 5]))["labels"].tolist() == [0, 5]
+    with pytest.raises(DataError, match=r"l.hdf5: row 4: labels holds 7, outside \[0, 7\)"):
+        rows.rows(np.array([1, 4]))
+    rows.close()
+
+
 def test_split_files_and_dev_detection(tmp_path):
     assert split_files(tmp_path, "train") == [] and not has_split(tmp_path, "dev")
     write(tmp_path / "dev_1_of_1.hdf5", **images(4))
@@ -87,14 +97,14 @@ def test_token_data_go_through_the_validated_reader(tmp_path):
     ids = np.arange(30, dtype=np.int32).reshape(5, 6)
     types = np.ones_like(ids)
     path = write(tmp_path / "t.hdf5", input_ids=ids, token_type_ids=types)
-    rows = open_rows(path, "train", TOKENS, vocab_size=64)
+    rows = open_rows(path, "train", TOKENS, {"input_ids": 64})
     batch = rows.rows(np.array([4, 1]))
     assert batch["input_ids"].tolist() == [ids[4].tolist(), ids[1].tolist()]
     types[1, 3:] = 2
     assert rows.weight({"token_type_ids": types[:2]}) == 5 + 2  # targets of completion tokens
     rows.close()
     with pytest.raises(DataError, match="outside the vocabulary"):
-        open_rows(path, "train", TOKENS, vocab_size=16).rows(np.array([4]))
+        open_rows(path, "train", TOKENS, {"input_ids": 16}).rows(np.array([4]))
     long = write(tmp_path / "long.hdf5", input_ids=np.zeros((4, 8), np.int32), token_type_ids=np.ones((4, 8), np.int32))
     with pytest.raises(DataError, match=r"sequences of 8 tokens, but the program was compiled for seq_len 6 "
                                         r"\(recompile with seq_len=8"):

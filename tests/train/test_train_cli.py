@@ -102,10 +102,13 @@ def test_a_run_killed_with_sigkill_resumes_to_exactly_the_same_losses(fixture_pe
     assert state["step"] == 200 and state["data_position"] == {"epoch": 10, "batch": 0, "steps_per_epoch": 20}
 
 
-def test_resuming_with_other_data_order_is_refused(fixture_pefs, tmp_path, capsys):
+def test_a_used_save_dir_needs_resume_and_the_same_data_order(fixture_pefs, tmp_path, capsys):
     data = random_tokens(tmp_path / "d.hdf5", 8)
     args = ["run", fixture_pefs["gpt2-tiny"], "--data", str(data), "--num-steps", "2", "--save-dir", str(tmp_path)]
     assert main(args) == 0
+    assert main(args) == 1
+    assert f"{tmp_path} holds checkpoints of an earlier run (up to checkpoint-2): continue it with --resume" \
+        in capsys.readouterr().err
     assert main([*args, "--resume", "--seed", "4"]) == 1
     assert "trained with seed 0, this run has 4 (the batches would differ)" in capsys.readouterr().err
     assert main([*args, "--num-steps", "3", "--resume", "--lr", "0.01"]) == 0
@@ -202,7 +205,8 @@ def test_shape_mismatches_and_wrong_modes_name_what_is_wrong(tmp_path, capsys):
     assert "tensor 'transformer.h.0.attn.c_attn.bias': the checkpoint has shape [96], the model expects [48]" \
         in capsys.readouterr().err
     assert main(["run", str(tmp_path / "inf" / "inf.pef"), "--data", str(data)]) == 1
-    assert "a PEF compiled for inference" in capsys.readouterr().err
+    assert f"error: --data is a training option, but {tmp_path / 'inf' / 'inf.pef'} is an inference PEF" \
+        in capsys.readouterr().err
     long = random_tokens(tmp_path / "long.hdf5", 4, seq=20)
     assert main(["run", str(tmp_path / "small" / "small.pef"), "--data", str(long)]) == 1
     assert "sequences of 20 tokens, but the program was compiled for seq_len 16" in capsys.readouterr().err

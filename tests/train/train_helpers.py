@@ -34,6 +34,9 @@ class InterpretedProgram:
         self.graph = graph
         self.params = initial_params(graph)
 
+    def initialize(self, seed: int) -> None:
+        self.params = initial_params(self.graph, seed)
+
     def step(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         result = interpret(self.graph, inputs, self.params)
         self.params.update(result.updates)

@@ -49,10 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "PEF of a model with a KV cache (--inference) completes prompts.")
     parser.add_argument("pef", type=Path, metavar="PEF", help="the compiled program (.pef)")
     _add_common_options(parser.add_argument_group("all modes"))
-    _add_training_options(parser.add_argument_group("training (a training PEF)"))
+    training = _add_training_options(parser.add_argument_group("training (a training PEF)"))
     add_inference_options(parser.add_argument_group("generation (an inference PEF of a model with a KV cache)"))
     cli.add_debug_flag(parser)
-    parser.set_defaults(func=main)
+    parser.set_defaults(func=main, training_options=tuple((a.dest, a.default, a.option_strings[0]) for a in training))
 
 
 def _add_common_options(group: argparse._ArgumentGroup) -> None:
@@ -70,37 +70,44 @@ def _add_common_options(group: argparse._ArgumentGroup) -> None:
                        help=cli.debug_help("host threads for the kernels (default: all cores)"))
 
 
-def _add_training_options(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--data", type=Path, metavar="DIR|FILE.hdf5",
-                       help="training data: a data-prep folder (train_* files, dev_* files evaluated) or one "
-                            ".hdf5 file")
-    group.add_argument("--num-epochs", type=_positive, default=1, metavar="N", help="passes over the data (default: 1)")
-    group.add_argument("--num-steps", type=_positive, metavar="N",
-                       help="stop after N steps counted from the start of training (overrides --num-epochs; "
-                            "a resumed run stops at the same step)")
-    group.add_argument("--lr", type=float, default=1e-3, metavar="X", help="peak learning rate (default: 0.001)")
-    group.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
-                       help="decay after warmup (default: constant)")
-    group.add_argument("--warmup-steps", type=_count, default=0, metavar="N",
-                       help="steps of linear warmup (default: 0)")
-    group.add_argument("--no-shuffle", dest="shuffle", action="store_false",
-                       help="read the rows in file order (default: a seeded shuffle per epoch)")
-    group.add_argument("--save-dir", type=Path, metavar="DIR",
-                       help="folder for checkpoints, per_step_metrics.csv and summary.txt")
-    group.add_argument("--save-every", type=_positive, metavar="N",
-                       help="save a checkpoint every N steps (one is always saved at the end)")
-    group.add_argument("--keep-last", type=_positive, metavar="K", help="keep only the K newest checkpoints")
-    group.add_argument("--resume", action="store_true",
-                       help="continue from the newest checkpoint in --save-dir (weights, optimizer, data position)")
-    group.add_argument("--eval-every", type=_positive, metavar="N",
-                       help="evaluate on the dev split every N steps (it is always evaluated at the end)")
-    group.add_argument("--log-every", type=_positive, default=1, metavar="N",
-                       help="print a loss line every N steps (default: 1)")
+def _add_training_options(group: argparse._ArgumentGroup) -> list[argparse.Action]:
+    """The training options; returns their actions (an inference run refuses them)."""
+    add = group.add_argument
+    return [
+        add("--data", type=Path, metavar="DIR|FILE.hdf5",
+            help="training data: a data-prep folder (train_* files, dev_* files evaluated) or one "
+                 ".hdf5 file"),
+        add("--num-epochs", type=_positive, default=1, metavar="N", help="passes over the data (default: 1)"),
+        add("--num-steps", type=_positive, metavar="N",
+            help="stop after N steps counted from the start of training (overrides --num-epochs; "
+                 "a resumed run stops at the same step)"),
+        add("--lr", type=float, default=1e-3, metavar="X", help="peak learning rate (default: 0.001)"),
+        add("--lr-schedule", choices=SCHEDULES, default="constant",
+            help="decay after warmup (default: constant)"),
+        add("--warmup-steps", type=_count, default=0, metavar="N",
+            help="steps of linear warmup (default: 0)"),
+        add("--no-shuffle", dest="shuffle", action="store_false",
+            help="read the rows in file order (default: a seeded shuffle per epoch)"),
+        add("--save-dir", type=Path, metavar="DIR",
+            help="folder for checkpoints, per_step_metrics.csv and summary.txt"),
+        add("--save-every", type=_positive, metavar="N",
+            help="save a checkpoint every N steps (one is always saved at the end)"),
+        add("--keep-last", type=_positive, metavar="K", help="keep only the K newest checkpoints"),
+        add("--resume", action="store_true",
+            help="continue from the newest checkpoint in --save-dir (weights, optimizer, data position)"),
+        add("--eval-every", type=_positive, metavar="N",
+            help="evaluate on the dev split every N steps (it is always evaluated at the end)"),
+        add("--log-every", type=_positive, default=1, metavar="N",
+            help="print a loss line every N steps (default: 1)"),
+    ]
 
 
 def main(args: argparse.Namespace) -> int:
     pef = read_pef(args.pef)
     check_mode(args, pef)
+    given = [flag for dest, default, flag in args.training_options if getattr(args, dest) != default]
+    if pef.header.mode != "train" and given:
+        raise ConfigError(f"{given[0]} is a training option, but {args.pef} is an {pef.header.mode} PEF")
     mode = MODES.get(pef.header.mode)
     if mode is None:
         raise ExecutionError(f"{args.pef}: a PEF compiled for {pef.header.mode}; 'rduflow run' handles "
