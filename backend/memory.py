@@ -100,12 +100,13 @@ def plan_memory(programs: list[KernelProgram], tensors: list[tuple[str, int]], o
     return MemoryPlan(tuple(arenas), tuple(allocations))
 
 
-def lifetimes(programs: list[KernelProgram], kept: set[str]) -> dict[str, tuple[int, int]]:
+def lifetimes(programs: list[KernelProgram], kept: set[str], whole: set[str] = frozenset()) -> dict[str, tuple[int, int]]:
     """When each tensor's range is in use, in half steps: kernel k reads at 2k and writes at
     2k + 1, so a result may take the range of an input its kernel reads last (the plan-memory
     pass does that for elementwise kernels only). Tensors no kernel writes (inputs, params)
-    start at 0; `kept` ones last to the end; a temporary lives in its kernel. A tensor no
-    kernel touches is absent: it holds its range for the whole run."""
+    start at 0; `kept` ones last to the end; `whole` ones (an update the runtime swaps with its
+    param) hold their range all run; a temporary lives in its kernel. A tensor no kernel
+    touches is absent: it holds its range for the whole run."""
     live: dict[str, list[int]] = {}
     for k, program in enumerate(programs):
         for buffer in program.buffers:
@@ -118,6 +119,8 @@ def lifetimes(programs: list[KernelProgram], kept: set[str]) -> dict[str, tuple[
                 span[1] = max(span[1], 2 * k)
     for name in kept:
         live.setdefault(name, [0, 0])[1] = 2 * len(programs) + 1
+    for name in whole:
+        live[name] = [0, 2 * len(programs) + 1]
     return {name: (a, b) for name, (a, b) in live.items()}
 
 

@@ -299,7 +299,7 @@ class _Checker:
             arena = arenas.get(a.arena)
             if arena is None or a.offset + a.nbytes > arena.size or a.offset % ALIGN:
                 raise ProgramError(f"memory: tensor '{a.tensor}' lies outside its arena '{a.arena}'")
-        clash = overlapping(memory.allocations, lifetimes(list(self.pef.kernels), self.kept()))
+        clash = overlapping(memory.allocations, lifetimes(list(self.pef.kernels), self.kept(), self.swapped()))
         if clash is not None:
             first, second = clash
             raise ProgramError(f"memory: tensors '{first.tensor}' and '{second.tensor}' overlap in '{first.arena}' "
@@ -312,6 +312,13 @@ class _Checker:
         shared = {p.tensor for p in symbols.params if p.name in updates and self._same_range(p.tensor, updates[p.name])}
         return {s.tensor for s in symbols.outputs} | set(updates.values()) | \
             {p.tensor for p in symbols.params if p.tensor not in shared}
+
+    def swapped(self) -> set[str]:
+        """Updates outside their param's range: the runtime swaps the two after a step, so the update's
+        range holds the param during the next one."""
+        params = {p.name: p.tensor for p in self.pef.symbols.params}
+        return {u.tensor for u in self.pef.symbols.updates
+                if u.param in params and not self._same_range(params[u.param], u.tensor)}
 
     def _same_range(self, a: str, b: str) -> bool:
         x, y = self.plan.get(a), self.plan.get(b)

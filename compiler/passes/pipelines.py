@@ -11,18 +11,26 @@ PIPELINES: dict[str, list[str]] = {
     # one op per section, as SambaFlow's o0: only what the backend requires
     "O0": [
         "decompose",
+        # memory reuse at every level: it changes where tensors live, not what runs; with one
+        # op per section nothing can stay on chip between kernels
+        "plan-memory{onchip-max-bytes=0}",
     ],
     # fusion
     "O1": [
         *_CLEANUP,
         "decompose",
         "canonicalize", "cse", "dce",
+        "fuse",
+        "plan-memory",
     ],
     # fusion + tiling + whole-graph sectioning
     "O3": [
         *_CLEANUP,
         "decompose",
         "canonicalize", "cse", "dce",
+        "fuse",
+        "tile",
+        "plan-memory",
     ],
 }
 

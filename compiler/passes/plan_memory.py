@@ -7,7 +7,9 @@ declaration — and the backend takes it from there.
 
 Liveness over the schedule (top-level op order): a result is live from its op
 to its last use; inputs from the start; params, outputs and param updates to
-the end (params persist between runs). Sizes are rounded up to the backend's
+the end (params persist between runs). An update holds its range from the
+start too — after a step the runtime swaps a param and its update — unless it
+is written over its param in place. Sizes are rounded up to the backend's
 64-byte alignment, so every bound below is exact in the same units.
 
 Tiers:
@@ -165,6 +167,10 @@ class Liveness:
                 *(v for op in self.graph.ops for v in op.results)]
 
     def interval(self, value: Value) -> tuple[int, int]:
+        """[first, last] op position of the value's range; an update holds its range all run long:
+        unless it is written over its param, the runtime swaps the two between steps."""
+        if value in self.update_of:
+            return 0, self.end_of_run
         start = self.position[id(value.producer)] if value.producer is not None else 0
         if value in self.live_outs or value in self.params:
             return start, self.end_of_run
@@ -209,14 +215,14 @@ class Liveness:
         if declared is not None:
             candidates, later = [op.operands[declared]], set()
         elif _elementwise_kernel(op):
-            own = self.update_of.get(value)  # a param's update goes to the param's range first
-            candidates = sorted(dict.fromkeys(op.operands), key=lambda v: v is not own)
-            later = _read_later(op)[value.index]
+            candidates, later = list(dict.fromkeys(op.operands)), _read_later(op)[value.index]
         else:
             return []
+        own = self.update_of.get(value)  # an update may only take its own param's range
         return [v for v in candidates
                 if v.type.shape == value.type.shape and v.type.nbytes == value.type.nbytes
-                and self.last_use.get(v) == here and v not in later and self._may_die(v, value)]
+                and self.last_use.get(v) == here and v not in later and self._may_die(v, value)
+                and (own is None or v is own)]
 
     def _may_die(self, operand: Value, result: Value) -> bool:
         if operand in self.live_outs:

@@ -119,14 +119,16 @@ def gather_scatter() -> Graph:
     return b.graph
 
 
-def run_in_arenas(graph: Graph, inputs: dict, params: dict) -> dict[str, np.ndarray]:
-    """Run `graph` with every placed tensor stored at its place in one byte arena per tier.
+def run_in_arenas(graph: Graph, inputs: dict, params: dict, steps: int = 1) -> dict[str, np.ndarray]:
+    """Run `graph` `steps` times with every placed tensor stored at its place in one byte arena per tier.
 
     A kernel's results are computed one after the other, each from what its operands'
     memory holds then — as the backend writes them — so a plan whose in-place writes or
-    reuse clobber a tensor still needed gives different results.
+    reuse clobber a tensor still needed gives different results. Between steps a param
+    and its update trade places, as the runtime does, unless the update is in place.
     """
     values = [*graph.inputs, *(p.value for p in graph.params), *(v for op in graph.ops for v in op.results)]
+    where = {value: value.mem for value in values}
     sizes: dict[str, int] = {}
     for value in values:
         sizes[value.mem.tier] = max(sizes.get(value.mem.tier, 0), value.mem.offset + value.type.nbytes)
@@ -134,19 +136,24 @@ def run_in_arenas(graph: Graph, inputs: dict, params: dict) -> dict[str, np.ndar
 
     def store(value: Value, array: np.ndarray) -> None:
         raw = np.ascontiguousarray(array, dtype=value.type.dtype.np).reshape(-1).view(np.uint8)
-        arenas[value.mem.tier][value.mem.offset:value.mem.offset + raw.size] = raw
+        arenas[where[value].tier][where[value].offset:where[value].offset + raw.size] = raw
 
     def load(value: Value) -> np.ndarray:
-        raw = arenas[value.mem.tier][value.mem.offset:value.mem.offset + value.type.nbytes]
+        raw = arenas[where[value].tier][where[value].offset:where[value].offset + value.type.nbytes]
         return raw.copy().view(value.type.dtype.np).reshape(value.type.shape)
 
-    for value in graph.inputs:
-        store(value, inputs[value.name])
     for param in graph.params:
         store(param.value, params[param.name])
-    for op in graph.ops:
-        for k, result in enumerate(op.results):
-            store(result, _evaluate(op, [load(v) for v in op.operands])[k])
+    for step in range(steps):
+        if step:
+            for name, update in graph.updates.items():
+                param = graph.param(name).value
+                where[param], where[update] = where[update], where[param]
+        for value in graph.inputs:
+            store(value, inputs[value.name])
+        for op in graph.ops:
+            for k, result in enumerate(op.results):
+                store(result, _evaluate(op, [load(v) for v in op.operands])[k])
     return {**{f"output {k}": load(v) for k, v in graph.outputs.items()},
             **{f"update @{k}": load(v) for k, v in graph.updates.items()}}
 

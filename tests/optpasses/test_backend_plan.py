@@ -6,7 +6,6 @@ import pytest
 
 from backend.driver import backend_stage
 from backend.lowering import tensor_names
-from backend.memory import Allocation
 from backend.pef import load_pef
 from backend.targets import ONCHIP
 from compiler.passes.plan_memory import memory_report
@@ -60,13 +59,14 @@ def test_kernels_carry_the_tiles_the_tile_pass_chose(compiled):
     assert len(tiles) == 39 and scheduled == tiles
 
 
-def test_a_stale_plan_is_ignored():
+def test_a_stale_plan_is_not_used():
     graph, _ = run(f"{PREFIX},plan-memory{{target=rdu-mini}},fuse", zoo_graph("mlp", "train"))
     pef = load_pef(backend_stage(graph, target="rdu-mini").to_bytes())
-    assert isinstance(pef.memory.allocations[0], Allocation)
+    no_reuse = sum(a.nbytes for a in pef.memory.allocations if a.arena == "ddr")
+    assert next(a.size for a in pef.memory.arenas if a.name == "ddr") >= no_reuse
 
 
-def test_a_plan_for_another_target_is_an_error():
+def test_a_plan_for_another_target_is_not_used():
     graph, _ = run(f"{PREFIX},plan-memory{{target=sn40l}}", zoo_graph("mlp", "train"))
-    with pytest.raises(Exception, match="which target 'rdu-mini' does not have"):
-        backend_stage(graph, target="rdu-mini")
+    pef = load_pef(backend_stage(graph, target="rdu-mini").to_bytes())
+    assert {a.name for a in pef.memory.arenas} == {"ddr", ONCHIP}

@@ -18,7 +18,7 @@ from ir.init import Init
 from ir.parser import parse
 from ir.printer import print_graph
 from ir.types import TensorType
-from optpass_graphs import MODES, O3, PREFIX, adamw_graph, mlp, oracle, run, run_in_arenas, zoo_graph
+from optpass_graphs import MODES, O3, PREFIX, adamw_graph, mlp, oracle, results, run, run_in_arenas, zoo_graph
 
 O0 = "decompose,plan-memory{onchip-max-bytes=0 target=rdu-mini}"
 
@@ -49,6 +49,20 @@ def test_adamw_updates_params_and_moments_in_place():
     arenas = run_in_arenas(graph, inputs, params)
     assert all((arenas[k] == v).all() for k, v in plain.items()), "the same kernels give the same bits"
     assert check_plan(graph) == []
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_three_steps_in_the_arenas_match_the_interpreter(in_place):
+    """Updates not written over their param keep their range all run: the runtime swaps them after a step."""
+    graph = zoo_graph("mlp", "train")
+    inputs, params, _ = oracle(graph)
+    planned, _ = run(f"decompose,plan-memory{{target=rdu-mini in-place={str(in_place).lower()}}}", graph)
+    expected = {}
+    for _ in range(3):
+        expected = results(planned, inputs, params)
+        params = {**params, **{k[len("update @"):]: v for k, v in expected.items() if k.startswith("update @")}}
+    got = run_in_arenas(planned, inputs, oracle(graph)[1], steps=3)
+    assert compare(expected, got) is None
 
 
 def test_placements_round_trip_through_the_text():

@@ -86,7 +86,7 @@ def test_dump_dir(ir_file, tmp_path):
     assert main(["opt", str(ir_file), "-O1", "--dump-dir", str(dumps), "-o", str(tmp_path / "o.ir")]) == 0
     names = sorted(p.name for p in dumps.iterdir())
     assert names[:3] == ["00-input.ir", "01-canonicalize.ir", "02-fold-constants.ir"]
-    assert names[-1] == "08-dce.ir" and len(names) == 9
+    assert names[-1] == "10-plan-memory.ir" and len(names) == 11
 
 
 def test_crash_exits_3_with_reproducer(ir_file, tmp_path, capsys):

@@ -82,10 +82,10 @@ def test_pipeline_errors_name_the_column(text, col, message):
 
 
 def test_levels_are_pipelines_of_registered_passes():
-    assert level_pipeline("O0") == "decompose"
-    assert level_pipeline("O1") == "canonicalize,fold-constants,cse,dce,decompose,canonicalize,cse,dce"
+    assert level_pipeline("O0") == "decompose,plan-memory{onchip-max-bytes=0}"
+    assert level_pipeline("O1") == "canonicalize,fold-constants,cse,dce,decompose,canonicalize,cse,dce,fuse,plan-memory"
     for level in PIPELINES:
-        assert [p.name for p in PassManager.parse(level_pipeline(level)).passes] == PIPELINES[level]
+        assert [p.spec() for p in PassManager.parse(level_pipeline(level)).passes] == PIPELINES[level]
 
 
 def test_registering_a_second_pass_under_a_taken_name_fails():
