@@ -216,8 +216,10 @@ def check_entries(pef: PEF) -> None:
     ranges = [where[p.tensor] for p in pef.symbols.params]
     for i, entry in enumerate(pef.entries):
         at = f"entries[{i}]"
-        if not _ENTRY_NAME.match(entry.name) or pef.entry_names.count(entry.name) > 1:
-            raise ProgramError(f"{at}.name: '{entry.name}' is not an identifier or names two entries")
+        if not _ENTRY_NAME.match(entry.name):
+            raise ProgramError(f"{at}.name: '{entry.name}' is not an identifier")
+        if entry.name in pef.entry_names[:i]:
+            raise ProgramError(f"{at}.name: entry '{entry.name}' appears twice")
         program = pef.entry(entry.name)
         try:
             _Checker(program).run()
