@@ -125,7 +125,7 @@ class Reporter(Protocol):
 
     def warn(self, text: str) -> None: ...
 
-    def progress(self, done: int, total: int) -> None: ...
+    def progress(self, done: int, total: int, loss: float) -> None: ...
 
 
 class PrintReporter:
@@ -137,7 +137,7 @@ class PrintReporter:
     def warn(self, text: str) -> None:
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
-    def progress(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int, loss: float) -> None:
         pass
 
 
@@ -328,7 +328,7 @@ class Trainer:
 
     def _after_step(self, record: StepMetrics, result: TrainResult) -> None:
         config = self.config
-        self.reporter.progress(record.step, self.total_steps)
+        self.reporter.progress(record.step, self.total_steps, record.loss)
         if record.step % config.log_every == 0 or record.step == self.total_steps:
             self.reporter.line(self._step_line(record))
         if config.eval_every and record.step % config.eval_every == 0 and record.step != self.total_steps:

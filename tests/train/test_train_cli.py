@@ -18,23 +18,12 @@ from safetensors.numpy import load_file
 
 from runtime.schedules import Schedule
 from tools.cli import main
-from train_helpers import FIXTURES, ROOT, finetune_batches, write_tokens
+from train_helpers import FIXTURES, ROOT, finetune_batches, random_tokens, write_tokens
 
 
 def metrics(save_dir: Path) -> list[dict[str, str]]:
     with open(save_dir / "per_step_metrics.csv", newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def random_tokens(path: Path, rows: int, seq: int = 16, vocab: int = 128, seed: int = 0) -> Path:
-    """Rows of a prompt (type 0), a completion (type 1) and padding (type 2)."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, vocab, (rows, seq), dtype=np.int32)
-    types = np.full((rows, seq), 2, np.int32)
-    for row in range(rows):
-        prompt, completion = rng.integers(2, 6), rng.integers(3, 8)
-        types[row, :prompt], types[row, prompt:prompt + completion] = 0, 1
-    return write_tokens(path, ids, types)
 
 
 @pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])

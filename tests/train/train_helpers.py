@@ -68,3 +68,14 @@ def finetune_batches(model: str) -> dict[str, np.ndarray]:
         return {"input_ids": z["input_ids"].reshape(-1, z["input_ids"].shape[-1]),
                 "token_type_ids": z["token_type_ids"].reshape(-1, z["token_type_ids"].shape[-1]),
                 "losses": z["losses"], "grad_norms": z["grad_norms"]}
+
+
+def random_tokens(path: Path, rows: int, seq: int = 16, vocab: int = 128, seed: int = 0) -> Path:
+    """Rows of a prompt (type 0), a completion (type 1) and padding (type 2)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (rows, seq), dtype=np.int32)
+    types = np.full((rows, seq), 2, np.int32)
+    for row in range(rows):
+        prompt, completion = rng.integers(2, 6), rng.integers(3, 8)
+        types[row, :prompt], types[row, prompt:prompt + completion] = 0, 1
+    return write_tokens(path, ids, types)

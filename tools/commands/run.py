@@ -183,7 +183,8 @@ class ConsoleReporter:
     def __init__(self, console: Console):
         self.console = console
         self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=console, transient=True,
                             disable=not console.is_terminal, redirect_stdout=False, redirect_stderr=False)
         self.task = None
 
@@ -203,10 +204,10 @@ class ConsoleReporter:
     def warn(self, text: str) -> None:
         self.console.print(f"warning: {text}", markup=False, highlight=False)
 
-    def progress(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int, loss: float) -> None:
         if self.task is None:
-            self.task = self.bar.add_task("train", total=total, completed=done - 1)
-        self.bar.update(self.task, completed=done)
+            self.task = self.bar.add_task("train", total=total, completed=done - 1, loss=loss)
+        self.bar.update(self.task, completed=done, loss=loss)
 
 
 #: PEF mode -> the function that runs it
