@@ -32,7 +32,8 @@ optimizer's kernel updates a param and its moments all in place.
 
 Offsets: greedy by breadth (TFLite: tensors live at the fullest time first),
 greedy by size with best fit and with first fit, greedy by size x lifetime,
-and in-order first fit; the smallest arena wins. Tensors live for the whole run (params) are stacked first.
+and in-order first fit, in turn until one reaches the peak-live bound; the
+smallest arena wins. Tensors live for the whole run (params) are stacked first.
 
 Quality, as XLA's buffer assignment reports it: per tier the arena, the
 peak-live lower bound (the most bytes live at one time), their ratio, and the
@@ -136,7 +137,7 @@ class PlanMemory(Pass):
         ctx.count("tensors", sum(len(b.values) for b in buffers))
         ctx.count("in-place", sum(len(b.values) - 1 for b in buffers))
         ctx.count("onchip-tensors", sum(len(b.values) for b in buffers if b.tier == ONCHIP))
-        for report in memory_report(graph):
+        for report in tier_reports(buffers):
             side = "onchip" if report.tier == ONCHIP else "offchip"
             ctx.count(f"{side}-arena-bytes", report.arena)
             ctx.count(f"{side}-lower-bound", report.lower_bound)
@@ -160,6 +161,7 @@ class Liveness:
         self.update_of = {graph.updates[p.name]: p.value for p in graph.params if p.name in graph.updates}
         self.segment = _segments(graph.ops)
         self.users = graph.users()
+        self._later: dict[int, list[set[Value]]] = {}
 
     def values(self) -> list[Value]:
         """Every value the plan places, in order: inputs, params, then op results."""
@@ -215,7 +217,7 @@ class Liveness:
         if declared is not None:
             candidates, later = [op.operands[declared]], set()
         elif _elementwise_kernel(op):
-            candidates, later = list(dict.fromkeys(op.operands)), _read_later(op)[value.index]
+            candidates, later = list(dict.fromkeys(op.operands)), self._read_later(op)[value.index]
         else:
             return []
         own = self.update_of.get(value)  # an update may only take its own param's range
@@ -223,6 +225,11 @@ class Liveness:
                 if v.type.shape == value.type.shape and v.type.nbytes == value.type.nbytes
                 and self.last_use.get(v) == here and v not in later and self._may_die(v, value)
                 and (own is None or v is own)]
+
+    def _read_later(self, op: Op) -> list[set[Value]]:
+        if id(op) not in self._later:
+            self._later[id(op)] = _read_later(op)
+        return self._later[id(op)]
 
     def _may_die(self, operand: Value, result: Value) -> bool:
         if operand in self.live_outs:
@@ -380,6 +387,7 @@ def place(buffers: list[Buffer], heuristics: Iterable[str]) -> None:
     for buffer in sorted(whole, key=lambda b: -b.size):
         buffer.offset, base = base, base + buffer.size
     best = None
+    bound = base + peak(rest)
     for name in heuristics:
         make_key, best_fit = _ORDERS[name]
         key = make_key(rest)
@@ -387,6 +395,8 @@ def place(buffers: list[Buffer], heuristics: Iterable[str]) -> None:
         size = max((o + b.size for o, b in zip(offsets, rest)), default=base)
         if best is None or size < best[0]:
             best = (size, offsets)
+        if size <= bound:  # optimal: no arena is smaller than the peak
+            break
     for buffer, offset in zip(rest, best[1]):
         buffer.offset = offset
 
@@ -450,7 +460,12 @@ def _donor(value: Value, live: Liveness) -> Value | None:
 
 def memory_report(graph: Graph) -> list[TierReport]:
     """Per tier of the plan in `graph`: arena, peak-live lower bound and no-reuse bytes (on-chip first)."""
-    tiers = _by_tier(planned_buffers(graph))
+    return tier_reports(planned_buffers(graph))
+
+
+def tier_reports(buffers: list[Buffer]) -> list[TierReport]:
+    """Per tier of placed buffers: arena, peak-live lower bound and no-reuse bytes (on-chip first)."""
+    tiers = _by_tier(buffers)
     order = sorted(tiers, key=lambda t: (t != ONCHIP, t))
     return [TierReport(t, aligned(arena(tiers[t])), peak(tiers[t]), sum(aligned(v.type.nbytes) for b in tiers[t]
                                                                       for v in b.values),
