@@ -57,9 +57,10 @@ class InputSpec:
 
 
 class Rows(Protocol):
-    """Rows of a dataset, read by index."""
+    """Rows of a dataset, read by index; `metadata` is the data-prep metadata, when there is one."""
 
     description: str
+    metadata: dict | None
 
     def __len__(self) -> int: ...
 
@@ -76,6 +77,7 @@ class TokenRows:
     def __init__(self, data: hdf5_data.HDF5Data, description: str):
         self.data = data
         self.description = description
+        self.metadata = data.metadata
 
     def __len__(self) -> int:
         return len(self.data)
@@ -100,6 +102,7 @@ class TensorRows:
         self.specs = list(specs)
         self.bounds = dict(bounds or {})
         self.description = ", ".join(str(f) for f in self.files)
+        self.metadata = None
         self._handles: list[h5py.File] = []
         try:
             counts = [self._open(file) for file in self.files]

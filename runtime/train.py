@@ -39,6 +39,7 @@ from ir.types import TensorType
 from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
     is_token_data, open_rows
+from runtime.cost_model import estimate
 from runtime.schedules import Schedule
 
 METRICS_FILE = "per_step_metrics.csv"
@@ -321,7 +322,8 @@ class Trainer:
             result.tokens += batch["input_ids"].size
         loss = float(outputs["loss"])
         if not math.isfinite(loss):
-            raise ExecutionError(f"the loss became {loss} at step {step + 1} (try a smaller --lr or --max-grad-norm)")
+            raise ExecutionError(f"the loss became {loss} at step {step + 1} (try a smaller --lr, or compile with "
+                                 "--max-grad-norm)")
         accuracy = float(outputs["accuracy"]) if "accuracy" in outputs else None
         grad_norm = float(outputs["grad_norm"]) if "grad_norm" in outputs else None
         return StepMetrics(step + 1, epoch + 1, loss, accuracy, lr, grad_norm)
@@ -394,8 +396,7 @@ class Trainer:
         base = None
         if self.config.checkpoint is not None and (self.config.checkpoint / ckpt.CONFIG).is_file():
             base = _read_json(self.config.checkpoint / ckpt.CONFIG)
-        metadata = getattr(getattr(self.train, "data", None), "metadata", None) or {}
-        return ckpt.model_config(model, fields, base, metadata.get("eos_id"))
+        return ckpt.model_config(model, fields, base, (self.train.metadata or {}).get("eos_id"))
 
     def _data_state(self) -> dict[str, Any]:
         return {"path": str(self.config.data), "rows": len(self.train), "batch_size": self.batch_size,
@@ -441,17 +442,21 @@ class Trainer:
             if history else f"none (already at step {result.last_step})",
             "epochs": self.num_epochs, "lr": self.config.lr, "lr_schedule": self.config.lr_schedule,
             "warmup_steps": self.config.warmup_steps, "seed": self.config.seed,
+            **{k: v for k, v in self.options.items() if k.startswith("training.")},
         }
         if history:
+            steps = len(history)
             summary.update(first_loss=history[0].loss, final_loss=history[-1].loss,
                            min_loss=min(r.loss for r in history), train_seconds=round(result.train_seconds, 3),
+                           host_ms_per_step=round(1e3 * result.train_seconds / steps, 3),
+                           modeled_rdu_ms_per_step=round(1e3 * estimate(pef).time_s, 6),
                            samples_per_second=round(result.samples / max(result.train_seconds, 1e-9), 2))
             if result.tokens:
                 summary["tokens_per_second"] = round(result.tokens / max(result.train_seconds, 1e-9), 1)
         if result.evaluations:
             step, e = result.evaluations[-1]
             summary.update(eval_step=step, eval_loss=e.loss, eval_perplexity=e.perplexity, eval_accuracy=e.accuracy,
-                           eval_rows=e.rows)
+                           eval_rows=f"{e.rows} of {len(self.dev)}")
         if result.checkpoints:
             summary["checkpoint"] = str(result.checkpoints[-1])
         return summary
