@@ -22,6 +22,7 @@ from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
 from runtime.jit.codegen import F32, I64, i64
+from runtime.jit.gemv import emit_gemv, gemv_extent, is_gemv
 from runtime.jit.layout import Access, Expression, coalesce
 from runtime.jit.module import KernelModule
 
@@ -338,6 +339,9 @@ def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
     if is_small(stage):
         km.function(name, lambda b, ptrs, lo, hi: emit_small(stage, b, ptrs, lo, hi))
         return math.prod(stage.batch) * stage.m
+    if is_gemv(stage):  # a few rows: stream B once (runtime/jit/gemv.py)
+        km.function(name, lambda b, ptrs, lo, hi: emit_gemv(stage, b, ptrs, lo, hi))
+        return gemv_extent(stage)
 
     def body(b: ir.IRBuilder, ptrs, lo, hi):
         _Emitter(stage, b, ptrs, not km.noalias[stage.out.arg]).run(lo, hi)

@@ -98,13 +98,16 @@ def code_key(program: kp.KernelProgram, noalias: Sequence[bool] | None = None) -
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-#: kernels doing less work than this (element operations) compile with the quick pipeline
+#: kernels doing at least this much work (element operations) compile at O3, else at O1 ...
 QUICK_WORK = 1 << 14
+#: ... and below this, at O0: they run in microseconds whatever the code
+TINY_WORK = 1 << 10
 
 
-def needs_full_optimization(plans: list[StagePlan]) -> bool:
-    """Whether a kernel is big enough for the O3 pipeline to pay for its compile time."""
-    return sum(p.work for p in plans) >= QUICK_WORK
+def optimization_level(plans: list[StagePlan]) -> int:
+    """The level a kernel is compiled at: O3 where run time matters, lower where compile time does."""
+    work = sum(p.work for p in plans)
+    return 3 if work >= QUICK_WORK else 1 if work >= TINY_WORK else 0
 
 
 def lower_program(program: kp.KernelProgram, key: str,

@@ -10,7 +10,7 @@ import attrs
 from backend import kernel_program as kp
 from runtime.jit.cache import DiskCache
 from runtime.jit.engine import NativeLibrary
-from runtime.jit.kernel import StagePlan, code_key, lower_program, needs_full_optimization
+from runtime.jit.kernel import StagePlan, code_key, lower_program, optimization_level
 from runtime.jit.parallel import KernelFn, default_threads
 
 
@@ -44,7 +44,7 @@ def compile_program(key: str, program: kp.KernelProgram,
                     noalias: Sequence[bool] | None = None) -> tuple[bytes, list[StagePlan]]:
     """Object code and stage plans of one kernel program."""
     module, plans = lower_program(program, key, noalias)
-    return module.compile(needs_full_optimization(plans)), plans
+    return module.compile(optimization_level(plans)), plans
 
 
 class Jit:

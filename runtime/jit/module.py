@@ -55,5 +55,5 @@ class KernelModule:
     def ir_text(self) -> str:
         return str(self.module)
 
-    def compile(self, full: bool = True) -> bytes:
-        return compile_ir(self.ir_text(), full)
+    def compile(self, level: int = 3) -> bytes:
+        return compile_ir(self.ir_text(), level)

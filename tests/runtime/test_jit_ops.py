@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backend.lowering import lower_graph
 from ir.dtypes import DType, f32
 from ir.errors import BackendError
 from ir.interpreter import interpret
 from ir.ops import lookup
 from ir.rewrite import rewrite
-from kernels import run_kernels
+from kernels import run_kernels, shared_jit
 
 _spec = importlib.util.spec_from_file_location("ir_op_cases", Path(__file__).parents[1] / "ir" / "test_ops.py")
 cases = sys.modules.setdefault("ir_op_cases", importlib.util.module_from_spec(_spec))
@@ -44,6 +45,18 @@ def assert_matches(got: np.ndarray, want: np.ndarray) -> None:
                                    equal_nan=True)
     else:
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_together():
+    """Every case's kernels compiled in one batch, on all cores (tests then find them loaded)."""
+    programs = []
+    for c in cases.ALL_CASES:
+        try:
+            programs += lower_graph(decompose(cases.build(c)[0]))
+        except BackendError:
+            continue
+    shared_jit().load(programs)
 
 
 @pytest.mark.parametrize("c", cases.ALL_CASES, ids=lambda c: c.id)

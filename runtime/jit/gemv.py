@@ -1,0 +1,108 @@
+"""Matrix-vector products: `gemm` stages with a few rows (the projections of a decode step).
+
+The blocked gemm packs B on every call and computes `MR` rows at a time, so with one
+row it moves B twice and wastes most of its arithmetic. With at most `ROWS` rows B is
+streamed once instead, in the layout it has, in blocks of `BLOCK` output columns (the
+unit of work threads share):
+
+* B with unit column stride ([K, N], GPT-2's Conv1D weights): the block's sums live in
+  an on-stack accumulator, and each depth step adds a row of B to it —
+  `acc[j] += a[i, p] * B[p, j]` is a contiguous loop the vectorizer turns into FMAs;
+* B with unit row stride (a transposed [N, K] weight: Linear layers, the LM head):
+  each column is a dot product of contiguous vectors, a vectorized reduction.
+
+Sums are in f32 (`contract`/`reassoc` let LLVM fuse and reorder them, as the plain
+loop nest does); the epilogue applies as each sum is stored.
+"""
+from __future__ import annotations
+
+import math
+
+import llvmlite.ir as ir
+
+from ir.dtypes import DType
+from runtime.jit import codegen as cg
+from runtime.jit import expr as ex
+from runtime.jit.codegen import F32, i64
+
+#: the most rows a stage may have to take this path
+ROWS = 4
+#: output columns per block (per accumulator, and the unit of thread splitting)
+BLOCK = 256
+_FAST = ("reassoc", "contract")
+
+
+def strides(operand) -> tuple[int, int] | None:
+    """(row, column) strides of a strided matrix operand, else None."""
+    access = getattr(operand, "access", None)
+    return tuple(access.strides[-2:]) if access is not None else None
+
+
+def is_gemv(stage) -> bool:
+    """Few rows, a depth to sum over, and B streamable along its rows or columns."""
+    b = strides(stage.b)
+    return 1 <= stage.m <= ROWS and stage.k > 0 and b is not None and 1 in b and strides(stage.a) is not None
+
+
+def gemv_extent(stage) -> int:
+    return math.prod(stage.batch) * math.ceil(stage.n / BLOCK)
+
+
+def emit_gemv(stage, b: ir.IRBuilder, ptrs, lo, hi) -> None:
+    """Blocks [lo, hi) of batch x column blocks."""
+    blocks = math.ceil(stage.n / BLOCK)
+    rows_contiguous = strides(stage.b)[1] == 1
+    with b.goto_entry_block():
+        acc = b.alloca(F32, ROWS * BLOCK if rows_contiguous else ROWS, name="acc")
+    with cg.loop(b, lo, hi, name="blk") as flat:
+        *batch, block = cg.unravel(b, flat, (*stage.batch, blocks))
+        j0 = b.mul(block, i64(BLOCK))
+        width = cg.imin(b, i64(BLOCK), b.sub(i64(stage.n), j0))
+        bases = stage.a.base(b, batch), stage.b.base(b, batch)
+        emit = _axpy if rows_contiguous else _dots
+        emit(stage, b, ptrs, acc, batch, bases, j0, width)
+
+
+def _axpy(stage, b, ptrs, acc, batch, bases, j0, width) -> None:
+    """acc[i, j] = sum_p a[i, p] * B[p, j0 + j], one contiguous row of B per depth step."""
+    a_base, b_base = bases
+    zero = ir.Constant(F32, 0.0)
+    for i in range(stage.m):
+        with cg.loop(b, 0, width, name=f"z{i}") as j:
+            b.store(zero, b.gep(acc, [b.add(i64(i * BLOCK), j)]))
+    with cg.loop(b, 0, stage.k, name="p") as p:
+        for i in range(stage.m):
+            scale = stage.a.load(b, ptrs, a_base, i64(i), p)
+            with cg.loop(b, 0, width, name=f"j{i}") as j:
+                slot = b.gep(acc, [b.add(i64(i * BLOCK), j)])
+                product = b.fmul(scale, stage.b.load(b, ptrs, b_base, p, b.add(j0, j)), flags=_FAST)
+                b.store(b.fadd(b.load(slot), product, flags=_FAST), slot)
+    for i in range(stage.m):
+        with cg.loop(b, 0, width, name=f"s{i}") as j:
+            _store(stage, b, ptrs, batch, i64(i), b.add(j0, j), b.load(b.gep(acc, [b.add(i64(i * BLOCK), j)])))
+
+
+def _dots(stage, b, ptrs, acc, batch, bases, j0, width) -> None:
+    """Each column j0 + j: the dot products of the rows of a with a contiguous column of B."""
+    a_base, b_base = bases
+    slots = [b.gep(acc, [i64(i)]) for i in range(stage.m)]
+    with cg.loop(b, 0, width, name="col") as j:
+        column = b.add(j0, j)
+        for slot in slots:
+            b.store(ir.Constant(F32, 0.0), slot)
+        with cg.loop(b, 0, stage.k, name="dot") as p:
+            value = stage.b.load(b, ptrs, b_base, p, column)
+            for i, slot in enumerate(slots):
+                product = b.fmul(stage.a.load(b, ptrs, a_base, i64(i), p), value, flags=_FAST)
+                b.store(b.fadd(b.load(slot), product, flags=_FAST), slot)
+        for i, slot in enumerate(slots):
+            _store(stage, b, ptrs, batch, i64(i), column, b.load(slot))
+
+
+def _store(stage, b, ptrs, batch, row, column, value) -> None:
+    indices = [*batch, row, column]
+    if stage.epilogue is not None:
+        value = stage.epilogue.emit(b, ptrs, indices, value)
+    else:
+        value = ex.cast(b, value, DType.f32, stage.out.dtype)
+    cg.store(b, value, ptrs[stage.out.arg], stage.out.address(b, indices), stage.out.dtype)
