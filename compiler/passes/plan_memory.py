@@ -73,6 +73,9 @@ class Buffer:
     end: int
     tier: str = ""
     offset: int = 0
+    #: a param's range: stacked first, in declaration order, so graphs sharing params
+    #: (a model's training step and its generation entry points) place them alike
+    pinned: bool = False
 
 
 @attrs.frozen
@@ -164,8 +167,8 @@ class Liveness:
         self._later: dict[int, list[set[Value]]] = {}
 
     def values(self) -> list[Value]:
-        """Every value the plan places, in order: inputs, params, then op results."""
-        return [*self.graph.inputs, *(p.value for p in self.graph.params),
+        """Every value the plan places, in order: params, inputs, then op results."""
+        return [*(p.value for p in self.graph.params), *self.graph.inputs,
                 *(v for op in self.graph.ops for v in op.results)]
 
     def interval(self, value: Value) -> tuple[int, int]:
@@ -200,7 +203,7 @@ class Liveness:
                 buffer.values.append(value)
                 buffer.end = max(buffer.end, end)
             else:
-                buffer = Buffer([value], aligned(value.type.nbytes), start, end)
+                buffer = Buffer([value], aligned(value.type.nbytes), start, end, pinned=value in self.params)
                 out.append(buffer)
             own[value] = buffer
         return out
@@ -381,10 +384,11 @@ def place(buffers: list[Buffer], heuristics: Iterable[str]) -> None:
     if not buffers:
         return
     end = max(b.end for b in buffers)
-    whole = [b for b in buffers if b.start == 0 and b.end == end]
-    rest = [b for b in buffers if not (b.start == 0 and b.end == end)]
+    stacked = [b.pinned or (b.start == 0 and b.end == end) for b in buffers]
+    whole = [b for b, w in zip(buffers, stacked) if w]
+    rest = [b for b, w in zip(buffers, stacked) if not w]
     base = 0
-    for buffer in sorted(whole, key=lambda b: -b.size):
+    for buffer in sorted(whole, key=lambda b: (not b.pinned, 0 if b.pinned else -b.size)):
         buffer.offset, base = base, base + buffer.size
     best = None
     bound = base + peak(rest)

@@ -70,3 +70,19 @@ def test_a_plan_for_another_target_is_not_used():
     graph, _ = run(f"{PREFIX},plan-memory{{target=sn40l}}", zoo_graph("mlp", "train"))
     pef = load_pef(backend_stage(graph, target="rdu-mini").to_bytes())
     assert {a.name for a in pef.memory.arenas} == {"ddr", ONCHIP}
+
+
+def test_generation_entry_points_share_the_params_placement():
+    """A model compiled for inference has forward, prefill and decode graphs sharing params: each is
+    planned on its own, and the params land at one place in all of them (the PEF checks it)."""
+    from compiler.driver import CompileOptions, compile_model
+    from compiler.passes.pipelines import level_pipeline
+    from compiler.passes import PassManager
+
+    result = compile_model(CompileOptions("gpt2", inference=True, target="rdu-mini"),
+                           PassManager.parse(level_pipeline("O3")))
+    pef = load_pef(result.pef.to_bytes())
+    assert pef.entries
+    graphs = [result.graph, *result.entries.values()]
+    for name in (p.name for p in result.graph.params):
+        assert len({g.param(name).value.mem for g in graphs}) == 1, name
