@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from backend.targets import load_target
 from compiler.driver import CompileOptions, compile_model
+from compiler.passes.opt_report import optimization_report
 from compiler.training import TrainingOptions
 from ir.printer import print_graph
 from tools import cli
@@ -102,4 +104,7 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(graph_to_dot(result.graph))
         return 0
     write_output(args, result.pef)
+    if args.stats:  # fusion, tiles and the memory plan, per section (after the backend's report)
+        sections = [(s.phase, s.kernels) for s in result.pef.sections]
+        print(optimization_report(result.graph, load_target(args.target), sections))
     return 0
