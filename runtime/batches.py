@@ -214,11 +214,18 @@ def open_rows(path: str | Path, split: str, specs: Sequence[InputSpec],
         data = hdf5_data.open_data(path, split, bounds.get("input_ids"))
         rows: Rows = TokenRows(data, ", ".join(str(f) for f in data.files))
         width = next(s for s in specs if s.name == "input_ids").row_shape
+        problem = None
         if (data.max_seq_length,) != width:
+            problem = (f"sequences of {data.max_seq_length} tokens, but the program was compiled for seq_len "
+                       f"{width[0]} (recompile with seq_len={data.max_seq_length}, or prepare the data with "
+                       f"--max-seq-length {width[0]})")
+        vocab, bound = (data.metadata or {}).get("vocab_size"), bounds.get("input_ids")
+        if problem is None and isinstance(vocab, int) and bound is not None and vocab > bound:
+            problem = (f"the data's tokenizer has {vocab} ids, the model's vocabulary only {bound} (recompile "
+                       f"with vocab_size={vocab}, or prepare the data with the model's tokenizer)")
+        if problem is not None:
             rows.close()
-            raise DataError(f"{path}: sequences of {data.max_seq_length} tokens, but the program was compiled "
-                            f"for seq_len {width[0]} (recompile with seq_len={data.max_seq_length}, or "
-                            f"prepare the data with --max-seq-length {width[0]})")
+            raise DataError(f"{path}: {problem}")
         return rows
     if path.is_dir():
         files = split_files(path, split)

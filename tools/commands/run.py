@@ -136,6 +136,8 @@ def train(args: argparse.Namespace, pef: PEF) -> int:
     profiling = args.profile or args.trace is not None
     program = load(pef, seed=args.seed, threads=args.threads)
     reporter = ConsoleReporter(Console(stderr=True))
+    if config.save_dir is None:
+        reporter.warn("no --save-dir: the trained weights and metrics will not be saved")
     with Trainer(_Profiled(program) if profiling else program, config, reporter) as trainer:
         reporter.line(f"Training {trainer.options.get('model', 'the model')} on {config.data}: {len(trainer.train)} "
                       f"rows, batch {trainer.batch_size}, {trainer.total_steps} steps ({trainer.num_epochs} "
@@ -149,8 +151,6 @@ def train(args: argparse.Namespace, pef: PEF) -> int:
         if args.trace is not None:
             write_trace(args.trace, program.profile, report)
             print(f"Trace written to {args.trace}")
-    if config.save_dir is None:
-        reporter.warn("no --save-dir: the trained weights and metrics were not saved")
     return 0
 
 
