@@ -23,20 +23,25 @@ fusion.
    and the post-dominator's group (`sink`) allow it and the result keeps at
    most `max-ops` ops:
 
-   | op's group      | path kind    | on path       | sink            | what it gives                  |
-   |-----------------|--------------|---------------|-----------------|--------------------------------|
-   | output-fusable  | elementwise  | <= broadcast  | <= broadcast    | epilogues: bias, act., residual |
+   | op's group      | path kind    | on path       | sink            | what it gives                   |
+   |-----------------|--------------|---------------|-----------------|---------------------------------|
+   | output-fusable  | <= reduction | <= reduction  | <= reduction    | epilogues: bias, activation,    |
+   |                 |              |               |                 | residual, a softmax or a sum    |
    | <= broadcast    | <= reduction | <= reduction  | not opaque      | producers join their consumers  |
    | reduction       | <= reduction | <= reduction  | <= reduction    | softmax/norms as one kernel     |
    | injective       | <= reduction | <= reduction  | <= reduction    | reshapes, slices, gathers       |
-   | views only      | output-fus.  | views only    | output-fusable  | prologues: strided operand reads|
+   | views only      | output-fus.  | views only    | output-fusable  | prologues: strided operand reads |
 
-   At most one output-fusable op (matmul, conv) anchors a group. The last two
-   rows and a reduction's consumers are the RDU's additions to TVM's rules: in
-   a dataflow kernel a reduction's result waits in a PMU for the stages that
-   use it, and a view (transpose, reshape, slice) of a gemm operand is a
-   strided read, never a copy.
-3. Operand-less generators (ops with a `generate` hook: full, iota,
+   At most one output-fusable op (matmul, conv) anchors a group. Where TVM
+   stops — at a reduction's consumers, an anchor's non-elementwise epilogue,
+   a view feeding a gemm — the RDU goes on: in a dataflow kernel a reduced or
+   multiplied result waits in a PMU for the stages that use it, and a view
+   (transpose, reshape, slice) of a gemm operand is a strided read, never a copy.
+3. Multi-output fusion: an op still alone whose producers in its segment all
+   sit in one group joins that group (a bias gradient's sum joins the kernel
+   making the gradient), which then reads the tensor once, on chip. Every path
+   from the group to the op ends at one of those producers, so it stays convex.
+4. Operand-less generators (ops with a `generate` hook: full, iota,
    causal_mask) are not kernels: each fused kernel that uses one gets its own
    copy, and the top-level op stays only if something else still uses it.
 """
@@ -78,7 +83,7 @@ class Fuse(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         """Rewrites `graph` in place."""
         before, traffic = len(graph.ops), kernel_traffic(graph)
-        partition = _Partition(graph.ops, graph.live_outs(), max(self.max_ops, 1))
+        partition = _Partition(graph.ops, max(self.max_ops, 1))
         stats = _rebuild(graph, partition)
         ctx.count("kernels-before", before)
         ctx.count("kernels-after", len(graph.ops))
@@ -164,7 +169,7 @@ def _prologue(kind: FusionKind, views: bool, sink: bool) -> bool:
 class _Partition:
     """Groups of the top-level ops (generators aside) by the rules in the module docstring."""
 
-    def __init__(self, ops: list[Op], live_outs: set[Value], max_ops: int):
+    def __init__(self, ops: list[Op], max_ops: int):
         self.ops = ops
         self.max_ops = max_ops
         self.nodes = [i for i, op in enumerate(ops) if not is_generator(op)]
