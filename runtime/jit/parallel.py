@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 #: below this many element operations a stage runs on the calling thread
@@ -17,19 +18,32 @@ MIN_PARALLEL_WORK = 1 << 17
 KernelFn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
 
+_pools: dict[int, ThreadPoolExecutor] = {}
+_lock = threading.Lock()
+
+
 def default_threads() -> int:
     env = os.environ.get("RDUFLOW_NUM_THREADS")
     if env and env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, min(len(os.sched_getaffinity(0)), 8))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of `workers` threads (shared by every Parallel of that size)."""
+    with _lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="rduflow")
+        return _pools[workers]
 
 
 class Parallel:
-    """Splits kernel calls across `threads` threads (the caller plus a pool)."""
+    """Splits kernel calls across `threads` threads (the caller plus a shared pool)."""
 
     def __init__(self, threads: int | None = None):
         self.threads = threads or default_threads()
-        self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="rduflow") if self.threads > 1 else None
+        self._pool = _pool(self.threads - 1) if self.threads > 1 else None
 
     def run(self, fn, args, extent: int, work: int) -> int:
         """Call `fn(args, lo, hi)` over [0, extent); the first nonzero status, or 0."""
@@ -40,7 +54,3 @@ class Parallel:
         futures = [self._pool.submit(fn, args, bounds[i], bounds[i + 1]) for i in range(1, parts)]
         statuses = [fn(args, bounds[0], bounds[1])] + [f.result() for f in futures]
         return next((s for s in statuses if s), 0)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
