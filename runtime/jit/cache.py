@@ -53,6 +53,7 @@ class DiskCache:
         """Store an entry atomically; a cache that cannot be written is skipped silently."""
         payload = msgpack.packb([obj, [[p.symbol, p.extent, p.work] for p in plans]], use_bin_type=True)
         path = self.path(key)
+        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -60,4 +61,5 @@ class DiskCache:
                 f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
             os.replace(tmp, path)
         except OSError:
-            return
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)

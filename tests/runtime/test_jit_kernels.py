@@ -332,3 +332,17 @@ def test_kernel_program_buffers_need_not_be_named_alike():
                                                      kp.Buffer("s", "output", (8,), "f32")),
                              (kp.MapStage("s", kp.Body((kp.Access("r", 0, (1,)),), (), body.nodes)),))
     assert code_key(one) == code_key(other)
+
+
+def test_an_unwritable_cache_is_skipped(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    cache = DiskCache(blocked)
+    cache.put("ab" * 16, b"object", [StagePlan("s", 1, 1)])
+    assert cache.get("ab" * 16) is None
+    graph, inputs = matmul_case((4, 5), (5, 3))
+    got = run_kernels(graph, inputs)[0]["c"]
+    jit = Jit(cache)
+    jit.load(_programs(graph))
+    assert jit.stats.compiled == 1
+    np.testing.assert_allclose(got, inputs["a"] @ inputs["b"], rtol=1e-5)
