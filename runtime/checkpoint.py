@@ -11,8 +11,8 @@ and shape mismatches raise `CheckpointError`; unexpected ones are listed.
 families), `model.safetensors` with Hugging Face names (the zoo's params carry
 them; GPT-2 has no `lm_head.weight` of its own, as transformers saves it), and for
 resuming `optimizer.safetensors` (optimizer state by param name) and
-`trainer_state.json`. `list_checkpoints` / `prune_checkpoints` manage the
-`checkpoint-<step>` folders of a save directory.
+`trainer_state.json`. `list_checkpoints` / `prune_checkpoints` / `remove_partial`
+manage the `checkpoint-<step>` folders of a save directory.
 """
 from __future__ import annotations
 
@@ -224,6 +224,16 @@ def save_checkpoint(folder: str | Path, weights: Mapping[str, np.ndarray], confi
         shutil.rmtree(stage, ignore_errors=True)
         raise CheckpointError(f"cannot write checkpoint {target}: {err.strerror or err}") from None
     return target
+
+
+def remove_partial(save_dir: str | Path) -> list[Path]:
+    """Delete what interrupted writes left in `save_dir` (staging and replaced folders); return it."""
+    folder = Path(save_dir)
+    leftovers = sorted(p for pattern in (f".{CHECKPOINT_PREFIX}*.tmp-*", f".{CHECKPOINT_PREFIX}*.old-*")
+                       for p in folder.glob(pattern)) if folder.is_dir() else []
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
 
 
 def prune_checkpoints(save_dir: str | Path, keep_last: int) -> list[Path]:

@@ -247,7 +247,10 @@ class Trainer:
     def start(self) -> int:
         """Set the params (initializers, --checkpoint, or the resumed checkpoint); the first step to run."""
         self.program.initialize(self.config.seed)
-        found = ckpt.list_checkpoints(self.config.save_dir) if self.config.save_dir is not None else []
+        found = []
+        if self.config.save_dir is not None:
+            ckpt.remove_partial(self.config.save_dir)
+            found = ckpt.list_checkpoints(self.config.save_dir)
         if self.config.resume:
             if found:
                 return self._resume(found[-1][1])

@@ -100,7 +100,10 @@ def test_list_and_prune_checkpoints(tmp_path):
         ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_name(step), {}, {})
     (tmp_path / "checkpoint-x").mkdir()
     (tmp_path / ".checkpoint-40.tmp-1").mkdir()
+    (tmp_path / ".checkpoint-30.old-7").mkdir()
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 10, 30]
+    assert [p.name for p in ckpt.remove_partial(tmp_path)] == [".checkpoint-30.old-7", ".checkpoint-40.tmp-1"]
+    assert not list(tmp_path.glob(".*"))
     assert [p.name for p in ckpt.prune_checkpoints(tmp_path, 2)] == ["checkpoint-2"]
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [10, 30]
     assert ckpt.list_checkpoints(tmp_path / "missing") == []
