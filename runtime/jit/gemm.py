@@ -30,6 +30,8 @@ MR, NR = 6, 16
 UNROLL = 4
 LANES = 8
 KC, MC, NC = 256, 96, 2048
+#: upper bounds of the packed A block and B panel (reached only when a block spans all of K)
+PACK_A_BYTES, PACK_B_BYTES = 1 << 20, 4 << 20
 #: products with fewer multiply-adds per batch entry use the plain loop nest
 SMALL = 1 << 15
 VEC = ir.VectorType(F32, LANES)
@@ -125,7 +127,9 @@ class _Emitter:
         reads = stage.epilogue.reads if stage.epilogue is not None else ()
         safe = stage.out.dtype == DType.f32 and not out_may_alias and all(r.arg != stage.out.arg for r in reads)
         self.kc = max(min(KC, stage.k) if safe else stage.k, 1)
-        self.mc, self.nc = MC, NC
+        # a whole (deep) contraction per block: keep the packed panels within a few MB
+        self.mc = max(MR, min(MC, PACK_A_BYTES // (4 * self.kc) // MR * MR))
+        self.nc = max(NR, min(NC, PACK_B_BYTES // (4 * self.kc) // NR * NR))
 
     def run(self, lo: ir.Value, hi: ir.Value) -> None:
         b, s = self.b, self.s

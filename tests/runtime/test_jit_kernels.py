@@ -128,11 +128,13 @@ def test_blocked_gemm_matches_numpy(a_shape, b_shape, attrs):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * math.sqrt(stage.k))
 
 
-def test_blocked_gemm_with_bf16_output():
-    graph, inputs = matmul_case((96, 520), (520, 40), bf16)
+@pytest.mark.parametrize("a_shape,b_shape", [((96, 520), (520, 40)), ((12, 20000), (20000, 50))])
+def test_blocked_gemm_with_bf16_output(a_shape, b_shape):
+    """bf16 results sum all of K in f32 before rounding (deep ones in smaller packed panels)."""
+    graph, inputs = matmul_case(a_shape, b_shape, bf16)
     got = run_kernels(graph, inputs)[0]["c"].astype(np.float32)
     exact = inputs["a"].astype(np.float32) @ inputs["b"].astype(np.float32)
-    np.testing.assert_allclose(got, exact, rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(got, exact, rtol=1e-2, atol=1e-2 * math.sqrt(a_shape[1] / 100))
 
 
 def fused(graph):
