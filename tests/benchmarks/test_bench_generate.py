@@ -1,0 +1,119 @@
+"""Generation throughput of GPT-2 in tokens/s: rduflow's prefill + KV-cache decode against Hugging
+Face transformers' `generate()` on the same CPU, with the same number of threads and the same weights.
+
+    python -m pytest tests/benchmarks/test_bench_generate.py --benchmark-enable -s
+
+Two configs: `tiny`, the checkpoint in tests/fixtures/hf/gpt2-tiny (2 layers x 32), and
+`small`, GPT-2 small's shape (12 layers x 768, 12 heads, vocabulary 50257) with random
+weights. One round is a greedy generation of `NEW` tokens after a 16-token prompt, batch
+1 (no EOS: every round makes exactly `NEW` tokens); tokens/s is `NEW` over the round's wall
+time, prefill included, for both. rduflow's PEF caches `MAX_LEN` positions and prefills in
+chunks of 16. Each test stores `tokens_per_s` in the benchmark's extra info and prints it;
+the transformers tests (skipped without torch and transformers) also print the ratio. When
+both run, the greedy tokens must agree on the tiny checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compiler.driver import CompileOptions, compile_model
+from runtime.generate import ProgramSteps, Prompt, generate, load_weights
+from runtime.jit.parallel import default_threads
+from runtime.program import load
+from runtime.sampling import SamplingOptions
+
+pytestmark = pytest.mark.slow
+
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "hf" / "gpt2-tiny"
+SMALL = {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}
+NEW, PROMPT, MAX_LEN = 32, 16, 64
+THREADS = default_threads()
+ROUNDS = {"tiny": 5, "small": 2}
+#: tokens/s and greedy tokens of each side, per config (for the ratio and the agreement check)
+RESULTS: dict[tuple[str, str], tuple[float, list[int]]] = {}
+
+
+def group(config: str) -> str:
+    return f"gpt2 {config} generation, batch 1, {PROMPT}-token prompt + {NEW} new, {THREADS} thread(s)"
+
+
+def prompt_ids(vocab: int) -> list[int]:
+    return np.random.default_rng(0).integers(0, vocab, PROMPT).tolist()
+
+
+def hf_model(config: str):
+    """The transformers model of a config (the tiny checkpoint, or seeded random GPT-2 small weights)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.set_num_threads(THREADS)
+    if config == "tiny":
+        return transformers.GPT2LMHeadModel.from_pretrained(TINY).eval()
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL, activation_function="gelu_new")).eval()
+
+
+def record(benchmark, side: str, config: str, tokens: list[int]) -> None:
+    """Tokens/s of the mean round (when timing is enabled), printed beside the other side's."""
+    RESULTS[(side, config)] = (NEW / benchmark.stats.stats.mean if benchmark.stats else 0.0, tokens)
+    rate = RESULTS[(side, config)][0]
+    if not rate:
+        return
+    benchmark.extra_info.update(tokens_per_s=round(rate, 2))
+    other = RESULTS.get(("rduflow", config), (0.0, []))[0] if side == "transformers" else 0.0
+    ratio = f", rduflow / transformers = {other / rate:.2f}x" if other else ""
+    print(f"\n{side} {config}: {rate:.2f} tokens/s{ratio} ({group(config)})")
+
+
+def rduflow_steps(config: str) -> ProgramSteps:
+    """A generation PEF of the config, loaded, with the same weights transformers uses (when it is there)."""
+    model, overrides = (str(TINY), ()) if config == "tiny" else ("gpt2", tuple(f"model.{k}={v}" for k, v in SMALL.items()))
+    overrides += (f"model.seq_len={PROMPT}", f"model.max_seq_length={MAX_LEN}")
+    pef = compile_model(CompileOptions(model, overrides, inference=True, batch_size=1)).pef
+    steps = ProgramSteps(load(pef, threads=THREADS))
+    if config == "tiny":
+        load_weights(steps.program, TINY)
+    else:
+        try:
+            state = hf_model(config).state_dict()
+        except pytest.skip.Exception:
+            return steps  # no torch: the PEF's own initializers
+        steps.program.params.update({name: state[name].numpy() for name in steps.program.params
+                                      if steps.program.params.roles()[name] == "param"})
+    return steps
+
+
+@pytest.mark.parametrize("config", ["tiny", "small"])
+def test_bench_rduflow_generate(benchmark, config):
+    steps = rduflow_steps(config)
+    prompts = [Prompt(tuple(prompt_ids(steps.limits.vocab)), "benchmark")]
+    greedy = SamplingOptions(temperature=0.0)
+    generate(steps, prompts, NEW, greedy)  # warm up: first touch of the arenas
+    result = benchmark.pedantic(generate, args=(steps, prompts, NEW, greedy), rounds=ROUNDS[config], iterations=1)
+    (completion,) = result.completions
+    assert len(completion.token_ids) == NEW
+    record(benchmark, "rduflow", config, list(completion.token_ids))
+
+
+@pytest.mark.parametrize("config", ["tiny", "small"])
+def test_bench_transformers_generate(benchmark, config):
+    import torch
+
+    model = hf_model(config)
+    ids = torch.tensor([prompt_ids(model.config.vocab_size)])
+
+    def run() -> list[int]:
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW,
+                                 min_new_tokens=NEW, pad_token_id=0, eos_token_id=None)
+        return out[0, PROMPT:].tolist()
+
+    run()
+    tokens = benchmark.pedantic(run, rounds=ROUNDS[config], iterations=1)
+    assert len(tokens) == NEW
+    record(benchmark, "transformers", config, tokens)
+    ours = RESULTS.get(("rduflow", config))
+    if config == "tiny" and ours is not None:
+        assert ours[1] == tokens
