@@ -59,7 +59,6 @@ class InputSpec:
 class Rows(Protocol):
     """Rows of a dataset, read by index; `metadata` is the data-prep metadata, when there is one."""
 
-    description: str
     metadata: dict | None
 
     def __len__(self) -> int: ...
@@ -74,9 +73,8 @@ class Rows(Protocol):
 class TokenRows:
     """Token data (`input_ids`, `token_type_ids`) through the validated data-prep reader."""
 
-    def __init__(self, data: hdf5_data.HDF5Data, description: str):
+    def __init__(self, data: hdf5_data.HDF5Data):
         self.data = data
-        self.description = description
         self.metadata = data.metadata
 
     def __len__(self) -> int:
@@ -101,7 +99,6 @@ class TensorRows:
         self.files = list(files)
         self.specs = list(specs)
         self.bounds = dict(bounds or {})
-        self.description = ", ".join(str(f) for f in self.files)
         self.metadata = None
         self._handles: list[h5py.File] = []
         try:
@@ -212,7 +209,7 @@ def open_rows(path: str | Path, split: str, specs: Sequence[InputSpec],
         raise DataError(f"data not found: {path}")
     if is_token_data(specs):
         data = hdf5_data.open_data(path, split, bounds.get("input_ids"))
-        rows: Rows = TokenRows(data, ", ".join(str(f) for f in data.files))
+        rows: Rows = TokenRows(data)
         width = next(s for s in specs if s.name == "input_ids").row_shape
         problem = None
         if (data.max_seq_length,) != width:
