@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from backend.pef import PEF
+from backend.pef import FORMAT_VERSION, PEF
 from backend.schema import encode
 from ir.dtypes import DType
 
@@ -25,7 +25,7 @@ def info(pef: PEF, file_bytes: int) -> dict[str, Any]:
     header, target = pef.header, pef.header.target
     units = header.n_chips * header.num_tiles
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "tool_version": header.tool_version,
         "target": {"name": target.name, "description": target.description, "n_chips": header.n_chips,
                    "num_tiles": header.num_tiles, "pcus": units * target.pcus_per_tile,
@@ -40,6 +40,9 @@ def info(pef: PEF, file_bytes: int) -> dict[str, Any]:
                   "param_bytes": sum(_bytes(p.shape, p.dtype) for p in pef.symbols.params),
                   "arenas": {a.name: a.size for a in pef.memory.arenas}},
         "offchip_traffic": offchip_traffic(pef),
+        "entries": [{"name": e.name, "inputs": encode(e.symbols.inputs), "outputs": encode(e.symbols.outputs),
+                     "kernels": len(e.kernels), "sections": len(e.sections),
+                     "arenas": {a.name: a.size for a in e.memory.arenas}} for e in pef.entries],
     }
 
 

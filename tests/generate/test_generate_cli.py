@@ -120,3 +120,14 @@ def test_pefs_without_generation_entries_are_refused(capsys, tmp_path):
     code, _, err = run(capsys, tmp_path / "train" / "train.pef", "--inference", "--prompt-ids", "1")
     assert code == 1 and "--inference needs a PEF compiled with 'rduflow compile --inference'; this one is a " \
                          "train PEF" in err
+
+
+def test_pef_info_lists_the_entry_points(capsys, pef):
+    capsys.readouterr()
+    assert main(["pef", "info", str(pef), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["format_version"] == 2
+    assert [(e["name"], [s["shape"] for s in e["inputs"]]) for e in data["entries"]] == [
+        ("prefill", [[2, 16], [2], [2]]), ("decode", [[2, 1], [2]])]
+    assert main(["pef", "info", str(pef)]) == 0
+    assert "entry    decode: " in capsys.readouterr().out

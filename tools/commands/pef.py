@@ -71,6 +71,10 @@ def main_info(args: argparse.Namespace) -> int:
                   + ", ".join(f"{k} {v:,}" for k, v in sizes["arenas"].items()))
     console.print(f"modeled off-chip traffic per step: {traffic['total']:,} bytes "
                   f"(read {traffic['read']:,}, written {traffic['written']:,})")
+    for entry in data["entries"]:
+        console.print(f"entry    {entry['name']}: {entry['kernels']} kernels in {entry['sections']} section(s); "
+                      "inputs " + ", ".join(f"{s['name']} {_shape(s)}" for s in entry["inputs"]) +
+                      "; outputs " + ", ".join(f"{s['name']} {_shape(s)}" for s in entry["outputs"]))
     return 0
 
 
