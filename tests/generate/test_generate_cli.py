@@ -131,3 +131,19 @@ def test_pef_info_lists_the_entry_points(capsys, pef):
         ("prefill", [[2, 16], [2], [2]]), ("decode", [[2, 1], [2]])]
     assert main(["pef", "info", str(pef)]) == 0
     assert "entry    decode: " in capsys.readouterr().out
+
+
+def test_compile_emits_an_entry_point_graph(capsys):
+    from ir.parser import parse
+    from ir.printer import print_graph
+
+    capsys.readouterr()
+    assert main(["compile", "gpt2", "model.n_layer=1", "--inference", "--emit", "ir", "--entry", "decode"]) == 0
+    text = capsys.readouterr().out
+    assert "input %input_ids : i32[2,1]" in text and "state @transformer.h.0.attn.k_cache : f32[2,4,64,8] = zeros" in text
+    assert "= dynamic_update_slice(@transformer.h.0.attn.k_cache, " in text
+    assert "update @transformer.h.0.attn.v_cache = " in text
+    assert print_graph(parse(text)) == text
+    assert main(["compile", "mlp", "--inference", "--emit", "ir", "--entry", "decode"]) == 1
+    assert main(["compile", "gpt2", "--entry", "decode"]) == 1
+    assert "--entry needs --emit and --inference" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from backend.targets import load_target
 from compiler.driver import CompileOptions, compile_model
 from compiler.passes.opt_report import optimization_report
 from compiler.training import TrainingOptions
+from ir.errors import ConfigError
 from ir.printer import print_graph
 from tools import cli
 from tools.backend_options import add_backend_options, backend_options, write_output
@@ -59,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "after the passes; dot: a Graphviz view of the IR after the passes")
     parser.add_argument("--no-locs", dest="locs", action="store_false",
                         help="print the IR without source locations")
+    parser.add_argument("--entry", choices=("prefill", "decode"),
+                        help="with --emit and --inference: the graph of this generation entry point (a model "
+                             "with a KV cache) instead of the forward pass")
     _add_training_options(parser)
     add_pass_options(parser)
     add_backend_options(parser)
@@ -96,12 +100,19 @@ def options_from(args: argparse.Namespace) -> CompileOptions:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.entry and not (args.emit and args.inference):
+        raise ConfigError("--entry needs --emit and --inference (it picks the graph to print)")
     result = compile_model(options_from(args), pass_manager_from_args(args))
+    graph = result.graph
+    if args.entry:
+        if args.entry not in result.entries:
+            raise ConfigError(f"--entry {args.entry}: the model has no generation entry points (it declares no cache)")
+        graph = result.entries[args.entry]
     if args.emit in ("ir", "ir-opt"):
-        sys.stdout.write(print_graph(result.graph, with_locs=args.locs))
+        sys.stdout.write(print_graph(graph, with_locs=args.locs))
         return 0
     if args.emit == "dot":
-        sys.stdout.write(graph_to_dot(result.graph))
+        sys.stdout.write(graph_to_dot(graph))
         return 0
     write_output(args, result.pef)
     if args.stats:  # fusion, tiles and the memory plan, per section (after the backend's report)
