@@ -5,6 +5,7 @@ import contextlib
 import csv
 import functools
 import io
+import json
 import re
 import shlex
 from pathlib import Path
@@ -49,8 +50,10 @@ def test_quickstart_trains_and_generates(tmp_path):
     summary = re.search(r"Loss fell from (\S+) \(first step\) to (\S+) \(last step\)", out)
     assert summary and float(summary[1]) == pytest.approx(losses[0], abs=1e-4)
     assert float(summary[2]) == pytest.approx(losses[-1], abs=1e-4)
-    sample = re.search(r"^Sample: (.*)$", out, re.MULTILINE)
-    assert sample and len(sample[1]) > len(Settings().prompt)
+    sample = re.search(r"^Sample: (\".*\") -> (\".*\")$", out, re.MULTILINE)
+    assert sample and json.loads(sample[1]) == Settings().prompt
+    assert len(json.loads(sample[2])) >= Settings().max_new_tokens // 2  # bytes: a few may form one character
+    assert f"Completion: {json.loads(sample[2])}\n" in (workdir / "logs/5-generate.log").read_text()
     for artifact in ("midsummer.txt", "data/train_1_of_1.hdf5", "pef/train/train.pef", "pef/generate/generate.pef",
                      "checkpoints/checkpoint-60/model.safetensors", "logs/3-train.log", "logs/5-generate.log"):
         assert (workdir / artifact).is_file(), artifact

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
+import json
 import shlex
 import shutil
 import sys
@@ -31,7 +33,9 @@ CORPUS = Path(__file__).parent / "data" / "midsummer.txt"
 MARKER = ".rduflow-quickstart"
 #: what a rerun in the same work folder replaces
 OUTPUTS = ("data", "pef", "checkpoints", "logs")
+#: how `rduflow run --inference` prints a completion, and the line after the last one
 COMPLETION = "Completion: "
+END_OF_COMPLETIONS = "time to first token"
 
 
 class QuickstartError(RduflowError):
@@ -61,9 +65,9 @@ class Settings:
     lr: float = 3e-3
     warmup_steps: int = 20
     log_every: int = 40
-    prompt: str = "LYSANDER"
-    max_new_tokens: int = 120
-    temperature: float = 0.8
+    prompt: str = "The course of true love"
+    max_new_tokens: int = 40
+    temperature: float = 0.5
     seed: int = 0
 
     def model_overrides(self) -> tuple[str, ...]:
@@ -142,23 +146,28 @@ def steps(layout: Layout, s: Settings) -> list[Step]:
 
 @attrs.frozen
 class Report:
-    """What the quickstart did: each step's wall time, the loss curve's ends, the sample."""
+    """What the quickstart did: each step's wall time, the loss curve's ends, the sample's prompt and completion."""
 
     layout: Layout
     times: dict[str, float]
     first_loss: float
     last_loss: float
-    sample: str
+    prompt: str
+    completion: str
 
     def summary(self) -> str:
         root = self.layout.root
         lines = [f"Quickstart finished in {sum(self.times.values()):.1f} s:"]
         lines += [f"  {name:<18} {seconds:6.1f} s" for name, seconds in self.times.items()]
         lines += [f"Loss fell from {self.first_loss:.4f} (first step) to {self.last_loss:.4f} (last step).",
-                  f"Sample: {self.sample}",
+                  f"Sample: {_quoted(self.prompt)} -> {_quoted(self.completion)}",
                   f"Everything is in {root}/: the corpus, data/ (HDF5), pef/train and pef/generate (PEFs),",
                   f"checkpoints/ ({METRICS}, Hugging Face checkpoints) and logs/ (each step's output)."]
         return "\n".join(lines)
+
+
+def _quoted(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 class _Tee:
@@ -207,11 +216,12 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def run_step(step: Step, log: Path, debug: bool = False) -> None:
-    """Run `step` through the `rduflow` entry point, showing its output and keeping it in `log`."""
+def run_step(step: Step, log: Path, debug: bool = False) -> str:
+    """Run `step` through the `rduflow` entry point, showing its output and keeping it in `log`; its stdout."""
     argv = [*step.args, "--debug"] if debug else list(step.args)
+    stdout = io.StringIO()
     with log.open("w", encoding="utf-8") as handle, \
-            contextlib.redirect_stdout(_Tee(sys.stdout, handle)), \
+            contextlib.redirect_stdout(_Tee(sys.stdout, handle, stdout)), \
             contextlib.redirect_stderr(_Tee(sys.stderr, handle)):
         try:
             code = cli.main(argv)
@@ -220,6 +230,7 @@ def run_step(step: Step, log: Path, debug: bool = False) -> None:
     if code:
         raise StepFailed(f"step '{step.name}' failed (exit code {code}); its output is in {log}; "
                          f"rerun it with: {step.command}", code)
+    return stdout.getvalue()
 
 
 def run_quickstart(workdir: Path, settings: Settings = Settings(), debug: bool = False,
@@ -230,14 +241,15 @@ def run_quickstart(workdir: Path, settings: Settings = Settings(), debug: bool =
     prepare_workdir(layout)
     plan = steps(layout, settings)
     times: dict[str, float] = {}
+    printed = ""
     for number, step in enumerate(plan, 1):
         print(f"\n[{number}/{len(plan)}] {step.title}\n$ {step.command}", file=out, flush=True)
         start = time.perf_counter()
-        run_step(step, layout.logs / f"{number}-{step.name}.log", debug)
+        printed = run_step(step, layout.logs / f"{number}-{step.name}.log", debug)
         times[step.name] = time.perf_counter() - start
         print(f"({step.name}: {times[step.name]:.1f} s)", file=out, flush=True)
     first, last = losses(layout.checkpoints / METRICS)
-    return Report(layout, times, first, last, sample(layout.logs / f"{len(plan)}-{plan[-1].name}.log"))
+    return Report(layout, times, first, last, settings.prompt, completion(printed))
 
 
 def losses(metrics: Path) -> tuple[float, float]:
@@ -252,11 +264,10 @@ def losses(metrics: Path) -> tuple[float, float]:
     return values[0], values[-1]
 
 
-def sample(log: Path) -> str:
-    """The first completion the generation step printed."""
-    text = log.read_text(encoding="utf-8")
-    start = text.find(COMPLETION)
+def completion(printed: str) -> str:
+    """The first completion in what the generation step printed."""
+    start = printed.find(COMPLETION)
     if start < 0:
-        raise QuickstartError(f"the generation step printed no completion (see {log})")
-    end = text.find("\n", start)
-    return text[start + len(COMPLETION):end if end >= 0 else len(text)]
+        raise QuickstartError("the generation step printed no completion")
+    end = printed.find(f"\n{END_OF_COMPLETIONS}", start)
+    return printed[start + len(COMPLETION):end if end >= 0 else len(printed)]

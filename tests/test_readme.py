@@ -1,0 +1,197 @@
+"""Every command in README.md runs, as written, and does what the README says.
+
+The ```sh blocks run in README order in one temporary folder that stands in for the
+repository root: the paths the README reads from the checkout (`LINKED`) are linked into
+it. A line is one command, or commands joined by `&&`; `rduflow` runs in process through
+`tools.cli.main`, and `> FILE` sends its stdout to a file. A command that cannot run
+inside the test suite, or would take too long, is in `MAPPING`: the README's exact text,
+and what this test does instead. `EXPECTED` holds what some commands must print.
+
+The "Writing a pass" section (```python, IR and ```console blocks) is run by
+tests/passes/test_readme_pass.py; any other kind of block here is an error, so no
+command in the README goes untested.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shlex
+import sys
+import tomllib
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, distributions, version
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+import tools
+from tools.cli import main
+
+REPO = Path(__file__).parents[1]
+README = REPO / "README.md"
+PASS_SECTION = "## Writing a pass"
+LINKED = ("tests/fixtures", "tools/data")
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _check_requirements(requirements: list[str]) -> None:
+    for text in requirements:
+        requirement = Requirement(text)
+        try:
+            installed = version(requirement.name)
+        except PackageNotFoundError:
+            pytest.fail(f"{requirement.name} is required by pyproject.toml but not installed")
+        assert requirement.specifier.contains(installed, prereleases=True), f"{requirement.name} {installed}"
+
+
+def check_installed() -> None:
+    """`pip install -e .`: this checkout is installed, editable, with every dependency and the script."""
+    urls = [json.loads(dist.read_text("direct_url.json") or "{}") for dist in distributions(name="rduflow")]
+    assert {"dir_info": {"editable": True}, "url": REPO.as_uri()} in urls, urls  # (a source tree's egg-info has none)
+    assert Path(tools.__file__).parent == REPO / "tools"
+    _check_requirements(_pyproject()["project"]["dependencies"])
+    assert _pyproject()["project"]["scripts"] == {"rduflow": "tools.cli:main"}
+
+
+def check_test_extras() -> None:
+    """`pip install -e '.[test]'`: also every test requirement."""
+    check_installed()
+    _check_requirements(_pyproject()["project"]["optional-dependencies"]["test"])
+
+
+def check_under_pytest() -> None:
+    """`pytest`: this very test is part of that run (pytest finds the tests from pyproject.toml)."""
+    assert "pytest" in sys.modules
+    assert _pyproject()["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
+
+
+#: README command -> what the test does instead: a check, or a shorter command on the same code path
+MAPPING: dict[str, Callable[[], None] | str] = {
+    "pip install -e .": check_installed,  # the suite installs nothing
+    "pip install -e '.[test]'": check_test_extras,
+    "pytest": check_under_pytest,  # the suite does not run itself
+    "rduflow quickstart": "rduflow quickstart --num-steps 40",  # the same five steps, fewer training steps
+}
+
+#: README command -> patterns its output (stdout and stderr) must match
+EXPECTED: dict[str, list[str]] = {
+    "rduflow quickstart": [r"\$ rduflow data-prep --input rduflow-quickstart/midsummer\.txt",
+                           r"Loss fell from 5\.\d+ \(first step\) to [34]\.\d+", r"\nSample: \S"],
+    "rduflow compile mlp --inference --emit ir": [r"^graph @mlp \{\n  input %x : f32\[16,64\]",
+                                                  r"= matmul\(%x, @fc1\.weight\)", r"output logits = %4"],
+    "rduflow compile gpt2 model.n_layer=1 --print-ir-after=fuse --time-passes --pass-statistics -o out": [
+        r"IR Dump After fuse", r"fused\(", r"Pass execution timing report", r"fuse\.", r"PEF file out/gpt2/gpt2\.pef"],
+    "rduflow passes": [r"plan-memory", r"-O3"],
+    "rduflow pef info out/gpt2/gpt2.pef": [r"mode +train", r"gradnorm", r"opt"],
+    "rduflow pef dump out/gpt2/gpt2.pef --section 0": [r"kernel k0_", r"stage 0: "],
+    "rduflow data-prep --input tools/data/midsummer.txt --output midsummer-ascii --tokenizer "
+    "tools/data/ascii_tokenizer.json --max-seq-length 64 --dev-ratio 0.05": [r"training sequences"],
+    "rduflow run out/gpt2-tiny-train/gpt2-tiny-train.pef --checkpoint tests/fixtures/hf/gpt2-tiny --data "
+    "midsummer-ascii --num-steps 100 --lr 3e-3 --lr-schedule cosine --warmup-steps 10 --log-every 20 "
+    "--save-dir gpt2-tiny-finetuned": [r"Step \[100/100\], Loss: ", r"Evaluation loss: ",
+                                       r"Saved checkpoint gpt2-tiny-finetuned/checkpoint-100"],
+    "rduflow run out/gpt2-tiny-generate/gpt2-tiny-generate.pef --inference --checkpoint "
+    "gpt2-tiny-finetuned/checkpoint-100 --prompt \"LYSANDER\" --max-new-tokens 40 --temperature 0.7 --top-k 20": [
+        r"Completion: ", r"time to first token", r"tokens/second"],
+    "rduflow targets": [r"sn40l", r"sn30"],
+    "rduflow compile tests/fixtures/hf/gpt2-tiny model.seq_len=64 -b 8 --stats -o out --pef-name gpt2-tiny-stats": [
+        r"kernels \d+, sections \d+"],
+}
+
+
+def _blocks(text: str) -> list[tuple[str, str, str]]:
+    """(section title, language, body) of every fenced block."""
+    found = []
+    for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
+        section = text.rfind("\n## ", 0, match.start())
+        title = text[section + 1:text.index("\n", section + 1)] if section >= 0 else ""
+        found.append((title, match[1], match[2]))
+    return found
+
+
+def readme_commands() -> list[str]:
+    """The shell commands of the README, in order (a line, with `\\` continuations joined)."""
+    commands = []
+    for title, language, body in _blocks(README.read_text()):
+        if title == PASS_SECTION:
+            continue
+        assert language == "sh", f"a ```{language} block in '{title}': only ```sh blocks are run"
+        joined = body.replace("\\\n", " ")
+        commands += [line.strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+    return commands
+
+
+def _run_rduflow(words: list[str]) -> tuple[int, str, str]:
+    """Run `rduflow WORDS [> FILE]` in process: exit code, stdout (empty when redirected), stderr."""
+    target = None
+    if ">" in words:
+        words, target = words[:words.index(">")], words[words.index(">") + 1]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(words[1:])
+        except SystemExit as exit_:
+            code = exit_.code
+    if target is not None:
+        Path(target).write_text(out.getvalue())
+        return code, "", err.getvalue()
+    return code, out.getvalue(), err.getvalue()
+
+
+def _run(part: str) -> str:
+    """One command of a line: run it (or its mapping); everything it printed."""
+    replacement = MAPPING.get(part, part)
+    if callable(replacement):
+        replacement()
+        return ""
+    words = shlex.split(replacement)
+    assert words[0] == "rduflow", f"'{part}' is neither an rduflow command nor in MAPPING"
+    code, out, err = _run_rduflow(words)
+    assert code == 0, f"`{part}` exited {code}:\n{err}"
+    for created in re.findall(r"^PEF file (\S+) created$", out, re.MULTILINE):
+        assert Path(created).is_file()
+    return out + err
+
+
+def test_mapping_and_expectations_name_readme_commands():
+    parts = {part for line in readme_commands() for part in line.split(" && ")}
+    assert set(MAPPING) <= parts and set(EXPECTED) <= parts and GREEDY in parts
+
+
+def test_setup_has_exactly_the_two_commands():
+    text = README.read_text()
+    setup = text[text.index("## Set up"):text.index("\n## ", text.index("## Set up"))]
+    assert [body.strip() for _, _, body in _blocks(setup)] == ["pip install -e . && rduflow quickstart",
+                                                               "pip install -e '.[test]' && pytest"]
+
+
+#: greedy tokens of tests/fixtures/hf/gpt2-tiny for this prompt, from transformers (tests/fixtures/README.md)
+GREEDY = ("rduflow run out/gpt2-tiny-generate/gpt2-tiny-generate.pef --inference --checkpoint tests/fixtures/hf/gpt2-tiny "
+          "--prompt-ids 30,86,11,27 --max-new-tokens 12 --temperature 0 --json")
+GREEDY_IDS = [92, 87, 10, 10, 10, 112, 10, 6, 50, 21, 105, 6]
+
+
+def test_every_readme_command_runs(tmp_path, monkeypatch):
+    for path in LINKED:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).symlink_to(REPO / path)
+    monkeypatch.chdir(tmp_path)
+    printed_by: dict[str, str] = {}
+    for line in readme_commands():
+        for part in line.split(" && "):
+            printed = printed_by[part] = _run(part)
+            for pattern in EXPECTED.get(part, []):
+                assert re.search(pattern, printed, re.MULTILINE), f"`{part}` printed no /{pattern}/:\n{printed}"
+    train_ir = (tmp_path / "gpt2-train.ir").read_text()
+    assert train_ir.startswith("graph @gpt2 {") and "^bwd:" in train_ir and "^opt:" in train_ir
+    assert "loc(" not in train_ir  # --no-locs
+    assert sorted(p.name for p in (tmp_path / "dumps").iterdir())[-1] == "05-fuse.ir"
+    assert "fused(" in (tmp_path / "gpt2-train.opt.ir").read_text()
+    assert (tmp_path / "train-trace.json").is_file()
+    assert json.loads(printed_by[GREEDY])["token_ids"] == [GREEDY_IDS]
