@@ -199,3 +199,20 @@ def test_shape_mismatches_and_wrong_modes_name_what_is_wrong(tmp_path, capsys):
     long = random_tokens(tmp_path / "long.hdf5", 4, seq=20)
     assert main(["run", str(tmp_path / "small" / "small.pef"), "--data", str(long)]) == 1
     assert "sequences of 20 tokens, but the program was compiled for seq_len 16" in capsys.readouterr().err
+
+
+def test_gpt2_checkpoint_keys_without_prefix_load_and_extra_tensors_are_listed(fixture_pefs, tmp_path, capsys):
+    from safetensors.numpy import save_file
+    tensors = load_file(FIXTURES / "hf" / "gpt2-tiny" / "model.safetensors")
+    bare = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+    bare["score.weight"] = np.zeros((2, 32), np.float32)
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    save_file(bare, folder / "model.safetensors")
+    batches = finetune_batches("gpt2-tiny")
+    data = write_tokens(tmp_path / "b.hdf5", batches["input_ids"][:2], batches["token_type_ids"][:2])
+    assert main(["run", fixture_pefs["gpt2-tiny"], "--data", str(data), "--checkpoint", str(folder),
+                 "--num-steps", "1", "--save-dir", str(tmp_path / "run")]) == 0
+    assert "1 tensor(s) the model does not use: score.weight" in capsys.readouterr().err
+    assert float(metrics(tmp_path / "run")[0]["loss"]) == pytest.approx(batches["losses"][0], rel=1e-4)
+    assert json.loads((tmp_path / "run" / "checkpoint-1" / "config.json").read_text())["model_type"] == "gpt2"

@@ -197,12 +197,12 @@ class ConsoleReporter:
 
     def line(self, text: str) -> None:
         if self.bar.live.is_started and not self.bar.disable and sys.stdout.isatty():
-            self.console.print(text, markup=False, highlight=False)  # above the bar, on the same terminal
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)  # above the bar
         else:
             print(text, flush=True)
 
     def warn(self, text: str) -> None:
-        self.console.print(f"warning: {text}", markup=False, highlight=False)
+        self.console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
 
     def progress(self, done: int, total: int, loss: float) -> None:
         if self.task is None:
