@@ -1,7 +1,8 @@
 """The training loop: a training PEF, HDF5 data, logs, metrics and checkpoints.
 
-    program = TrainProgram.load("out/gpt2/gpt2.pef")
-    result = Trainer(program, TrainConfig(data="prepared/", num_epochs=2, save_dir="run/")).run()
+    program = runtime.load("out/gpt2/gpt2.pef")          # any `Executable`
+    with Trainer(program, TrainConfig(data="prepared/", num_epochs=2, save_dir="run/")) as trainer:
+        result = trainer.run()                            # history, evaluations, checkpoints
 
 Each step feeds one batch (`runtime.batches`) and the scheduled learning rate
 (`runtime.schedules`, the `lr` input) to the program, which updates its resident
