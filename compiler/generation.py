@@ -23,14 +23,40 @@ from ir.verifier import verify
 ENTRIES = ("prefill", "decode")
 
 
+#: each entry point's inputs as the runtime feeds them (name -> rank), besides `logits` [B, vocab] out
+INPUTS = {"prefill": {"input_ids": 2, "positions": 1, "lengths": 1}, "decode": {"input_ids": 2, "positions": 1}}
+
+
 def generation_graphs(module: Module, config: dict[str, Any]) -> dict[str, Graph]:
     """The prefill and decode graphs of `module`, verified (none if it declares no cache)."""
     if not declares_caches(module):
         return {}
+    if not isinstance(config.get("max_seq_length"), int):
+        raise FrontendError(f"model '{module.name}' declares caches but no int config field 'max_seq_length' "
+                            "(the positions each cache holds, which the runtime needs)")
     graphs = {name: lower(module, config, training=False, generate=name) for name in ENTRIES}
-    for graph in graphs.values():
+    for name, graph in graphs.items():
         verify(graph)
+        check_interface(name, graph)
     return graphs
+
+
+def check_interface(name: str, graph: Graph) -> None:
+    """FrontendError unless the graph has the inputs and output the runtime's generation loop uses."""
+    inputs = {v.name: v.type for v in graph.inputs}
+    wanted = INPUTS[name]
+    batch = inputs["input_ids"].shape[0] if "input_ids" in inputs and inputs["input_ids"].rank else None
+    logits = graph.outputs.get("logits")
+    problems = [f"input '{n}' must be an integer tensor of rank {rank} with the batch first"
+                for n, rank in wanted.items() if n not in inputs or not inputs[n].dtype.is_int
+                or inputs[n].rank != rank or inputs[n].shape[0] != batch]
+    problems += [f"it has input '{n}', which the runtime does not feed" for n in inputs if n not in wanted]
+    if logits is None or logits.type.rank != 2 or logits.type.shape[0] != batch:
+        problems.append("output 'logits' must be [batch, vocab]: the next token's logits of each sequence")
+    if name == "decode" and batch is not None and inputs["input_ids"].shape[1] != 1:
+        problems.append("input 'input_ids' must hold one token per sequence ([batch, 1])")
+    if problems:
+        raise FrontendError(f"the {name} step of model '{graph.name}': " + "; ".join(problems))
 
 
 def share_params(graphs: list[Graph]) -> None:

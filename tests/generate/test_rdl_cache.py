@@ -105,3 +105,21 @@ def test_a_cache_longer_than_the_position_table_is_an_error():
     from compiler.config import Setting
     with pytest.raises(FrontendError, match=r"max_seq_length \(65\) exceeds n_positions \(64\)"):
         lower(module, resolve(module.schema, [Setting("max_seq_length", 65, "test")]), training=False)
+
+
+def test_a_model_with_caches_must_fit_the_runtime_contract(tmp_path):
+    from compiler.driver import CompileOptions, compile_model
+
+    path = tmp_path / "m.rdl"
+    path.write_text(MODEL)
+    with pytest.raises(FrontendError, match="model 'm' declares caches but no int config field 'max_seq_length'"):
+        compile_model(CompileOptions(str(path), inference=True, emit="ir"))
+    path.write_text(MODEL.replace("  length: int = 5\n", "  length: int = 5\n  max_seq_length: int = 5\n"))
+    with pytest.raises(FrontendError) as info:
+        compile_model(CompileOptions(str(path), inference=True, emit="ir"))
+    assert str(info.value) == (
+        "error: the prefill step of model 'm': input 'input_ids' must be an integer tensor of rank 2 with the batch "
+        "first; input 'positions' must be an integer tensor of rank 1 with the batch first; input 'lengths' must be "
+        "an integer tensor of rank 1 with the batch first; it has input 'x', which the runtime does not feed; it has "
+        "input 'at', which the runtime does not feed; output 'logits' must be [batch, vocab]: the next token's "
+        "logits of each sequence")
