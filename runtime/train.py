@@ -225,6 +225,8 @@ class Trainer:
                                "it is not evaluated")
             self.dev.close()
             self.dev = None
+        elif self.dev is None and config.eval_every:
+            self.reporter.warn(f"eval_every is set, but {config.data} has no dev split (dev_*_of_*.hdf5) to evaluate")
         self.order = BatchOrder(len(self.train), self.batch_size, config.shuffle, config.seed)
         self.total_steps = config.num_steps or config.num_epochs * self.order.steps_per_epoch
         self.schedule = Schedule(config.lr, config.lr_schedule, config.warmup_steps, self.total_steps)
@@ -337,7 +339,8 @@ class Trainer:
         self.reporter.progress(record.step, self.total_steps, record.loss)
         if record.step % config.log_every == 0 or record.step == self.total_steps:
             self.reporter.line(self._step_line(record))
-        if config.eval_every and record.step % config.eval_every == 0 and record.step != self.total_steps:
+        if self.dev is not None and config.eval_every and record.step % config.eval_every == 0 \
+                and record.step != self.total_steps:
             self._evaluate(record.step, result)
         if config.save_every and record.step % config.save_every == 0 and record.step != self.total_steps:
             self._save(record.step, result)

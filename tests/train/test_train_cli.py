@@ -160,8 +160,9 @@ def test_profile_and_trace_of_the_training_steps(fixture_pefs, tmp_path, capsys)
     data = random_tokens(tmp_path / "d.hdf5", 4)
     trace = tmp_path / "t.json"
     assert main(["run", fixture_pefs["gpt2-tiny"], "--data", str(data), "--num-steps", "2", "--profile",
-                 "--trace", str(trace), "--target", "sn30"]) == 0
-    out = capsys.readouterr().out
+                 "--trace", str(trace), "--target", "sn30", "--eval-every", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert f"eval_every is set, but {data} has no dev split" in err
     assert "Kernels: host vs modeled RDU (sn30, 2 step(s))" in out and f"Trace written to {trace}" in out
     events = json.loads(trace.read_text())["traceEvents"]
     assert any(e.get("pid") == 2 and e.get("cat") == "opt" for e in events)
