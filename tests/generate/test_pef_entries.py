@@ -122,8 +122,8 @@ def test_fuzzing_a_pef_with_entries_keeps_the_contract(pef):
     data = pef.to_bytes()
     rng = np.random.default_rng(11)
     outcomes = collections.Counter()
-    for i in range(200):
+    for i in range(60):
         structural = i % 2 == 1
         mutated = fuzz.structural_mutation(data, rng) if structural else fuzz.raw_mutation(data, rng)
         outcomes[fuzz.check_case(pef, data, mutated, structural)] += 1
-    assert outcomes["refused"] > 150
+    assert outcomes["refused"] > 40 and sum(outcomes.values()) == 60

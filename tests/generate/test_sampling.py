@@ -34,9 +34,9 @@ def test_a_seed_reproduces_a_sample_and_another_seed_differs():
 
 
 def test_samples_follow_the_softmax():
-    counts = np.bincount(draws(SamplingOptions(temperature=1.0, seed=0), n=20000), minlength=5) / 20000
+    counts = np.bincount(draws(SamplingOptions(temperature=1.0, seed=0), n=8000), minlength=5) / 8000
     probs = np.exp(LOGITS - LOGITS.max()) / np.exp(LOGITS - LOGITS.max()).sum()
-    np.testing.assert_allclose(counts, probs, atol=0.015)
+    np.testing.assert_allclose(counts, probs, atol=0.02)
 
 
 def test_temperature_sharpens_and_flattens():
