@@ -59,7 +59,7 @@ def _add_common_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--checkpoint", type=Path, metavar="DIR",
                        help="initial weights: a Hugging Face checkpoint folder or an rduflow checkpoint")
     group.add_argument("--seed", type=_count, default=0, metavar="N",
-                       help="seed of the initializers and of the data order (default: 0)")
+                       help="seed of the initializers, of the data order and of sampling (default: 0)")
     group.add_argument("--profile", action="store_true",
                        help="print host time and modeled RDU time per kernel and section")
     group.add_argument("--trace", type=Path, metavar="FILE.json",
