@@ -63,3 +63,19 @@ def test_eos_stops_a_sequence_and_is_kept(native):
     for completion, want in zip(result.completions, wants):  # the others stop at their first eos, if any
         cut = want.index(eos) + 1 if eos in want else 12
         assert completion.token_ids == want[:cut]
+
+
+@pytest.mark.parametrize("level", ["O0", "O3"])
+def test_other_optimization_levels(level):
+    """One op per kernel (-O0: nothing on chip, caches still written in place), or fusion and tiling (-O3)."""
+    from compiler.driver import CompileOptions, compile_model
+    from compiler.passes import PassManager
+    from compiler.passes.pipelines import level_pipeline
+    from generate_helpers import checkpoint
+
+    name = "llama-tiny"
+    options = CompileOptions(model=str(checkpoint(name)), inference=True, batch_size=2, pack_sections=level != "O0")
+    result = compile_model(options, PassManager.parse(level_pipeline(level)))
+    steps = program_steps(result, name)
+    got = generate(steps, reference_prompts(name)[1:], 12, GREEDY, int(expected(name)["gen_eos_token_id"]))
+    assert [c.token_ids for c in got.completions] == reference_tokens(name)[1:]
