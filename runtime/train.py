@@ -27,7 +27,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 import attrs
 import numpy as np
@@ -41,7 +41,7 @@ from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
     is_token_data, open_rows
 from runtime.cost_model import estimate
-from runtime.schedules import Schedule
+from runtime.schedules import Schedule, ScheduleName
 
 METRICS_FILE = "per_step_metrics.csv"
 SUMMARY_FILE = "summary.txt"
@@ -65,7 +65,7 @@ class TrainConfig(pydantic.BaseModel):
     #: total steps counted from the start of training, overriding num_epochs (a resumed run stops at the same step)
     num_steps: int | None = pydantic.Field(None, ge=1)
     lr: float = pydantic.Field(1e-3, gt=0.0)
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lr_schedule: ScheduleName = "constant"
     warmup_steps: int = pydantic.Field(0, ge=0)
     seed: int = pydantic.Field(0, ge=0)
     shuffle: bool = True
@@ -218,8 +218,9 @@ class Trainer:
         self.options = header_options(program.pef)
         bounds = {name: self.options[option] for name, option in INDEX_BOUNDS.items()
                   if isinstance(self.options.get(option), int)}
-        self.train = open_rows(config.data, "train", self.specs, bounds)
-        self.dev = open_rows(config.data, "dev", self.specs, bounds) if has_split(config.data, "dev") else None
+        self.train: Rows = open_rows(config.data, "train", self.specs, bounds)
+        self.dev: Rows | None = open_rows(config.data, "dev", self.specs, bounds) if has_split(config.data, "dev") \
+            else None
         if self.dev is not None and len(self.dev) < self.batch_size:
             self.reporter.warn(f"the dev split has {len(self.dev)} rows, fewer than a batch of {self.batch_size}: "
                                "it is not evaluated")
