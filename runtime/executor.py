@@ -127,7 +127,7 @@ class Executor:
     def run_kernel(self, kernel: BoundKernel) -> None:
         args = kernel.args[self.parity]
         for stage in kernel.native.stages:
-            status = self.parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work)
+            status = self.parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces)
             if status:
                 program = kernel.program
                 where = f" at {program.loc}" if program.loc else ""

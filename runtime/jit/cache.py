@@ -17,7 +17,7 @@ import msgpack
 
 from runtime.jit.kernel import StagePlan
 
-MAGIC = b"RDUJIT1\n"
+MAGIC = b"RDUJIT2\n"
 
 
 def default_dir() -> Path:
@@ -45,13 +45,13 @@ class DiskCache:
             return None
         try:
             obj, plans = msgpack.unpackb(payload, raw=False)
-            return bytes(obj), [StagePlan(str(s), int(e), int(w)) for s, e, w in plans]
+            return bytes(obj), [StagePlan(str(s), int(e), int(w), int(p)) for s, e, w, p in plans]
         except (ValueError, TypeError, msgpack.UnpackException):
             return None
 
     def put(self, key: str, obj: bytes, plans: list[StagePlan]) -> None:
         """Store an entry atomically; a cache that cannot be written is skipped silently."""
-        payload = msgpack.packb([obj, [[p.symbol, p.extent, p.work] for p in plans]], use_bin_type=True)
+        payload = msgpack.packb([obj, [[p.symbol, p.extent, p.work, p.pieces] for p in plans]], use_bin_type=True)
         path = self.path(key)
         tmp = None
         try:

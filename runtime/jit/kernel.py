@@ -38,13 +38,21 @@ LOWERINGS: dict[str, Callable[[KernelModule, str, Any], int]] = {
 }
 
 
+#: stage kinds whose every piece of range packs its own operand panels
+PACKING_STAGES = frozenset({"gemm", "conv2d", "conv2d_input_grad", "conv2d_weight_grad"})
+#: pieces per thread of other stages, handed out on demand (a busy core takes fewer)
+PIECES = 4
+
+
 @attrs.frozen
 class StagePlan:
-    """One compiled stage: its symbol, parallel extent and a rough count of work."""
+    """One compiled stage: its symbol, parallel extent, a rough count of work, and how many
+    pieces per thread its range may be cut into (1 where each piece repeats costly setup)."""
 
     symbol: str
     extent: int
     work: int
+    pieces: int = 1
 
 
 def stage_work(stage: Any, buffers: dict[str, kp.Buffer]) -> int:
@@ -121,5 +129,6 @@ def lower_program(program: kp.KernelProgram, key: str,
     for i, stage in enumerate(program.stages):
         symbol = f"rdu_{key}_s{i}"
         extent = LOWERINGS[stage.kind](km, symbol, stage)
-        plans.append(StagePlan(symbol, extent, stage_work(stage, buffers)))
+        pieces = 1 if stage.kind in PACKING_STAGES else PIECES
+        plans.append(StagePlan(symbol, extent, stage_work(stage, buffers), pieces))
     return km, plans

@@ -8,6 +8,7 @@ hand-off costs tens of microseconds). `RDUFLOW_NUM_THREADS` overrides the count.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -45,12 +46,24 @@ class Parallel:
         self.threads = threads or default_threads()
         self._pool = _pool(self.threads - 1) if self.threads > 1 else None
 
-    def run(self, fn, args, extent: int, work: int) -> int:
-        """Call `fn(args, lo, hi)` over [0, extent); the first nonzero status, or 0."""
+    def run(self, fn, args, extent: int, work: int, pieces: int = 1) -> int:
+        """Call `fn(args, lo, hi)` over [0, extent); the first nonzero status, or 0.
+
+        The range is cut into `pieces` per thread, which the threads take on demand, so
+        a thread whose core is busy elsewhere does less (never more than one piece late)."""
         parts = min(self.threads, extent) if work >= MIN_PARALLEL_WORK else 1
         if parts <= 1 or self._pool is None:
             return fn(args, 0, extent)
-        bounds = [extent * i // parts for i in range(parts + 1)]
-        futures = [self._pool.submit(fn, args, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-        statuses = [fn(args, bounds[0], bounds[1])] + [f.result() for f in futures]
+        count = min(parts * pieces, extent)
+        bounds = [extent * i // count for i in range(count + 1)]
+        taken = itertools.count()  # next() is atomic under the GIL
+
+        def worker() -> int:
+            status = 0
+            while (i := next(taken)) < count:
+                status = fn(args, bounds[i], bounds[i + 1]) or status
+            return status
+
+        futures = [self._pool.submit(worker) for _ in range(parts - 1)]
+        statuses = [worker()] + [f.result() for f in futures]
         return next((s for s in statuses if s), 0)

@@ -42,7 +42,7 @@ def run_kernels(graph: Graph, inputs: dict[str, np.ndarray], params: dict[str, n
             arrays.append(env[buffer.name])
         args = (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
         for stage in native.stages:
-            status = _PARALLEL.run(stage.fn, args, stage.plan.extent, stage.plan.work)
+            status = _PARALLEL.run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces)
             assert status == 0, f"kernel {program.name} returned {status}"
     outputs = {k: env[names[v]] for k, v in graph.outputs.items()}
     updates = {k: env[names[v]] for k, v in graph.updates.items()}

@@ -252,7 +252,7 @@ def test_embedding_gather_and_scatter_add():
 def _call(native, arrays, parallel):
     args = (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
     for stage in native.stages:
-        assert parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work) == 0
+        assert parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces) == 0
 
 
 def test_threads_split_work_without_changing_a_bit():
@@ -286,7 +286,7 @@ def test_threads_split_work_without_changing_a_bit():
 
 def test_cache_entry_round_trip_and_damage(tmp_path):
     cache = DiskCache(tmp_path)
-    plans = [StagePlan("rdu_x_s0", 7, 100)]
+    plans = [StagePlan("rdu_x_s0", 7, 100, 4)]
     cache.put("ab" * 16, b"object bytes", plans)
     assert cache.get("ab" * 16) == (b"object bytes", plans)
     assert not list(tmp_path.rglob(".tmp-*"))
