@@ -8,9 +8,9 @@ tokens start — and `lengths` [B] — how many of the P are real; output `logit
 caches hold `max_seq_length` positions (a compile option in the PEF header).
 
 `generate` runs a list of prompts in batches of B: prompts longer than P are
-prefilled in chunks of P; a sequence's finished rows (a shorter prompt, a
-stopped sequence, an unused row of the batch) get position `max_seq_length`,
-so their cache writes fall outside the cache and are dropped. Each sequence
+prefilled in chunks of P; rows with nothing to compute (a prompt that ended in
+an earlier chunk, a stopped sequence, an unused row of the batch) get position
+`max_seq_length`, so their cache writes fall outside the cache and are dropped. Each sequence
 stops at EOS (kept as its last token, as Hugging Face does), after
 `max_new_tokens`, or when its cache is full. Sampling (`runtime.sampling`)
 happens on the host between steps: sampling options are run-time choices.
@@ -32,9 +32,9 @@ import numpy as np
 from backend.pef import PEF
 from ir.errors import CheckpointError, DataError, ExecutionError
 from ir.graph import Graph
+from ir.dtypes import DType
 from ir.interpreter import interpret
 from ir.types import TensorType
-from ir.dtypes import DType
 from runtime import checkpoint as ckpt
 from runtime.program import Program
 from runtime.sampling import Sampler, SamplingOptions
@@ -115,9 +115,10 @@ def pef_limits(pef: PEF) -> Limits:
     if not isinstance(options.get("max_seq_length"), int):
         raise ExecutionError("the PEF does not record the cache length (config field 'max_seq_length')")
     prefill = pef.entry(PREFILL).symbols
-    inputs = {s.name: TensorType(s.shape, DType(s.dtype)) for s in prefill.inputs}
-    logits = next(s for s in prefill.outputs if s.name == "logits")
-    return limits_of(inputs, TensorType(logits.shape, DType(logits.dtype)), options["max_seq_length"])
+    types = {s.name: TensorType(s.shape, DType(s.dtype)) for s in (*prefill.inputs, *prefill.outputs)}
+    if "input_ids" not in types or types["input_ids"].rank != 2 or "logits" not in types:
+        raise ExecutionError("the PEF's prefill entry point lacks input_ids [B, P] or logits [B, vocab]")
+    return limits_of(types, types["logits"], options["max_seq_length"])
 
 
 class ProgramSteps:
