@@ -36,6 +36,15 @@ PASS_SECTION = "## Writing a pass"
 LINKED = ("tests/fixtures", "tools/data")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def jit_cache_dir(request, tmp_path_factory):
+    """Compiled kernels in pytest's cache folder (reused across runs), not in the home folder."""
+    root = request.config.cache.mkdir("rduflow-jit") if request.config.cache else tmp_path_factory.mktemp("jit")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RDUFLOW_CACHE_DIR", str(root))
+        yield root
+
+
 def _pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
@@ -76,7 +85,7 @@ MAPPING: dict[str, Callable[[], None] | str] = {
     "pip install -e .": check_installed,  # the suite installs nothing
     "pip install -e '.[test]'": check_test_extras,
     "pytest": check_under_pytest,  # the suite does not run itself
-    "rduflow quickstart": "rduflow quickstart --num-steps 40",  # the same five steps, fewer training steps
+    "rduflow quickstart": "rduflow quickstart --num-steps 20",  # the same five steps, fewer training steps
 }
 
 #: README command -> patterns its output (stdout and stderr) must match

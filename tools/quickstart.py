@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import shlex
 import shutil
 import sys
@@ -159,15 +158,12 @@ class Report:
         root = self.layout.root
         lines = [f"Quickstart finished in {sum(self.times.values()):.1f} s:"]
         lines += [f"  {name:<18} {seconds:6.1f} s" for name, seconds in self.times.items()]
-        lines += [f"Loss fell from {self.first_loss:.4f} (first step) to {self.last_loss:.4f} (last step).",
-                  f"Sample: {_quoted(self.prompt)} -> {_quoted(self.completion)}",
+        trend = "fell" if self.last_loss < self.first_loss else "did not fall"
+        lines += [f"Loss {trend} from {self.first_loss:.4f} (first step) to {self.last_loss:.4f} (last step).",
+                  f'Sample: "{self.prompt}" -> "{self.completion}"',
                   f"Everything is in {root}/: the corpus, data/ (HDF5), pef/train and pef/generate (PEFs),",
                   f"checkpoints/ ({METRICS}, Hugging Face checkpoints) and logs/ (each step's output)."]
         return "\n".join(lines)
-
-
-def _quoted(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
 
 
 class _Tee:
@@ -265,9 +261,10 @@ def losses(metrics: Path) -> tuple[float, float]:
 
 
 def completion(printed: str) -> str:
-    """The first completion in what the generation step printed."""
+    """The first completion in what the generation step printed (control characters escaped)."""
     start = printed.find(COMPLETION)
     if start < 0:
         raise QuickstartError("the generation step printed no completion")
-    end = printed.find(f"\n{END_OF_COMPLETIONS}", start)
-    return printed[start + len(COMPLETION):end if end >= 0 else len(printed)]
+    start += len(COMPLETION)
+    ends = [end for marker in (COMPLETION, END_OF_COMPLETIONS) if (end := printed.find(f"\n{marker}", start)) >= 0]
+    return printed[start:min(ends, default=len(printed))]
