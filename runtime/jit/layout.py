@@ -49,8 +49,6 @@ class Index:
         return attrs.evolve(self, strides=tuple(strides))
 
 
-Leaf = Access | Index
-
 
 def coalesce(shape: Sequence[int], groups: Sequence[Sequence[int]],
              tags: Sequence[int] | None = None) -> tuple[tuple[int, ...], list[tuple[int, ...]], tuple[int, ...]]:
