@@ -69,7 +69,8 @@ def record(benchmark, side: str, config: str, tokens: list[int]) -> None:
 
 def rduflow_steps(config: str) -> ProgramSteps:
     """A generation PEF of the config, loaded, with the same weights transformers uses (when it is there)."""
-    model, overrides = (str(TINY), ()) if config == "tiny" else ("gpt2", tuple(f"model.{k}={v}" for k, v in SMALL.items()))
+    sizes = tuple(f"model.{k}={v}" for k, v in SMALL.items())
+    model, overrides = (str(TINY), ()) if config == "tiny" else ("gpt2", sizes)
     overrides += (f"model.seq_len={PROMPT}", f"model.max_seq_length={MAX_LEN}")
     pef = compile_model(CompileOptions(model, overrides, inference=True, batch_size=1)).pef
     steps = ProgramSteps(load(pef, threads=THREADS))

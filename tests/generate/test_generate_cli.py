@@ -140,7 +140,8 @@ def test_compile_emits_an_entry_point_graph(capsys):
     capsys.readouterr()
     assert main(["compile", "gpt2", "model.n_layer=1", "--inference", "--emit", "ir", "--entry", "decode"]) == 0
     text = capsys.readouterr().out
-    assert "input %input_ids : i32[2,1]" in text and "state @transformer.h.0.attn.k_cache : f32[2,4,64,8] = zeros" in text
+    assert "input %input_ids : i32[2,1]" in text
+    assert "state @transformer.h.0.attn.k_cache : f32[2,4,64,8] = zeros" in text
     assert "= dynamic_update_slice(@transformer.h.0.attn.k_cache, " in text
     assert "update @transformer.h.0.attn.v_cache = " in text
     assert print_graph(parse(text)) == text

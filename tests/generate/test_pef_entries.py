@@ -15,7 +15,8 @@ from backend.pef import FORMAT_VERSION, MAGIC, load_pef
 from compiler.driver import CompileOptions, compile_model
 from ir.errors import PEFError
 
-_spec = importlib.util.spec_from_file_location("fuzz_pef_for_entries", Path(__file__).parents[1] / "backend" / "fuzz_pef.py")
+_FUZZ = Path(__file__).parents[1] / "backend" / "fuzz_pef.py"
+_spec = importlib.util.spec_from_file_location("fuzz_pef_for_entries", _FUZZ)
 fuzz = sys.modules.setdefault("fuzz_pef_for_entries", importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(fuzz)
 
