@@ -156,7 +156,8 @@ def _cache_write(lw, node, cache, update, starts, axis):
         raise lw.error(f"cache_write needs a tensor declared with 'cache', got {describe(cache)}", node)
     if name in lw.graph.updates:
         raise lw.error(f"cache '{name}' is written twice in one step", node)
-    operands = [cache, tensor(lw, node, update, "cache_write's update"), tensor(lw, node, starts, "cache_write's starts")]
+    operands = [cache, tensor(lw, node, update, "cache_write's update"),
+                tensor(lw, node, starts, "cache_write's starts")]
     written = lw.op("dynamic_update_slice", operands, {"axis": axis_of(lw, node, axis, cache.type.rank)}, node)
     lw.builder.update(name, written)
     return written
