@@ -80,18 +80,28 @@ def check_under_pytest() -> None:
     assert _pyproject()["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
 
 
+LONGER_TRAINING = ("rduflow run rduflow-quickstart/pef/train/train.pef --data rduflow-quickstart/data --num-steps 2000 "
+                   "--lr 0.003 --lr-schedule cosine --warmup-steps 20 --log-every 200 --save-dir rduflow-quickstart/longer")
+LONGER_SAMPLE = ("rduflow run rduflow-quickstart/pef/generate/generate.pef --inference --checkpoint "
+                 "rduflow-quickstart/longer/checkpoint-2000 --prompt 'The course of true love' --max-new-tokens 40 "
+                 "--temperature 0.5")
 #: README command -> what the test does instead: a check, or a shorter command on the same code path
 MAPPING: dict[str, Callable[[], None] | str] = {
     "pip install -e .": check_installed,  # the suite installs nothing
     "pip install -e '.[test]'": check_test_extras,
     "pytest": check_under_pytest,  # the suite does not run itself
     "rduflow quickstart": "rduflow quickstart --num-steps 20",  # the same five steps, fewer training steps
+    # training longer: 20 steps instead of 2000, and generation from that checkpoint
+    LONGER_TRAINING: LONGER_TRAINING.replace("--num-steps 2000", "--num-steps 20"),
+    LONGER_SAMPLE: LONGER_SAMPLE.replace("checkpoint-2000", "checkpoint-20"),
 }
 
 #: README command -> patterns its output (stdout and stderr) must match
 EXPECTED: dict[str, list[str]] = {
     "rduflow quickstart": [r"\$ rduflow data-prep --input rduflow-quickstart/midsummer\.txt",
                            r"Loss fell from 5\.\d+ \(first step\) to [34]\.\d+", r"\nSample: \S"],
+    LONGER_TRAINING: [r"Saved checkpoint rduflow-quickstart/longer/checkpoint-20\n"],
+    LONGER_SAMPLE: [r"Completion: "],
     "rduflow compile mlp --inference --emit ir": [r"^graph @mlp \{\n  input %x : f32\[16,64\]",
                                                   r"= matmul\(%x, @fc1\.weight\)", r"output logits = %4"],
     "rduflow compile gpt2 model.n_layer=1 --print-ir-after=fuse --time-passes --pass-statistics -o out": [
