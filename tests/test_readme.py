@@ -39,7 +39,8 @@ LINKED = ("tests/fixtures", "tools/data")
 @pytest.fixture(scope="module", autouse=True)
 def jit_cache_dir(request, tmp_path_factory):
     """Compiled kernels in pytest's cache folder (reused across runs), not in the home folder."""
-    root = request.config.cache.mkdir("rduflow-jit") if request.config.cache else tmp_path_factory.mktemp("jit")
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("rduflow-jit") if cache is not None else tmp_path_factory.mktemp("jit")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RDUFLOW_CACHE_DIR", str(root))
         yield root
