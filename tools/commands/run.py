@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from backend.pef import PEF, read_pef
 from backend.targets import load_target
-from ir.errors import ConfigError, ExecutionError
+from ir.errors import ConfigError
 from runtime.cost_model import estimate
 from runtime.profile import print_profile, write_trace
 from runtime.program import Program, load
@@ -108,11 +108,7 @@ def main(args: argparse.Namespace) -> int:
     given = [flag for dest, default, flag in args.training_options if getattr(args, dest) != default]
     if pef.header.mode != "train" and given:
         raise ConfigError(f"{given[0]} is a training option, but {args.pef} is an {pef.header.mode} PEF")
-    mode = MODES.get(pef.header.mode)
-    if mode is None:
-        raise ExecutionError(f"{args.pef}: a PEF compiled for {pef.header.mode}; 'rduflow run' handles "
-                             f"{', '.join(MODES)} PEFs")
-    return mode(args, pef)
+    return MODES[pef.header.mode](args, pef)
 
 
 # --- training ---------------------------------------------------------------------------
