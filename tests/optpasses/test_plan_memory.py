@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backend.targets import ONCHIP, load_target, target_from_obj
 from compiler import zoo
-from compiler.passes import PassManager
 from compiler.passes.plan_memory import HEURISTICS, Buffer, check_plan, memory_report, peak, place
 from compiler.passes.semantics import compare
 from ir.builder import Builder
@@ -129,8 +129,6 @@ def _small_target(hbm: int, sram_pmus: int = 8):
 
 def test_a_full_fast_tier_spills_to_the_next(tmp_path):
     path = tmp_path / "small.yaml"
-    import yaml
-
     path.write_text(yaml.safe_dump(_small_target(hbm=30_000)))
     target_from_obj(yaml.safe_load(path.read_text()), str(path))
     graph = zoo_graph("mlp", "train")
@@ -143,8 +141,6 @@ def test_a_full_fast_tier_spills_to_the_next(tmp_path):
 
 
 def test_a_plan_larger_than_every_tier_is_an_error(tmp_path):
-    import yaml
-
     data = _small_target(hbm=1024)
     data["offchip"] = data["offchip"][:1]
     path = tmp_path / "tiny.yaml"
@@ -154,8 +150,6 @@ def test_a_plan_larger_than_every_tier_is_an_error(tmp_path):
 
 
 def test_the_onchip_arena_stays_within_its_share_of_sram(tmp_path):
-    import yaml
-
     data = _small_target(hbm=1 << 30, sram_pmus=1)
     data["pmu"] = {"bytes": 4096, "bandwidth": 64}
     path = tmp_path / "sram.yaml"
