@@ -114,7 +114,7 @@ EXPECTED: dict[str, list[str]] = {
     "tools/data/ascii_tokenizer.json --max-seq-length 64 --dev-ratio 0.05": [r"training sequences"],
     "rduflow run out/gpt2-tiny-train/gpt2-tiny-train.pef --checkpoint tests/fixtures/hf/gpt2-tiny --data "
     "midsummer-ascii --num-steps 100 --lr 3e-3 --lr-schedule cosine --warmup-steps 10 --log-every 20 "
-    "--save-dir gpt2-tiny-finetuned": [r"Step \[100/100\], Loss: ", r"Evaluation loss: ",
+    "--save-dir gpt2-tiny-finetuned": [r"Step \[100/100\], Loss: 3\.\d+", r"Evaluation loss: ",
                                        r"Saved checkpoint gpt2-tiny-finetuned/checkpoint-100"],
     "rduflow run out/gpt2-tiny-generate/gpt2-tiny-generate.pef --inference --checkpoint "
     "gpt2-tiny-finetuned/checkpoint-100 --prompt \"LYSANDER\" --max-new-tokens 40 --temperature 0.7 --top-k 20": [
@@ -215,3 +215,5 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
     assert "fused(" in (tmp_path / "gpt2-train.opt.ir").read_text()
     assert (tmp_path / "train-trace.json").is_file()
     assert json.loads(printed_by[GREEDY])["token_ids"] == [GREEDY_IDS]
+    finetune = (tmp_path / "gpt2-tiny-finetuned" / "per_step_metrics.csv").read_text().splitlines()
+    assert float(finetune[1].split(",")[2]) == pytest.approx(8.7, abs=0.05)  # the README's starting loss
