@@ -17,7 +17,7 @@ def _positive(text: str) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "quickstart", help="the whole workflow on a bundled Shakespeare play, in about a minute",
+        "quickstart", help="the whole workflow on a bundled Shakespeare play, in about half a minute",
         description="Prepare a bundled public-domain corpus (A Midsummer Night's Dream), compile a small "
                     "GPT-2 for training, train it (the loss falls), compile it for inference and generate "
                     "a sample. Each step's rduflow command is printed before it runs, so you can repeat "
