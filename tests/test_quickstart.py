@@ -90,6 +90,15 @@ def test_cli_exit_code_of_a_failing_step(tmp_path, monkeypatch):
     assert err.count("error: assertion failed: n_embd (64) must be a multiple of n_head (3)") == 1 and "error: step 'compile' failed" in err
 
 
+def test_an_interrupted_step_exits_130(tmp_path, monkeypatch):
+    def interrupted(self, graph):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("compiler.passes.PassManager.run", interrupted)
+    code, _, err = _rduflow("quickstart", "--workdir", str(tmp_path / "qs"))
+    assert code == 130 and "interrupted" in err and "step 'compile' failed (exit code 130)" in err
+
+
 def test_an_unrelated_folder_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     code, out, err = _rduflow("quickstart", "--workdir", str(tmp_path))

@@ -35,8 +35,8 @@ def main(args: argparse.Namespace) -> int:
     settings = Settings(num_steps=args.num_steps)
     try:
         report = run_quickstart(args.workdir, settings, debug=getattr(args, "debug", False))
-    except StepFailed as err:
+    except StepFailed as err:  # a user error or an interruption stays one; anything else is our bug
         print(err.render(), file=sys.stderr)
-        return 1 if err.exit_code == 1 else 3
+        return err.exit_code if err.exit_code in (1, 130) else 3
     print(f"\n{report.summary()}")
     return 0
