@@ -7,7 +7,6 @@ import functools
 import io
 import re
 import shlex
-from pathlib import Path
 
 import attrs
 import pytest
@@ -53,13 +52,13 @@ def test_quickstart_trains_and_generates(tmp_path):
     for step in steps(Layout(workdir), Settings(num_steps=FAST_STEPS)):
         assert f"$ {step.command}\n" in out  # printed before it ran, exactly
     metrics = workdir / "checkpoints" / "per_step_metrics.csv"
-    losses = [float(row["loss"]) for row in csv.DictReader(metrics.open())]
-    assert len(losses) == FAST_STEPS
-    assert losses[0] > 5.0  # about ln(258) before any training
-    assert sum(losses[-10:]) / 10 < losses[0] - 1.5
+    curve = [float(row["loss"]) for row in csv.DictReader(metrics.read_text().splitlines())]
+    assert len(curve) == FAST_STEPS
+    assert curve[0] > 5.0  # about ln(258) before any training
+    assert sum(curve[-10:]) / 10 < curve[0] - 1.5
     summary = re.search(r"Loss fell from (\S+) \(first step\) to (\S+) \(last step\)", out)
-    assert summary and float(summary[1]) == pytest.approx(losses[0], abs=1e-4)
-    assert float(summary[2]) == pytest.approx(losses[-1], abs=1e-4)
+    assert summary and float(summary[1]) == pytest.approx(curve[0], abs=1e-4)
+    assert float(summary[2]) == pytest.approx(curve[-1], abs=1e-4)
     sample = re.search(r'^Sample: "(.*)" -> "(.*)"$', out, re.MULTILINE)
     assert sample and sample[1] == Settings().prompt
     assert len(sample[2]) >= Settings().max_new_tokens // 2  # bytes: a few may form one character
