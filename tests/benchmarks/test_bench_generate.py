@@ -3,11 +3,12 @@ Face transformers' `generate()` on the same CPU, with the same number of threads
 
     python -m pytest tests/benchmarks/test_bench_generate.py --benchmark-enable -s
 
-Two configs: `tiny`, the checkpoint in tests/fixtures/hf/gpt2-tiny (2 layers x 32), and
+Three configs: `tiny`, the checkpoint in tests/fixtures/hf/gpt2-tiny (2 layers x 32), and
 `small`, GPT-2 small's shape (12 layers x 768, 12 heads, vocabulary 50257) with random
-weights. One round is a greedy generation of `NEW` tokens after a 16-token prompt, batch
-1 (no EOS: every round makes exactly `NEW` tokens); tokens/s is `NEW` over the round's wall
-time, prefill included, for both. rduflow's PEF caches `MAX_LEN` positions and prefills in
+weights, with a batch of 1 and (`small-b4`) of 4 prompts. One round is a greedy
+generation of `NEW` tokens after 16-token prompts (no EOS: every round makes exactly
+`NEW` tokens per prompt); tokens/s is the new tokens over the round's wall time, prefill
+included, for both. rduflow's PEF caches `MAX_LEN` positions and prefills in
 chunks of 16. Each test stores `tokens_per_s` in the benchmark's extra info and prints it;
 the transformers tests (skipped without torch and transformers) also print the ratio. When
 both run, the greedy tokens must agree on the tiny checkpoint.
@@ -31,17 +32,19 @@ TINY = Path(__file__).resolve().parents[1] / "fixtures" / "hf" / "gpt2-tiny"
 SMALL = {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}
 NEW, PROMPT, MAX_LEN = 32, 16, 64
 THREADS = default_threads()
-ROUNDS = {"tiny": 5, "small": 2}
+#: config -> (model, batch, rounds)
+CONFIGS = {"tiny": ("tiny", 1, 5), "small": ("small", 1, 2), "small-b4": ("small", 4, 2)}
 #: tokens/s and greedy tokens of each side, per config (for the ratio and the agreement check)
-RESULTS: dict[tuple[str, str], tuple[float, list[int]]] = {}
+RESULTS: dict[tuple[str, str], tuple[float, list[list[int]]]] = {}
 
 
 def group(config: str) -> str:
-    return f"gpt2 {config} generation, batch 1, {PROMPT}-token prompt + {NEW} new, {THREADS} thread(s)"
+    model, batch, _ = CONFIGS[config]
+    return f"gpt2 {model} generation, batch {batch}, {PROMPT}-token prompts + {NEW} new, {THREADS} thread(s)"
 
 
-def prompt_ids(vocab: int) -> list[int]:
-    return np.random.default_rng(0).integers(0, vocab, PROMPT).tolist()
+def prompt_ids(vocab: int, batch: int) -> list[list[int]]:
+    return np.random.default_rng(0).integers(0, vocab, (batch, PROMPT)).tolist()
 
 
 def hf_model(config: str):
@@ -55,9 +58,10 @@ def hf_model(config: str):
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL, activation_function="gelu_new")).eval()
 
 
-def record(benchmark, side: str, config: str, tokens: list[int]) -> None:
+def record(benchmark, side: str, config: str, tokens: list[list[int]]) -> None:
     """Tokens/s of the mean round (when timing is enabled), printed beside the other side's."""
-    RESULTS[(side, config)] = (NEW / benchmark.stats.stats.mean if benchmark.stats else 0.0, tokens)
+    made = NEW * CONFIGS[config][1]
+    RESULTS[(side, config)] = (made / benchmark.stats.stats.mean if benchmark.stats else 0.0, tokens)
     rate = RESULTS[(side, config)][0]
     if not rate:
         return
@@ -69,16 +73,17 @@ def record(benchmark, side: str, config: str, tokens: list[int]) -> None:
 
 def rduflow_steps(config: str) -> ProgramSteps:
     """A generation PEF of the config, loaded, with the same weights transformers uses (when it is there)."""
+    name, batch, _ = CONFIGS[config]
     sizes = tuple(f"model.{k}={v}" for k, v in SMALL.items())
-    model, overrides = (str(TINY), ()) if config == "tiny" else ("gpt2", sizes)
+    model, overrides = (str(TINY), ()) if name == "tiny" else ("gpt2", sizes)
     overrides += (f"model.seq_len={PROMPT}", f"model.max_seq_length={MAX_LEN}")
-    pef = compile_model(CompileOptions(model, overrides, inference=True, batch_size=1)).pef
+    pef = compile_model(CompileOptions(model, overrides, inference=True, batch_size=batch)).pef
     steps = ProgramSteps(load(pef, threads=THREADS))
-    if config == "tiny":
+    if name == "tiny":
         load_weights(steps.program, TINY)
     else:
         try:
-            state = hf_model(config).state_dict()
+            state = hf_model(name).state_dict()
         except pytest.skip.Exception:
             return steps  # no torch: the PEF's own initializers
         steps.program.params.update({name: state[name].numpy() for name in steps.program.params
@@ -86,34 +91,35 @@ def rduflow_steps(config: str) -> ProgramSteps:
     return steps
 
 
-@pytest.mark.parametrize("config", ["tiny", "small"])
+@pytest.mark.parametrize("config", list(CONFIGS))
 def test_bench_rduflow_generate(benchmark, config):
+    _, batch, rounds = CONFIGS[config]
     steps = rduflow_steps(config)
-    prompts = [Prompt(tuple(prompt_ids(steps.limits.vocab)), "benchmark")]
+    prompts = [Prompt(tuple(ids), f"prompt {i}") for i, ids in enumerate(prompt_ids(steps.limits.vocab, batch))]
     greedy = SamplingOptions(temperature=0.0)
     generate(steps, prompts, NEW, greedy)  # warm up: first touch of the arenas
-    result = benchmark.pedantic(generate, args=(steps, prompts, NEW, greedy), rounds=ROUNDS[config], iterations=1)
-    (completion,) = result.completions
-    assert len(completion.token_ids) == NEW
-    record(benchmark, "rduflow", config, list(completion.token_ids))
+    result = benchmark.pedantic(generate, args=(steps, prompts, NEW, greedy), rounds=rounds, iterations=1)
+    assert [len(c.token_ids) for c in result.completions] == [NEW] * batch
+    record(benchmark, "rduflow", config, [list(c.token_ids) for c in result.completions])
 
 
-@pytest.mark.parametrize("config", ["tiny", "small"])
+@pytest.mark.parametrize("config", list(CONFIGS))
 def test_bench_transformers_generate(benchmark, config):
     import torch
 
-    model = hf_model(config)
-    ids = torch.tensor([prompt_ids(model.config.vocab_size)])
+    name, batch, rounds = CONFIGS[config]
+    model = hf_model(name)
+    ids = torch.tensor(prompt_ids(model.config.vocab_size, batch))
 
-    def run() -> list[int]:
+    def run() -> list[list[int]]:
         with torch.no_grad():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW,
                                  min_new_tokens=NEW, pad_token_id=0, eos_token_id=None)
-        return out[0, PROMPT:].tolist()
+        return out[:, PROMPT:].tolist()
 
     run()
-    tokens = benchmark.pedantic(run, rounds=ROUNDS[config], iterations=1)
-    assert len(tokens) == NEW
+    tokens = benchmark.pedantic(run, rounds=rounds, iterations=1)
+    assert [len(t) for t in tokens] == [NEW] * batch
     record(benchmark, "transformers", config, tokens)
     ours = RESULTS.get(("rduflow", config))
     if config == "tiny" and ours is not None:
