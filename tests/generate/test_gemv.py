@@ -1,5 +1,5 @@
 """The JIT's matrix-vector path (runtime/jit/gemv.py): gemm stages of one to four rows, B streamed
-along its rows or its columns, against the interpreter."""
+along its rows or its columns (in chunks of columns, odd depths included), against the interpreter."""
 from __future__ import annotations
 
 import importlib.util
@@ -16,7 +16,7 @@ from ir.dtypes import DType, bf16, f32
 from ir.graph import Graph
 from ir.interpreter import interpret
 from ir.types import TensorType
-from runtime.jit.gemv import BLOCK, ROWS, is_gemv
+from runtime.jit.gemv import BLOCK, CHUNK, ROWS, is_gemv
 from runtime.jit.gemm import Gemm, Strided, simplify
 from runtime.jit.module import KernelModule
 
@@ -49,7 +49,8 @@ def takes_the_gemv_path(g: Graph) -> bool:
 
 @pytest.mark.parametrize("m, k, n, transpose_b, batch", [
     (1, 768, 300, False, ()), (1, 300, 700, True, ()), (3, 129, 520, False, ()), (4, 200, 257, True, ()),
-    (2, 96, 300, False, (3,)), (1, 1000, 40, True, (2, 2)),
+    (2, 96, 300, False, (3,)), (1, 1000, 40, True, (2, 2)), (1, 70, 2 * CHUNK + 5, False, ()),
+    (2, 37, CHUNK + 3, False, (2,)),
 ])
 def test_matches_the_interpreter(m, k, n, transpose_b, batch):
     g = graph(m, k, n, transpose_b, batch)
