@@ -14,16 +14,7 @@ from typing import Any
 from backend.pef import PEF, write_pef
 from backend.report import stats_text
 from backend.targets import preset_names
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from tools.cli import positive_int
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +22,8 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--target", default="sn40l", metavar="NAME|FILE.yaml",
                        help=f"RDU target: a preset ({', '.join(preset_names())}) or a target YAML file "
                             "(default: sn40l; `rduflow targets` lists them)")
-    group.add_argument("--n-chips", type=_count, default=1, metavar="N", help="chips the program may use (default: 1)")
-    group.add_argument("--num-tiles", type=_count, metavar="N", help="tiles per chip the program may use (default: all)")
+    group.add_argument("--n-chips", type=positive_int, default=1, metavar="N", help="chips the program may use (default: 1)")
+    group.add_argument("--num-tiles", type=positive_int, metavar="N", help="tiles per chip the program may use (default: all)")
     group.add_argument("-o", "--output-folder", type=Path, default=Path("out"), metavar="DIR",
                        help="where the PEF goes: DIR/NAME/NAME.pef (default: out)")
     group.add_argument("--pef-name", metavar="NAME", help="the PEF's name (default: the model's name)")

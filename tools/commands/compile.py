@@ -16,16 +16,6 @@ from tools.dot import graph_to_dot
 from tools.pass_options import add_pass_options, pass_manager_from_args
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _intermixed(parser: argparse.ArgumentParser) -> None:
     """Let KEY=VALUE overrides come before, between or after options."""
     plain = parser.parse_known_args
@@ -51,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="config overrides, e.g. model.n_layer=12 model.n_embd=768")
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="a config file ('model: {n_layer: 2, ...}'); flags and overrides apply on top")
-    parser.add_argument("-b", "--batch-size", type=_positive, metavar="N",
+    parser.add_argument("-b", "--batch-size", type=cli.positive_int, metavar="N",
                         help="batch size (sets model.batch_size; a new size needs a recompile)")
     parser.add_argument("--inference", action="store_true",
                         help="forward only: the graph's output is the logits (default: training)")

@@ -9,12 +9,6 @@ from tools import cli
 from tools.quickstart import Settings, StepFailed, run_quickstart
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return int(text)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "quickstart", help="the whole workflow on a bundled Shakespeare play, in about half a minute",
@@ -25,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("rduflow-quickstart"), metavar="DIR",
                         help="the work folder (default: ./rduflow-quickstart); a non-empty folder "
                              "not made by the quickstart is refused, its own is reused")
-    parser.add_argument("--num-steps", type=_positive, default=Settings().num_steps, metavar="N",
+    parser.add_argument("--num-steps", type=cli.positive_int, default=Settings().num_steps, metavar="N",
                         help=cli.debug_help(f"training steps (default: {Settings().num_steps})"))
     cli.add_debug_flag(parser)
     parser.set_defaults(func=main)

@@ -28,18 +28,6 @@ from tools import cli
 from tools.generation import add_inference_options, check_mode, run_inference
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got '{text}'")
-    return int(text)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run", help="run a PEF: train with a training PEF, generate with an inference PEF",
@@ -58,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_common_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--checkpoint", type=Path, metavar="DIR",
                        help="initial weights: a Hugging Face checkpoint folder or an rduflow checkpoint")
-    group.add_argument("--seed", type=_count, default=0, metavar="N",
+    group.add_argument("--seed", type=cli.non_negative_int, default=0, metavar="N",
                        help="seed of the initializers, of the data order and of sampling (default: 0)")
     group.add_argument("--profile", action="store_true",
                        help="print host time and modeled RDU time per kernel and section")
@@ -66,7 +54,7 @@ def _add_common_options(group: argparse._ArgumentGroup) -> None:
                        help="write a Chrome/Perfetto trace of the host and the modeled RDU timelines")
     group.add_argument("--target", metavar="NAME|FILE.yaml",
                        help="model the RDU cost on this target instead of the PEF's (see 'rduflow targets')")
-    group.add_argument("--threads", type=_positive, metavar="N",
+    group.add_argument("--threads", type=cli.positive_int, metavar="N",
                        help=cli.debug_help("host threads for the kernels (default: all cores)"))
 
 
@@ -77,27 +65,27 @@ def _add_training_options(group: argparse._ArgumentGroup) -> list[argparse.Actio
         add("--data", type=Path, metavar="DIR|FILE.hdf5",
             help="training data: a data-prep folder (train_* files, dev_* files evaluated) or one "
                  ".hdf5 file"),
-        add("--num-epochs", type=_positive, default=1, metavar="N", help="passes over the data (default: 1)"),
-        add("--num-steps", type=_positive, metavar="N",
+        add("--num-epochs", type=cli.positive_int, default=1, metavar="N", help="passes over the data (default: 1)"),
+        add("--num-steps", type=cli.positive_int, metavar="N",
             help="stop after N steps counted from the start of training (overrides --num-epochs; "
                  "a resumed run stops at the same step)"),
         add("--lr", type=float, default=1e-3, metavar="X", help="peak learning rate (default: 0.001)"),
         add("--lr-schedule", choices=SCHEDULES, default="constant",
             help="decay after warmup (default: constant)"),
-        add("--warmup-steps", type=_count, default=0, metavar="N",
+        add("--warmup-steps", type=cli.non_negative_int, default=0, metavar="N",
             help="steps of linear warmup (default: 0)"),
         add("--no-shuffle", dest="shuffle", action="store_false",
             help="read the rows in file order (default: a seeded shuffle per epoch)"),
         add("--save-dir", type=Path, metavar="DIR",
             help="folder for checkpoints, per_step_metrics.csv and summary.txt"),
-        add("--save-every", type=_positive, metavar="N",
+        add("--save-every", type=cli.positive_int, metavar="N",
             help="save a checkpoint every N steps (one is always saved at the end)"),
-        add("--keep-last", type=_positive, metavar="K", help="keep only the K newest checkpoints"),
+        add("--keep-last", type=cli.positive_int, metavar="K", help="keep only the K newest checkpoints"),
         add("--resume", action="store_true",
             help="continue from the newest checkpoint in --save-dir (weights, optimizer, data position)"),
-        add("--eval-every", type=_positive, metavar="N",
+        add("--eval-every", type=cli.positive_int, metavar="N",
             help="evaluate on the dev split every N steps (it is always evaluated at the end)"),
-        add("--log-every", type=_positive, default=1, metavar="N",
+        add("--log-every", type=cli.positive_int, default=1, metavar="N",
             help="print a loss line every N steps (default: 1)"),
     ]
 

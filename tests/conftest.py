@@ -1,4 +1,4 @@
-"""Shared helpers of the runtime tests: the JIT's disk cache lives under pytest's cache dir."""
+"""Session-wide test set-up: the JIT's disk cache lives under pytest's cache dir."""
 from __future__ import annotations
 
 import os
