@@ -50,6 +50,16 @@ def reshape_strides(shape, strides, new_shape) -> tuple[int, ...] | None:
     return tuple(0 if d == 1 else next(it) for d in new_shape)
 
 
+def _collapse_reshaping(b, op):
+    """A `shape`-only op: identity -> its operand; the op applied to its own result -> one op."""
+    (x,) = op.operands
+    if x.type == op.result.type:
+        return [x]
+    if x.producer is not None and x.producer.name == op.name:
+        return [b.op(op.name, x.producer.operands[0], shape=op.attrs["shape"])]
+    return None
+
+
 @register
 class Reshape(Injective):
     """Same elements in row-major order, new shape."""
@@ -80,12 +90,7 @@ class Reshape(Injective):
 
     @classmethod
     def canonicalize(cls, b, op):
-        (x,) = op.operands
-        if x.type == op.result.type:
-            return [x]
-        if x.producer is not None and x.producer.name == op.name:
-            return [b.reshape(x.producer.operands[0], shape=op.attrs["shape"])]
-        return None
+        return _collapse_reshaping(b, op)
 
 
 @register
@@ -161,12 +166,7 @@ class BroadcastTo(Injective):
 
     @classmethod
     def canonicalize(cls, b, op):
-        (x,) = op.operands
-        if x.type == op.result.type:
-            return [x]
-        if x.producer is not None and x.producer.name == op.name:
-            return [b.broadcast_to(x.producer.operands[0], shape=op.attrs["shape"])]
-        return None
+        return _collapse_reshaping(b, op)
 
 
 @register
