@@ -33,7 +33,7 @@ from compiler.frontend.builtins import BUILTINS
 from compiler.frontend.expressions import Expressions
 from compiler.frontend.parser import parse_tree
 from compiler.frontend.source import Source, suggest
-from compiler.frontend.values import CONSTANTS, Builtin, Function, OpRef, describe, format_value, is_number
+from compiler.frontend.values import CONSTANTS, Builtin, Function, OpRef, describe, format_value, is_int, is_number
 from ir.builder import Builder
 from ir.dtypes import DType
 from ir.errors import FrontendError, Location
@@ -343,7 +343,7 @@ class Lowerer(Expressions):
             if dim is None:
                 continue
             size = self.eval(dim, scope)
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            if not is_int(size) or size < 0:
                 raise self.error(f"a dimension must be a non-negative integer, got {describe(size)}", dim)
             shape.append(size)
         return TensorType(tuple(shape), dtype)
