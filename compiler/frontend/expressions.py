@@ -22,6 +22,8 @@ from ir.dtypes import DType
 from ir.errors import Location, VerifyError
 from ir.graph import Value
 from ir.ops import REGISTRY
+from ir.ops.base import TypeRuleError
+from ir.ops.elementwise import broadcast_shape
 
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
                "//": operator.floordiv, "%": operator.mod, "**": operator.pow}
@@ -256,8 +258,10 @@ class Expressions:
     def check_elementwise(self, op: str, a: Value, b: Value, where) -> None:
         if a.type.dtype != b.type.dtype:
             raise self.error(f"dtype mismatch in '{op}': {a.type} and {b.type}", where)
-        if not _broadcastable(a.type.shape, b.type.shape):
-            raise self.error(f"shape mismatch in '{op}': {a.type} and {b.type} do not broadcast", where)
+        try:
+            broadcast_shape(a.type.shape, b.type.shape)
+        except TypeRuleError:
+            raise self.error(f"shape mismatch in '{op}': {a.type} and {b.type} do not broadcast", where) from None
 
     def fold(self, op: str, a: Any, b: Any, where) -> Any:
         """`a op b` on compile-time values."""
@@ -426,7 +430,3 @@ class Expressions:
         if isinstance(value, (Value, Function, Builtin, OpRef)):
             raise self.error(f"cannot put {describe(value)} into a string", tree)
         return format_value(value)
-
-
-def _broadcastable(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-    return all(x == y or 1 in (x, y) for x, y in zip(reversed(a), reversed(b)))
