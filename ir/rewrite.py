@@ -46,12 +46,9 @@ class Substitution:
     def __bool__(self) -> bool:
         return bool(self.map)
 
-    def apply(self, graph: Graph) -> None:
-        """Redirect every use in `graph`: operands (regions' own ops too), outputs, updates."""
-        for op in graph.walk():
-            op.operands = [self[v] for v in op.operands]
-            if op.region is not None:
-                op.region.results = [self[v] for v in op.region.results]
+    def apply_to_exits(self, graph: Graph) -> None:
+        """Redirect the graph's outputs and param updates (a forward sweep has already
+        substituted every op's operands and region results on its way)."""
         graph.outputs = {k: self[v] for k, v in graph.outputs.items()}
         graph.updates = {k: self[v] for k, v in graph.updates.items()}
 
@@ -98,8 +95,7 @@ def rewrite(graph: Graph, rule: Rule) -> int:
     """Apply `rule` to every op of `graph` in place; the number of ops replaced."""
     sweep = _Sweep(graph, rule)
     graph.ops = sweep.block(graph.ops)
-    graph.outputs = {k: sweep.subst[v] for k, v in graph.outputs.items()}
-    graph.updates = {k: sweep.subst[v] for k, v in graph.updates.items()}
+    sweep.subst.apply_to_exits(graph)
     return sweep.count
 
 
@@ -116,7 +112,6 @@ def erase_unused(ops: list[Op], live: set[Value]) -> list[Op]:
         kept.append(op)
     kept.reverse()
     return kept
-
 
 
 def splat_value(value: Value) -> float | None:

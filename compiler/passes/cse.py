@@ -28,7 +28,7 @@ class CSE(Pass):
         subst = Substitution()
         before = sum(1 for _ in graph.walk())
         graph.ops = _block(graph.ops, subst)
-        subst.apply(graph)
+        subst.apply_to_exits(graph)
         ctx.count("ops-removed", before - sum(1 for _ in graph.walk()))
         return graph
 
