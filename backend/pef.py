@@ -275,7 +275,7 @@ class _Checker:
 
     def __init__(self, pef: PEF):
         self.pef = pef
-        self.plan = {a.tensor: a for a in pef.memory.allocations}
+        self.plan = pef.memory.lookup()
         self.tensors: dict[str, tuple[tuple[int, ...], str]] = {}
 
     def run(self) -> None:
@@ -287,10 +287,11 @@ class _Checker:
     def memory(self) -> None:
         header, memory = self.pef.header, self.pef.memory
         arenas = {}
+        tiers = {t.name for t in header.target.offchip} | {ONCHIP}
         for arena in memory.arenas:
             if arena.name in arenas:
                 raise ProgramError(f"memory: arena '{arena.name}' appears twice")
-            if arena.name != ONCHIP and arena.name not in {t.name for t in header.target.offchip}:
+            if arena.name not in tiers:
                 raise ProgramError(f"memory: arena '{arena.name}' is not a memory tier of target '{header.target.name}'")
             if arena.size > MAX_ARENA or arena.size % ALIGN:
                 raise ProgramError(f"memory: arena '{arena.name}' has a bad size {arena.size}")
@@ -360,6 +361,7 @@ class _Checker:
 
     def kernels(self) -> None:
         names = set()
+        tiers = {a.name for a in self.pef.memory.arenas}
         for i, program in enumerate(self.pef.kernels):
             where = f"kernels[{i}]"
             if program.name in names:
@@ -368,7 +370,6 @@ class _Checker:
             validate(program)
             for buffer in program.buffers:
                 self.buffer(where, program, buffer)
-            tiers = {a.name for a in self.pef.memory.arenas}
             if not set(program.cost.bytes_read) | set(program.cost.bytes_written) <= tiers:
                 raise ProgramError(f"{where}.cost: bytes of a memory tier the plan does not have")
         symbols = self.pef.symbols
@@ -405,6 +406,7 @@ class _Checker:
             raise ProgramError("header: more chips or tiles than the target has")
         units = header.n_chips * header.num_tiles
         pcus, pmus = units * target.pcus_per_tile, units * target.pmus_per_tile
+        offchip = {t.name for t in target.offchip}
         expected = 0
         for i, section in enumerate(self.pef.sections):
             where = f"sections[{i}]"
@@ -422,7 +424,6 @@ class _Checker:
                     or section.pmus != sum(k.schedule.pmus for k in members) or not 0 < section.pmus <= pmus:
                 raise ProgramError(f"{where}: {section.pcus} PCUs / {section.pmus} PMUs do not match its kernels "
                                    f"or do not fit the budget of {pcus} / {pmus}")
-            offchip = {t.name for t in target.offchip}
             if not set(section.offchip_read) | set(section.offchip_written) <= offchip:
                 raise ProgramError(f"{where}: traffic of a tier that is not off-chip memory of the target")
         if expected != len(self.pef.kernels):
