@@ -115,12 +115,10 @@ def parse_overrides(texts: Sequence[str]) -> list[Setting]:
 def settings_from(values: Mapping[str, Any], origin: str,
                   locations: Mapping[str, Location] | None = None, text: str | None = None) -> list[Setting]:
     """Settings from a flat mapping of field names (e.g. made from a `config.json`)."""
-    lines = text.splitlines() if text else []
     out = []
     for key, value in values.items():
         where = (locations or {}).get(key)
-        context = lines[where.line - 1] if where and 0 < where.line <= len(lines) else None
-        out.append(Setting(key, value, origin, "set", where, context))
+        out.append(Setting(key, value, origin, "set", where, _line(text or "", where)))
     return out
 
 
