@@ -36,7 +36,7 @@ from ir.dtypes import DType
 from ir.interpreter import interpret
 from ir.types import TensorType
 from runtime import checkpoint as ckpt
-from runtime.program import Program
+from runtime.program import Program, param_types
 from runtime.sampling import Sampler, SamplingOptions
 from runtime.tokenizer import MERGES_FILE, TOKENIZER_FILE, VOCAB_FILE, ByteTokenizer, Tokenizer, load_tokenizer
 
@@ -351,9 +351,7 @@ def eos_token_id(checkpoint: Path | None, tokenizer: Tokenizer, vocab: int) -> i
 def load_weights(program: Program, checkpoint: Path) -> tuple[str, ...]:
     """Set the program's params (not its state: caches, optimizer moments) from a checkpoint
     folder; the names of checkpoint tensors the model does not use."""
-    expected = {s.name: TensorType(s.shape, DType(s.dtype)) for s in program.pef.symbols.params
-                if s.role in ("param", "buffer")}
-    loaded = ckpt.load_hf_checkpoint(checkpoint, expected)
+    loaded = ckpt.load_hf_checkpoint(checkpoint, param_types(program.pef, ("param", "buffer")))
     program.params.update(loaded.tensors)
     return loaded.unexpected
 

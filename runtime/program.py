@@ -185,6 +185,11 @@ class Program:
             self.executor.view(symbol.tensor, symbol.shape, DType(symbol.dtype))[...] = array
 
 
+def param_types(pef: PEF, roles: tuple[str, ...]) -> dict[str, TensorType]:
+    """The types of the PEF's params whose role is one of `roles` (param, buffer, state), by name."""
+    return {p.name: TensorType(p.shape, DType(p.dtype)) for p in pef.symbols.params if p.role in roles}
+
+
 def load(pef: str | os.PathLike | bytes | PEF, *, seed: int = 0, jit: Jit | None = None,
          threads: int | None = None) -> Program:
     """A PEF (path, bytes or record), validated, JIT-compiled and ready to run."""

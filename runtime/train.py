@@ -34,13 +34,12 @@ import numpy as np
 import pydantic
 
 from backend.pef import PEF, Scalar
-from ir.dtypes import DType
 from ir.errors import CheckpointError, ConfigError, ExecutionError
-from ir.types import TensorType
 from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
     is_token_data, open_rows
 from runtime.cost_model import estimate
+from runtime.program import param_types
 from runtime.schedules import Schedule, ScheduleName
 
 METRICS_FILE = "per_step_metrics.csv"
@@ -197,10 +196,6 @@ def batch_size(specs: list[InputSpec]) -> int:
 
 def header_options(pef: PEF) -> dict[str, Scalar]:
     return {o.name: o.value for o in pef.header.options}
-
-
-def param_types(pef: PEF, roles: tuple[str, ...]) -> dict[str, TensorType]:
-    return {p.name: TensorType(p.shape, DType(p.dtype)) for p in pef.symbols.params if p.role in roles}
 
 
 # --- the loop -----------------------------------------------------------------------------
