@@ -90,13 +90,13 @@ def _llama(r: _Reader) -> dict[str, Any]:
     values.setdefault("num_key_value_heads", r.get("num_attention_heads"))
     r.require("hidden_act", ("silu",), "silu")
     r.require("pretraining_tp", (1,), 1)
-    rope = r.get("rope_parameters") or r.get("rope_scaling") or {}
+    rope_key = "rope_parameters" if r.get("rope_parameters") else "rope_scaling"
+    rope = r.get(rope_key) or {}
     if not isinstance(rope, dict):
-        raise r.error("rope_parameters", "expected a JSON object")
+        raise r.error(rope_key, "expected a JSON object")
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind != "default":
-        key = "rope_parameters" if r.get("rope_parameters") else "rope_scaling"
-        raise r.error(key, f"RoPE type {json.dumps(kind)} is not supported (only \"default\")")
+        raise r.error(rope_key, f"RoPE type {json.dumps(kind)} is not supported (only \"default\")")
     theta = rope.get("rope_theta", r.get("rope_theta"))
     if theta is not None:
         values["rope_theta"] = theta
