@@ -154,17 +154,9 @@ class Graph:
         """Values the graph hands back: outputs and param updates."""
         return set(self.outputs.values()) | set(self.updates.values())
 
-    def replace_uses(self, old: Value, new: Value) -> None:
-        """Make every top-level use of `old` (operands, outputs, updates) use `new`."""
-        for op in self.ops:
-            op.operands = [new if v is old else v for v in op.operands]
-        for table in (self.outputs, self.updates):
-            for key, value in table.items():
-                if value is old:
-                    table[key] = new
-
 
 def walk_ops(ops: list[Op]) -> Iterator[Op]:
+    """Every op of `ops`, each followed by its region's ops, recursively."""
     for op in ops:
         yield op
         if op.region is not None:
