@@ -53,7 +53,7 @@ def check_interface(name: str, graph: Graph) -> None:
     problems += [f"it has input '{n}', which the runtime does not feed" for n in inputs if n not in wanted]
     if logits is None or logits.type.rank != 2 or logits.type.shape[0] != batch:
         problems.append("output 'logits' must be [batch, vocab]: the next token's logits of each sequence")
-    if name == "decode" and batch is not None and inputs["input_ids"].shape[1] != 1:
+    if name == "decode" and batch is not None and inputs["input_ids"].shape[1:2] != (1,):
         problems.append("input 'input_ids' must hold one token per sequence ([batch, 1])")
     if problems:
         raise FrontendError(f"the {name} step of model '{graph.name}': " + "; ".join(problems))

@@ -123,3 +123,19 @@ def test_a_model_with_caches_must_fit_the_runtime_contract(tmp_path):
         "an integer tensor of rank 1 with the batch first; it has input 'x', which the runtime does not feed; it has "
         "input 'at', which the runtime does not feed; output 'logits' must be [batch, vocab]: the next token's "
         "logits of each sequence")
+
+
+def test_a_decode_step_with_rank_1_token_ids_is_an_error_not_a_crash():
+    from compiler.generation import check_interface
+    from ir.builder import Builder
+    from ir.dtypes import DType
+    from ir.graph import Graph
+    from ir.types import TensorType
+
+    graph = Graph("m")
+    b = Builder(graph)
+    b.input("input_ids", TensorType((2,), DType.i32))
+    b.input("positions", TensorType((2,), DType.i32))
+    b.output("logits", b.full(shape=(2, 5), value=0.0, dtype=DType.f32))
+    with pytest.raises(FrontendError, match=r"one token per sequence \(\[batch, 1\]\)"):
+        check_interface("decode", graph)
