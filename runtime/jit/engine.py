@@ -81,23 +81,24 @@ def compile_ir(text: str, level: int = 3) -> bytes:
     kernels so small that their compile time would dwarf their run time.
     """
     tm = _thread_target_machine(level)
-    context = llvm.create_context()
-    module = llvm.parse_assembly(text, context)
-    module.triple = tm.triple
-    module.data_layout = str(tm.target_data)
-    module.verify()
-    optimize(module, tm, level)
-    return tm.emit_object(module)
+    return tm.emit_object(_optimized(text, tm, level, verify=True))
 
 
 def assembly(text: str, level: int = 3) -> str:
     """The optimized host assembly of LLVM IR text (for inspection and tests)."""
     tm = _thread_target_machine(level)
+    return tm.emit_assembly(_optimized(text, tm, level))
+
+
+def _optimized(text: str, tm: llvm.TargetMachine, level: int, verify: bool = False) -> llvm.ModuleRef:
+    """LLVM IR text parsed in a context of its own, set for `tm`, run through the `level` pipeline."""
     module = llvm.parse_assembly(text, llvm.create_context())
     module.triple = tm.triple
     module.data_layout = str(tm.target_data)
+    if verify:
+        module.verify()
     optimize(module, tm, level)
-    return tm.emit_assembly(module)
+    return module
 
 
 class NativeLibrary:
