@@ -3,7 +3,8 @@
     frontend (RDL -> forward graph) -> [training graph] -> [passes] -> [backend]
 
 `compile_model(options)` runs them; each stage is one marked call below.
-`options.emit` stops early: "ir" after the frontend (and the training graph).
+`options.emit` stops early: "ir" after the frontend (and the training graph),
+"ir-opt" and "dot" after the passes.
 A MODEL is an `.rdl` file, a zoo name, or a Hugging Face checkpoint folder whose
 `config.json` picks the zoo model and sizes it.
 """
