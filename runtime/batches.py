@@ -122,7 +122,8 @@ class TensorRows:
                 try:
                     values = self._handles[k][spec.name][local.tolist()]
                 except OSError as err:
-                    raise DataError(f"{self.files[k]}: unreadable dataset '{spec.name}' ({err})") from None
+                    raise DataError(f"{self.files[k]}: unreadable dataset '{spec.name}' "
+                                    f"({hdf5_data.first_line(err)})") from None
                 self._check_bound(k, spec.name, values, local)
                 out[spec.name][where] = values.reshape(len(local), *spec.row_shape)[inverse]
         return out
@@ -148,7 +149,7 @@ class TensorRows:
         try:
             handle = h5py.File(file, "r")
         except OSError as err:
-            raise DataError(f"{file}: not a readable HDF5 file ({str(err).splitlines()[0]})") from None
+            raise DataError(f"{file}: not a readable HDF5 file ({hdf5_data.first_line(err)})") from None
         self._handles.append(handle)
         counts = {_check_dataset(file, handle, spec) for spec in self.specs}
         if len(counts) != 1:

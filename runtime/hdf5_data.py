@@ -102,7 +102,7 @@ class HDF5Data:
         try:
             handle = h5py.File(file, "r")
         except OSError as err:
-            raise DataError(f"{file}: not a readable HDF5 file ({_short(err)})") from None
+            raise DataError(f"{file}: not a readable HDF5 file ({first_line(err)})") from None
         self._handles.append(handle)
         return _check_datasets(file, handle)
 
@@ -112,7 +112,7 @@ class HDF5Data:
         try:
             ids, types = (handle[name][where] for name in DATASETS)
         except OSError as err:
-            raise DataError(f"{self.files[k]}: unreadable data ({_short(err)})") from None
+            raise DataError(f"{self.files[k]}: unreadable data ({first_line(err)})") from None
         numbers = range(where.start, where.start + len(ids)) if isinstance(where, slice) else where
         self._check_values(self.files[k], ids, types, numbers)
         return ids, types
@@ -163,7 +163,7 @@ def read_metadata(folder: Path) -> dict[str, Any] | None:
     try:
         metadata = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise DataError(f"{file}: unreadable ({_short(err)})") from None
+        raise DataError(f"{file}: unreadable ({first_line(err)})") from None
     if not isinstance(metadata, dict):
         raise DataError(f"{file}: expected a mapping")
     for key, kind in (("max_seq_length", int), ("files", dict)):
@@ -236,5 +236,6 @@ def _common_width(files: list[Path], shapes: list[tuple[int, int]]) -> int:
     return width
 
 
-def _short(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when the message is empty)."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
