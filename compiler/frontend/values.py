@@ -33,9 +33,11 @@ class Builtin:
 
     name: str
     fn: Callable[..., Any]
+    #: `fn`'s signature, read once: calls are checked against it before `fn` runs
+    signature: inspect.Signature = attrs.field(init=False, repr=False)
 
-    @property
-    def signature(self) -> inspect.Signature:
+    @signature.default
+    def _signature(self) -> inspect.Signature:
         return inspect.signature(self.fn)
 
 
