@@ -11,7 +11,6 @@ the plan; record symbols, sections and traffic in the PEF.
 from __future__ import annotations
 
 import hashlib
-import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -25,7 +24,6 @@ from backend.pef import (PEF, CompileOption, Entry, Header, ParamSymbol, Section
                          check_entries)
 from backend.sections import Group, group
 from backend.targets import ONCHIP, Target, load_target
-from ir.dtypes import DType
 from ir.graph import Graph, Value
 
 #: compile options that do not change the program (everything else needs a recompile)
@@ -125,7 +123,7 @@ def build_pef(graph: Graph, options: BackendOptions) -> PEF:
     symbols = _symbols(graph, names)
     persistent = {s.tensor for s in (*symbols.inputs, *symbols.params, *symbols.outputs)} \
         | {u.tensor for u in symbols.updates}
-    tensors = [(s.tensor, _nbytes(s.shape, s.dtype)) for s in (*symbols.params, *symbols.inputs)]
+    tensors = [(s.tensor, s.nbytes) for s in (*symbols.params, *symbols.inputs)]
     tensors += [(b.name, b.nbytes) for k in kernels for b in k.with_role("output")]
     plan = plan_memory(kernels, tensors, offchip_tensors(kernels, section_of, persistent), target, limit.chips,
                        ir_plan(graph, names, target))
@@ -151,10 +149,6 @@ def ir_plan(graph: Graph, names: dict[Value, str], target: Target) -> dict[str, 
 
 def _scheduled(program: KernelProgram, target: Target) -> KernelProgram:
     return attrs.evolve(program, schedule=Schedule(schedule_tiles(program, target)))
-
-
-def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
-    return math.prod(shape) * DType(dtype).itemsize
 
 
 def _symbols(graph: Graph, names: dict[Value, str]) -> Symbols:

@@ -94,6 +94,10 @@ class TensorSymbol:
     shape: tuple[int, ...] = attrs.field(converter=tuple)
     dtype: str = attrs.field(validator=attrs.validators.in_([d.value for d in DType]))
 
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DType(self.dtype).itemsize
+
 
 @attrs.frozen
 class ParamSymbol:
@@ -106,6 +110,10 @@ class ParamSymbol:
     role: Literal["param", "buffer", "state"]
     init: str
     init_args: dict[str, Scalar]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DType(self.dtype).itemsize
 
 
 @attrs.frozen
@@ -327,11 +335,11 @@ class _Checker:
         x, y = self.plan.get(a), self.plan.get(b)
         return x is not None and y is not None and (x.arena, x.offset) == (y.arena, y.offset)
 
-    def define(self, where: str, tensor: str, shape: tuple[int, ...], dtype: str) -> None:
-        if tensor in self.tensors:
-            raise ProgramError(f"{where}: tensor '{tensor}' is defined twice")
-        self.allocated(where, tensor, math.prod(shape) * DType(dtype).itemsize, offchip=True)
-        self.tensors[tensor] = (tuple(shape), dtype)
+    def define(self, where: str, symbol: TensorSymbol | ParamSymbol) -> None:
+        if symbol.tensor in self.tensors:
+            raise ProgramError(f"{where}: tensor '{symbol.tensor}' is defined twice")
+        self.allocated(where, symbol.tensor, symbol.nbytes, offchip=True)
+        self.tensors[symbol.tensor] = (tuple(symbol.shape), symbol.dtype)
 
     def allocated(self, where: str, tensor: str, nbytes: int, offchip: bool = False) -> Allocation:
         a = self.plan.get(tensor)
@@ -352,7 +360,7 @@ class _Checker:
                 raise ProgramError(f"symbols.{kind}: a name appears twice")
         for kind, table in (("inputs", symbols.inputs), ("params", symbols.params)):
             for s in table:
-                self.define(f"symbols.{kind}.{s.name}", s.tensor, s.shape, s.dtype)
+                self.define(f"symbols.{kind}.{s.name}", s)
         for param in symbols.params:
             try:
                 Init(param.init, param.init_args)

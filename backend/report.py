@@ -1,12 +1,10 @@
 """Summaries of a compiled program: for `rduflow pef info`, `rduflow compile --stats` and tests."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from backend.pef import FORMAT_VERSION, PEF
 from backend.schema import encode
-from ir.dtypes import DType
 
 
 def offchip_traffic(pef: PEF) -> dict[str, int]:
@@ -14,10 +12,6 @@ def offchip_traffic(pef: PEF) -> dict[str, int]:
     read = sum(sum(s.offchip_read.values()) for s in pef.sections)
     written = sum(sum(s.offchip_written.values()) for s in pef.sections)
     return {"read": read, "written": written, "total": read + written}
-
-
-def _bytes(shape, dtype: str) -> int:
-    return math.prod(shape) * DType(dtype).itemsize
 
 
 def info(pef: PEF, file_bytes: int) -> dict[str, Any]:
@@ -37,7 +31,7 @@ def info(pef: PEF, file_bytes: int) -> dict[str, Any]:
         "sections": [{"index": s.index, "phase": s.phase, "kernels": len(s.kernels), "pcus": s.pcus, "pmus": s.pmus,
                       "offchip_read": s.offchip_read, "offchip_written": s.offchip_written} for s in pef.sections],
         "sizes": {"file": file_bytes, "kernels": len(pef.kernels),
-                  "param_bytes": sum(_bytes(p.shape, p.dtype) for p in pef.symbols.params),
+                  "param_bytes": sum(p.nbytes for p in pef.symbols.params),
                   "arenas": {a.name: a.size for a in pef.memory.arenas}},
         "offchip_traffic": offchip_traffic(pef),
         "entries": [{"name": e.name, "inputs": encode(e.symbols.inputs), "outputs": encode(e.symbols.outputs),
