@@ -11,6 +11,7 @@ training PEF's run applies one optimizer step in place.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -160,9 +161,13 @@ class Program:
         Outputs computed outside the forward phase are not returned."""
         self._bind_inputs(inputs)
         self.executor.step(phases=FORWARD)
+        return {s.name: self.executor.view(s.tensor, s.shape, DType(s.dtype)).copy() for s in self._forward_outputs}
+
+    @functools.cached_property
+    def _forward_outputs(self) -> tuple[TensorSymbol, ...]:
+        """The outputs a forward kernel writes (what `evaluate` returns)."""
         forward = {b.name for k in self.pef.kernels if k.phase in FORWARD for b in k.with_role("output")}
-        return {s.name: self.executor.view(s.tensor, s.shape, DType(s.dtype)).copy()
-                for s in self.pef.symbols.outputs if s.tensor in forward}
+        return tuple(s for s in self.pef.symbols.outputs if s.tensor in forward)
 
     def get_params(self) -> dict[str, np.ndarray]:
         """Copies of every param, buffer and optimizer state, by name."""
