@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.mapping import Budget, budget
 from backend.pef import FORMAT_VERSION, PEF
 from backend.schema import encode
 
@@ -14,16 +15,20 @@ def offchip_traffic(pef: PEF) -> dict[str, int]:
     return {"read": read, "written": written, "total": read + written}
 
 
+def _budget(pef: PEF) -> Budget:
+    """The PCUs and PMUs the program was compiled for (its chips and tiles of its target)."""
+    return budget(pef.header.target, pef.header.n_chips, pef.header.num_tiles)
+
+
 def info(pef: PEF, file_bytes: int) -> dict[str, Any]:
     """Header, symbols, sections with resources and traffic, and sizes, as plain data."""
     header, target = pef.header, pef.header.target
-    units = header.n_chips * header.num_tiles
+    limit = _budget(pef)
     return {
         "format_version": FORMAT_VERSION,
         "tool_version": header.tool_version,
         "target": {"name": target.name, "description": target.description, "n_chips": header.n_chips,
-                   "num_tiles": header.num_tiles, "pcus": units * target.pcus_per_tile,
-                   "pmus": units * target.pmus_per_tile},
+                   "num_tiles": header.num_tiles, "pcus": limit.pcus, "pmus": limit.pmus},
         "mode": header.mode,
         "source_sha256": header.source_sha256,
         "options": [encode(o) for o in header.options],
@@ -43,14 +48,14 @@ def info(pef: PEF, file_bytes: int) -> dict[str, Any]:
 def stats_text(pef: PEF) -> str:
     """Resources and sections, a few lines (the backend part of `compile --stats`)."""
     header, target = pef.header, pef.header.target
-    units = header.n_chips * header.num_tiles
+    limit = _budget(pef)
     phases: dict[str, int] = {}
     for s in pef.sections:
         phases[s.phase or "-"] = phases.get(s.phase or "-", 0) + 1
     traffic = offchip_traffic(pef)
     lines = [
         f"target {target.name}: {header.n_chips} chip(s) x {header.num_tiles} tile(s) = "
-        f"{units * target.pcus_per_tile} PCUs, {units * target.pmus_per_tile} PMUs",
+        f"{limit.pcus} PCUs, {limit.pmus} PMUs",
         f"kernels {len(pef.kernels)}, sections {len(pef.sections)} ("
         + ", ".join(f"{k} {v}" for k, v in phases.items()) + ")",
         f"peak section: {max((s.pcus for s in pef.sections), default=0)} PCUs, "
