@@ -17,7 +17,7 @@ def lower_pool2d(km: KernelModule, name: str, stage: kp.Pool2dStage) -> int:
     out = km.whole(stage.out)
     n, c, h, w = stage.x_shape
     _, _, oh, ow = km.buffer(stage.out).shape
-    (kh, kw), (s0, s1), (p0, p1) = stage.kernel, stage.stride, stage.padding
+    kh, kw = stage.kernel
     epilogue = km.expression(stage.epilogue) if stage.epilogue is not None else None
     is_max = stage.mode == "max"
 
@@ -29,20 +29,13 @@ def lower_pool2d(km: KernelModule, name: str, stage: kp.Pool2dStage) -> int:
             with cg.loop(b, 0, oh, name="oh") as y:
                 with cg.loop(b, 0, ow, name="ow") as z:
                     b.store(ir.Constant(F32, -math.inf if is_max else 0.0), acc_slot)
-                    for i in range(kh):
-                        for j in range(kw):
-                            row = b.add(b.mul(y, i64(s0)), i64(i - p0))
-                            col = b.add(b.mul(z, i64(s1)), i64(j - p1))
-                            inside = b.and_(
-                                b.and_(b.icmp_signed(">=", row, i64(0)), b.icmp_signed("<", row, i64(h))),
-                                b.and_(b.icmp_signed(">=", col, i64(0)), b.icmp_signed("<", col, i64(w))))
-                            safe = [ni, ci, b.select(inside, row, i64(0)), b.select(inside, col, i64(0))]
-                            value = b.select(inside, x.load(b, ptrs, safe),
-                                             ir.Constant(F32, -math.inf if is_max else 0.0))
-                            current = b.load(acc_slot)
-                            new = cg.intrinsic(b, "llvm.maximum", current, value) if is_max \
-                                else b.fadd(current, value)
-                            b.store(new, acc_slot)
+                    for row, col, inside in _window(b, y, z, stage.kernel, stage.stride, stage.padding, h, w):
+                        value = b.select(inside, x.load(b, ptrs, [ni, ci, row, col]),
+                                         ir.Constant(F32, -math.inf if is_max else 0.0))
+                        current = b.load(acc_slot)
+                        new = cg.intrinsic(b, "llvm.maximum", current, value) if is_max \
+                            else b.fadd(current, value)
+                        b.store(new, acc_slot)
                     acc = b.load(acc_slot)
                     if not is_max:
                         acc = b.fdiv(acc, ir.Constant(F32, float(kh * kw)))
@@ -56,6 +49,19 @@ def lower_pool2d(km: KernelModule, name: str, stage: kp.Pool2dStage) -> int:
     return n * c
 
 
+def _window(b: ir.IRBuilder, y, z, kernel, stride, padding, h: int, w: int):
+    """(row, col, inside) of every window position of output (y, z), in row-major window order;
+    a position in the padding reads row 0, col 0 instead (and `inside` is false)."""
+    (kh, kw), (s0, s1), (p0, p1) = kernel, stride, padding
+    for i in range(kh):
+        for j in range(kw):
+            row = b.add(b.mul(y, i64(s0)), i64(i - p0))
+            col = b.add(b.mul(z, i64(s1)), i64(j - p1))
+            inside = b.and_(
+                b.and_(b.icmp_signed(">=", row, i64(0)), b.icmp_signed("<", row, i64(h))),
+                b.and_(b.icmp_signed(">=", col, i64(0)), b.icmp_signed("<", col, i64(w))))
+            yield b.select(inside, row, i64(0)), b.select(inside, col, i64(0)), inside
+
 
 def lower_pool2d_grad(km: KernelModule, name: str, stage: kp.Pool2dGradStage) -> int:
     """dx = zeros; each g[n, c, oh, ow] goes to the window's first maximum (max) or is
@@ -65,18 +71,10 @@ def lower_pool2d_grad(km: KernelModule, name: str, stage: kp.Pool2dGradStage) ->
     out = km.whole(stage.out)
     n, c, h, w = km.buffer(stage.out).shape
     _, _, oh, ow = stage.g_shape
-    (kh, kw), (s0, s1), (p0, p1) = stage.kernel, stage.stride, stage.padding
+    kh, kw = stage.kernel
 
     def window(b: ir.IRBuilder, y, z):
-        """(row, col, inside) of every window position, in row-major window order."""
-        for i in range(kh):
-            for j in range(kw):
-                row = b.add(b.mul(y, i64(s0)), i64(i - p0))
-                col = b.add(b.mul(z, i64(s1)), i64(j - p1))
-                inside = b.and_(
-                    b.and_(b.icmp_signed(">=", row, i64(0)), b.icmp_signed("<", row, i64(h))),
-                    b.and_(b.icmp_signed(">=", col, i64(0)), b.icmp_signed("<", col, i64(w))))
-                yield b.select(inside, row, i64(0)), b.select(inside, col, i64(0)), inside
+        return _window(b, y, z, stage.kernel, stage.stride, stage.padding, h, w)
 
     def add(b, ptrs, plane, row, col, value, inside):
         idx = [*plane, row, col]
