@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from compiler.frontend import Module, lower
-from compiler.frontend.lower import declares_caches
+from compiler.frontend.lower import GENERATION_MODES, declares_caches
 from ir.errors import FrontendError
 from ir.graph import Graph, Param, Value
 from ir.verifier import verify
 
 #: the generation entry points, in the order the PEF lists them
-ENTRIES = ("prefill", "decode")
+ENTRIES = GENERATION_MODES
 
 
 #: each entry point's inputs as the runtime feeds them (name -> rank), besides `logits` [B, vocab] out

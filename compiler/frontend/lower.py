@@ -48,8 +48,7 @@ MAX_STEPS = 5_000_000
 
 _SCOPE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*\Z")
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\Z")
-#: what a lowering builds: a training step, a forward pass, or one step of generation
-MODES = ("train", "forward", "prefill", "decode")
+#: the modes lowering one step of generation (the others: "train" and "forward")
 GENERATION_MODES = ("prefill", "decode")
 
 
