@@ -46,21 +46,30 @@ class PrintIR(_Reporter):
         self.after_all, self.after_change = after_all, after_change
         self._previous: str | None = None
 
+    def before_pipeline(self, graph: Graph) -> None:
+        self._previous = None
+
     def before_pass(self, record: PassRecord, graph: Graph) -> None:
-        name = record.pass_.name
-        if name in self.before:
-            self._print("Before", record, print_graph(graph))
-        if self.after_change and not self._wants_after(name):
-            self._previous = print_graph(graph)
+        wanted = record.pass_.name in self.before
+        if not (wanted or (self.after_change and self._previous is None)):
+            return
+        text = print_graph(graph)
+        if wanted:
+            self._print("Before", record, text)
+        if self.after_change:
+            self._previous = text
 
     def after_pass(self, record: PassRecord, graph: Graph) -> None:
-        name = record.pass_.name
-        if self._wants_after(name):
-            self._print("After", record, print_graph(graph))
-        elif self.after_change:
-            text = print_graph(graph)
-            if text != self._previous:
-                self._print("After", record, text)
+        """With `after_change`, the text printed here is the next pass's "before" (passes only
+        change the graph while they run), so each graph is printed once."""
+        wanted = self._wants_after(record.pass_.name)
+        if not (wanted or self.after_change):
+            return
+        text = print_graph(graph)
+        if wanted or text != self._previous:
+            self._print("After", record, text)
+        if self.after_change:
+            self._previous = text
 
     def _wants_after(self, name: str) -> bool:
         return self.after_all or name in self.after
