@@ -72,7 +72,7 @@ def _gpt2(r: _Reader) -> dict[str, Any]:
     values = {k: r.data[k] for k in keys if r.data.get(k) is not None}
     activation = r.get("activation_function", "gelu_new")
     approximations = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
-    if activation not in approximations:
+    if not isinstance(activation, str) or activation not in approximations:
         r.require("activation_function", tuple(approximations))
     values["gelu_approximate"] = approximations[activation]
     r.require("tie_word_embeddings", (True,), True, "; the zoo's gpt2 ties lm_head to transformer.wte")
@@ -113,7 +113,7 @@ def read_hf_config(folder: str | Path) -> HFModel:
         raise ConfigError(f"'{folder}' is not a Hugging Face checkpoint folder: it has no {CONFIG}")
     reader = _Reader(path)
     model_type = reader.get("model_type")
-    if model_type not in MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         known = ", ".join(MODEL_TYPES)
         raise reader.error("model_type", f"unsupported model type {json.dumps(model_type)} (supported: {known})")
     values = MODEL_TYPES[model_type](reader)

@@ -82,6 +82,9 @@ def write_config(folder: Path, base: str, **changes) -> Path:
     ("gpt2-tiny", {"tie_word_embeddings": False}, "'tie_word_embeddings': false is not supported"),
     ("llama-tiny", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "RoPE type \"yarn\" is not supported"),
     ("llama-tiny", {"hidden_act": "gelu"}, "'hidden_act': \"gelu\" is not supported"),
+    ("gpt2-tiny", {"model_type": ["gpt2"]}, "unsupported model type [\"gpt2\"]"),
+    ("gpt2-tiny", {"activation_function": ["gelu"]}, "'activation_function': [\"gelu\"] is not supported"),
+    ("llama-tiny", {"rope_parameters": None, "rope_scaling": [1]}, "'rope_scaling': expected a JSON object"),
 ])
 def test_unsupported_configs_are_named(tmp_path, base, changes, message):
     folder = write_config(tmp_path / "ckpt", base, **changes)
