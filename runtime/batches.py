@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from pathlib import Path
 from typing import Mapping, Protocol, Sequence
 
@@ -34,13 +33,13 @@ import numpy as np
 from ir.dtypes import DType
 from ir.errors import DataError
 from runtime import hdf5_data
+from runtime.hdf5_data import split_files
 
 #: run-time inputs the trainer feeds itself; every other input comes from the data
 HYPERPARAMETERS = frozenset({"lr"})
 TOKEN_INPUTS = ("input_ids", "token_type_ids")
 #: token type of completion tokens: a language model's loss counts the positions whose target has it
 COMPLETION = 1
-_SPLIT_FILE = re.compile(r"(?P<split>[a-z]+)_(?P<i>\d+)_of_(?P<n>\d+)\.hdf5")
 
 
 @attrs.frozen
@@ -176,16 +175,6 @@ def _check_dataset(file: Path, handle: h5py.File, spec: InputSpec) -> int:
                         f"{math.prod(spec.row_shape)} values, e.g. (rows, {', '.join(map(str, spec.row_shape))}), "
                         f"for input {spec.name}{list(spec.shape)}")
     return int(dataset.shape[0])
-
-
-def split_files(folder: Path, split: str) -> list[Path]:
-    """The `{split}_{i}_of_{N}.hdf5` files of a folder, in order (empty if there are none)."""
-    found = sorted((int(m["i"]), int(m["n"]), p) for p in folder.glob(f"{split}_*_of_*.hdf5")
-                   if (m := _SPLIT_FILE.fullmatch(p.name)) and m["split"] == split)
-    if found and ([i for i, _, _ in found] != list(range(1, found[0][1] + 1))
-                  or any(n != found[0][1] for _, n, _ in found)):
-        raise DataError(f"{folder}: incomplete {split} files ({', '.join(p.name for _, _, p in found)})")
-    return [p for _, _, p in found]
 
 
 def has_split(path: str | Path, split: str) -> bool:

@@ -181,10 +181,19 @@ def _split_files(folder: Path, split: str, metadata: dict[str, Any] | None) -> l
         if not names:
             raise DataError(f"{folder / METADATA_FILE}: lists no {split!r} files")
         return [folder / name for name in names]
+    files = split_files(folder, split)
+    if not files:
+        raise DataError(f"{folder}: no {split} files ({split}_*_of_*.hdf5)")
+    return files
+
+
+def split_files(folder: Path, split: str) -> list[Path]:
+    """The `{split}_{i}_of_{N}.hdf5` files of a folder, in order (empty if there are none);
+    DataError naming what is missing when the set is incomplete."""
     found = sorted((int(m["i"]), int(m["n"]), p) for p in folder.glob(f"{split}_*_of_*.hdf5")
                    if (m := _SPLIT_FILE.fullmatch(p.name)) and m["split"] == split)
     if not found:
-        raise DataError(f"{folder}: no {split} files ({split}_*_of_*.hdf5)")
+        return []
     total = found[0][1]
     expected = [f"{split}_{i}_of_{total}.hdf5" for i in range(1, total + 1)]
     missing = sorted(set(expected) - {p.name for _, _, p in found})
