@@ -134,7 +134,7 @@ def load_yaml(path: str | Path) -> list[Setting]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = Location(str(path), mark.line + 1, mark.column + 1) if mark else None
-        problem = getattr(err, "problem", None) or str(err)
+        problem = getattr(err, "problem", None) or str(err).partition("\n")[0]
         raise ConfigError(f"invalid YAML: {problem}", where) from None
     if data is None:
         return []

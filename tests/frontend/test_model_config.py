@@ -117,3 +117,12 @@ def test_batch_size_flag_on_a_model_without_batch_size(tmp_path):
     rdl.write_text("input x: f32[2]\noutput y = x")
     with pytest.raises(ConfigError, match=r"-b/--batch-size: unknown config key 'model.batch_size'"):
         compile_model(CompileOptions(model=str(rdl), batch_size=2, emit="ir"))
+
+
+def test_an_unreadable_character_in_a_yaml_file_is_a_one_line_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  n_layer: \x00\n")
+    with pytest.raises(ConfigError) as info:
+        load_yaml(path)
+    assert "invalid YAML: unacceptable character #x0000" in info.value.message
+    assert "\n" not in info.value.message
