@@ -40,8 +40,11 @@ def compute_type(dtype: DType) -> ir.Type:
 
 
 def constant(dtype: DType, value) -> ir.Constant:
+    """`value` as a compute value of `dtype` (a bool is true for any nonzero value)."""
     if dtype.is_float:
         return ir.Constant(F32, float(value))
+    if dtype == DType.bool:
+        return ir.Constant(I1, int(bool(value)))
     return ir.Constant(compute_type(dtype), int(value))
 
 

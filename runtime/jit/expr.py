@@ -105,7 +105,7 @@ def emit_body(b: ir.IRBuilder, nodes: Sequence[Node], leaf: Leaf) -> ir.Value:
         if node.op in ("arg", "index", "acc"):
             value = leaf(node)
         elif node.op == "const":
-            value = ir.Constant(I1, int(bool(node.value))) if dtype == DType.bool else constant(dtype, node.value)
+            value = constant(dtype, node.value)
         elif node.op == "cast":
             (x,) = node.args
             value = cast(b, values[x], DType(nodes[x].dtype), dtype)

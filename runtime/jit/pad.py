@@ -28,10 +28,8 @@ def lower_pad(km: KernelModule, name: str, stage: kp.PadStage) -> int:
                     ok = b.and_(ok, b.icmp_signed("==", b.srem(shifted, i64(gap + 1)), i64(0)))
                 inside = b.and_(inside, ok)
                 source.append(b.select(ok, position, i64(0)))
-            value = x.load(b, ptrs, source) if rank else x.load(b, ptrs, [])
-            fill = cg.constant(out.dtype, stage.value) if out.dtype.is_float or out.dtype.is_int \
-                else ir.Constant(cg.I1, int(bool(stage.value)))
-            out.store(b, b.select(inside, value, fill), ptrs, idx[:rank])
+            value = x.load(b, ptrs, source)
+            out.store(b, b.select(inside, value, cg.constant(out.dtype, stage.value)), ptrs, idx[:rank])
 
         nest(b, shape, lo, hi, element)
 
