@@ -51,6 +51,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
 from ir.errors import ConfigError, DataError, Location
+from runtime.hdf5_data import DATASETS, METADATA_FILE
 from runtime.tokenizer import Tokenizer, load_tokenizer
 
 PROMPT, COMPLETION, PADDING, SEPARATOR = 0, 1, 2, 3
@@ -396,7 +397,7 @@ class HDF5Writer:
             self._file.create_dataset(name, shape=(0, length), maxshape=(None, length), dtype="<i4",
                                       chunks=(self.chunk_rows, length), compression="gzip",
                                       compression_opts=1, shuffle=True, track_times=False)
-            for name in ("input_ids", "token_type_ids")]
+            for name in DATASETS]
         self._buffer: list[Row] = []
         self._buffered = 0
 
@@ -523,7 +524,7 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise DataError(f"output {target} already exists; pass --overwrite to replace it")
     if target.is_symlink() or not target.is_dir():
         raise DataError(f"output {target} exists and is not a folder; not replacing it")
-    if any(target.iterdir()) and not (target / "metadata.yaml").is_file():
+    if any(target.iterdir()) and not (target / METADATA_FILE).is_file():
         raise DataError(f"output {target} is a folder without metadata.yaml, not a data-prep output; "
                         "not replacing it")
 
@@ -584,7 +585,7 @@ class Preparation:
         self.tokenizer.save(self.folder)
         metadata = self.metadata()
         text = yaml.safe_dump(metadata, sort_keys=False)
-        (self.folder / "metadata.yaml").write_text(text, encoding="utf-8")
+        (self.folder / METADATA_FILE).write_text(text, encoding="utf-8")
         return metadata
 
     def _sink(self, writer: HDF5Writer | RoundRobin) -> SplitSink:
