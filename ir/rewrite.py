@@ -114,6 +114,14 @@ def erase_unused(ops: list[Op], live: set[Value]) -> list[Op]:
     return kept
 
 
+def erase_dead(graph: Graph) -> int:
+    """Drop the ops of `graph` whose results reach no output or param update (regions too);
+    the number of ops dropped."""
+    before = sum(1 for _ in graph.walk())
+    graph.ops = erase_unused(graph.ops, graph.live_outs())
+    return before - sum(1 for _ in graph.walk())
+
+
 def splat_value(value: Value) -> float | None:
     """The element of a value its producer declares a splat (see `OpDef.splat`), else None."""
     return None if value.producer is None else lookup(value.producer.name).splat(value.producer)

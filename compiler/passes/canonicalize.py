@@ -20,7 +20,7 @@ from ir.builder import Builder
 from ir.dtypes import DType
 from ir.graph import Graph, Op, Value
 from ir.ops import FusionKind, lookup
-from ir.rewrite import erase_unused, rewrite, splat_value
+from ir.rewrite import erase_dead, rewrite, splat_value
 from ir.scalar import Expr, ScalarBuilder, evaluate
 
 _SCALAR_KINDS = (FusionKind.elementwise, FusionKind.broadcast)
@@ -38,9 +38,7 @@ class Canonicalize(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         """Rewrites `graph` in place."""
         ctx.count("ops-simplified", rewrite(graph, _simplify))
-        before = sum(1 for _ in graph.walk())
-        graph.ops = erase_unused(graph.ops, graph.live_outs())
-        ctx.count("ops-erased", before - sum(1 for _ in graph.walk()))
+        ctx.count("ops-erased", erase_dead(graph))
         return graph
 
 

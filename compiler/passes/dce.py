@@ -5,7 +5,7 @@ import attrs
 
 from compiler.passes.base import Pass, PassContext, register_pass
 from ir.graph import Graph
-from ir.rewrite import erase_unused
+from ir.rewrite import erase_dead
 
 
 @register_pass
@@ -18,7 +18,5 @@ class DCE(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         """Rewrites `graph` in place; inputs and params are kept (they are the program's interface)."""
-        before = sum(1 for _ in graph.walk())
-        graph.ops = erase_unused(graph.ops, graph.live_outs())
-        ctx.count("ops-removed", before - sum(1 for _ in graph.walk()))
+        ctx.count("ops-removed", erase_dead(graph))
         return graph
