@@ -74,7 +74,7 @@ def _relevant(graph: Graph, loss: Value, sources: set[Value]) -> set[Value]:
 
 def _backprop(b: Builder, ops: list[Op], loss: Value, relevant: set[Value]) -> dict[Value, Value]:
     """Cotangents of every relevant value, from a cotangent of 1 for the loss."""
-    cotangents = {loss: b.full(shape=(), value=1.0, dtype=loss.type.dtype)}
+    cotangents = {loss: b.scalar(1.0, loss.type.dtype)}
     for op in reversed(ops):
         if not any(r in cotangents for r in op.results):
             continue

@@ -52,7 +52,7 @@ class Constants:
         dtype = like if isinstance(like, DType) else like.type.dtype
         key = (float(value), dtype)
         if key not in self.made:
-            self.made[key] = self.b.full(shape=(), value=float(value), dtype=dtype)
+            self.made[key] = self.b.scalar(value, dtype)
         return self.made[key]
 
 
@@ -68,7 +68,7 @@ def state(b: Builder, kind: str, param: Param) -> Value:
 def step_counter(b: Builder) -> None:
     """The step counter state, counting this step in its update."""
     step = b.param(STEP, TensorType((), DType.i32), Init("zeros"), Role.state)
-    b.update(STEP, b.add(step, b.full(shape=(), value=1.0, dtype=DType.i32)))
+    b.update(STEP, b.add(step, b.scalar(1, DType.i32)))
 
 
 def bias_correction(b: Builder, c: Constants, index: int, beta: float) -> Value:
