@@ -26,7 +26,7 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from backend.expr import Lazy, body, contiguous, join
+from backend.expr import Lazy, body, canonical, contiguous, join
 from backend.kernel_program import (
     Access, Affine, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage,
     DynamicSliceStage, GatherStage, GemmStage, KernelCost, KernelProgram, LiteralStage, MapStage, Node, PadStage,
@@ -226,8 +226,7 @@ class _Kernel:
         if transpose:
             strides = strides[:-2] + (strides[-1], strides[-2])
         lead = (0,) * (len(batch) - (len(strides) - 2)) + strides[:-2]
-        lead = tuple(0 if d == 1 else s for d, s in zip(batch, lead))
-        return Access(access.buffer, access.offset, lead + strides[-2:])
+        return Access(access.buffer, access.offset, canonical(batch, lead) + strides[-2:])
 
     def stage_conv2d(self, op: Op, stride, padding, dilation, groups) -> None:
         x, w = op.operands
