@@ -62,8 +62,8 @@ gemm (batch..., m, n, k); conv2d (n, o, oh, ow, c/groups, kh, kw); conv2d_input_
 reduce its `shape`; every other stage its output's shape.
 
 `reduce`, `gemm`, `conv2d` and `pool2d` take an optional `epilogue`: a body over
-the out shape whose `acc` leaf is the stage's raw result (dtype `acc_dtype`);
-the epilogue's value is what is stored.
+the out shape whose `acc` leaf is the stage's raw result (in the dtype the stage
+computes: its operands' or body's, i32 for argmax); the epilogue's value is what is stored.
 """
 from __future__ import annotations
 
