@@ -272,8 +272,9 @@ def _accept(row: _Row, token: int, max_new_tokens: int, eos_id: int | None) -> N
 
 
 # --- prompts, tokenizer, weights ------------------------------------------------------------
-def text_prompts(texts: Sequence[str], tokenizer: Tokenizer, label: str = "--prompt") -> list[Prompt]:
-    return [Prompt(tuple(tokenizer.encode(t)), f"{label} {i + 1}") for i, t in enumerate(texts)]
+def text_prompts(texts: Sequence[str], tokenizer: Tokenizer) -> list[Prompt]:
+    """Prompts from text (`--prompt TEXT`), tokenized."""
+    return [Prompt(tuple(tokenizer.encode(t)), f"--prompt {i + 1}") for i, t in enumerate(texts)]
 
 
 def id_prompts(lists: Sequence[str]) -> list[Prompt]:
