@@ -304,9 +304,7 @@ class Expressions:
         op, operand = node.children
         value = self.eval(operand, scope)
         if op == "not":
-            if not isinstance(value, bool):
-                raise self.error(f"'not' needs a compile-time boolean, got {describe(value)}", op)
-            return not value
+            return not self.boolean(value, "'not'", op)
         if isinstance(value, Value):
             return self.op("neg", [value], {}, op) if op == "-" else value
         if not is_number(value):
