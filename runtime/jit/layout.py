@@ -77,14 +77,6 @@ def coalesce(shape: Sequence[int], groups: Sequence[Sequence[int]],
     return tuple(new_shape), [tuple(g) for g in new_groups], tuple(new_tags)
 
 
-def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for dim in reversed(shape):
-        strides.append(step)
-        step *= dim
-    return tuple(reversed(strides))
-
-
 @attrs.frozen
 class Expression:
     """A body bound to typed accesses: nodes over strided reads and affine indices."""

@@ -19,7 +19,7 @@ from backend import kernel_program as kp
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit.codegen import I32, I64, i64
-from runtime.jit.layout import Access, Expression, coalesce, contiguous_strides
+from runtime.jit.layout import Access, Expression, coalesce
 from runtime.jit.module import KernelModule
 
 CHUNK = 256
@@ -29,7 +29,7 @@ REDUCED, KEPT = 1, 0
 def _out_strides(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
     """Strides, over the loop nest, of a row-major output over the kept axes."""
     kept = [d for i, d in enumerate(shape) if i not in axes]
-    kept_strides = iter(contiguous_strides(kept))
+    kept_strides = iter(kp.row_major(kept))
     return tuple(0 if i in axes else next(kept_strides) for i in range(len(shape)))
 
 
