@@ -54,10 +54,8 @@ def i64(value: int) -> ir.Constant:
 
 def round_to(b: ir.IRBuilder, value: ir.Value, dtype: DType) -> ir.Value:
     """An f32 value rounded to the precision of a narrower float dtype (kept as f32)."""
-    if dtype == DType.f16:
-        return b.fpext(b.fptrunc(value, F16), F32)
-    if dtype == DType.bf16:
-        return b.bitcast(b.shl(b.zext(_bf16_bits(b, value), I32), ir.Constant(I32, 16)), F32)
+    if dtype in (DType.f16, DType.bf16):
+        return to_compute(b, to_storage(b, value, dtype), dtype)
     return value
 
 
