@@ -77,7 +77,6 @@ def emit_gemv(stage, b: ir.IRBuilder, ptrs, lo, hi) -> None:
 
 def _axpy(stage, b, ptrs, acc, batch, bases, j0, width) -> None:
     """acc[i, j] = sum_p a[i, p] * B[p, j0 + j], `DEPTH` contiguous rows of B per pass."""
-    a_base, b_base = bases
     zero = ir.Constant(F32, 0.0)
     for i in range(stage.m):
         with cg.loop(b, 0, width, name=f"z{i}") as j:
