@@ -127,10 +127,9 @@ def load_yaml(path: str | Path) -> list[Setting]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except OSError as err:
-        raise ConfigError(f"cannot read config file '{path}': {err.strerror or err}") from None
+        node, data = _parse_yaml(text)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file '{path}': {getattr(err, 'strerror', None) or err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = Location(str(path), mark.line + 1, mark.column + 1) if mark else None
@@ -152,6 +151,16 @@ def load_yaml(path: str | Path) -> list[Setting]:
                           positions.get((GROUP,)), _line(text, positions.get((GROUP,))))
     locations = {k: positions[(GROUP, k)] for k in group if (GROUP, k) in positions}
     return settings_from({str(k): v for k, v in group.items()}, f"config file '{path}'", locations, text)
+
+
+def _parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for key positions) and its plain data, from one parse."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _key_positions(node, filename: str) -> dict[tuple, Location]:

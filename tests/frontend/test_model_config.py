@@ -126,3 +126,10 @@ def test_an_unreadable_character_in_a_yaml_file_is_a_one_line_error(tmp_path):
         load_yaml(path)
     assert "invalid YAML: unacceptable character #x0000" in info.value.message
     assert "\n" not in info.value.message
+
+
+def test_a_yaml_file_that_is_not_utf8_cannot_be_read(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"model:\n  n_layer: \xff\n")
+    with pytest.raises(ConfigError, match="cannot read config file .*'utf-8' codec can't decode"):
+        load_yaml(path)
