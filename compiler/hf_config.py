@@ -36,8 +36,8 @@ class _Reader:
         try:
             self.text = path.read_text(encoding="utf-8")
             self.data = json.loads(self.text)
-        except OSError as err:
-            raise ConfigError(f"cannot read '{path}': {err.strerror or err}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read '{path}': {getattr(err, 'strerror', None) or err}") from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"invalid JSON: {err.msg}", Location(str(path), err.lineno, err.colno)) from None
         if not isinstance(self.data, dict):

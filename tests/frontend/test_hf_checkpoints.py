@@ -108,6 +108,12 @@ def test_a_folder_without_config_json_is_refused(tmp_path):
         read_hf_config(tmp_path)
 
 
+def test_a_config_json_that_is_not_utf8_cannot_be_read(tmp_path):
+    (tmp_path / "config.json").write_bytes(b'{"model_type": "gpt2\xff"}')
+    with pytest.raises(ConfigError, match="cannot read .*'utf-8' codec can't decode"):
+        read_hf_config(tmp_path)
+
+
 def test_invalid_json_names_line_and_column(tmp_path):
     (tmp_path / "config.json").write_text('{\n  "model_type": "gpt2",\n  "n_layer": ,\n}')
     with pytest.raises(ConfigError) as info:
