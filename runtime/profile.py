@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.pef import PEF
+from ir.errors import ExecutionError
 from runtime.cost_model import CostReport
 
 
@@ -128,4 +129,7 @@ def trace_events(profile: Profile, report: CostReport) -> list[dict]:
 def write_trace(path: str | Path, profile: Profile, report: CostReport) -> None:
     """Write the Chrome/Perfetto trace JSON of both timelines."""
     data = {"traceEvents": trace_events(profile, report), "displayTimeUnit": "ms"}
-    Path(path).write_text(json.dumps(data, indent=1, sort_keys=True))
+    try:
+        Path(path).write_text(json.dumps(data, indent=1, sort_keys=True))
+    except OSError as err:
+        raise ExecutionError(f"cannot write trace {path}: {err.strerror or err}") from None
