@@ -29,9 +29,8 @@ def lower_gather(km: KernelModule, name: str, stage: kp.GatherStage) -> int:
     table, indices, out = km.access(stage.table), km.access(stage.indices), km.whole(stage.out)
     axis, ishape = stage.axis, tuple(stage.indices_shape)
     out_shape = tuple(km.buffer(stage.out).shape)
-    nidx = len(ishape)
-    if not out_shape:
-        out_shape = (1,)
+    rank, nidx = len(out_shape), len(ishape)
+    out_shape = out_shape or (1,)  # a scalar: one iteration, no index
 
     def body(b: ir.IRBuilder, ptrs, lo, hi):
         with b.goto_entry_block():
@@ -39,7 +38,7 @@ def lower_gather(km: KernelModule, name: str, stage: kp.GatherStage) -> int:
         b.store(ir.Constant(I32, 0), status)
 
         def element(idx):
-            idx = idx[:len(km.buffer(stage.out).shape)]
+            idx = idx[:rank]
             position = indices.load(b, ptrs, idx[axis:axis + nidx])
             row = _checked_index(b, position, stage.table_shape[axis], status)
             out.store(b, table.load(b, ptrs, [*idx[:axis], row, *idx[axis + nidx:]]), ptrs, idx)
