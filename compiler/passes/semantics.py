@@ -117,7 +117,9 @@ def _difference(name: str, want: np.ndarray, got: np.ndarray, noise: float) -> D
     rtol, atol = TOLERANCES.get(DType.of(want), (0.0, 0.0))
     with np.errstate(all="ignore"):
         diff = np.where((a == b) | (np.isnan(a) & np.isnan(b)), 0.0, np.abs(a - b))
-        excess = np.nan_to_num(diff - (atol + NOISE_FACTOR * noise + rtol * np.abs(a)), nan=np.inf)
+        # a NaN expected element gets no relative slack (a NaN tolerance would fail equal NaNs)
+        tolerance = atol + NOISE_FACTOR * noise + rtol * np.nan_to_num(np.abs(a), nan=0.0, posinf=np.inf)
+        excess = np.nan_to_num(diff - tolerance, nan=np.inf)
     if not (excess > 0).any():
         return None
     index = np.unravel_index(int(np.argmax(excess)), a.shape)

@@ -87,6 +87,12 @@ def random_graphs(draw) -> Graph:
     return b.graph
 
 
+def test_compare_matches_equal_nans_and_infinities():
+    want = {"o": np.array([np.nan, np.inf, -np.inf, 1.0], dtype=np.float32)}
+    assert compare(want, {"o": want["o"].copy()}) is None
+    assert compare(want, {"o": np.array([0.0, np.inf, -np.inf, 1.0], dtype=np.float32)}) is not None
+
+
 @settings(max_examples=60, deadline=None)
 @given(graph=random_graphs(), seed=st.integers(0, 3))
 def test_o1_keeps_results_of_random_graphs(graph, seed):
