@@ -26,6 +26,9 @@ GROUP = "model"
 #: RDL field types and their pydantic types
 TYPES: dict[str, Any] = {"int": int, "float": float, "bool": pydantic.StrictBool, "str": str}
 
+#: RDL integers are 64-bit: a config or compile-time int stays below this in magnitude
+MAX_INT = 2**63
+
 _MODES = {"CHANGE": "set", "ADD": "add", "FORCE_ADD": "force"}
 
 
@@ -194,9 +197,12 @@ def validate(type_name: str, value: Any) -> Any:
     if isinstance(value, bool) and type_name in ("int", "float"):
         raise ValueError(f"expected {type_name}, got {str(value).lower()}")
     try:
-        return _adapter(type_name).validate_python(value)
+        value = _adapter(type_name).validate_python(value)
     except pydantic.ValidationError as err:
         raise ValueError(f"expected {type_name}, got {value!r} ({err.errors()[0]['msg']})") from None
+    if type_name == "int" and abs(value) >= MAX_INT:
+        raise ValueError(f"expected int, got {value} (beyond 64 bits)")
+    return value
 
 
 def _suggest(name: str, candidates: Sequence[str]) -> str:
@@ -240,5 +246,8 @@ def resolve(schema: Schema, settings: Sequence[Setting] = ()) -> dict[str, Any]:
                 raise ConfigError(f"default of '{f.name}': {err}", f.location, f.context) from None
             raise given.error(f"{GROUP}.{f.name}: {err}", f) from None
     for key, s in added.items():
-        values[key] = validate(_added_type(s), s.value)
+        try:
+            values[key] = validate(_added_type(s), s.value)
+        except ValueError as err:
+            raise s.error(f"{GROUP}.{key}: {err}") from None
     return values

@@ -14,6 +14,7 @@ from typing import Any
 
 import lark
 
+from compiler.config import MAX_INT
 from compiler.frontend import builtins
 from compiler.frontend.builtins import BUILTINS
 from compiler.frontend.source import suggest
@@ -32,8 +33,7 @@ _COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operat
 #: the IR op an operator becomes when a tensor is involved
 OPERATOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "@": "matmul",
                 "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
-#: compile-time integers and sequences stay below these
-MAX_INT = 2**63
+#: compile-time sequences stay below this length (integers below `compiler.config.MAX_INT`)
 MAX_SEQUENCE = 100_000
 
 #: attributes of a tensor: `x.shape`, `x.T`, ...

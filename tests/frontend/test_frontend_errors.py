@@ -140,6 +140,8 @@ def test_errors_inside_train_blocks_only_show_when_training():
     ("model.n==", "bad override 'model.n=='"),
     ("model.n=true", "model.n: expected int, got true"),
     ("+model.extra=[1,2]", "an added key needs a number, boolean or string"),
+    ("model.n=99999999999999999999", "model.n: expected int, got 99999999999999999999 (beyond 64 bits)"),
+    ("+model.extra=-9223372036854775808", "model.extra: expected int, got -9223372036854775808 (beyond 64 bits)"),
 ])
 def test_bad_overrides(override, message):
     with pytest.raises(ConfigError) as info:
