@@ -296,8 +296,10 @@ class Lowerer(Expressions):
     def _stmt_input_decl(self, node, scope):
         self.outside_functions(node, "'input'")
         name, type_node = node.children
-        if any(v.name == name for v in self.graph.inputs) or str(name) in self.params:
+        if any(v.name == name for v in self.graph.inputs):
             raise self.error(f"input '{name}' declared twice", name)
+        if str(name) in self.params:
+            raise self.error(f"input '{name}' has the name of a param (at {self.param_where[str(name)]})", name)
         value = self.builder.input(str(name), self.tensor_type(type_node, scope))
         self.define(scope, name, value)
 
@@ -320,7 +322,9 @@ class Lowerer(Expressions):
         name = ".".join(filter(None, (self.prefix, ".".join(map(str, path.children)))))
         if not _PARAM_NAME.match(name):
             raise self.error(f"param name '{name}' must start with a letter or '_'", path)
-        if name in self.params or any(v.name == name for v in self.graph.inputs):
+        if any(v.name == name for v in self.graph.inputs):
+            raise self.error(f"param '{name}' has the name of an input", path)
+        if name in self.params:
             first = self.param_where.get(name)
             raise self.error(f"param '{name}' declared twice{f' (first at {first})' if first else ''}; "
                              f"give each call of a function with params its own scope", path)
