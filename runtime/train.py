@@ -428,9 +428,12 @@ class Trainer:
         if self.config.save_dir is None:
             return None
         path = self.config.save_dir / METRICS_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
         kept = _metric_rows(path, first_step) if first_step else []
-        handle = open(path, "w", newline="", encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "w", newline="", encoding="utf-8")
+        except OSError as err:
+            raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
         writer = csv.writer(handle)
         writer.writerow(METRICS_COLUMNS)
         writer.writerows(kept)
