@@ -96,11 +96,12 @@ class Fuse(Pass):
 
 def kernel_traffic(graph: Graph) -> int:
     """Modeled off-chip bytes when every kernel (top-level op) reads its operands and writes its results off-chip."""
-    total = 0
-    for op in graph.ops:
-        total += sum(v.type.nbytes for v in dict.fromkeys(op.operands))
-        total += sum(v.type.nbytes for v in op.results)
-    return total
+    return sum(op_traffic(op) for op in graph.ops)
+
+
+def op_traffic(op: Op) -> int:
+    """Bytes `op` moves as a kernel of its own: each distinct operand read once, each result written."""
+    return sum(v.type.nbytes for v in dict.fromkeys(op.operands)) + sum(v.type.nbytes for v in op.results)
 
 
 def is_generator(op: Op) -> bool:

@@ -12,7 +12,7 @@ import attrs
 import numpy as np
 
 from backend.targets import Target
-from compiler.passes.fuse import is_generator
+from compiler.passes.fuse import is_generator, op_traffic
 from compiler.passes.plan_memory import Buffer, memory_report, planned_buffers
 from compiler.passes.tile import Problem, default_tile, score
 from ir.graph import Graph, Op
@@ -42,7 +42,7 @@ def kernel_stats(op: Op, target: Target) -> KernelStats:
     inner = [o for o in (op.region.ops if op.region is not None else [op]) if not is_generator(o)] or [op]
     yielded = set(op.region.results) if op.region is not None else set()
     onchip = sum(v.type.nbytes for o in inner for v in o.results if op.region is not None and v not in yielded)
-    stats = KernelStats(1, int(op.region is not None), len(inner), onchip, sum(_traffic(o) for o in inner), _traffic(op))
+    stats = KernelStats(1, int(op.region is not None), len(inner), onchip, sum(op_traffic(o) for o in inner), op_traffic(op))
     for o in inner:
         if o.attrs.get("tile"):
             problem = Problem.of(o)
@@ -50,10 +50,6 @@ def kernel_stats(op: Op, target: Target) -> KernelStats:
                                  tile_bound=problem.lower_bound(),
                                  tile_default=score(problem, default_tile(problem.nest, target.pcu.lanes), target).traffic)
     return stats
-
-
-def _traffic(op: Op) -> int:
-    return sum(v.type.nbytes for v in dict.fromkeys(op.operands)) + sum(v.type.nbytes for v in op.results)
 
 
 def _ratio(a: int, b: int) -> str:
