@@ -22,7 +22,7 @@ from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
 from runtime.jit.codegen import F32, I64, i64
-from runtime.jit.gemv import emit_gemv, gemv_extent, is_gemv
+from runtime.jit.gemv import emit_gemv, gemv_extent, is_gemv, store_sum
 from runtime.jit.layout import Access, Expression, coalesce
 from runtime.jit.module import KernelModule
 
@@ -320,13 +320,7 @@ def emit_small(stage: Gemm, b: ir.IRBuilder, ptrs, lo, hi) -> None:
             with cg.loop(b, 0, stage.k, name="dot") as p:
                 product = b.fmul(stage.a.load(b, ptrs, a_base, i, p), stage.b.load(b, ptrs, b_base, p, j))
                 b.store(b.fadd(b.load(acc), product, flags=("reassoc", "contract")), acc)
-            indices = [*batch, i, j]
-            value = b.load(acc)
-            if stage.epilogue is not None:
-                value = stage.epilogue.emit(b, ptrs, indices, value)
-            else:
-                value = ex.cast(b, value, DType.f32, stage.out.dtype)
-            cg.store(b, value, ptrs[stage.out.arg], stage.out.address(b, indices), stage.out.dtype)
+            store_sum(stage, b, ptrs, batch, i, j, b.load(acc))
 
 
 def lower_gemm(km: KernelModule, name: str, stage: kp.GemmStage) -> int:

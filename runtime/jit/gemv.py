@@ -89,7 +89,7 @@ def _axpy(stage, b, ptrs, acc, batch, bases, j0, width) -> None:
         _rows_pass(stage, b, ptrs, acc, bases, j0, width, [i64(p) for p in range(whole, stage.k)])
     for i in range(stage.m):
         with cg.loop(b, 0, width, name=f"s{i}") as j:
-            _store(stage, b, ptrs, batch, i64(i), b.add(j0, j), b.load(b.gep(acc, [b.add(i64(i * CHUNK), j)])))
+            store_sum(stage, b, ptrs, batch, i64(i), b.add(j0, j), b.load(b.gep(acc, [b.add(i64(i * CHUNK), j)])))
 
 
 def _rows_pass(stage, b, ptrs, acc, bases, j0, width, depths: list) -> None:
@@ -121,10 +121,11 @@ def _dots(stage, b, ptrs, acc, batch, bases, j0, width) -> None:
                 product = b.fmul(stage.a.load(b, ptrs, a_base, i64(i), p), value, flags=_FAST)
                 b.store(b.fadd(b.load(slot), product, flags=_FAST), slot)
         for i, slot in enumerate(slots):
-            _store(stage, b, ptrs, batch, i64(i), column, b.load(slot))
+            store_sum(stage, b, ptrs, batch, i64(i), column, b.load(slot))
 
 
-def _store(stage, b, ptrs, batch, row, column, value) -> None:
+def store_sum(stage, b, ptrs, batch, row, column, value) -> None:
+    """Store the f32 sum `value` at out[batch, row, column], through the epilogue if any."""
     indices = [*batch, row, column]
     if stage.epilogue is not None:
         value = stage.epilogue.emit(b, ptrs, indices, value)
