@@ -19,12 +19,12 @@ class Source:
     filename: str
 
     @classmethod
-    def read(cls, path: str | Path, display: str | None = None) -> Source:
+    def read(cls, path: str | Path) -> Source:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise FrontendError(f"cannot read model file '{path}': {getattr(err, 'strerror', None) or err}") from None
-        return cls(text, display or str(path))
+        return cls(text, str(path))
 
     def line(self, number: int) -> str | None:
         lines = self.text.splitlines()
