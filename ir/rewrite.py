@@ -43,9 +43,6 @@ class Substitution:
             self.map[value] = seen
         return seen
 
-    def __bool__(self) -> bool:
-        return bool(self.map)
-
     def apply_to_exits(self, graph: Graph) -> None:
         """Redirect the graph's outputs and param updates (a forward sweep has already
         substituted every op's operands and region results on its way)."""
