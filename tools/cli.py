@@ -14,7 +14,8 @@ from importlib.metadata import PackageNotFoundError, version
 from ir.errors import RduflowError
 from tools.commands import COMMANDS
 
-DEBUG = "--debug" in sys.argv[1:]
+#: whether `--debug` was given: hidden options show in help only then (set by `main`)
+DEBUG = False
 
 
 def debug_help(text: str) -> str:
@@ -63,6 +64,8 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEBUG
+    DEBUG = "--debug" in (sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
