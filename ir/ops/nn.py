@@ -210,6 +210,15 @@ def _windows(x: np.ndarray, kh, kw, stride, padding, dilation=(1, 1), fill=0.0) 
     return view[:, :, ::stride[0], ::stride[1], ::dilation[0], ::dilation[1]]
 
 
+_CONV_ATTRS = {"stride": Attr("ints", (1, 1)), "padding": Attr("ints", (0, 0)),
+               "dilation": Attr("ints", (1, 1)), "groups": Attr("int", 1)}
+
+
+def _conv_attrs(op) -> dict:
+    """A conv op's stride, padding, dilation and groups (not its tile), for its gradient ops and stage."""
+    return {k: op.attrs[k] for k in _CONV_ATTRS}
+
+
 @register
 class Conv2d(OpDef):
     """2-D convolution, NCHW input and OIHW weight (PyTorch's layout), no bias."""
@@ -218,8 +227,7 @@ class Conv2d(OpDef):
     kind = FusionKind.output_fusable
     arity = 2
     #: tile: sizes over the loop nest (n, o, oh, ow, c, kh, kw), set by the `tile` pass; () is untiled
-    attrs = {"stride": Attr("ints", (1, 1)), "padding": Attr("ints", (0, 0)),
-             "dilation": Attr("ints", (1, 1)), "groups": Attr("int", 1), "tile": Attr("ints", ())}
+    attrs = {**_CONV_ATTRS, "tile": Attr("ints", ())}
 
     @classmethod
     def infer(cls, types, attrs):
@@ -251,7 +259,7 @@ class Conv2d(OpDef):
     @classmethod
     def vjp(cls, b, op, grads):
         x, w = op.operands
-        conv = {k: op.attrs[k] for k in _CONV_ATTRS}  # not the forward tile
+        conv = _conv_attrs(op)
         return [b.conv2d_input_grad(grads[0], w, input_hw=x.type.shape[2:], **conv),
                 b.conv2d_weight_grad(x, grads[0], kernel_hw=w.type.shape[2:], **conv)]
 
@@ -264,7 +272,7 @@ class Conv2d(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "conv2d", **{k: op.attrs[k] for k in _CONV_ATTRS}}
+        return {"kind": "conv2d", **_conv_attrs(op)}
 
     @classmethod
     def loop_nest(cls, op):
@@ -379,10 +387,6 @@ def _check_window_grad(x_hw, kernel_hw, attrs, stride, dilation, g: TensorType) 
                             f"(the forward output would be {list(want)})")
 
 
-_CONV_ATTRS = {"stride": Attr("ints", (1, 1)), "padding": Attr("ints", (0, 0)),
-               "dilation": Attr("ints", (1, 1)), "groups": Attr("int", 1)}
-
-
 @register
 class Conv2dInputGrad(OpDef):
     """conv2d's gradient for its input: (g [N,O,OH,OW], weight [O,C/groups,kh,kw]) -> [N,C,H,W]."""
@@ -421,7 +425,7 @@ class Conv2dInputGrad(OpDef):
     @classmethod
     def vjp(cls, b, op, grads):
         g, w = op.operands
-        conv = {k: op.attrs[k] for k in _CONV_ATTRS}
+        conv = _conv_attrs(op)
         return [b.conv2d(grads[0], w, **conv), b.conv2d_weight_grad(grads[0], g, kernel_hw=w.type.shape[2:], **conv)]
 
     @classmethod
@@ -432,7 +436,7 @@ class Conv2dInputGrad(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "conv2d_input_grad", **{k: op.attrs[k] for k in _CONV_ATTRS}}
+        return {"kind": "conv2d_input_grad", **_conv_attrs(op)}
 
     @classmethod
     def loop_nest(cls, op):
@@ -482,7 +486,7 @@ class Conv2dWeightGrad(OpDef):
     @classmethod
     def vjp(cls, b, op, grads):
         x, g = op.operands
-        conv = {k: op.attrs[k] for k in _CONV_ATTRS}
+        conv = _conv_attrs(op)
         return [b.conv2d_input_grad(g, grads[0], input_hw=x.type.shape[2:], **conv), b.conv2d(x, grads[0], **conv)]
 
     @classmethod
@@ -494,7 +498,7 @@ class Conv2dWeightGrad(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "conv2d_weight_grad", **{k: op.attrs[k] for k in _CONV_ATTRS}}
+        return {"kind": "conv2d_weight_grad", **_conv_attrs(op)}
 
     @classmethod
     def loop_nest(cls, op):
