@@ -100,20 +100,12 @@ class TensorSymbol:
 
 
 @attrs.frozen
-class ParamSymbol:
+class ParamSymbol(TensorSymbol):
     """A param, frozen buffer or optimizer state, with its initializer."""
 
-    name: str
-    tensor: str
-    shape: tuple[int, ...] = attrs.field(converter=tuple)
-    dtype: str = attrs.field(validator=attrs.validators.in_([d.value for d in DType]))
     role: Literal["param", "buffer", "state"]
     init: str
     init_args: dict[str, Scalar]
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * DType(self.dtype).itemsize
 
 
 @attrs.frozen

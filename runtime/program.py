@@ -37,7 +37,7 @@ def _type_text(shape, dtype: str) -> str:
     return f"{dtype}[{','.join(map(str, shape))}]"
 
 
-def _checked(kind: str, symbol: TensorSymbol | ParamSymbol, value) -> np.ndarray:
+def _checked(kind: str, symbol: TensorSymbol, value) -> np.ndarray:
     """`value` as an array of the symbol's type, or an ExecutionError naming it."""
     array = np.asarray(value)
     if array.shape != tuple(symbol.shape) or array.dtype != DType(symbol.dtype).np:
