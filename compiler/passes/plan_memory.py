@@ -10,7 +10,9 @@ to its last use; inputs from the start; params, outputs and param updates to
 the end (params persist between runs). An update holds its range from the
 start too — after a step the runtime swaps a param and its update — unless it
 is written over its param in place. Sizes are rounded up to the backend's
-64-byte alignment, so every bound below is exact in the same units.
+64-byte alignment, so every bound below is exact in the same units. A tensor larger
+than the target's largest tier, or tensors adding up beyond 64 bits (a huge batch
+size), is a `PassError` naming the largest tensor and its op's source location.
 
 Tiers:
 * off-chip (the target's tiers, fastest first; HBM before DDR when it has
@@ -50,10 +52,12 @@ from backend.memory import ALIGN
 from backend.targets import ONCHIP, Target
 from compiler.passes.base import Pass, PassContext, option, register_pass
 from compiler.passes.target_option import resolve_target
-from ir.errors import PassError
+from ir.errors import Location, PassError
 from ir.graph import Graph, Op, Placement, Value
 from ir.ops import FusionKind, lookup
 
+#: the largest byte count or offset a plan may hold (the arrays below are int64)
+MAX_BYTES = 2**63 - 1
 HEURISTICS = ("greedy-breadth", "greedy-size", "greedy-size-first-fit", "greedy-area", "in-order")
 #: the share of a chip's SRAM the on-chip arena may take
 ONCHIP_SHARE = 4
@@ -125,6 +129,7 @@ class PlanMemory(Pass):
             dependents_first(graph)
         live = Liveness(graph)
         buffers = live.buffers(self.in_place)
+        _check_sizes(buffers, live, target)
         _assign_tiers(buffers, live, limit, target)
         heuristics = HEURISTICS if self.heuristic == "best" else (self.heuristic,)
         for tier_buffers in _by_tier(buffers).values():
@@ -180,6 +185,17 @@ class Liveness:
         if value in self.live_outs or value in self.params:
             return start, self.end_of_run
         return start, max(start, self.last_use.get(value, start))
+
+    def describe(self, value: Value) -> str:
+        """`the result of 'matmul'`, `param 'w'` or `input 'x'`."""
+        if value.producer is not None:
+            return f"the result of '{value.producer.name}'"
+        return f"{'param' if value in self.params else 'input'} '{value.name}'"
+
+    def location(self, value: Value) -> Location | None:
+        """Where a value comes from: its op's source location, else that of its first user."""
+        ops = [value.producer] if value.producer is not None else self.users.get(value, [])
+        return next((op.locs[0] for op in ops if op.locs), None)
 
     def persistent(self, value: Value) -> bool:
         return value.producer is None or value in self.live_outs
@@ -295,6 +311,26 @@ def _elementwise_kernel(op: Op) -> bool:
         if not o.operands and opdef.generate is None:
             return False
     return True
+
+
+# --- sizes -----------------------------------------------------------------------------------
+def _check_sizes(buffers: list[Buffer], live: Liveness, target: Target) -> None:
+    """A tensor larger than every memory tier of the target, or tensors whose bytes add up beyond
+    64 bits (a huge batch size, say), is an error naming the largest tensor and where it comes from."""
+    if not buffers:
+        return
+    tier = max(target.offchip, key=lambda t: t.capacity)
+    big = max(buffers, key=lambda b: b.size)
+    value = big.values[0]
+    what = f"{live.describe(value)} ({value.type}) needs {value.type.nbytes} bytes"
+    hint = "reduce the batch size or the model's sizes"
+    if big.size > tier.capacity:
+        raise PassError(f"{what}, more than the largest memory tier of target '{target.name}' "
+                        f"('{tier.name}', {tier.capacity} bytes); {hint}", live.location(value))
+    total = sum(b.size for b in buffers)
+    if total > MAX_BYTES:
+        raise PassError(f"the program's tensors need {total} bytes in all, beyond 64-bit offsets (the largest: "
+                        f"{what}); {hint}", live.location(value))
 
 
 # --- tiers -----------------------------------------------------------------------------------

@@ -12,12 +12,13 @@ from compiler.passes.plan_memory import HEURISTICS, Buffer, check_plan, memory_r
 from compiler.passes.semantics import compare
 from ir.builder import Builder
 from ir.dtypes import f32
-from ir.errors import ParseError, PassError
+from ir.errors import Location, ParseError, PassError
 from ir.graph import Graph, Placement
 from ir.init import Init
 from ir.parser import parse
 from ir.printer import print_graph
 from ir.types import TensorType
+from tools.cli import main
 from optpass_graphs import MODES, O3, PREFIX, adamw_graph, mlp, oracle, results, run, run_in_arenas, zoo_graph
 
 O0 = "decompose,plan-memory{onchip-max-bytes=0 target=rdu-mini}"
@@ -141,12 +142,47 @@ def test_a_full_fast_tier_spills_to_the_next(tmp_path):
 
 
 def test_a_plan_larger_than_every_tier_is_an_error(tmp_path):
-    data = _small_target(hbm=1024)
+    data = _small_target(hbm=10_000)  # above the largest tensor, below the plan
     data["offchip"] = data["offchip"][:1]
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(PassError, match="needs .* bytes of 'hbm'"):
         run(f"decompose,plan-memory{{target={path}}}", zoo_graph("mlp", "train"))
+
+
+def _outputs_of_exps(count: int, length: int) -> Graph:
+    """`count` exps of one f32[length] input, every one an output (all live at once), located."""
+    b = Builder(Graph("huge"))
+    x = b.input("x", TensorType((length,), f32))
+    with b.at(Location("huge.rdl", 3, 5)):
+        for i in range(count):
+            b.output(f"y{i}", b.exp(x))
+    return b.graph
+
+
+def test_a_tensor_larger_than_every_tier_is_an_error_naming_it():
+    with pytest.raises(PassError, match=r"input 'x' \(f32\[1099511627776\]\) needs 4398046511104 bytes, more than "
+                       r"the largest memory tier of target 'rdu-mini'") as err:
+        run("plan-memory{target=rdu-mini}", _outputs_of_exps(1, 2**40))
+    assert err.value.location == Location("huge.rdl", 3, 5), "an input is located at its first user"
+
+
+def test_tensors_adding_up_beyond_64_bits_are_an_error(tmp_path):
+    data = _small_target(hbm=2**62)
+    path = tmp_path / "vast.yaml"
+    path.write_text(yaml.safe_dump(data))
+    # nine ranges of 2**60 bytes: the last exp writes over its input in place
+    with pytest.raises(PassError, match=r"need 10376293541461622784 bytes in all, beyond 64-bit offsets "
+                       r"\(the largest: input 'x' \(f32\[288230376151711744\]\)") as err:
+        run(f"plan-memory{{target={path}}}", _outputs_of_exps(9, 2**58))
+    assert err.value.location == Location("huge.rdl", 3, 5)
+
+
+def test_a_huge_batch_size_is_a_user_error(capsys, tmp_path):
+    code = main(["compile", "mlp", "-b", str(10**16), "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.startswith("zoo/mlp.rdl:") and "input 'x' (f32[10000000000000000,64]) needs 2560000000000000000 bytes" in err
 
 
 def test_the_onchip_arena_stays_within_its_share_of_sram(tmp_path):
