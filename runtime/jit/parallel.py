@@ -3,7 +3,7 @@
 A kernel function takes `[lo, hi)` of its parallel extent; ctypes releases the GIL
 during the call, so splitting the range between the calling thread and pool
 threads runs the pieces at once. Stages with little work run on one thread (a
-hand-off costs tens of microseconds). `RDUFLOW_NUM_THREADS` overrides the count.
+hand-off costs tens of microseconds). `RDUFLOW_NUM_THREADS` (a positive integer) overrides the count.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+
+from ir.errors import ConfigError
 
 #: below this many element operations a stage runs on the calling thread
 MIN_PARALLEL_WORK = 1 << 17
@@ -24,8 +26,11 @@ _lock = threading.Lock()
 
 
 def default_threads() -> int:
-    env = os.environ.get("RDUFLOW_NUM_THREADS")
-    if env and env.isdigit() and int(env) > 0:
+    """`RDUFLOW_NUM_THREADS` when set (a ConfigError unless a positive integer), else the usable cores (at most 8)."""
+    env = os.environ.get("RDUFLOW_NUM_THREADS", "")
+    if env.strip():
+        if not env.strip().isdecimal() or int(env) < 1:
+            raise ConfigError(f"RDUFLOW_NUM_THREADS must be a positive integer, got {env!r}")
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, 8))

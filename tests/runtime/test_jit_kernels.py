@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from backend.lowering import lower_graph
 from compiler.passes import PassManager
 from ir.builder import Builder
 from ir.dtypes import DType, bf16, f32, i32
+from ir.errors import ConfigError
 from ir.interpreter import interpret
 from ir.types import TensorType
 from kernels import run_kernels
@@ -21,7 +23,7 @@ from runtime.jit.cache import DiskCache
 from runtime.jit.gemm import SMALL
 from runtime.jit.kernel import QUICK_WORK, StagePlan, code_key, lower_program
 from runtime.jit.library import Jit
-from runtime.jit.parallel import Parallel
+from runtime.jit.parallel import Parallel, default_threads
 
 RNG = np.random.default_rng(7)
 
@@ -282,6 +284,19 @@ def test_threads_split_work_without_changing_a_bit():
     for other in results[1:]:
         for name in results[0]:
             np.testing.assert_array_equal(other[name], results[0][name])
+
+
+@pytest.mark.parametrize("value, threads", [("3", 3), (" 2 ", 2), ("", None)])
+def test_rduflow_num_threads_sets_the_thread_count(monkeypatch, value, threads):
+    monkeypatch.setenv("RDUFLOW_NUM_THREADS", value)
+    assert default_threads() == (threads or max(1, min(len(os.sched_getaffinity(0)), 8)))
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5", "4x"])
+def test_a_bad_rduflow_num_threads_is_a_config_error(monkeypatch, value):
+    monkeypatch.setenv("RDUFLOW_NUM_THREADS", value)
+    with pytest.raises(ConfigError, match=f"RDUFLOW_NUM_THREADS must be a positive integer, got '{value}'"):
+        Jit(use_cache=False)
 
 
 def test_cache_entry_round_trip_and_damage(tmp_path):

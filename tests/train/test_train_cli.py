@@ -185,6 +185,14 @@ def test_user_mistakes_exit_1_with_a_one_line_message(fixture_pefs, tmp_path, ca
     assert message.format(**fill) in err and "Traceback" not in err
 
 
+def test_a_bad_rduflow_num_threads_exits_1_naming_it(fixture_pefs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RDUFLOW_NUM_THREADS", "abc")
+    data = random_tokens(tmp_path / "d.hdf5", 4)
+    assert main(["run", fixture_pefs["gpt2-tiny"], "--data", str(data), "--num-steps", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "error: RDUFLOW_NUM_THREADS must be a positive integer, got 'abc'" in err and "Traceback" not in err
+
+
 def test_shape_mismatches_and_wrong_modes_name_what_is_wrong(tmp_path, capsys):
     assert main(["compile", "gpt2", "model.n_embd=16", "-o", str(tmp_path), "--pef-name", "small"]) == 0
     assert main(["compile", "gpt2", "--inference", "-o", str(tmp_path), "--pef-name", "inf"]) == 0
