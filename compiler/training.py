@@ -20,7 +20,7 @@ from compiler.autodiff import append_gradients
 from compiler.optimizers import OPTIMIZERS, clip_by_global_norm, step_counter
 from ir.builder import Builder
 from ir.dtypes import DType
-from ir.errors import ConfigError, IRError
+from ir.errors import IRError, config_error
 from ir.graph import Graph, Op, Param, Phase, Region, Value
 from ir.types import TensorType
 
@@ -55,10 +55,7 @@ class TrainingOptions(pydantic.BaseModel):
         try:
             return cls(**values)
         except pydantic.ValidationError as err:
-            first = err.errors()[0]
-            field = str(first["loc"][0]) if first["loc"] else "options"
-            message = first["msg"][:1].lower() + first["msg"][1:]
-            raise ConfigError(f"{label(field)}: {message}") from None
+            raise config_error(err, label) from None
 
 
 def build_training_graph(forward: Graph, options: TrainingOptions | None = None) -> Graph:

@@ -5,6 +5,9 @@ A user's mistake raises a subclass of `RduflowError`; the CLI prints its one-lin
 """
 from __future__ import annotations
 
+import re
+from typing import Callable
+
 import attrs
 
 
@@ -85,3 +88,23 @@ class DataError(RduflowError):
 
 class CheckpointError(RduflowError):
     """A checkpoint that is missing, malformed, or does not match the model."""
+
+
+def config_error(err: Exception, label: Callable[[str], str] = str, show_input: bool = False) -> ConfigError:
+    """The ConfigError of a pydantic `ValidationError`'s first error: `label(field): message`.
+
+    The message starts lower-case, without pydantic's "Value error, " prefix. A model-level
+    rule's message reads "field: needs other" and both names go through `label`; `show_input`
+    appends the value refused, "(got 0.0)". Takes the error object, so `ir` needs no pydantic.
+    """
+    first = err.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["loc"]:
+        field = str(first["loc"][0])
+    elif ": " in message:
+        field, message = message.split(": ", 1)
+        message = re.sub(r"\w+$", lambda m: label(m.group()), message)
+    else:
+        field = "options"
+    got = f" (got {first['input']!r})" if show_input else ""
+    return ConfigError(f"{label(field)}: {message[:1].lower()}{message[1:]}{got}")

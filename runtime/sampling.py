@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pydantic
 
-from ir.errors import ConfigError
+from ir.errors import config_error
 
 
 class SamplingOptions(pydantic.BaseModel):
@@ -40,9 +40,7 @@ class SamplingOptions(pydantic.BaseModel):
         try:
             return cls(**values)
         except pydantic.ValidationError as err:
-            first = err.errors()[0]
-            field = str(first["loc"][0]) if first["loc"] else "options"
-            raise ConfigError(f"{flag(field)}: {first['msg']} (got {values.get(field)!r})") from None
+            raise config_error(err, flag, show_input=True) from None
 
     @property
     def greedy(self) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 import pydantic
 
 from backend.pef import PEF, Scalar
-from ir.errors import CheckpointError, ConfigError, ExecutionError
+from ir.errors import CheckpointError, ExecutionError, config_error
 from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
     is_token_data, open_rows
@@ -88,14 +87,7 @@ class TrainConfig(pydantic.BaseModel):
         try:
             return cls(**values)
         except pydantic.ValidationError as err:
-            first = err.errors()[0]
-            message = first["msg"].removeprefix("Value error, ")
-            if first["loc"]:
-                field = str(first["loc"][0])
-            else:  # a cross-field rule: "field: needs other_field"
-                field, message = message.split(": ", 1)
-                message = re.sub(r"\w+$", lambda m: label(m.group()), message)
-            raise ConfigError(f"{label(field)}: {message[:1].lower() + message[1:]}") from None
+            raise config_error(err, label) from None
 
 
 class Executable(Protocol):

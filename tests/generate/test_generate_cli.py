@@ -96,7 +96,7 @@ def test_text_prompts_use_the_checkpoint_tokenizer(capsys, pef, tmp_path):
     (["--prompt-ids", "1,x"], "--prompt-ids 1: expected comma-separated integers, got '1,x'"),
     (["--prompt-ids", ""], "--prompt-ids 1: the prompt is empty"),
     ([], "no prompts: give --prompt, --prompt-ids or --prompts-file"),
-    (["--prompt-ids", "1", "--top-p", "0"], "--top-p: Input should be greater than 0 (got 0.0)"),
+    (["--prompt-ids", "1", "--top-p", "0"], "--top-p: input should be greater than 0 (got 0.0)"),
     (["--prompt-ids", "1", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
 ])
 def test_user_errors(capsys, pef, options, message):

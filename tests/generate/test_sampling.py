@@ -83,11 +83,11 @@ def test_the_distribution_is_a_distribution_over_the_top_tokens(logits, temperat
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"temperature": -1.0}, "--temperature: Input should be greater than or equal to 0"),
-    ({"top_k": -2}, "--top-k: Input should be greater than or equal to 0"),
-    ({"top_p": 0.0}, "--top-p: Input should be greater than 0"),
-    ({"top_p": 1.5}, "--top-p: Input should be less than or equal to 1"),
-    ({"repetition_penalty": 0.0}, "--repetition-penalty: Input should be greater than 0"),
+    ({"temperature": -1.0}, "--temperature: input should be greater than or equal to 0"),
+    ({"top_k": -2}, "--top-k: input should be greater than or equal to 0"),
+    ({"top_p": 0.0}, "--top-p: input should be greater than 0"),
+    ({"top_p": 1.5}, "--top-p: input should be less than or equal to 1"),
+    ({"repetition_penalty": 0.0}, "--repetition-penalty: input should be greater than 0"),
 ])
 def test_bad_options_name_the_flag(values, message):
     with pytest.raises(ConfigError, match=message):
