@@ -90,6 +90,11 @@ class CheckpointError(RduflowError):
     """A checkpoint that is missing, malformed, or does not match the model."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when the message is empty)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def config_error(err: Exception, label: Callable[[str], str] = str, show_input: bool = False) -> ConfigError:
     """The ConfigError of a pydantic `ValidationError`'s first error: `label(field): message`.
 

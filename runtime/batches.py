@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from ir.dtypes import DType
-from ir.errors import DataError
+from ir.errors import DataError, first_line
 from runtime import hdf5_data
 from runtime.hdf5_data import split_files
 
@@ -122,7 +122,7 @@ class TensorRows:
                     values = self._handles[k][spec.name][local.tolist()]
                 except OSError as err:
                     raise DataError(f"{self.files[k]}: unreadable dataset '{spec.name}' "
-                                    f"({hdf5_data.first_line(err)})") from None
+                                    f"({first_line(err)})") from None
                 self._check_bound(k, spec.name, values, local)
                 out[spec.name][where] = values.reshape(len(local), *spec.row_shape)[inverse]
         return out
@@ -148,7 +148,7 @@ class TensorRows:
         try:
             handle = h5py.File(file, "r")
         except OSError as err:
-            raise DataError(f"{file}: not a readable HDF5 file ({hdf5_data.first_line(err)})") from None
+            raise DataError(f"{file}: not a readable HDF5 file ({first_line(err)})") from None
         self._handles.append(handle)
         counts = {_check_dataset(file, handle, spec) for spec in self.specs}
         if len(counts) != 1:

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import yaml
 
-from ir.errors import DataError
+from ir.errors import DataError, first_line
 
 DATASETS = ("input_ids", "token_type_ids")
 NUM_TOKEN_TYPES = 4
@@ -243,8 +243,3 @@ def _common_width(files: list[Path], shapes: list[tuple[int, int]]) -> int:
         if other != width:
             raise DataError(f"{file}: sequences of {other} tokens, but {files[0].name} has {width}")
     return width
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message (its type's name when the message is empty)."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ir.errors import DataError
+from ir.errors import DataError, first_line
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -188,7 +188,7 @@ def _from_tokenizer_json(file: Path) -> Tokenizer:
     try:
         backend = Backend.from_file(str(file))
     except Exception as err:  # the library raises plain Exception for any bad file
-        raise DataError(f"{file}: not a Hugging Face tokenizer file ({_first_line(err)})") from err
+        raise DataError(f"{file}: not a Hugging Face tokenizer file ({first_line(err)})") from err
     return HFTokenizer(backend, _read_config(file.parent), str(file))
 
 
@@ -199,7 +199,7 @@ def _from_vocab_merges(folder: Path) -> Tokenizer:
     try:
         model = models.BPE.from_file(str(folder / VOCAB_FILE), str(folder / MERGES_FILE))
     except Exception as err:  # the library raises plain Exception for any bad file
-        raise DataError(f"{folder}: unreadable {VOCAB_FILE} / {MERGES_FILE} ({_first_line(err)})") from err
+        raise DataError(f"{folder}: unreadable {VOCAB_FILE} / {MERGES_FILE} ({first_line(err)})") from err
     backend = Backend(model)
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -246,7 +246,3 @@ def _read_config(folder: Path) -> dict[str, Any]:
 def _write_json(file: Path, data: dict[str, Any]) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]

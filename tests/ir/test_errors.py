@@ -4,7 +4,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from ir.errors import ConfigError, Location, RduflowError, config_error
+from ir.errors import ConfigError, Location, RduflowError, config_error, first_line
 
 
 class _Options(pydantic.BaseModel):
@@ -54,3 +54,12 @@ def test_config_error_names_the_field_through_its_label(values, label, show_inpu
 def test_a_located_error_renders_its_source_line_and_caret():
     err = RduflowError("bad", Location("m.rdl", 2, 5), "  x = y")
     assert err.render() == "m.rdl:2:5: error: bad\n  x = y\n    ^"
+
+
+@pytest.mark.parametrize("err, line", [
+    (OSError("Unable to open file\n  (details on a second line)"), "Unable to open file"),
+    (ValueError("\n  padded  \n"), "padded"),
+    (KeyError(), "KeyError"),
+])
+def test_first_line_of_an_error(err, line):
+    assert first_line(err) == line
