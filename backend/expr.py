@@ -49,6 +49,15 @@ class Lazy:
         leaf = self.leaves[self.expr.value] if self.expr.op == "arg" else None
         return leaf if isinstance(leaf, Access) else None
 
+    def widened_access(self) -> Access | None:
+        """The single strided read this value is, or a widening cast of one (bf16 read as f32:
+        a stage whose loads convert to f32 reads the narrow buffer itself)."""
+        expr = self.expr
+        if expr.op == "cast" and expr.args[0].op == "arg" and expr.args[0].dtype.widens_to(expr.dtype):
+            leaf = self.leaves[expr.args[0].value]
+            return leaf if isinstance(leaf, Access) else None
+        return self.bare_access()
+
     def map_leaves(self, shape: tuple[int, ...],
                    fn: Callable[[int, tuple[int, ...]], tuple[int, tuple[int, ...]] | None]) -> Lazy | None:
         """Every leaf re-indexed by `fn(offset, strides) -> (offset, strides)` for the new `shape`."""

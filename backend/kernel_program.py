@@ -33,7 +33,8 @@ Stage kinds (loop index spaces in brackets):
   `combine` (add, max, min, argmax: the first index of the maximum along a
   single axis, as i32) starting from `identity`; out is the kept axes in
   row-major order (keepdims or not: same layout).
-* `gemm`: out[b, m, n] = sum_k a[b, m, k] * b[b, k, n], accumulated in f32.
+* `gemm`: out[b, m, n] = sum_k a[b, m, k] * b[b, k, n], accumulated in f32; the operands
+  may be different float types (a bf16 weight times f32 activations), the product has the wider one.
 * `conv2d`: NCHW x [x_shape] and OIHW w [w_shape], stride/padding/dilation/groups
   as PyTorch; out is [N, O, OH, OW].
 * `pool2d`: max (padding is -inf) or avg (padding counts as zero) windows of x.
@@ -575,11 +576,11 @@ class _Validator:
     def stage_gemm(self, where, stage: GemmStage, out) -> str:
         batch = tuple(stage.batch)
         a = self.access(f"{where}.a", stage.a, batch + (stage.m, stage.k))
-        self.access(f"{where}.b", stage.b, batch + (stage.k, stage.n), a.dtype)
-        if not DType(a.dtype).is_float:
-            raise self.fail(where, f"gemm needs float operands, got {a.dtype}")
+        b = self.access(f"{where}.b", stage.b, batch + (stage.k, stage.n))
+        if not (DType(a.dtype).is_float and DType(b.dtype).is_float):
+            raise self.fail(where, f"gemm needs float operands, got {a.dtype} and {b.dtype}")
         self.expect_shape(where, out, batch + (stage.m, stage.n))
-        return a.dtype
+        return max(a.dtype, b.dtype, key=lambda name: DType(name).itemsize)
 
     def stage_conv2d(self, where, stage: Conv2dStage, out) -> str:
         if len(stage.x_shape) != 4 or len(stage.w_shape) != 4:

@@ -142,9 +142,12 @@ class _Kernel:
             self.emit(MapStage(self.target(value), body(lazy)), value)
         return self.env[value].bare_access()
 
-    def operand_access(self, value: Value) -> Access:
-        """A strided read of the whole value (materializing expressions first)."""
-        access = self.env[value].bare_access()
+    def operand_access(self, value: Value, widened: bool = False) -> Access:
+        """A strided read of the whole value (materializing expressions first); `widened`: a
+        widening cast of a read stays a read of the narrow buffer (for stages whose loads
+        convert to f32: gemm)."""
+        lazy = self.env[value]
+        access = lazy.widened_access() if widened else lazy.bare_access()
         return access if access is not None else self.materialize(value)
 
     # --- ops -----------------------------------------------------------------------
@@ -221,7 +224,7 @@ class _Kernel:
 
     def batched(self, value: Value, batch: tuple[int, ...], transpose: bool) -> Access:
         """A matrix operand's read over (batch..., rows, cols): batch axes broadcast, maybe transposed."""
-        access = self.operand_access(value)
+        access = self.operand_access(value, widened=True)
         strides = access.strides
         if transpose:
             strides = strides[:-2] + (strides[-1], strides[-2])

@@ -24,6 +24,7 @@ from compiler.frontend import Source, lower, parse_module
 from compiler.generation import generation_graphs, share_params
 from compiler.hf_config import read_hf_config
 from compiler.passes import PassManager
+from compiler.passes.cast_weights import CastWeights
 from compiler.passes.pipelines import level_pipeline
 from compiler.training import TrainingOptions, build_training_graph
 from ir.errors import ConfigError
@@ -46,6 +47,7 @@ class CompileOptions:
     num_tiles: int | None = None  # tiles per chip (default: all)
     pack_sections: bool = True  # False at -O0: one kernel per section
     training: TrainingOptions = attrs.field(factory=TrainingOptions)  # optimizer and clipping (training only)
+    weight_dtype: str = "f32"  # inference: the storage type of weight matrices and embeddings (cast-weights)
 
 
 @attrs.define
@@ -107,6 +109,8 @@ def compile_model(options: CompileOptions, pass_manager: PassManager | None = No
 
     `pass_manager` runs stage 3 (default: the -O1 pipeline, see `tools.pass_options`).
     """
+    if options.weight_dtype != "f32" and not options.inference:
+        raise ConfigError(f"--weight-dtype {options.weight_dtype} needs --inference: trained weights stay f32")
     found = find_model(options.model)
     module = parse_module(found.source)
     config = resolve(module.schema, settings(options, found.settings))
@@ -124,13 +128,16 @@ def compile_model(options: CompileOptions, pass_manager: PassManager | None = No
     # --- stage 3: passes ----------------------------------------------------------------
     manager = pass_manager or PassManager.parse(level_pipeline("O1"))
     manager.target = options.target
+    if options.weight_dtype != "f32":
+        manager.passes.insert(0, CastWeights(options.weight_dtype))
     share_params([result.graph, *result.entries.values()])
     result.graph = manager.run(result.graph)
     result.entries = {name: manager.run(graph) for name, graph in result.entries.items()}
     if options.emit in ("ir-opt", "dot"):
         return result
     # --- stage 4: backend ---------------------------------------------------------------
-    recorded = config if options.inference else {**config, "training": options.training.model_dump()}
+    recorded = {**config, "weight_dtype": options.weight_dtype} if options.inference \
+        else {**config, "training": options.training.model_dump()}
     result.pef = backend_stage(result.graph, target=options.target, n_chips=options.n_chips,
                                num_tiles=options.num_tiles, pack=options.pack_sections,
                                inference=options.inference, settings=recorded, source=found.source.text,

@@ -33,6 +33,11 @@ class DType(enum.Enum):
     def is_int(self) -> bool:
         return self in (DType.i32, DType.i64)
 
+    def widens_to(self, other: DType) -> bool:
+        """Whether every value of this float type is exactly a value of the wider float `other`
+        (bf16 or f16 to f32)."""
+        return self.is_float and other.is_float and other.itemsize > self.itemsize
+
     def __str__(self) -> str:
         return self.value
 

@@ -6,7 +6,7 @@
 Write a pass: subclass `Pass` as a frozen attrs class (its fields are its options),
 decorate it with `@register_pass`, give it `name`, a docstring and `statistics`.
 """
-from compiler.passes import canonicalize, cse, dce, decompose, fold_constants  # noqa: F401  (registers passes)
+from compiler.passes import canonicalize, cast_weights, cse, dce, decompose, fold_constants  # noqa: F401  (registers passes)
 from compiler.passes import fuse, plan_memory, tile  # noqa: F401  (registers passes)
 from compiler.passes.base import PASSES, Option, Pass, PassContext, lookup_pass, option, register_pass
 from compiler.passes.manager import Instrumentation, PassManager, PassRecord

@@ -47,6 +47,9 @@ class Pass:
     name: ClassVar[str]
     #: statistic name -> what it counts; `ctx.count(name)` bumps one
     statistics: ClassVar[dict[str, str]] = {}
+    #: whether the pass changes param types (stores weights narrower): the program then means
+    #: what the input program means with its params rounded to the new types
+    retypes_params: ClassVar[bool] = False
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         raise NotImplementedError

@@ -36,7 +36,8 @@ fusion.
    stops — at a reduction's consumers, an anchor's non-elementwise epilogue,
    a view feeding a gemm — the RDU goes on: in a dataflow kernel a reduced or
    multiplied result waits in a PMU for the stages that use it, and a view
-   (transpose, reshape, slice) of a gemm operand is a strided read, never a copy.
+   (transpose, reshape, slice) of a gemm operand is a strided read, never a copy
+   (a widening cast, e.g. of a bf16 weight, counts as a view: the gemm converts as it loads).
 3. Multi-output fusion: an op still alone whose producers in its segment all
    sit in one group joins that group (a bias gradient's sum joins the kernel
    making the gradient), which then reads the tensor once, on chip. Every path
@@ -119,7 +120,9 @@ def fusion_kind(op: Op) -> FusionKind:
 
 
 def _is_view(op: Op) -> bool:
-    return lookup(op.name).view is not None
+    """A view, or a widening cast: both fold into a gemm's operand read (strides, a converting load)."""
+    opdef = lookup(op.name)
+    return opdef.view is not None or opdef.widens(op)
 
 
 @attrs.define(eq=False)
@@ -234,16 +237,16 @@ class _Partition:
         return a, kind
 
     def _rule(self, group: _Group, path: FusionKind, phase: int) -> Condition | None:
+        if phase == 1 and group.views and path == OUT:
+            return _prologue
         if group.kind == OUT:
             return _epilogue if phase == 0 and path <= RED else None
         if group.kind <= BC:
             return _producer if phase == 0 and path <= RED else None
         if group.kind == RED:
             return _consumer if phase == 0 and path <= RED else None
-        if group.kind == INJ and phase == 1:
-            if path <= RED:
-                return _consumer
-            return _prologue if group.views and path == OUT else None
+        if group.kind == INJ and phase == 1 and path <= RED:
+            return _consumer
         return None
 
     def _try_fuse(self, node: int, phase: int) -> None:

@@ -8,7 +8,9 @@ The first pass whose outputs or param updates differ from the previous ones by
 more than the dtype's tolerance is named, with its worst element. Results that
 are ill-conditioned (a first Adam step normalizes gradients that are rounding
 noise) get a wider tolerance: each result's noise is measured once, by running
-the input graph on inputs and params perturbed by a few ulps.
+the input graph on inputs and params perturbed by a few ulps. A pass that
+retypes params (`Pass.retypes_params`: bf16 weights) is checked against the
+graph before it run on the params rounded to their new types.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from ir.dtypes import DType
 from ir.errors import ExecutionError, PassError
 from ir.graph import Graph, Value
 from ir.interpreter import initial_params, interpret
+from ir.parser import parse
+from ir.printer import print_graph
 from ir.ops import FusionKind, lookup
 
 #: (relative, absolute) tolerance per float dtype
@@ -163,6 +167,8 @@ class VerifySemantics(Instrumentation):
         self.params: dict[str, np.ndarray] = {}
         self.expected: dict[str, np.ndarray] = {}
         self.noise: dict[str, float] = {}
+        #: a copy of the graph before a pass that retypes params
+        self.before: Graph | None = None
 
     def before_pipeline(self, graph: Graph) -> None:
         self.inputs = random_inputs(graph, self.seed)
@@ -176,7 +182,12 @@ class VerifySemantics(Instrumentation):
                             f"{err.message}") from None
         self.noise = _noise(self.expected, perturbed)
 
+    def before_pass(self, record: PassRecord, graph: Graph) -> None:
+        self.before = parse(print_graph(graph)) if record.pass_.retypes_params else None
+
     def after_pass(self, record: PassRecord, graph: Graph) -> None:
+        if self.before is not None:
+            self._round_params(graph)
         try:
             actual = _results(graph, self.inputs, self.params)
         except ExecutionError as err:
@@ -186,3 +197,9 @@ class VerifySemantics(Instrumentation):
             raise PassError(f"pass {record.label} changed the program's results "
                             f"(seed {self.seed}): {difference}")
         self.expected = actual
+
+    def _round_params(self, graph: Graph) -> None:
+        """Params rounded to their new types; expected: the graph before the pass on them."""
+        self.params = {p.name: self.params[p.name].astype(p.type.dtype.np) for p in graph.params}
+        widened = {p.name: self.params[p.name].astype(p.type.dtype.np) for p in self.before.params}
+        self.expected = _results(self.before, self.inputs, widened)

@@ -210,6 +210,13 @@ class OpDef:
         return None
 
     @classmethod
+    def widens(cls, op: Op) -> bool:
+        """Whether the op only converts its operand to a wider type holding the same values
+        (bf16 -> f32): a stage reading the operand converts as it loads, so the op can be
+        folded into that read (a 16-bit weight feeding a matmul)."""
+        return False
+
+    @classmethod
     def index_bounds(cls, op: Op) -> dict[int, int]:
         """Operands holding indices (table rows, class labels) -> the exclusive bound of valid values."""
         return {}

@@ -315,6 +315,11 @@ class Cast(Unary):
         return [types[0].with_dtype(attrs["dtype"])]
 
     @classmethod
+    def widens(cls, op):
+        """Float to a wider float (bf16 or f16 to f32) is exact."""
+        return op.operands[0].type.dtype.widens_to(op.attrs["dtype"])
+
+    @classmethod
     def ref(cls, attrs, x):
         return x.astype(attrs["dtype"].np)
 

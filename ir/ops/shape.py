@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ir.ops.base import Attr, Cost, FusionKind, OpDef, TypeRuleError, register, unbroadcast
+from ir.ops.base import Attr, Cost, FusionKind, OpDef, TypeRuleError, lookup, register, unbroadcast
 from ir.ops.elementwise import same_dtype
 from ir.types import TensorType
 
@@ -309,6 +309,16 @@ class Gather(Injective):
     @classmethod
     def stage(cls, op):
         return {"kind": "gather", "axis": op.attrs["axis"] % op.operands[0].type.rank}
+
+    @classmethod
+    def canonicalize(cls, b, op):
+        """Rows of a widened table are the widened rows: gather first, then widen only those."""
+        table, indices = op.operands
+        widen = table.producer
+        if widen is None or not lookup(widen.name).widens(widen):
+            return None
+        rows = b.gather(widen.operands[0], indices, axis=op.attrs["axis"])
+        return [b.op(widen.name, rows, **widen.attrs)]
 
 
 @register

@@ -36,9 +36,9 @@ def reference_tokens(name: str) -> list[tuple[int, ...]]:
     return [tuple(int(t) for t in ref[f"gen_new_{i}"]) for i in range(3)]
 
 
-def compile_generation(name: str, *overrides: str, batch_size: int = 3) -> Compiled:
+def compile_generation(name: str, *overrides: str, batch_size: int = 3, weight_dtype: str = "f32") -> Compiled:
     return compile_model(CompileOptions(model=str(checkpoint(name)), overrides=overrides, inference=True,
-                                        batch_size=batch_size))
+                                        batch_size=batch_size, weight_dtype=weight_dtype))
 
 
 def program_steps(result: Compiled, name: str) -> ProgramSteps:

@@ -8,12 +8,14 @@ from hypothesis import strategies as st
 from pass_graphs import classifier, fused_graph, training_step
 
 from compiler.passes import PASSES, PassManager
+from compiler.passes.cast_weights import CastWeights
 from compiler.passes.pipelines import PIPELINES, level_pipeline
 from compiler.passes.semantics import VerifySemantics, compare, random_inputs
-from ir.builder import Builder
+from ir.builder import Builder, make_op
 from ir.dtypes import f32, i32
+from ir.errors import PassError
 from ir.graph import Graph
-from ir.interpreter import interpret
+from ir.interpreter import initial_params, interpret
 from ir.ops import lookup
 from ir.types import TensorType
 
@@ -22,19 +24,23 @@ PIPELINE_TEXTS = [level_pipeline(level) for level in PIPELINES] + BUILTIN
 GRAPHS = {"classifier": classifier, "training_step": training_step, "fused": fused_graph}
 
 
-def _results(graph: Graph, inputs: dict) -> dict:
-    result = interpret(graph, inputs, seed=0)
+def _results(graph: Graph, inputs: dict, params: dict) -> dict:
+    result = interpret(graph, inputs, params)
     return {**result.outputs, **{f"@{k}": v for k, v in result.updates.items()}}
 
 
 @pytest.mark.parametrize("pipeline", PIPELINE_TEXTS)
 @pytest.mark.parametrize("graph_name", sorted(GRAPHS))
 def test_pipeline_keeps_results(pipeline, graph_name):
+    """Same results before and after; a pass storing params narrower (cast-weights) is
+    compared with the input graph run on the params rounded to the new types."""
     graph = GRAPHS[graph_name]()
     inputs = random_inputs(graph, seed=5)
-    before = _results(graph, inputs)
+    original = GRAPHS[graph_name]()
     graph = PassManager.parse(pipeline, instrumentations=[VerifySemantics(seed=5)]).run(graph)
-    assert compare(before, _results(graph, inputs)) is None
+    params = initial_params(graph, seed=0)
+    rounded = {p.name: params[p.name].astype(p.type.dtype.np) for p in original.params}
+    assert compare(_results(original, inputs, rounded), _results(graph, inputs, params)) is None
 
 
 # --- random graphs of elementwise and shape ops with splat constants --------------------
@@ -97,9 +103,10 @@ def test_compare_matches_equal_nans_and_infinities():
 @given(graph=random_graphs(), seed=st.integers(0, 3))
 def test_o1_keeps_results_of_random_graphs(graph, seed):
     inputs = random_inputs(graph, seed)
-    before = _results(graph, inputs)
+    params = initial_params(graph, seed=0)
+    before = _results(graph, inputs, params)
     graph = PassManager.parse(level_pipeline("O1")).run(graph)
-    assert compare(before, _results(graph, inputs)) is None
+    assert compare(before, _results(graph, inputs, params)) is None
 
 
 # --- zoo models, forward and training ----------------------------------------------------
@@ -125,3 +132,28 @@ def test_o1_keeps_results_of_zoo_models(name, training):
     pm = PassManager.parse(level_pipeline("O1"), instrumentations=[VerifySemantics(seed=1)])
     graph = pm.run(graph)
     assert not any(lookup(op.name).is_composite() for op in graph.walk())
+
+
+# --- passes that store params narrower ----------------------------------------------------
+
+class _CastWeightsThenScale(CastWeights):
+    """A broken cast-weights: it also scales what it widens."""
+
+    name = "cast-weights-then-scale"
+
+    def run(self, graph, ctx):
+        graph = super().run(graph, ctx)
+        index, cast = [(i, op) for i, op in enumerate(graph.ops) if op.name == "cast"][-1]  # the matmul's weight
+        scale = make_op("full", [], {"shape": (), "value": 1.01, "dtype": f32})
+        scaled = make_op("mul", [cast.results[0], scale.results[0]], {})
+        for op in graph.ops:
+            op.operands = [scaled.results[0] if v is cast.results[0] else v for v in op.operands]
+        graph.ops[index + 1:index + 1] = [scale, scaled]
+        return graph
+
+
+def test_a_retyping_pass_is_checked_against_rounded_params():
+    """cast-weights passes (rounding is the params' doing); a pass that also changes the math is named."""
+    PassManager([CastWeights()], instrumentations=[VerifySemantics(seed=1)]).run(classifier())
+    with pytest.raises(PassError, match=r"pass cast-weights-then-scale \(#1\) changed the program's results"):
+        PassManager([_CastWeightsThenScale()], instrumentations=[VerifySemantics(seed=1)]).run(classifier())

@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="batch size (sets model.batch_size; a new size needs a recompile)")
     parser.add_argument("--inference", action="store_true",
                         help="forward only: the graph's output is the logits (default: training)")
+    parser.add_argument("--weight-dtype", choices=("f32", "bf16", "f16"), default="f32",
+                        help="with --inference: store weight matrices and embeddings in this type; kernels "
+                             "read them into f32 sums (bf16 halves the bytes a decode step streams; "
+                             "default: f32)")
     parser.add_argument("--emit", choices=("ir", "ir-opt", "dot"),
                         help="ir: print the IR after the frontend (and autodiff) and stop; ir-opt: the IR "
                              "after the passes; dot: a Graphviz view of the IR after the passes")
@@ -86,7 +90,7 @@ def training_options(args: argparse.Namespace) -> TrainingOptions:
 def options_from(args: argparse.Namespace) -> CompileOptions:
     return CompileOptions(model=args.model, overrides=tuple(args.overrides), config_file=args.config,
                           batch_size=args.batch_size, inference=args.inference, emit=args.emit,
-                          training=training_options(args), **backend_options(args))
+                          training=training_options(args), weight_dtype=args.weight_dtype, **backend_options(args))
 
 
 def main(args: argparse.Namespace) -> int:
