@@ -33,13 +33,11 @@ import numpy as np
 from ir.dtypes import DType
 from ir.errors import DataError, first_line
 from runtime import hdf5_data
-from runtime.hdf5_data import split_files
+from runtime.hdf5_data import COMPLETION, split_files
 
 #: run-time inputs the trainer feeds itself; every other input comes from the data
 HYPERPARAMETERS = frozenset({"lr"})
 TOKEN_INPUTS = ("input_ids", "token_type_ids")
-#: token type of completion tokens: a language model's loss counts the positions whose target has it
-COMPLETION = 1
 
 
 @attrs.frozen

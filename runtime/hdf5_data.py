@@ -21,7 +21,10 @@ import yaml
 from ir.errors import DataError, first_line
 
 DATASETS = ("input_ids", "token_type_ids")
-NUM_TOKEN_TYPES = 4
+#: the `token_type_ids` of each token: what it is, and so which positions a loss counts
+PROMPT, COMPLETION, PADDING, SEPARATOR = 0, 1, 2, 3
+TOKEN_TYPES = {"prompt": PROMPT, "completion": COMPLETION, "padding": PADDING, "separator": SEPARATOR}
+NUM_TOKEN_TYPES = len(TOKEN_TYPES)
 METADATA_FILE = "metadata.yaml"
 SPLITS = ("train", "dev")
 _SPLIT_FILE = re.compile(r"(?P<split>[a-z]+)_(?P<i>\d+)_of_(?P<n>\d+)\.hdf5")

@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from ir.errors import DataError
-from runtime.hdf5_data import open_data
+from runtime import batches, hdf5_data
+from runtime.hdf5_data import TOKEN_TYPES, open_data
+from tools import data_prep
 from tools.data_prep import PrepConfig, prepare
 
 LENGTH = 8
@@ -164,3 +166,9 @@ def test_metadata_mismatches(tmp_path):
     (tmp_path / "metadata.yaml").write_text("files: [unclosed")
     with pytest.raises(DataError, match="metadata.yaml: unreadable"):
         open_data(tmp_path)
+
+
+def test_token_types_are_defined_once_and_written_to_the_metadata(prepared):
+    assert TOKEN_TYPES == {"prompt": 0, "completion": 1, "padding": 2, "separator": 3}
+    assert data_prep.TOKEN_TYPES is TOKEN_TYPES and batches.COMPLETION is hdf5_data.COMPLETION
+    assert yaml.safe_load((prepared / "metadata.yaml").read_text())["token_type_ids"] == TOKEN_TYPES

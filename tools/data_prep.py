@@ -51,11 +51,9 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
 from ir.errors import ConfigError, DataError, Location
-from runtime.hdf5_data import DATASETS, METADATA_FILE
+from runtime.hdf5_data import COMPLETION, DATASETS, METADATA_FILE, PADDING, PROMPT, SEPARATOR, TOKEN_TYPES
 from runtime.tokenizer import Tokenizer, load_tokenizer
 
-PROMPT, COMPLETION, PADDING, SEPARATOR = 0, 1, 2, 3
-TOKEN_TYPES = {"prompt": PROMPT, "completion": COMPLETION, "padding": PADDING, "separator": SEPARATOR}
 STYLES = ("full", "single", "greedy")
 OVERFLOWS = ("truncate_left", "truncate_right", "drop")
 PACKINGS = ("full",) + tuple(f"{s}::{o}" for s in STYLES[1:] for o in OVERFLOWS)
