@@ -3,9 +3,11 @@ Face transformers' `generate()` on the same CPU, with the same number of threads
 
     python -m pytest tests/benchmarks/test_bench_generate.py --benchmark-enable -s
 
-Three configs: `tiny`, the checkpoint in tests/fixtures/hf/gpt2-tiny (2 layers x 32), and
+Configs: `tiny`, the checkpoint in tests/fixtures/hf/gpt2-tiny (2 layers x 32), and
 `small`, GPT-2 small's shape (12 layers x 768, 12 heads, vocabulary 50257) with random
-weights, with a batch of 1 and (`small-b4`) of 4 prompts. One round is a greedy
+weights, with a batch of 1 and (`small-b4`) of 4 prompts; `small-bf16` stores the weights
+in bf16 on both sides (rduflow: `--weight-dtype bf16`, f32 activations and sums;
+transformers: the model cast to torch.bfloat16, activations in bf16 too). One round is a greedy
 generation of `NEW` tokens after 16-token prompts (no EOS: every round makes exactly
 `NEW` tokens per prompt); tokens/s is the new tokens over the round's wall time, prefill
 included, for both. rduflow's PEF caches `MAX_LEN` positions and prefills in
@@ -32,15 +34,17 @@ TINY = Path(__file__).resolve().parents[1] / "fixtures" / "hf" / "gpt2-tiny"
 SMALL = {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}
 NEW, PROMPT, MAX_LEN = 32, 16, 64
 THREADS = default_threads()
-#: config -> (model, batch, rounds)
-CONFIGS = {"tiny": ("tiny", 1, 5), "small": ("small", 1, 2), "small-b4": ("small", 4, 2)}
+#: config -> (model, batch, rounds, weight dtype)
+CONFIGS = {"tiny": ("tiny", 1, 5, "f32"), "small": ("small", 1, 2, "f32"), "small-b4": ("small", 4, 2, "f32"),
+           "small-bf16": ("small", 1, 2, "bf16")}
 #: tokens/s and greedy tokens of each side, per config (for the ratio and the agreement check)
 RESULTS: dict[tuple[str, str], tuple[float, list[list[int]]]] = {}
 
 
 def group(config: str) -> str:
-    model, batch, _ = CONFIGS[config]
-    return f"gpt2 {model} generation, batch {batch}, {PROMPT}-token prompts + {NEW} new, {THREADS} thread(s)"
+    model, batch, _, dtype = CONFIGS[config]
+    return (f"gpt2 {model} generation, {dtype} weights, batch {batch}, {PROMPT}-token prompts + {NEW} new, "
+            f"{THREADS} thread(s)")
 
 
 def prompt_ids(vocab: int, batch: int) -> list[list[int]]:
@@ -55,7 +59,8 @@ def hf_model(config: str):
     if config == "tiny":
         return transformers.GPT2LMHeadModel.from_pretrained(TINY).eval()
     torch.manual_seed(0)
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL, activation_function="gelu_new")).eval()
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL, activation_function="gelu_new")).eval()
+    return model.to(torch.bfloat16) if CONFIGS[config][3] == "bf16" else model
 
 
 def record(benchmark, side: str, config: str, tokens: list[list[int]]) -> None:
@@ -73,27 +78,29 @@ def record(benchmark, side: str, config: str, tokens: list[list[int]]) -> None:
 
 def rduflow_steps(config: str) -> ProgramSteps:
     """A generation PEF of the config, loaded, with the same weights transformers uses (when it is there)."""
-    name, batch, _ = CONFIGS[config]
+    name, batch, _, dtype = CONFIGS[config]
     sizes = tuple(f"model.{k}={v}" for k, v in SMALL.items())
     model, overrides = (str(TINY), ()) if name == "tiny" else ("gpt2", sizes)
     overrides += (f"model.seq_len={PROMPT}", f"model.max_seq_length={MAX_LEN}")
-    pef = compile_model(CompileOptions(model, overrides, inference=True, batch_size=batch)).pef
+    options = CompileOptions(model, overrides, inference=True, batch_size=batch, weight_dtype=dtype)
+    pef = compile_model(options).pef
     steps = ProgramSteps(load(pef, threads=THREADS))
     if name == "tiny":
         load_weights(steps.program, TINY)
     else:
         try:
-            state = hf_model(name).state_dict()
+            state = hf_model(name).state_dict()  # f32: rounded to the PEF's weight types here
         except pytest.skip.Exception:
             return steps  # no torch: the PEF's own initializers
-        steps.program.params.update({name: state[name].numpy() for name in steps.program.params
-                                      if steps.program.params.roles()[name] == "param"})
+        params = steps.program.params
+        params.update({name: state[name].numpy().astype(params[name].dtype) for name in params
+                       if params.roles()[name] == "param"})
     return steps
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_bench_rduflow_generate(benchmark, config):
-    _, batch, rounds = CONFIGS[config]
+    _, batch, rounds, _ = CONFIGS[config]
     steps = rduflow_steps(config)
     prompts = [Prompt(tuple(ids), f"prompt {i}") for i, ids in enumerate(prompt_ids(steps.limits.vocab, batch))]
     greedy = SamplingOptions(temperature=0.0)
@@ -107,8 +114,8 @@ def test_bench_rduflow_generate(benchmark, config):
 def test_bench_transformers_generate(benchmark, config):
     import torch
 
-    name, batch, rounds = CONFIGS[config]
-    model = hf_model(name)
+    _, batch, rounds, _ = CONFIGS[config]
+    model = hf_model(config)
     ids = torch.tensor(prompt_ids(model.config.vocab_size, batch))
 
     def run() -> list[list[int]]:
