@@ -27,6 +27,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from ir.dtypes import DType
 from ir.errors import CheckpointError
 from ir.types import TensorType
 
@@ -84,7 +85,8 @@ def _convert(name: str, array: np.ndarray, want: TensorType) -> np.ndarray:
     if tuple(array.shape) != want.shape:
         raise CheckpointError(f"tensor '{name}': the checkpoint has shape {list(array.shape)}, "
                               f"the model expects {list(want.shape)}")
-    same_kind = np.issubdtype(array.dtype, np.floating) == want.dtype.is_float
+    is_float = np.issubdtype(array.dtype, np.floating) or array.dtype == DType.bf16.np  # ml_dtypes' bf16 too
+    same_kind = is_float == want.dtype.is_float
     if not same_kind:
         raise CheckpointError(f"tensor '{name}': the checkpoint has dtype {array.dtype}, the model expects {want}")
     return np.asarray(array, dtype=want.dtype.np, order="C")  # ascontiguousarray would make a scalar 1-d

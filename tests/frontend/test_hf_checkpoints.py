@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 from compiler.driver import CompileOptions, compile_model
 from compiler.hf_config import read_hf_config
-from ir.dtypes import f32
+from ir.dtypes import DType, f32
 from ir.errors import CheckpointError, ConfigError
 from ir.interpreter import interpret
 from ir.types import TensorType
@@ -175,6 +175,21 @@ def test_sharded_checkpoints_and_float16_tensors(tmp_path):
     loaded = load_hf_checkpoint(tmp_path / "ckpt", types, strict=True).tensors
     assert loaded["lm_head.weight"].dtype == np.float32
     np.testing.assert_allclose(loaded["lm_head.weight"], tensors["lm_head.weight"], atol=1e-2)
+
+
+@pytest.mark.parametrize("stored", [DType.bf16, DType.f16])
+@pytest.mark.parametrize("wanted", [DType.f32, DType.bf16])
+def test_16_bit_checkpoints_load_into_any_float_type(tmp_path, stored, wanted):
+    """Checkpoints saved in bf16 (as many Hugging Face ones are) or f16, into f32 or bf16 params."""
+    tensors = load_file(HF["gpt2-tiny"] / "model.safetensors")
+    narrow = {k: v.astype(stored.np) for k, v in tensors.items()}
+    tmp_path.joinpath("ckpt").mkdir()
+    save_file(narrow, str(tmp_path / "ckpt" / "model.safetensors"))
+    loaded = load_hf_checkpoint(tmp_path / "ckpt", {k: TensorType(v.shape, wanted) for k, v in tensors.items()}).tensors
+    weight = "transformer.h.0.mlp.c_fc.weight"
+    assert loaded[weight].dtype == wanted.np
+    np.testing.assert_array_equal(loaded[weight].astype(np.float64),
+                                  narrow[weight].astype(np.float64).astype(wanted.np).astype(np.float64))
 
 
 def test_unreadable_checkpoints(tmp_path):
