@@ -162,8 +162,9 @@ class InterpretedSteps:
 
 
 # --- the loop ----------------------------------------------------------------------------
-def check_prompts(prompts: Sequence[Prompt], limits: Limits) -> None:
-    """ExecutionError naming the first prompt that is empty, too long, or has an unknown token."""
+def check_request(prompts: Sequence[Prompt], max_new_tokens: int, limits: Limits) -> None:
+    """ExecutionError naming the first prompt that is empty, too long, or has an unknown token,
+    or a `max_new_tokens` below 1 (cheap: callers check before loading a program)."""
     if not prompts:
         raise ExecutionError("no prompts: give --prompt, --prompt-ids or --prompts-file")
     for prompt in prompts:
@@ -176,6 +177,8 @@ def check_prompts(prompts: Sequence[Prompt], limits: Limits) -> None:
         if bad is not None:
             raise ExecutionError(f"{prompt.source}: token id {bad} is outside the model's vocabulary "
                                  f"(0..{limits.vocab - 1})")
+    if max_new_tokens < 1:
+        raise ExecutionError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
 
 
 @attrs.define
@@ -195,9 +198,7 @@ def generate(steps: Steps, prompts: Sequence[Prompt], max_new_tokens: int, sampl
              eos_id: int | None = None) -> Generation:
     """Complete every prompt (see the module docstring)."""
     limits = steps.limits
-    check_prompts(prompts, limits)
-    if max_new_tokens < 1:
-        raise ExecutionError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    check_request(prompts, max_new_tokens, limits)
     sampler = Sampler(sampling)
     start = time.perf_counter()
     first: float | None = None

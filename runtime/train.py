@@ -236,19 +236,21 @@ class Trainer:
 
     # -- setup --
     def start(self) -> int:
-        """Set the params (initializers, --checkpoint, or the resumed checkpoint); the first step to run."""
-        self.program.initialize(self.config.seed)
+        """Set the params (initializers, --checkpoint, or the resumed checkpoint); the first step to run.
+
+        The save folder is checked before the program is first used (a lazily compiled one waits)."""
         found = []
         if self.config.save_dir is not None:
             ckpt.remove_partial(self.config.save_dir)
             found = ckpt.list_checkpoints(self.config.save_dir)
+        if found and not self.config.resume:
+            raise CheckpointError(f"{self.config.save_dir} holds checkpoints of an earlier run (up to "
+                                  f"{found[-1][1].name}): continue it with --resume, or save elsewhere")
+        self.program.initialize(self.config.seed)
         if self.config.resume:
             if found:
                 return self._resume(found[-1][1])
             self.reporter.warn(f"no checkpoint in {self.config.save_dir} to resume from: starting at step 1")
-        elif found:
-            raise CheckpointError(f"{self.config.save_dir} holds checkpoints of an earlier run (up to "
-                                  f"{found[-1][1].name}): continue it with --resume, or save elsewhere")
         if self.config.checkpoint is not None:
             self._load_weights(self.config.checkpoint)
         return 0

@@ -18,8 +18,9 @@ from backend.pef import PEF
 from backend.targets import load_target
 from ir.errors import ConfigError
 from runtime.cost_model import estimate
-from runtime.generate import (DECODE, PREFILL, Generation, ProgramSteps, checkpoint_tokenizer, eos_token_id,
-                              file_prompts, generate, id_prompts, load_weights, text_prompts)
+from runtime.generate import (DECODE, PREFILL, Generation, ProgramSteps, check_request, checkpoint_tokenizer,
+                              eos_token_id, file_prompts, generate, id_prompts, load_weights, pef_limits,
+                              text_prompts)
 from runtime.profile import print_profile, write_trace
 from runtime.program import load
 from runtime.sampling import SamplingOptions
@@ -54,7 +55,10 @@ def _flag(field: str) -> str:
 
 
 def run_inference(args: argparse.Namespace, pef: PEF) -> int:
-    """Generate for every prompt; profile the entry points with --profile / --trace."""
+    """Generate for every prompt; profile the entry points with --profile / --trace.
+
+    Options, prompts and the PEF's limits are checked before the kernels are compiled
+    and the weights loaded, so a mistake costs no wait."""
     sampling = SamplingOptions.parse(_flag, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                      repetition_penalty=args.repetition_penalty, seed=args.seed)
     if sampling.greedy and (args.top_k or args.top_p < 1.0):
@@ -63,6 +67,7 @@ def run_inference(args: argparse.Namespace, pef: PEF) -> int:
     prompts = text_prompts(args.prompt, tokenizer) + id_prompts(args.prompt_ids)
     if args.prompts_file is not None:
         prompts += file_prompts(args.prompts_file, tokenizer)
+    check_request(prompts, args.max_new_tokens, pef_limits(pef))
     target = load_target(args.target) if args.target else None
     profiling = args.profile or args.trace is not None
     program = load(pef, seed=args.seed, threads=args.threads)

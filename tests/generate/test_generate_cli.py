@@ -105,6 +105,27 @@ def test_user_errors(capsys, pef, options, message):
     assert err.strip().endswith(message), err
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--prompt-ids", ""], "--prompt-ids 1: the prompt is empty"),
+    ([], "no prompts: give --prompt, --prompt-ids or --prompts-file"),
+    (["--prompt-ids", "1,2,200"], "--prompt-ids 1: token id 200 is outside the model's vocabulary (0..127)"),
+    (["--prompt-ids", "1", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+    (["--prompts-file", "{tmp}/none.jsonl"], "cannot read prompts file {tmp}/none.jsonl: No such file or directory"),
+    (["--prompt-ids", "1", "--trace", "{tmp}/none/t.json"], "--trace {tmp}/none/t.json: folder {tmp}/none does not "
+                                                             "exist"),
+    (["--prompt-ids", "1", "--checkpoint", "{tmp}"], "'{tmp}' has neither model.safetensors nor "
+                                                     "model.safetensors.index.json"),
+])
+def test_mistakes_are_found_before_the_kernels_are_compiled(capsys, pef, tmp_path, monkeypatch, options, message):
+    def no_load(*_, **__):
+        raise AssertionError("the program was loaded before the mistake was found")
+
+    monkeypatch.setattr("tools.generation.load", no_load)
+    code, _, err = run(capsys, pef, "--inference", *[o.format(tmp=tmp_path) for o in options])
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().endswith(message.format(tmp=tmp_path)), err
+
+
 def test_a_bad_prompts_file_line_is_named(capsys, pef, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('"fine"\n{"prompt": 3}\n')

@@ -193,6 +193,30 @@ def test_a_bad_rduflow_num_threads_exits_1_naming_it(fixture_pefs, tmp_path, cap
     assert "error: RDUFLOW_NUM_THREADS must be a positive integer, got 'abc'" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--trace", "{tmp}/missing/t.json"], "error: --trace {tmp}/missing/t.json: folder {tmp}/missing does not exist"),
+    (["--trace", "{tmp}"], "error: --trace {tmp}: is a folder; give a file name, such as {tmp}/trace.json"),
+    (["--save-dir", "{data}"], "error: --save-dir {data}: is a file, not a folder"),
+    (["--save-dir", "{data}/run"], "error: --save-dir {data}/run: cannot be made, {data} is a file"),
+    (["--checkpoint", "{tmp}/none"], "error: checkpoint folder '{tmp}/none' does not exist"),
+    (["--save-dir", "{tmp}/used"], "error: {tmp}/used holds checkpoints of an earlier run (up to checkpoint-3)"),
+    (["--data", "{tmp}/long.hdf5"], "sequences of 20 tokens, but the program was compiled for seq_len 16"),
+])
+def test_paths_and_data_are_checked_before_the_kernels_are_compiled(fixture_pefs, tmp_path, capsys, monkeypatch,
+                                                                     extra, message):
+    def no_load(*_, **__):
+        raise AssertionError("the program was loaded before the mistake was found")
+
+    monkeypatch.setattr("tools.commands.run.load", no_load)
+    data = random_tokens(tmp_path / "d.hdf5", 4)
+    random_tokens(tmp_path / "long.hdf5", 4, seq=20)
+    (tmp_path / "used" / "checkpoint-3").mkdir(parents=True)
+    fill = {"data": str(data), "tmp": str(tmp_path)}
+    assert main(["run", fixture_pefs["gpt2-tiny"], "--data", str(data), *[a.format(**fill) for a in extra]]) == 1
+    err = capsys.readouterr().err
+    assert message.format(**fill) in err and "Traceback" not in err
+
+
 def test_shape_mismatches_and_wrong_modes_name_what_is_wrong(tmp_path, capsys):
     assert main(["compile", "gpt2", "model.n_embd=16", "-o", str(tmp_path), "--pef-name", "small"]) == 0
     assert main(["compile", "gpt2", "--inference", "-o", str(tmp_path), "--pef-name", "inf"]) == 0

@@ -3,11 +3,13 @@
 
 Each mode is a function of the parsed arguments and the loaded PEF, registered in
 `MODES` by the PEF mode it serves; options shared by every mode are added by
-`_add_common_options`, a mode's own by its `_add_*_options`.
+`_add_common_options`, a mode's own by its `_add_*_options`. Paths, data and prompts are
+checked before the kernels are compiled, so a mistake costs no wait.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Mapping
@@ -19,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from backend.pef import PEF, read_pef
 from backend.targets import load_target
 from ir.errors import ConfigError
+from runtime.checkpoint import weight_files
 from runtime.cost_model import estimate
 from runtime.profile import print_profile, write_trace
 from runtime.program import Program, load
@@ -96,7 +99,39 @@ def main(args: argparse.Namespace) -> int:
     given = [flag for dest, default, flag in args.training_options if getattr(args, dest) != default]
     if pef.header.mode != "train" and given:
         raise ConfigError(f"{given[0]} is a training option, but {args.pef} is an {pef.header.mode} PEF")
+    _check_paths(args)
     return MODES[pef.header.mode](args, pef)
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """The folders a run reads late or writes at its end, checked before anything is compiled or run:
+    --checkpoint holds weights, --trace goes into an existing folder, --save-dir is or can become a folder."""
+    if args.checkpoint is not None:
+        weight_files(args.checkpoint)
+    if args.trace is not None:
+        _check_trace(args.trace)
+    if args.save_dir is not None:
+        _check_save_dir(args.save_dir)
+
+
+def _check_trace(path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"--trace {path}: is a folder; give a file name, such as {path / 'trace.json'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--trace {path}: folder {path.parent} does not exist")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise ConfigError(f"--trace {path}: not writable")
+
+
+def _check_save_dir(path: Path) -> None:
+    """A folder, or one that can be made: its nearest existing ancestor is a writable folder."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing == path and not path.is_dir():
+        raise ConfigError(f"--save-dir {path}: is a file, not a folder")
+    if not existing.is_dir():
+        raise ConfigError(f"--save-dir {path}: cannot be made, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--save-dir {path}: {existing} is not writable")
 
 
 # --- training ---------------------------------------------------------------------------
@@ -118,11 +153,11 @@ def train(args: argparse.Namespace, pef: PEF) -> int:
         keep_last=args.keep_last, resume=args.resume, eval_every=args.eval_every, log_every=args.log_every)
     target = load_target(args.target) if args.target else None
     profiling = args.profile or args.trace is not None
-    program = load(pef, seed=args.seed, threads=args.threads)
+    program = _Program(pef, args.seed, args.threads, profiling)
     reporter = ConsoleReporter(Console(stderr=True))
     if config.save_dir is None:
         reporter.warn("no --save-dir: the trained weights and metrics will not be saved")
-    with Trainer(_Profiled(program) if profiling else program, config, reporter) as trainer:
+    with Trainer(program, config, reporter) as trainer:
         reporter.line(f"Training {trainer.options.get('model', 'the model')} on {config.data}: {len(trainer.train)} "
                       f"rows, batch {trainer.batch_size}, {trainer.total_steps} steps ({trainer.num_epochs} "
                       f"epoch(s))")
@@ -131,25 +166,33 @@ def train(args: argparse.Namespace, pef: PEF) -> int:
     if profiling:
         report = estimate(pef, target)
         if args.profile:
-            print_profile(program.profile, report)
+            print_profile(program.program.profile, report)
         if args.trace is not None:
-            write_trace(args.trace, program.profile, report)
+            write_trace(args.trace, program.program.profile, report)
             print(f"Trace written to {args.trace}")
     return 0
 
 
-class _Profiled:
-    """A program whose training steps record host time per kernel (for --profile and --trace)."""
+class _Program:
+    """The training program, its kernels compiled on first use, so that the Trainer checks the data and
+    the save folder first; with `profile`, each step records host time per kernel (--profile, --trace)."""
 
-    def __init__(self, program: Program):
-        self.program = program
-        self.pef = program.pef
+    def __init__(self, pef: PEF, seed: int, threads: int | None, profile: bool):
+        self.pef = pef
+        self.seed, self.threads, self.profile = seed, threads, profile
+        self._program: Program | None = None
+
+    @property
+    def program(self) -> Program:
+        if self._program is None:
+            self._program = load(self.pef, seed=self.seed, threads=self.threads)
+        return self._program
 
     def initialize(self, seed: int) -> None:
         self.program.initialize(seed)
 
     def step(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.program.run(inputs, profile=True)
+        return self.program.run(inputs, profile=self.profile)
 
     def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.program.evaluate(inputs)
