@@ -5,6 +5,10 @@ key: a magic tag, a SHA-256 of the payload, and the payload (msgpack: object cod
 and stage plans). Writes go to a temporary file renamed into place, so readers
 never see half an entry; an entry that fails its checksum or does not decode is
 ignored (and rebuilt by the caller).
+
+The cache holds at most `$RDUFLOW_CACHE_MAX_MB` megabytes (default 1024): a hit
+marks its entry used (its modification time), and after new entries are stored
+the least recently used ones go until the cache is back under 90% of the limit.
 """
 from __future__ import annotations
 
@@ -15,9 +19,14 @@ from pathlib import Path
 
 import msgpack
 
+from ir.errors import ConfigError
 from runtime.jit.kernel import StagePlan
 
 MAGIC = b"RDUJIT2\n"
+#: the default size limit, in megabytes
+DEFAULT_MAX_MB = 1024
+#: pruning stops below this fraction of the limit, so it does not run on every store
+PRUNED_FRACTION = 0.9
 
 
 def default_dir() -> Path:
@@ -25,19 +34,35 @@ def default_dir() -> Path:
     return Path(env) / "jit" if env else Path.home() / ".cache" / "rduflow" / "jit"
 
 
-class DiskCache:
-    """Object code and stage plans by code key."""
+def default_max_bytes() -> int:
+    """`$RDUFLOW_CACHE_MAX_MB` in bytes; ConfigError unless it is a positive number."""
+    env = os.environ.get("RDUFLOW_CACHE_MAX_MB")
+    if env is None:
+        return DEFAULT_MAX_MB << 20
+    try:
+        megabytes = float(env)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes > 0:
+        raise ConfigError(f"RDUFLOW_CACHE_MAX_MB must be a positive number of megabytes, got '{env}'")
+    return int(megabytes * (1 << 20))
 
-    def __init__(self, root: Path | str | None = None):
+
+class DiskCache:
+    """Object code and stage plans by code key, at most `max_bytes` of them."""
+
+    def __init__(self, root: Path | str | None = None, max_bytes: int | None = None):
         self.root = Path(root) if root is not None else default_dir()
+        self.max_bytes = max_bytes if max_bytes is not None else default_max_bytes()
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.o"
 
     def get(self, key: str) -> tuple[bytes, list[StagePlan]] | None:
-        """The entry for `key`, or None if absent or damaged."""
+        """The entry for `key` (marked as just used), or None if absent or damaged."""
         try:
             data = self.path(key).read_bytes()
+            os.utime(self.path(key))
         except OSError:
             return None
         head, digest, payload = data[:len(MAGIC)], data[len(MAGIC):len(MAGIC) + 32], data[len(MAGIC) + 32:]
@@ -63,3 +88,26 @@ class DiskCache:
         except OSError:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+
+    def prune(self) -> int:
+        """Remove the least recently used entries while the cache is over its limit, down to
+        `PRUNED_FRACTION` of it; the number removed (entries another process removes first
+        are skipped)."""
+        entries = []
+        for path in self.root.glob("*/*.o"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            entries.append((stat.st_mtime_ns, stat.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        if total <= self.max_bytes:
+            return 0
+        removed = 0
+        for _, size, path in sorted(entries):
+            if total <= self.max_bytes * PRUNED_FRACTION:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+        return removed

@@ -94,5 +94,7 @@ class Jit:
                 entries[key] = (obj, plans)
                 if self.cache is not None:
                     self.cache.put(key, obj, plans)
+        if self.cache is not None:
+            self.cache.prune()
         self.stats.compiled += len(programs)
         self.stats.compile_seconds += time.perf_counter() - start
