@@ -20,8 +20,9 @@ F16, F32 = ir.HalfType(), ir.FloatType()
 VOIDP = I8.as_pointer()
 
 #: error codes a kernel returns
-ERRORS = {1: "index out of range"}
+ERRORS = {1: "index out of range", 2: "out of memory (a kernel could not allocate its working buffer)"}
 INDEX_ERROR = 1
+OUT_OF_MEMORY = 2
 
 _STORAGE = {DType.f32: F32, DType.f16: F16, DType.bf16: I16, DType.i32: I32,
             DType.i64: I64, DType.bool: I8}

@@ -22,7 +22,7 @@ from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
 from runtime.jit.codegen import F32, I64, i64
-from runtime.jit.gemv import emit_gemv, gemv_extent, is_gemv, store_sum
+from runtime.jit.gemv import emit_gemv, gemv_extent, is_gemv, libc, store_sum
 from runtime.jit.layout import Access, Expression, coalesce
 from runtime.jit.module import KernelModule
 
@@ -114,10 +114,6 @@ def parallel_extent(stage: Gemm) -> int:
     return math.prod(stage.batch) * blocks
 
 
-def _libc(module: ir.Module, name: str, ret: ir.Type, params: list[ir.Type]) -> ir.Function:
-    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, params), name)
-
-
 class _Emitter:
     """Emits one gemm stage's function body."""
 
@@ -131,14 +127,25 @@ class _Emitter:
         self.mc = max(MR, min(MC, PACK_A_BYTES // (4 * self.kc) // MR * MR))
         self.nc = max(NR, min(NC, PACK_B_BYTES // (4 * self.kc) // NR * NR))
 
-    def run(self, lo: ir.Value, hi: ir.Value) -> None:
+    def run(self, lo: ir.Value, hi: ir.Value) -> ir.Value:
+        """Emit the body; returns the status (`OUT_OF_MEMORY` if a packing buffer could not be had)."""
         b, s = self.b, self.s
-        malloc = _libc(b.module, "aligned_alloc", cg.VOIDP, [I64, I64])
-        free = _libc(b.module, "free", ir.VoidType(), [cg.VOIDP])
+        malloc = libc(b.module, "aligned_alloc", cg.VOIDP, [I64, I64])
+        free = libc(b.module, "free", ir.VoidType(), [cg.VOIDP])
         a_bytes = 4 * self.mc * self.kc
         b_bytes = 4 * self.kc * min(self.nc, math.ceil(s.n / NR) * NR)
-        self.apack = b.bitcast(b.call(malloc, [i64(64), i64(a_bytes)]), F32.as_pointer())
-        self.bpack = b.bitcast(b.call(malloc, [i64(64), i64(b_bytes)]), F32.as_pointer())
+        packs = [b.call(malloc, [i64(64), i64(-(-size // 64) * 64)]) for size in (a_bytes, b_bytes)]
+        null = ir.Constant(cg.VOIDP, None)
+        failed = b.or_(*(b.icmp_unsigned("==", p, null) for p in packs))
+        with b.if_then(b.not_(failed)):
+            self.apack, self.bpack = (b.bitcast(p, F32.as_pointer()) for p in packs)
+            self._run(lo, hi)
+        for p in packs:
+            b.call(free, [p])
+        return b.select(failed, ir.Constant(cg.I32, cg.OUT_OF_MEMORY), ir.Constant(cg.I32, 0))
+
+    def _run(self, lo: ir.Value, hi: ir.Value) -> None:
+        b, s = self.b, self.s
         with b.goto_entry_block():
             self.tile = b.alloca(F32, MR * NR, name="tile")
         rows = split_rows(s)
@@ -152,8 +159,6 @@ class _Emitter:
             batch = cg.unravel(b, bi, s.batch)
             span = (start, stop, i64(0), i64(s.n)) if rows else (i64(0), i64(s.m), start, stop)
             self.batch_gemm(batch, *span)
-        b.call(free, [b.bitcast(self.apack, cg.VOIDP)])
-        b.call(free, [b.bitcast(self.bpack, cg.VOIDP)])
 
     def batch_gemm(self, batch, m0, m1, n0, n1) -> None:
         b, s = self.b, self.s
@@ -342,7 +347,7 @@ def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
         return gemv_extent(stage)
 
     def body(b: ir.IRBuilder, ptrs, lo, hi):
-        _Emitter(stage, b, ptrs, not km.noalias[stage.out.arg]).run(lo, hi)
+        return _Emitter(stage, b, ptrs, not km.noalias[stage.out.arg]).run(lo, hi)
 
     km.function(name, body)
     return parallel_extent(stage)

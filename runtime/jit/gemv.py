@@ -2,39 +2,63 @@
 
 The blocked gemm packs B on every call and computes `MR` rows at a time, so with one
 row it moves B twice and wastes most of its arithmetic. With at most `ROWS` rows B is
-streamed once instead, in the layout it has, in blocks of `BLOCK` output columns (the
-unit of work threads share):
+streamed once instead, in the layout it has, each thread reading one contiguous region
+of it (two cores reading alternate parts of the same rows get half the bandwidth):
 
-* B with unit column stride ([K, N], GPT-2's Conv1D weights): the sums of a thread's
-  consecutive columns (up to `CHUNK`) live in an on-stack accumulator, and each pass adds
-  `DEPTH` rows of B to it — `acc[j] += a[i, p] * B[p, j] + ...` is a contiguous loop the
-  vectorizer turns into FMAs, reading long runs of B's rows side by side;
-* B with unit row stride (a transposed [N, K] weight: Linear layers, the LM head):
-  each column is a dot product of contiguous vectors, a vectorized reduction.
+* B with unit row stride (a transposed [N, K] weight: Linear layers, the LM head): each
+  output column is a dot product of contiguous vectors, a vectorized reduction; threads
+  share blocks of `BLOCK` columns, i.e. runs of whole rows of the stored matrix.
+* B with unit column stride ([K, N], GPT-2's Conv1D weights): the columns are cut into
+  `chunks` of at most `CHUNK` and the depth into `slices` of consecutive rows. A unit of
+  work is one (slice, chunk): it adds `DEPTH` rows of B at a time into one accumulator row
+  per output row (`acc[j] += a[i, p] * B[p, j] + ...`, a contiguous loop the vectorizer
+  turns into FMAs). Units are numbered slice-major, so a thread's share is a band of whole
+  rows. With one slice a unit stores its sums; with several ("split K"), units leave
+  partial sums in a buffer of the run, and the unit finishing last adds them up in slice
+  order, applies the epilogue and stores. Slices depend on the shape alone, so the sums
+  are the same bits on any number of threads.
 
-Sums are in f32 (`contract`/`reassoc` let LLVM fuse and reorder them, as the plain
-loop nest does); the epilogue applies as each sum is stored.
+A split run finds its buffer in the stage's table of `RUNS` runs, keyed by the output
+pointer (a spin lock guards it; a run holds its entry from its first unit to its last,
+so concurrent runs of one kernel on different buffers stay apart). A buffer that cannot
+be allocated makes every unit of the run return `OUT_OF_MEMORY`.
+
+Sums are in f32 (`contract`/`reassoc` let LLVM fuse and reorder them within a unit);
+partial sums of a split are added in slice order, without reassociation.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Callable, Iterator
 
+import attrs
 import llvmlite.ir as ir
 
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
-from runtime.jit.codegen import F32, i64
+from runtime.jit.codegen import F32, I1, I32, I64, VOIDP, i64
 
 #: the most rows a stage may have to take this path
 ROWS = 4
-#: output columns per block (the unit of thread splitting)
+#: output columns per unit of a dot-product (unit row stride) stage
 BLOCK = 64
-#: the most output columns summed at once along rows of B (one thread's consecutive blocks)
-CHUNK = 2048
+#: the most output columns a unit of a unit-column-stride stage sums at once
+CHUNK = 4096
 #: depth steps per pass over the accumulators (rows of B read side by side)
 DEPTH = 4
+#: bytes of B a depth slice aims at (the unit threads share)
+SLICE_BYTES = 1 << 18
+#: the most depth slices of a split (bounds the partial sums the last unit adds up)
+MAX_SLICES = 32
+#: with at least this many column units per stage the depth is not split
+SPLIT_BELOW = 8
+#: concurrent runs of one split stage its table tracks (a unit waits for a free entry)
+RUNS = 16
 _FAST = ("reassoc", "contract")
+_ENTRY = ir.LiteralStructType([VOIDP, F32.as_pointer(), I64, I1])  # key, partial sums, units done, failed
+_KEY, _PARTS, _DONE, _FAILED = range(4)
 
 
 def strides(operand) -> tuple[int, int] | None:
@@ -49,79 +73,304 @@ def is_gemv(stage) -> bool:
     return 1 <= stage.m <= ROWS and stage.k > 0 and b is not None and 1 in b and strides(stage.a) is not None
 
 
+@attrs.frozen
+class Split:
+    """How a stage's work is cut into units: batch entries x column units (x depth slices).
+
+    `along_rows`: B has unit column stride (units are slices x chunks of `width` columns);
+    else units are blocks of `BLOCK` dot products."""
+
+    along_rows: bool
+    entries: int
+    chunks: int
+    width: int
+    slices: int = 1
+
+    @property
+    def units(self) -> int:
+        return self.entries * self.chunks * self.slices
+
+    def depth(self, k: int, b: ir.IRBuilder, s: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """Rows [p0, p1) of depth slice `s`."""
+        bound = lambda t: b.udiv(b.mul(t, i64(k)), i64(self.slices))  # noqa: E731
+        return bound(s), bound(b.add(s, i64(1)))
+
+
+def split(stage) -> Split:
+    """The units of a gemv stage (a function of its shape, dtype and layout only)."""
+    entries = math.prod(stage.batch)
+    rs, cs = strides(stage.b)
+    if cs != 1 or (rs == 1 and stage.n == 1):
+        return Split(False, entries, math.ceil(stage.n / BLOCK), BLOCK)
+    chunks = math.ceil(stage.n / CHUNK)
+    width = math.ceil(stage.n / chunks)
+    if entries * chunks >= SPLIT_BELOW:
+        return Split(True, entries, chunks, width)
+    nbytes = stage.k * width * stage.b.access.dtype.itemsize
+    slices = max(1, min(MAX_SLICES, stage.k // DEPTH, round(nbytes / SLICE_BYTES)))
+    return Split(True, entries, chunks, width, slices)
+
+
 def gemv_extent(stage) -> int:
-    return math.prod(stage.batch) * math.ceil(stage.n / BLOCK)
+    return split(stage).units
 
 
-def emit_gemv(stage, b: ir.IRBuilder, ptrs, lo, hi) -> None:
-    """Blocks [lo, hi) of batch entries x column blocks: with unit column stride, runs of up
-    to `CHUNK` consecutive columns of a batch entry at once (long contiguous reads of B's
-    rows); otherwise one block at a time."""
-    blocks = math.ceil(stage.n / BLOCK)
-    along_rows = strides(stage.b)[1] == 1
+def emit_gemv(stage, b: ir.IRBuilder, ptrs, lo, hi) -> ir.Value:
+    """Units [lo, hi) of the stage; returns the status."""
+    plan = split(stage)
+    if not plan.along_rows:
+        _emit_dots(stage, plan, b, ptrs, lo, hi)
+    elif plan.slices == 1:
+        _emit_whole(stage, plan, b, ptrs, lo, hi)
+    else:
+        return _emit_split(stage, plan, b, ptrs, lo, hi)
+    return ir.Constant(I32, 0)
+
+
+def _chunk(stage, plan: Split, b: ir.IRBuilder, chunk: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """The first column and the width of a column chunk."""
+    j0 = b.mul(chunk, i64(plan.width))
+    return j0, cg.imin(b, i64(plan.width), b.sub(i64(stage.n), j0))
+
+
+def _emit_whole(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> None:
+    """Units (entry, chunk), each summing all of the depth in registers and on the stack."""
     with b.goto_entry_block():
-        acc = b.alloca(F32, ROWS * CHUNK if along_rows else ROWS, name="acc")
-    step = CHUNK // BLOCK if along_rows else 1
-    first = b.udiv(lo, i64(blocks))
-    last = b.udiv(b.add(hi, i64(blocks - 1)), i64(blocks))
-    with cg.loop(b, first, last, name="entry") as entry:
+        acc = b.alloca(F32, stage.m * plan.width, name="acc")
+    with cg.loop(b, lo, hi, name="unit") as unit:
+        entry, chunk = cg.unravel(b, unit, (plan.entries, plan.chunks))
         batch = cg.unravel(b, entry, stage.batch)
+        j0, width = _chunk(stage, plan, b, chunk)
         bases = stage.a.base(b, batch), stage.b.base(b, batch)
-        begin = cg.imax(b, b.sub(lo, b.mul(entry, i64(blocks))), i64(0))
-        end = cg.imin(b, b.sub(hi, b.mul(entry, i64(blocks))), i64(blocks))
-        with cg.loop(b, begin, end, step, name="blk") as block:
-            j0 = b.mul(block, i64(BLOCK))
-            stop = cg.imin(b, b.mul(cg.imin(b, b.add(block, i64(step)), end), i64(BLOCK)), i64(stage.n))
-            (_axpy if along_rows else _dots)(stage, b, ptrs, acc, batch, bases, j0, b.sub(stop, j0))
+        _accumulate(stage, plan, b, ptrs, acc, bases, (i64(0), i64(stage.k)), j0, width)
+        _store_rows(stage, plan, b, ptrs, acc, batch, j0, width)
 
 
-def _axpy(stage, b, ptrs, acc, batch, bases, j0, width) -> None:
-    """acc[i, j] = sum_p a[i, p] * B[p, j0 + j], `DEPTH` contiguous rows of B per pass."""
+def _emit_split(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> ir.Value:
+    """Units (entry, slice, chunk) into the run's partial sums; the last one reduces and stores.
+    An empty range does nothing (it must not take a table entry it would never give back)."""
+    with b.goto_entry_block():
+        status = b.alloca(I32, name="status")
+    b.store(ir.Constant(I32, 0), status)
+    with b.if_then(b.icmp_signed("<", lo, hi)):
+        _split_units(stage, plan, b, ptrs, lo, hi, status)
+    return b.load(status)
+
+
+def _split_units(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi, status) -> None:
+    """A nonempty range of split units: claim the run's entry, sum, count; the last reduces and frees."""
+    table, lock = _run_table(b.module, b.function.name)
+    claim, finish, release = _table_functions(b.module)
+    part_floats = stage.m * plan.width
+    nbytes = -(-plan.units * part_floats * 4 // 64) * 64
+    slot = b.call(claim, [table, lock, b.bitcast(ptrs[stage.out.arg], VOIDP), i64(nbytes)])
+    parts = b.load(_field(b, table, slot, _PARTS))
+    failed = b.load(_field(b, table, slot, _FAILED))
+    with b.if_then(b.not_(failed)):
+        with cg.loop(b, lo, hi, name="unit") as unit:
+            entry, depth, chunk = cg.unravel(b, unit, (plan.entries, plan.slices, plan.chunks))
+            batch = cg.unravel(b, entry, stage.batch)
+            j0, width = _chunk(stage, plan, b, chunk)
+            bases = stage.a.base(b, batch), stage.b.base(b, batch)
+            part = b.gep(parts, [b.mul(unit, i64(part_floats))])
+            _accumulate(stage, plan, b, ptrs, part, bases, plan.depth(stage.k, b, depth), j0, width)
+    last = b.call(finish, [table, slot, b.sub(hi, lo), i64(plan.units)])
+    with b.if_then(last):
+        with b.if_then(b.not_(failed)):
+            _reduce(stage, plan, b, ptrs, parts)
+        b.call(release, [table, lock, slot])
+    b.store(b.select(failed, ir.Constant(I32, cg.OUT_OF_MEMORY), ir.Constant(I32, 0)), status)
+
+
+def _reduce(stage, plan: Split, b: ir.IRBuilder, ptrs, parts) -> None:
+    """Each (entry, chunk): partial sums of slices 1.. added to slice 0's in order, then stored."""
+    part_floats = stage.m * plan.width
+    with cg.loop(b, 0, plan.entries * plan.chunks, name="group") as group:
+        entry, chunk = cg.unravel(b, group, (plan.entries, plan.chunks))
+        batch = cg.unravel(b, entry, stage.batch)
+        j0, width = _chunk(stage, plan, b, chunk)
+        unit = lambda s: b.add(b.mul(b.add(b.mul(entry, i64(plan.slices)), s), i64(plan.chunks)), chunk)  # noqa: E731
+        first = b.gep(parts, [b.mul(unit(i64(0)), i64(part_floats))])
+        with cg.loop(b, 1, plan.slices, name="slice") as s:
+            other = b.gep(parts, [b.mul(unit(s), i64(part_floats))])
+            for i in range(stage.m):
+                with cg.loop(b, 0, width, name=f"r{i}") as j:
+                    index = b.add(i64(i * plan.width), j)
+                    slot = b.gep(first, [index])
+                    b.store(b.fadd(b.load(slot), b.load(b.gep(other, [index]))), slot)
+        _store_rows(stage, plan, b, ptrs, first, batch, j0, width)
+
+
+def _accumulate(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, bases, depth, j0, width) -> None:
+    """acc[i * plan.width + j] = sum over p in [p0, p1) of a[i, p] * B[p, j0 + j], for j < width."""
+    p0, p1 = depth
     zero = ir.Constant(F32, 0.0)
     for i in range(stage.m):
         with cg.loop(b, 0, width, name=f"z{i}") as j:
-            b.store(zero, b.gep(acc, [b.add(i64(i * CHUNK), j)]))
-    whole = stage.k // DEPTH * DEPTH
-    if whole:
-        with cg.loop(b, 0, whole, DEPTH, name="p") as p:
-            _rows_pass(stage, b, ptrs, acc, bases, j0, width, [b.add(p, i64(d)) for d in range(DEPTH)])
-    if whole < stage.k:
-        _rows_pass(stage, b, ptrs, acc, bases, j0, width, [i64(p) for p in range(whole, stage.k)])
-    for i in range(stage.m):
-        with cg.loop(b, 0, width, name=f"s{i}") as j:
-            store_sum(stage, b, ptrs, batch, i64(i), b.add(j0, j), b.load(b.gep(acc, [b.add(i64(i * CHUNK), j)])))
+            b.store(zero, b.gep(acc, [b.add(i64(i * plan.width), j)]))
+    whole = b.add(p0, b.mul(b.udiv(b.sub(p1, p0), i64(DEPTH)), i64(DEPTH)))
+    with cg.loop(b, p0, whole, DEPTH, name="p") as p:
+        _rows_pass(stage, plan, b, ptrs, acc, bases, j0, width, [b.add(p, i64(d)) for d in range(DEPTH)])
+    with cg.loop(b, whole, p1, name="pr") as p:
+        _rows_pass(stage, plan, b, ptrs, acc, bases, j0, width, [p])
 
 
-def _rows_pass(stage, b, ptrs, acc, bases, j0, width, depths: list) -> None:
-    """acc[i, j] += sum over the given depths p of a[i, p] * B[p, j0 + j]."""
+def _rows_pass(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, bases, j0, width, depths: list) -> None:
+    """acc[i, j] += sum over the given depths p of a[i, p] * B[p, j0 + j]: each row of B read once."""
     a_base, b_base = bases
-    for i in range(stage.m):
-        scales = [stage.a.load(b, ptrs, a_base, i64(i), p) for p in depths]
-        with cg.loop(b, 0, width, name=f"j{i}") as j:
-            slot = b.gep(acc, [b.add(i64(i * CHUNK), j)])
-            column = b.add(j0, j)
+    scales = [[stage.a.load(b, ptrs, a_base, i64(i), p) for p in depths] for i in range(stage.m)]
+    with cg.loop(b, 0, width, name="j") as j:
+        column = b.add(j0, j)
+        values = [stage.b.load(b, ptrs, b_base, p, column) for p in depths]
+        for i in range(stage.m):
+            slot = b.gep(acc, [b.add(i64(i * plan.width), j)])
             total = b.load(slot)
-            for scale, p in zip(scales, depths):
-                total = b.fadd(total, b.fmul(scale, stage.b.load(b, ptrs, b_base, p, column), flags=_FAST),
-                               flags=_FAST)
+            for scale, value in zip(scales[i], values):
+                total = b.fadd(total, b.fmul(scale, value, flags=_FAST), flags=_FAST)
             b.store(total, slot)
 
 
-def _dots(stage, b, ptrs, acc, batch, bases, j0, width) -> None:
-    """Each column j0 + j: the dot products of the rows of a with a contiguous column of B."""
-    a_base, b_base = bases
+def _store_rows(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, batch, j0, width) -> None:
+    for i in range(stage.m):
+        with cg.loop(b, 0, width, name=f"s{i}") as j:
+            value = b.load(b.gep(acc, [b.add(i64(i * plan.width), j)]))
+            store_sum(stage, b, ptrs, batch, i64(i), b.add(j0, j), value)
+
+
+def _emit_dots(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> None:
+    """Units (entry, block): each column of the block the dot products of the rows of a with a
+    contiguous column of B."""
+    with b.goto_entry_block():
+        acc = b.alloca(F32, ROWS, name="acc")
     slots = [b.gep(acc, [i64(i)]) for i in range(stage.m)]
-    with cg.loop(b, 0, width, name="col") as j:
-        column = b.add(j0, j)
-        for slot in slots:
-            b.store(ir.Constant(F32, 0.0), slot)
-        with cg.loop(b, 0, stage.k, name="dot") as p:
-            value = stage.b.load(b, ptrs, b_base, p, column)
+    with cg.loop(b, lo, hi, name="unit") as unit:
+        entry, block = cg.unravel(b, unit, (plan.entries, plan.chunks))
+        batch = cg.unravel(b, entry, stage.batch)
+        a_base, b_base = stage.a.base(b, batch), stage.b.base(b, batch)
+        j0 = b.mul(block, i64(BLOCK))
+        with cg.loop(b, j0, cg.imin(b, b.add(j0, i64(BLOCK)), i64(stage.n)), name="col") as column:
+            for slot in slots:
+                b.store(ir.Constant(F32, 0.0), slot)
+            with cg.loop(b, 0, stage.k, name="dot") as p:
+                value = stage.b.load(b, ptrs, b_base, p, column)
+                for i, slot in enumerate(slots):
+                    product = b.fmul(stage.a.load(b, ptrs, a_base, i64(i), p), value, flags=_FAST)
+                    b.store(b.fadd(b.load(slot), product, flags=_FAST), slot)
             for i, slot in enumerate(slots):
-                product = b.fmul(stage.a.load(b, ptrs, a_base, i64(i), p), value, flags=_FAST)
-                b.store(b.fadd(b.load(slot), product, flags=_FAST), slot)
-        for i, slot in enumerate(slots):
-            store_sum(stage, b, ptrs, batch, i64(i), column, b.load(slot))
+                store_sum(stage, b, ptrs, batch, i64(i), column, b.load(slot))
+
+
+def _run_table(module: ir.Module, function: str) -> tuple[ir.GlobalVariable, ir.GlobalVariable]:
+    """The stage's table of split runs and its lock (zero: free)."""
+    table = ir.GlobalVariable(module, _table_type(), f"{function}.runs")
+    lock = ir.GlobalVariable(module, I32, f"{function}.lock")
+    for g in (table, lock):
+        g.linkage = "internal"
+        g.initializer = ir.Constant(g.value_type, None)
+    return table, lock
+
+
+def _table_type() -> ir.ArrayType:
+    return ir.ArrayType(_ENTRY, RUNS)
+
+
+def _table_functions(module: ir.Module) -> tuple[ir.Function, ir.Function, ir.Function]:
+    """The module's claim, finish and release helpers of run tables."""
+    table, lock = _table_type().as_pointer(), I32.as_pointer()
+    claim, new = cg.internal_function(module, "rduflow.gemv.claim", I64, [table, lock, VOIDP, I64])
+    if new:
+        _emit_claim(claim)
+    finish, new = cg.internal_function(module, "rduflow.gemv.finish", I1, [table, I64, I64, I64])
+    if new:
+        _emit_finish(finish)
+    release, new = cg.internal_function(module, "rduflow.gemv.release", ir.VoidType(), [table, lock, I64])
+    if new:
+        _emit_release(release)
+    return claim, finish, release
+
+
+def libc(module: ir.Module, name: str, ret: ir.Type, params: list[ir.Type]) -> ir.Function:
+    """The C library function `name`, declared once per module."""
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, params), name)
+
+
+@contextlib.contextmanager
+def _repeat(b: ir.IRBuilder, name: str) -> Iterator[Callable[[ir.Value], None]]:
+    """`do { body } while (cond)`: the body calls the yielded function with `cond` at its end."""
+    body = b.append_basic_block(f"{name}.body")
+    done = b.append_basic_block(f"{name}.done")
+    b.branch(body)
+    b.position_at_end(body)
+    yield lambda cond: b.cbranch(cond, body, done)
+    b.position_at_end(done)
+
+
+def _field(b: ir.IRBuilder, table, slot, field: int) -> ir.Value:
+    return b.gep(table, [i64(0), slot, ir.Constant(I32, field)])
+
+
+def _lock(b: ir.IRBuilder, lock) -> None:
+    """Spin until the lock is ours."""
+    with _repeat(b, "spin") as again:
+        pair = b.cmpxchg(lock, ir.Constant(I32, 0), ir.Constant(I32, 1), "acquire", "monotonic")
+        again(b.not_(b.extract_value(pair, 1)))
+
+
+def _unlock(b: ir.IRBuilder, lock) -> None:
+    b.store_atomic(ir.Constant(I32, 0), lock, "release", 4)
+
+
+def _emit_claim(fn: ir.Function) -> None:
+    """slot = claim(table, lock, key, bytes): the entry of run `key`, taken (with a new buffer of
+    `bytes`, units done 0) if the run has none; waits while every entry is taken."""
+    table, lock, key, nbytes = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    found, free = b.alloca(I64), b.alloca(I64)
+    with _repeat(b, "wait") as again:
+        _lock(b, lock)
+        b.store(i64(-1), found)
+        b.store(i64(-1), free)
+        with cg.loop(b, 0, RUNS, name="e") as e:
+            held = b.load(_field(b, table, e, _KEY))
+            with b.if_then(b.icmp_unsigned("==", held, key)):
+                b.store(e, found)
+            unused = b.and_(b.icmp_unsigned("==", held, ir.Constant(VOIDP, None)),
+                            b.icmp_signed("<", b.load(free), i64(0)))
+            with b.if_then(unused):
+                b.store(e, free)
+        take = b.and_(b.icmp_signed("<", b.load(found), i64(0)), b.icmp_signed(">=", b.load(free), i64(0)))
+        with b.if_then(take):
+            slot = b.load(free)
+            parts = b.call(libc(b.module, "aligned_alloc", VOIDP, [I64, I64]), [i64(64), nbytes])
+            b.store(key, _field(b, table, slot, _KEY))
+            b.store(b.bitcast(parts, F32.as_pointer()), _field(b, table, slot, _PARTS))
+            b.store(i64(0), _field(b, table, slot, _DONE))
+            b.store(b.icmp_unsigned("==", parts, ir.Constant(VOIDP, None)), _field(b, table, slot, _FAILED))
+            b.store(slot, found)
+        _unlock(b, lock)
+        again(b.icmp_signed("<", b.load(found), i64(0)))
+    b.ret(b.load(found))
+
+
+def _emit_finish(fn: ir.Function) -> None:
+    """last = finish(table, slot, units, extent): count `units` done; true for the unit completing the run."""
+    table, slot, units, extent = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    before = b.atomic_rmw("add", _field(b, table, slot, _DONE), units, "acq_rel")
+    b.ret(b.icmp_signed("==", b.add(before, units), extent))
+
+
+def _emit_release(fn: ir.Function) -> None:
+    """release(table, lock, slot): free the run's buffer and its entry."""
+    table, lock, slot = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    _lock(b, lock)
+    parts = _field(b, table, slot, _PARTS)
+    b.call(libc(b.module, "free", ir.VoidType(), [VOIDP]), [b.bitcast(b.load(parts), VOIDP)])
+    b.store(ir.Constant(F32.as_pointer(), None), parts)
+    b.store(ir.Constant(VOIDP, None), _field(b, table, slot, _KEY))
+    _unlock(b, lock)
+    b.ret_void()
 
 
 def store_sum(stage, b, ptrs, batch, row, column, value) -> None:
