@@ -8,6 +8,7 @@ im2col buffer is ever written.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import attrs
@@ -17,7 +18,7 @@ from backend import kernel_program as kp
 from runtime.jit import codegen as cg
 from runtime.jit.codegen import F32, i64
 from runtime.jit.gemm import Gemm, emit_gemm
-from runtime.jit.layout import Access
+from runtime.jit.layout import Access, Expression, Index
 from runtime.jit.module import KernelModule
 
 
@@ -86,12 +87,38 @@ def conv_gemm(stage: kp.Conv2dStage, x: Access, w: Access, out: Access) -> Gemm:
     return Gemm((n, g), og, oh * ow, cg_ * kh * kw, weights, image, out)
 
 
-def _epilogue_strides(strides: Sequence[int], o: int, og: int, oh: int, ow: int) -> tuple[int, ...]:
-    """Strides over (N, O, OH, OW) as strides over the gemm's (n, g, o, oh*ow)."""
-    sn, so, sh, sw = strides
-    if sh != ow * sw and oh > 1 and ow > 1:
-        raise NotImplementedError("a conv epilogue read whose spatial axes do not merge")
-    return (sn, og * so, so, sw if ow > 1 else sh)
+@attrs.frozen
+class SplitColumn:
+    """An epilogue leaf (a read or an index) whose output rows and columns do not merge into the
+    gemm's column `oh * OW + ow`, say a value broadcast along the rows: its strides are over the
+    gemm's indices plus `oh`, which `load` takes from the column."""
+
+    leaf: Access | Index  # strides: (n, g, o, column, oh)
+    width: int  # OW
+
+    @property
+    def arg(self) -> int:
+        return self.leaf.arg
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return self.leaf.strides[:-1]
+
+    def with_strides(self, strides: Sequence[int]) -> SplitColumn:
+        return attrs.evolve(self, leaf=self.leaf.with_strides((*strides, self.leaf.strides[-1])))
+
+    def load(self, b: ir.IRBuilder, ptrs: Sequence[ir.Value], indices: Sequence[ir.Value]) -> ir.Value:
+        return self.leaf.load(b, ptrs, [*indices, b.udiv(indices[-1], i64(self.width))])
+
+
+def _epilogue_leaf(leaf: Access | Index, og: int, oh: int, ow: int) -> Access | Index | SplitColumn:
+    """A leaf over (N, O, OH, OW) as one over the gemm's (n, g, o, oh*ow): the column's stride is
+    the OW stride, and when OH's stride is not OW times it, each row adds the difference."""
+    sn, so, sh, sw = leaf.strides
+    merged = leaf.with_strides((sn, og * so, so, sw if ow > 1 else sh))
+    if sh == ow * sw or oh == 1 or ow == 1:
+        return merged
+    return SplitColumn(merged.with_strides((*merged.strides, sh - ow * sw)), ow)
 
 
 def lower_conv2d(km: KernelModule, name: str, stage: kp.Conv2dStage) -> int:
@@ -100,8 +127,10 @@ def lower_conv2d(km: KernelModule, name: str, stage: kp.Conv2dStage) -> int:
     gemm = conv_gemm(stage, x, w, km.whole(stage.out))
     if stage.epilogue is not None:
         n, o, oh, ow = km.buffer(stage.out).shape
-        epilogue = km.expression(stage.epilogue).map_strides(
-            lambda s: _epilogue_strides(s, o, o // stage.groups, oh, ow))
+        expression = km.expression(stage.epilogue)
+        bind = functools.partial(_epilogue_leaf, og=o // stage.groups, oh=oh, ow=ow)
+        epilogue = Expression(expression.nodes, tuple(map(bind, expression.reads)),
+                              tuple(map(bind, expression.indices)))
         gemm = attrs.evolve(gemm, epilogue=epilogue)
     return emit_gemm(km, name, gemm)
 

@@ -217,6 +217,25 @@ def test_conv2d_and_its_gradients_on_large_shapes(stride, padding, dilation, gro
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7, 4), (2, 16, 20, 18, 32)], ids=["loop-nest", "blocked"])
+@pytest.mark.parametrize("along", ["rows", "columns"])
+def test_conv2d_epilogue_reading_a_tensor_broadcast_along_one_spatial_axis(shape, along):
+    """The epilogue's read does not walk (OH, OW) as the gemm's one column index does."""
+    n, c, h, w, o = shape
+    b = Builder()
+    x = b.input("x", TensorType((n, c, h, w), f32))
+    k = b.input("k", TensorType((o, c, 3, 3), f32))
+    t = b.input("t", TensorType((w,) if along == "rows" else (h, 1), f32))
+    y = b.conv2d(x, k, padding=(1, 1))
+    b.output("z", b.mul(b.add(y, t), t))
+    graph = fused(b.graph)
+    stages = [s for p in _programs(graph) for s in p.stages]
+    assert [s.kind for s in stages] == ["conv2d"] and stages[0].epilogue is not None
+    inputs = {v.name: RNG.standard_normal(v.type.shape).astype(np.float32) for v in b.graph.inputs}
+    want = interpret(b.graph, inputs).outputs["z"]
+    np.testing.assert_allclose(run_kernels(graph, inputs)[0]["z"], want, rtol=1e-4, atol=1e-4)
+
+
 def test_pooling_and_gradients_on_large_shapes():
     b = Builder()
     x = b.input("x", TensorType((4, 8, 30, 28), f32))
