@@ -104,6 +104,26 @@ def simplify(stage: Gemm) -> Gemm:
         out=stage.out.with_strides(out_s + stage.out.strides[rank:]), epilogue=epilogue)
 
 
+def fold_batch(stage: Gemm) -> Gemm:
+    """The last batch axis as more rows, while B is the same matrix along it and the other
+    operands step down it as one more run of rows (a decode step of batch b: b rows reading B
+    once, not b products reading it b times)."""
+    while stage.batch and isinstance(stage.a, Strided) and isinstance(stage.b, Strided) \
+            and stage.b.batch_strides()[-1] == 0:
+        rank = len(stage.batch)
+        groups = [stage.a.access.strides, stage.out.strides,
+                  *(stage.epilogue.strides if stage.epilogue is not None else [])]
+        if not all(stage.m == 1 or g[rank - 1] == stage.m * g[rank] for g in groups):
+            break
+        fold = lambda g: (*g[:rank - 1], g[rank - 1] if stage.m == 1 else g[rank], *g[rank + 1:])  # noqa: E731
+        epilogue = stage.epilogue.map_strides(fold) if stage.epilogue is not None else None
+        stage = attrs.evolve(stage, batch=stage.batch[:-1], m=stage.batch[-1] * stage.m,
+                             a=Strided(stage.a.access.with_strides(fold(stage.a.access.strides))),
+                             b=stage.b.with_batch_strides(stage.b.batch_strides()[:-1]),
+                             out=stage.out.with_strides(fold(stage.out.strides)), epilogue=epilogue)
+    return stage
+
+
 def split_rows(stage: Gemm) -> bool:
     """Whether threads share the work by row slivers (else by column slivers)."""
     return math.ceil(stage.m / MR) > math.ceil(stage.n / NR)
@@ -338,7 +358,7 @@ def lower_gemm(km: KernelModule, name: str, stage: kp.GemmStage) -> int:
 
 def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
     """Emit a gemm as function `name`; returns its parallel extent."""
-    stage = simplify(stage)
+    stage = fold_batch(simplify(stage))
     if is_small(stage):
         km.function(name, lambda b, ptrs, lo, hi: emit_small(stage, b, ptrs, lo, hi))
         return math.prod(stage.batch) * stage.m

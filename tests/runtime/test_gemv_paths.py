@@ -18,7 +18,7 @@ from backend import kernel_program as kp
 from ir.dtypes import DType, bf16, f16, f32
 from runtime.jit import gemv
 from runtime.jit.codegen import ERRORS, OUT_OF_MEMORY
-from runtime.jit.gemm import Gemm, Strided, simplify
+from runtime.jit.gemm import Gemm, Strided, fold_batch, simplify
 from runtime.jit.library import Jit
 from runtime.jit.module import KernelModule
 from runtime.jit.parallel import Parallel
@@ -74,11 +74,17 @@ def reference(prog: kp.KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np
     return exact, 2 * stage.k * 2.0 ** -24 * magnitude + 1e-30
 
 
-def takes_gemv(prog: kp.KernelProgram) -> gemv.Split | None:
+def gemm_of(prog: kp.KernelProgram) -> Gemm:
+    """The program's stage as the JIT dispatches it (batch axes coalesced and folded into rows)."""
     (stage,) = prog.stages
     km = KernelModule(prog.buffers)
-    gemm = simplify(Gemm(tuple(stage.batch), stage.m, stage.n, stage.k, Strided(km.access(stage.a)),
-                         Strided(km.access(stage.b)), km.whole(stage.out)))
+    epilogue = km.expression(stage.epilogue) if stage.epilogue is not None else None
+    return fold_batch(simplify(Gemm(tuple(stage.batch), stage.m, stage.n, stage.k, Strided(km.access(stage.a)),
+                                    Strided(km.access(stage.b)), km.whole(stage.out), epilogue)))
+
+
+def takes_gemv(prog: kp.KernelProgram) -> gemv.Split | None:
+    gemm = gemm_of(prog)
     return gemv.split(gemm) if gemv.is_gemv(gemm) else None
 
 
@@ -139,6 +145,19 @@ def test_the_depth_is_split_only_where_columns_are_few():
     assert takes_gemv(program(1, 768, 768, True)).slices == 1  # dot products: rows of B are contiguous
     assert takes_gemv(program(1, 64, 600, False)).slices == 1  # too little to cut
     assert takes_gemv(program(1, 512, 600, False, batch=(gemv.SPLIT_BELOW,))).slices == 1
+
+
+def test_a_batch_sharing_b_becomes_rows_reading_b_once():
+    """A decode step of batch 4 (x [4, 1, k] @ W): one product of four rows, epilogue included."""
+    for transposed in (False, True):
+        prog = program(1, 768, 900, transposed, bf16, batch=(4,), shared_b=True, epilogue=True)
+        gemm = gemm_of(prog)
+        assert (gemm.batch, gemm.m) == ((), 4) and takes_gemv(prog).entries == 1
+        check(prog)
+    prog = program(2, 300, 500, False, batch=(3, 2), shared_b=True, epilogue=True)
+    assert (gemm_of(prog).batch, gemm_of(prog).m) == ((), 12)  # past ROWS: the blocked gemm, once
+    check(prog)
+    assert gemm_of(program(2, 300, 500, False, batch=(3,))).batch == (3,)  # a B per entry stays batched
 
 
 @pytest.mark.parametrize("dtype", [f32, bf16, f16])
