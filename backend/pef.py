@@ -30,13 +30,15 @@ is a `PEFError` naming the file and what is wrong.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import math
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import attrs
 import msgpack
@@ -57,6 +59,8 @@ OLDEST_VERSION = 1
 MAX_ARENA = 2**44
 
 Scalar = int | float | str | bool | None
+#: bytes per element of each dtype, by IR spelling
+_ITEMSIZE = {d.value: d.itemsize for d in DType}
 
 
 @attrs.frozen
@@ -96,7 +100,7 @@ class TensorSymbol:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * DType(self.dtype).itemsize
+        return math.prod(self.shape) * _ITEMSIZE[self.dtype]
 
 
 @attrs.frozen
@@ -191,8 +195,27 @@ def read_pef(path: str | Path) -> PEF:
 def load_pef(data: bytes, source: str = "<bytes>") -> PEF:
     """Validate PEF bytes; `source` names them in errors."""
     payload, version = _unwrap(data, source)
+    with _no_cycle_collection():
+        return _load_payload(payload, version, source)
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Pause Python's cycle collector while the reader builds its records: they form no cycles, and
+    the collector, set off by the many objects allocated, would otherwise walk the whole heap again and again."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _load_payload(payload: bytes, version: int, source: str) -> PEF:
+    """The PEF record of a verified payload, validated."""
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=False)
     except Exception as err:  # noqa: BLE001 - msgpack raises many types on bad bytes
         raise PEFError(f"{source}: corrupted PEF payload ({type(err).__name__})") from None
     try:
@@ -228,14 +251,13 @@ def check_entries(pef: PEF) -> None:
         own = program.memory.lookup()
         shared = set()
         for param in entry.symbols.params:
-            if main.get(param.name) != param or attrs.evolve(own[param.tensor], nbytes=0) != \
-                    attrs.evolve(where[param.tensor], nbytes=0):
+            if main.get(param.name) != param or _place(own[param.tensor]) != _place(where[param.tensor]):
                 raise ProgramError(f"{at} '{entry.name}': param '{param.name}' is not the main program's, "
                                    "at the same place")
             shared.add(param.tensor)
         tensor_of = {p.name: p.tensor for p in entry.symbols.params}
         shared |= {u.tensor for u in entry.symbols.updates  # updates written in place
-                   if attrs.evolve(own[u.tensor], tensor="") == attrs.evolve(own[tensor_of[u.param]], tensor="")}
+                   if _range(own[u.tensor]) == _range(own[tensor_of[u.param]])}
         for a in program.memory.allocations:
             clash = next((p for p in ranges if a.tensor not in shared and a.nbytes and p.nbytes
                           and a.arena == p.arena and a.offset < p.offset + p.nbytes
@@ -243,6 +265,16 @@ def check_entries(pef: PEF) -> None:
             if clash is not None:
                 raise ProgramError(f"{at} '{entry.name}': tensor '{a.tensor}' overlaps param tensor "
                                    f"'{clash.tensor}' of the main program")
+
+
+def _place(a: Allocation) -> tuple[str, str, int]:
+    """Which tensor lies where (its size aside)."""
+    return a.tensor, a.arena, a.offset
+
+
+def _range(a: Allocation) -> tuple[str, int, int]:
+    """The bytes an allocation covers (whichever tensor it holds)."""
+    return a.arena, a.offset, a.nbytes
 
 
 def _unwrap(data: bytes, source: str) -> tuple[bytes, int]:
@@ -345,19 +377,25 @@ class _Checker:
 
     def symbols(self) -> None:
         symbols = self.pef.symbols
-        for kind, table in (("inputs", symbols.inputs), ("outputs", symbols.outputs), ("params", symbols.params),
-                            ("updates", [attrs.evolve(u, tensor=u.param) for u in symbols.updates])):
-            names = [s.name if hasattr(s, "name") else s.tensor for s in table]
+        for kind, names in (("inputs", [s.name for s in symbols.inputs]),
+                            ("outputs", [s.name for s in symbols.outputs]),
+                            ("params", [p.name for p in symbols.params]),
+                            ("updates", [u.param for u in symbols.updates])):
             if len(set(names)) != len(names):
                 raise ProgramError(f"symbols.{kind}: a name appears twice")
         for kind, table in (("inputs", symbols.inputs), ("params", symbols.params)):
             for s in table:
                 self.define(f"symbols.{kind}.{s.name}", s)
+        valid: set[str] = set()  # initializers checked already: many params share one
         for param in symbols.params:
+            spec = repr((param.init, sorted(param.init_args.items())))  # repr tells 1, 1.0, True and -0.0 apart
+            if spec in valid:
+                continue
             try:
                 Init(param.init, param.init_args)
             except (ValueError, TypeError) as err:
                 raise ProgramError(f"symbols.params.{param.name}: {err}") from None
+            valid.add(spec)
 
     def kernels(self) -> None:
         names = set()
@@ -396,7 +434,7 @@ class _Checker:
             if symbol in self.tensors:
                 raise ProgramError(f"{where}: tensor '{symbol}' is defined twice")
             self.tensors[symbol] = (tuple(buffer.shape), buffer.dtype)
-        a = self.allocated(where, symbol, buffer.span * DType(buffer.dtype).itemsize)
+        a = self.allocated(where, symbol, buffer.span * _ITEMSIZE[buffer.dtype])
         if (buffer.tier, buffer.offset) != (a.arena, a.offset):
             raise ProgramError(f"{where}: buffer '{buffer.name}' is not where the memory plan puts it")
 

@@ -7,10 +7,16 @@ the class annotations and every range against the class's attrs validators
 Errors are `SchemaError`s naming the path of the bad field
 (`kernels[3].stages[0].reads[1].strides[2]`). A class with a `kind` class
 attribute is a member of a tagged union: it is encoded with its `kind`, and
-a union annotation picks its member by that tag.
+a union annotation picks its member by that tag. A sequence is a list or a
+tuple (msgpack's `use_list=False` gives tuples, which decode without a copy).
 
-Each type gets its encoder and decoder built once; a decoder builds the error
-path only when it fails, so valid data decodes without bookkeeping.
+Each type's decoder is built once. A record's decoder is one function
+generated from its fields and compiled (as attrs compiles `__init__`): scalar
+and integer-tuple checks are inlined, nested records and containers call
+their own decoders, and the record is built with one call of its class (its
+attrs validators run there). Valid data decodes without bookkeeping: an
+error's path is built only as the error propagates, and a container finds the
+bad item's index only after one has failed.
 """
 from __future__ import annotations
 
@@ -25,6 +31,11 @@ import pydantic
 #: integers in a record must fit in a signed 63-bit range (offsets, sizes, strides)
 INT_LIMIT = 2**62
 _SCALARS = (int, float, str, bool, bytes, type(None))
+_SEQUENCES = (list, tuple)
+#: a field absent from the data
+_MISSING = object()
+#: what a scalar annotation is called in errors
+_NAMES = {str: "a string", bool: "a bool", bytes: "bytes", type(None): "nil"}
 
 
 class SchemaError(ValueError):
@@ -78,8 +89,14 @@ def decode(annotation: Any, data: Any, path: str = "") -> Any:
 
 
 def _show(data: Any) -> str:
+    """A bad value for an error message (a msgpack array reads as a list, tuple or not)."""
+    data = _lists(data)
     text = repr(data)
     return f"{type(data).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _expected(what: str, data: Any) -> SchemaError:
+    return SchemaError("", f"expected {what}, got {_show(data)}")
 
 
 @functools.cache
@@ -102,102 +119,150 @@ def decoder(annotation: Any) -> Callable[[Any], Any]:
     return _scalar(annotation)
 
 
+def _int_error(data: Any) -> SchemaError:
+    if type(data) is not int:
+        return _expected("an int", data)
+    return SchemaError("", f"integer {data} out of range")
+
+
+def _to_float(data: Any) -> float:
+    """A float field's value: a float, or an int made one."""
+    if type(data) is float:
+        return data
+    if type(data) is int:
+        return float(data)
+    raise _expected("a float", data)
+
+
 def _scalar(annotation: type) -> Callable[[Any], Any]:
     if annotation is int:
         def check_int(data):
-            if type(data) is not int:
-                raise SchemaError("", f"expected an int, got {_show(data)}")
-            if not -INT_LIMIT <= data <= INT_LIMIT:
-                raise SchemaError("", f"integer {data} out of range")
+            if type(data) is not int or not -INT_LIMIT <= data <= INT_LIMIT:
+                raise _int_error(data)
             return data
         return check_int
     if annotation is float:
-        def check_float(data):
-            if type(data) is float:
-                return data
-            if type(data) is int:
-                return float(data)
-            raise SchemaError("", f"expected a float, got {_show(data)}")
-        return check_float
-    if annotation in (str, bool, bytes, type(None)):
-        name = {str: "a string", bool: "a bool", bytes: "bytes", type(None): "nil"}[annotation]
-
+        return _to_float
+    if annotation in _NAMES:
         def check(data):
             if type(data) is not annotation:
-                raise SchemaError("", f"expected {name}, got {_show(data)}")
+                raise _expected(_NAMES[annotation], data)
             return data
         return check
     raise TypeError(f"unsupported annotation {annotation!r}")
 
 
 def _literal(allowed: tuple) -> Callable[[Any], Any]:
+    accepted = frozenset((type(a), a) for a in allowed)
+    kinds = frozenset(type(a) for a in allowed)
+
     def check(data):
-        if not any(type(data) is type(a) and data == a for a in allowed):
-            raise SchemaError("", f"expected one of {', '.join(map(repr, allowed))}, got {_show(data)}")
+        if type(data) not in kinds or (type(data), data) not in accepted:
+            raise _expected(f"one of {', '.join(map(repr, allowed))}", data)
         return data
     return check
+
+
+def _accepts(annotation: Any) -> frozenset[type] | None:
+    """The Python types a plain (non-record) annotation's decoder may accept; None: any."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return frozenset(type(a) for a in typing.get_args(annotation))
+    if origin is tuple:
+        return frozenset(_SEQUENCES)
+    if origin is dict:
+        return frozenset({dict})
+    if annotation is float:
+        return frozenset({float, int})
+    if annotation is int or annotation in _NAMES:
+        return frozenset({annotation})
+    return None
 
 
 def _union(members: tuple) -> Callable[[Any], Any]:
     tags = {m.kind: _record(m) for m in members if attrs.has(m) and hasattr(m, "kind")}
     untagged = [_record(m) for m in members if attrs.has(m) and not hasattr(m, "kind")]
-    plain = [decoder(m) for m in members if not attrs.has(m)]
+    plain = [(decoder(m), _accepts(m)) for m in members if not attrs.has(m)]
     names = " or ".join(getattr(m, "__name__", str(m)) for m in members)
 
+    @functools.cache
+    def candidates(kind: type) -> tuple[Callable[[Any], Any], ...]:
+        """The plain members that may take data of this type, in order."""
+        return tuple(member for member, accepted in plain if accepted is None or kind in accepted)
+
     def check(data):
-        if tags and isinstance(data, dict):
+        if tags and type(data) is dict:
             kind = data.get("kind")
             if not isinstance(kind, str) or kind not in tags:
-                raise SchemaError("kind", f"unknown kind {kind!r:.40} (expected one of {', '.join(tags)})")
+                raise SchemaError("kind", f"unknown kind {_lists(kind)!r:.40} (expected one of {', '.join(tags)})")
             return tags[kind](data)
-        if untagged and isinstance(data, dict):
+        if untagged and type(data) is dict:
             return untagged[0](data)
-        for member in plain:
+        for member in candidates(type(data)):
             try:
                 return member(data)
             except SchemaError:
                 continue
-        raise SchemaError("", f"expected {names}, got {_show(data)}")
+        raise _expected(names, data)
     return check
 
 
-def _variadic(item_type: Any) -> Callable[[Any], Any]:
-    if item_type is int:
-        def ints(data):
-            if type(data) is not list:
-                raise SchemaError("", f"expected a list, got {_show(data)}")
-            if all(type(x) is int and -INT_LIMIT <= x <= INT_LIMIT for x in data):
-                return tuple(data)
-            return _items(decoder(int), data)
-        return ints
-    item = decoder(item_type)
-
-    def items(data):
-        if type(data) is not list:
-            raise SchemaError("", f"expected a list, got {_show(data)}")
-        return _items(item, data)
-    return items
+_INT = frozenset({int})
 
 
-def _items(item: Callable[[Any], Any], data: list) -> tuple:
-    out = []
+def _ints_ok(data: tuple | list) -> bool:
+    """All items are ints in range (checked in C: map, issuperset, min, max)."""
+    return _INT.issuperset(map(type, data)) and (not data or -INT_LIMIT <= min(data) and max(data) <= INT_LIMIT)
+
+
+def _sequence(data: Any) -> None:
+    if type(data) is not list and type(data) is not tuple:
+        raise _expected("a list", data)
+
+
+def _locate(item: Callable[[Any], Any], data: Any) -> None:
+    """Re-decode the items of a failed sequence one by one: the first error names its index."""
     for i, x in enumerate(data):
         try:
-            out.append(item(x))
+            item(x)
         except SchemaError as err:
             raise err.within(f"[{i}]") from None
-    return tuple(out)
+
+
+def _variadic(item_type: Any) -> Callable[[Any], Any]:
+    item = decoder(item_type)
+    if item_type is int:
+        def ints(data):
+            _sequence(data)
+            if _ints_ok(data):
+                return tuple(data)
+            _locate(item, data)
+            raise AssertionError("unreachable: some item is not an int in range")
+        return ints
+
+    def items(data):
+        _sequence(data)
+        try:
+            return tuple([item(x) for x in data])
+        except SchemaError:
+            _locate(item, data)
+            raise
+    return items
 
 
 def _fixed(types_: tuple) -> Callable[[Any], Any]:
     items = [decoder(t) for t in types_]
 
     def check(data):
-        if type(data) is not list:
-            raise SchemaError("", f"expected a list, got {_show(data)}")
+        _sequence(data)
         if len(data) != len(items):
             raise SchemaError("", f"expected {len(items)} items, got {len(data)}")
-        return _items(lambda pair: pair[0](pair[1]), list(zip(items, data)))
+        pairs = list(zip(items, data))
+        try:
+            return tuple([item(x) for item, x in pairs])
+        except SchemaError:
+            _locate(lambda pair: pair[0](pair[1]), pairs)
+            raise
     return check
 
 
@@ -206,52 +271,103 @@ def _mapping(value_type: Any) -> Callable[[Any], Any]:
 
     def check(data):
         if type(data) is not dict:
-            raise SchemaError("", f"expected a map, got {_show(data)}")
-        out = {}
-        for key, item in data.items():
-            if type(key) is not str:
-                raise SchemaError("<key>", f"expected a string, got {_show(key)}")
-            try:
-                out[key] = value(item)
-            except SchemaError as err:
-                raise err.within(f"[{key!r}]") from None
-        return out
+            raise _expected("a map", data)
+        if not set(map(type, data)) <= {str}:
+            key = next(k for k in data if type(k) is not str)
+            raise SchemaError("<key>", f"expected a string, got {_show(key)}")
+        try:
+            return {key: value(item) for key, item in data.items()}
+        except SchemaError:
+            for key, item in data.items():
+                try:
+                    value(item)
+                except SchemaError as err:
+                    raise err.within(f"[{key!r}]") from None
+            raise
     return check
+
+
+def _lists(data: Any) -> Any:
+    """Tuples as lists, all the way down (pydantic's strict mode takes a list only)."""
+    if isinstance(data, dict):
+        return {k: _lists(v) for k, v in data.items()}
+    if isinstance(data, _SEQUENCES):
+        return [_lists(v) for v in data]
+    return data
 
 
 def _model(model: type[pydantic.BaseModel]) -> Callable[[Any], Any]:
     def check(data):
         try:
-            return model.model_validate(data, strict=True)
+            return model.model_validate(_lists(data), strict=True)
         except pydantic.ValidationError as err:
             first = err.errors()[0]
             raise SchemaError(".".join(str(part) for part in first["loc"]), first["msg"]) from None
     return check
 
 
+# --- record decoders: generated, one function per class ------------------------------------
+def _unknown(data: dict, allowed: frozenset[str], title: str) -> SchemaError:
+    unknown = sorted(str(k) for k in data if k not in allowed)
+    return SchemaError("", f"unknown field '{unknown[0]}' in {title}")
+
+
+def _inline(annotation: Any, name: str, env: dict[str, Any]) -> list[str]:
+    """Lines checking (and perhaps converting) local `v` as `annotation`; `name` keys `env`."""
+    if annotation is int:
+        return ["if type(v) is not int or not -INT_LIMIT <= v <= INT_LIMIT:", "    raise _int_error(v)"]
+    if annotation is float:
+        return ["if type(v) is not float:", "    v = _to_float(v)"]
+    if annotation in _NAMES:
+        env[f"{name}_type"] = annotation
+        return [f"if type(v) is not {name}_type:", f"    raise _expected({_NAMES[annotation]!r}, v)"]
+    if annotation == tuple[int, ...]:
+        return ["if type(v) is not tuple or not _ints_ok(v):", "    v = _int_tuple(v)"]
+    env[name] = decoder(annotation)
+    return [f"v = {name}(v)"]
+
+
+#: the names every generated decoder uses
+_RECORD_ENV: dict[str, Any] = {
+    "SchemaError": SchemaError, "INT_LIMIT": INT_LIMIT, "MISSING": _MISSING, "_int_error": _int_error,
+    "_to_float": _to_float, "_expected": _expected, "_ints_ok": _ints_ok, "_unknown": _unknown,
+    "_int_tuple": decoder(tuple[int, ...])}
+
+
+def _indented(lines: list[str]) -> list[str]:
+    return [f"    {line}" for line in lines]
+
+
+def _field(f: attrs.Attribute, i: int, check: list[str], title: str, env: dict[str, Any]) -> list[str]:
+    """Lines setting `a{i}` (or `kw[...]`, for a default its class makes) from field `f` of `data`."""
+    check = ["try:", *_indented(check), "except SchemaError as err:", f"    raise err.within('.{f.name}') from None"]
+    fetch = f"v = get({f.name!r}, MISSING)"
+    if f.default is attrs.NOTHING:
+        return [fetch, "if v is MISSING:", f"    raise SchemaError({f.name!r}, 'missing field of {title}')",
+                *check, f"a{i} = v"]
+    if isinstance(f.default, attrs.Factory):
+        return [fetch, "if v is not MISSING:", *_indented(check), f"    kw[{f.alias!r}] = v"]
+    env[f"default{i}"] = f.default
+    return [fetch, "if v is MISSING:", f"    a{i} = default{i}", "else:", *_indented(check), f"    a{i} = v"]
+
+
 @functools.cache
 def _record(cls: type) -> Callable[[Any], Any]:
+    """The compiled decoder of an attrs record class."""
     hints = typing.get_type_hints(cls)
-    fields = [(f.name, decoder(hints[f.name]), f.default is attrs.NOTHING) for f in attrs.fields(cls)]
-    allowed = {name for name, _, _ in fields} | ({"kind"} if hasattr(cls, "kind") else set())
-
-    def check(data):
-        if type(data) is not dict:
-            raise SchemaError("", f"expected a {cls.__name__} map, got {_show(data)}")
-        if not data.keys() <= allowed:
-            unknown = sorted(str(k) for k in data if k not in allowed)
-            raise SchemaError("", f"unknown field '{unknown[0]}' in {cls.__name__}")
-        kwargs = {}
-        for name, field, required in fields:
-            if name in data:
-                try:
-                    kwargs[name] = field(data[name])
-                except SchemaError as err:
-                    raise err.within(f".{name}") from None
-            elif required:
-                raise SchemaError(name, f"missing field of {cls.__name__}")
-        try:
-            return cls(**kwargs)
-        except (ValueError, TypeError) as err:
-            raise SchemaError("", f"bad {cls.__name__}: {err}") from None
-    return check
+    fields = [f for f in attrs.fields(cls) if f.init]
+    made = [isinstance(f.default, attrs.Factory) for f in fields]
+    title = cls.__name__
+    allowed = frozenset(f.name for f in fields) | ({"kind"} if hasattr(cls, "kind") else set())
+    env = dict(_RECORD_ENV, cls=cls, allowed=allowed)
+    body = ["if type(data) is not dict:", f"    raise _expected('a {title} map', data)",
+            "if not data.keys() <= allowed:", f"    raise _unknown(data, allowed, {title!r})",
+            "get = data.get", *(["kw = {}"] if any(made) else [])]
+    for i, f in enumerate(fields):
+        body += _field(f, i, _inline(hints[f.name], f"d{i}", env), title, env)
+    args = [f"{f.alias}=a{i}" for i, f in enumerate(fields) if not made[i]] + (["**kw"] if any(made) else [])
+    body += ["try:", f"    return cls({', '.join(args)})", "except (ValueError, TypeError) as err:",
+             f"    raise SchemaError('', f'bad {title}: {{err}}') from None"]
+    source = "\n".join([f"def decode_{title}(data):", *_indented(body), ""])
+    exec(compile(source, f"<schema decoder of {cls.__module__}.{cls.__qualname__}>", "exec"), env)  # noqa: S102
+    return env[f"decode_{title}"]
