@@ -9,14 +9,15 @@ of it (two cores reading alternate parts of the same rows get half the bandwidth
   output column is a dot product of contiguous vectors, a vectorized reduction; threads
   share blocks of `BLOCK` columns, i.e. runs of whole rows of the stored matrix.
 * B with unit column stride ([K, N], GPT-2's Conv1D weights): the columns are cut into
-  `chunks` of at most `CHUNK` and the depth into `slices` of consecutive rows. A unit of
+  `chunks` of at most `CHUNK` and, when a chunk of B has `SPLIT_ELEMENTS` or more and the
+  chunks are few, the depth into `SLICES` slices of consecutive rows ("split K"). A unit of
   work is one (slice, chunk): it adds `DEPTH` rows of B at a time into one accumulator row
   per output row (`acc[j] += a[i, p] * B[p, j] + ...`, a contiguous loop the vectorizer
   turns into FMAs). Units are numbered slice-major, so a thread's share is a band of whole
-  rows. With one slice a unit stores its sums; with several ("split K"), units leave
-  partial sums in a buffer of the run, and the unit finishing last adds them up in slice
-  order, applies the epilogue and stores. Slices depend on the shape alone, so the sums
-  are the same bits on any number of threads.
+  rows. With one slice a unit stores its sums; with several, units leave partial sums in a
+  buffer of the run, and the unit finishing last adds them up in slice order, applies the
+  epilogue and stores. Slices depend on the shape alone, so the sums are the same bits on
+  any number of threads.
 
 A split run finds its buffer in the stage's table of `RUNS` runs, keyed by the output
 pointer (a spin lock guards it; a run holds its entry from its first unit to its last,
@@ -49,10 +50,13 @@ CHUNK = 4096
 #: depth steps per pass over the accumulators (rows of B read side by side; 8 measured a little
 #: faster than 2 and 4, and software prefetching slower)
 DEPTH = 8
-#: bytes of B a depth slice aims at (the unit threads share)
-SLICE_BYTES = 1 << 18
-#: the most depth slices of a split (bounds the partial sums the last unit adds up)
-MAX_SLICES = 32
+#: depth slices of a split (they divide evenly among 2, 3, 4 or 6 threads, and keep the
+#: partial sums the last unit adds up small)
+SLICES = 12
+#: the fewest elements of B (per column unit) worth splitting: below, one thread streams them
+#: about as fast as two once handing work to a second thread is paid for (a thread converts
+#: and sums 16-bit elements at about the rate it does f32 ones, so the count is of elements)
+SPLIT_ELEMENTS = 1 << 19
 #: with at least this many column units per stage the depth is not split
 SPLIT_BELOW = 8
 #: concurrent runs of one split stage its table tracks (a unit waits for a free entry)
@@ -107,9 +111,7 @@ def split(stage) -> Split:
     chunks = math.ceil(stage.n / width)
     if entries * chunks >= SPLIT_BELOW:
         return Split(True, entries, chunks, width)
-    nbytes = stage.k * width * stage.b.access.dtype.itemsize
-    slices = max(1, min(MAX_SLICES, stage.k // DEPTH, round(nbytes / SLICE_BYTES)))
-    return Split(True, entries, chunks, width, slices)
+    return Split(True, entries, chunks, width, SLICES if stage.k * width >= SPLIT_ELEMENTS else 1)
 
 
 def gemv_extent(stage) -> int:

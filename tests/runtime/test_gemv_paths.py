@@ -139,12 +139,13 @@ def test_layouts_rows_and_awkward_sizes(m, k, n, transposed):
     check(prog, seed=m * 7 + k + n)
 
 
-def test_the_depth_is_split_only_where_columns_are_few():
-    assert takes_gemv(program(1, 768, 768, False)).slices > 1
-    assert takes_gemv(program(1, 3072, 768, False, bf16)).slices > 1
-    assert takes_gemv(program(1, 768, 768, True)).slices == 1  # dot products: rows of B are contiguous
-    assert takes_gemv(program(1, 64, 600, False)).slices == 1  # too little to cut
-    assert takes_gemv(program(1, 512, 600, False, batch=(gemv.SPLIT_BELOW,))).slices == 1
+def test_the_depth_is_split_only_where_columns_are_few_and_b_is_large():
+    assert takes_gemv(program(1, 3072, 768, False)).slices == 12
+    assert takes_gemv(program(1, 3072, 768, False, bf16)).slices == 12
+    assert takes_gemv(program(1, 768, 768, False, f16)).slices == 12
+    assert takes_gemv(program(1, 512, 768, False)).slices == 1  # below SPLIT_ELEMENTS: one thread streams it
+    assert takes_gemv(program(1, 3072, 768, True)).slices == 1  # dot products: rows of B are contiguous
+    assert takes_gemv(program(1, 2048, 600, False, batch=(gemv.SPLIT_BELOW,))).slices == 1
 
 
 def test_a_batch_sharing_b_becomes_rows_reading_b_once():
@@ -207,7 +208,7 @@ def test_a_run_waits_while_the_table_is_full(monkeypatch):
     """With one table entry, a second run waits for the first to finish (its last unit) and then proceeds."""
     monkeypatch.setattr(gemv, "RUNS", 1)
     jit = Jit(use_cache=False)
-    prog = program(1, 1000, 600, False)
+    prog = program(1, 1500, 600, False)
     (native,) = jit.load([prog])
     (stage,) = native.stages
     units = stage.plan.extent
@@ -271,8 +272,8 @@ def test_a_failed_allocation_is_an_execution_error(m, k, n):
 
 
 def test_work_units_follow_the_shape_not_the_threads():
-    prog = program(1, 3072, 768, False)
-    split = takes_gemv(prog)
-    assert split.units == split.slices and extent(prog) == split.units
-    assert split.slices == min(gemv.MAX_SLICES, round(3072 * 768 * 4 / gemv.SLICE_BYTES))
-    assert math.ceil(50257 / gemv.BLOCK) == takes_gemv(program(1, 768, 50257, True)).units
+    split = takes_gemv(program(1, 3000, 1000, False))
+    assert (split.chunks, split.width, split.slices) == (1, 1000, 12) and split.units == 12
+    split = takes_gemv(program(2, 800, 3 * gemv.CHUNK + 1, False, f16))
+    assert (split.chunks, split.width, split.slices, split.units) == (4, 3073, 12, 48)
+    assert takes_gemv(program(1, 768, 50257, True)).units == math.ceil(50257 / gemv.BLOCK)
