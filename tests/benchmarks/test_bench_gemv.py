@@ -39,7 +39,8 @@ def gemv_program(k: int, n: int, transposed: bool, dtype: DType) -> kp.KernelPro
     buffers = (kp.Buffer("x", "input", (1, k), "f32"),
                kp.Buffer("w", "input", (n, k) if transposed else (k, n), str(dtype)),
                kp.Buffer("y", "output", (1, n), "f32"))
-    stage = kp.GemmStage("y", (), 1, n, k, kp.Access("x", 0, (k, 1)), kp.Access("w", 0, (1, k) if transposed else (n, 1)))
+    w = kp.Access("w", 0, (1, k) if transposed else (n, 1))
+    stage = kp.GemmStage("y", (), 1, n, k, kp.Access("x", 0, (k, 1)), w)
     return kp.KernelProgram("gemv", "matmul", None, "", buffers, (stage,))
 
 

@@ -32,7 +32,8 @@ def program(m: int, k: int, n: int, transposed: bool, dtype: DType = f32, batch:
     unless `shared_b`; the epilogue is relu(acc + bias[n]) + residual[batch, m, n]."""
     b_shape = (n, k) if transposed else (k, n)
     b_batch = () if shared_b else batch
-    buffers = [kp.Buffer("a", "input", (*batch, m, k), "f32"), kp.Buffer("b", "input", (*b_batch, *b_shape), str(dtype)),
+    buffers = [kp.Buffer("a", "input", (*batch, m, k), "f32"),
+               kp.Buffer("b", "input", (*b_batch, *b_shape), str(dtype)),
                kp.Buffer("out", "output", (*batch, m, n), str(out_dtype))]
     a_strides = kp.row_major((*batch, m, k))
     b_strides = kp.row_major((*b_batch, *b_shape))
@@ -46,7 +47,8 @@ def program(m: int, k: int, n: int, transposed: bool, dtype: DType = f32, batch:
                  kp.Node("add", "f32", (4, 5))]
         if out_dtype != f32:
             nodes.append(kp.Node("cast", str(out_dtype), (6,)))
-        reads = (kp.Access("bias", 0, (0,) * (len(batch) + 1) + (1,)), kp.Access("res", 0, kp.row_major((*batch, m, n))))
+        reads = (kp.Access("bias", 0, (0,) * (len(batch) + 1) + (1,)),
+                 kp.Access("res", 0, kp.row_major((*batch, m, n))))
         body = kp.Body(reads, (), nodes)
     stage = kp.GemmStage("out", batch, m, n, k, kp.Access("a", 0, a_strides), kp.Access("b", 0, b_access), body)
     prog = kp.KernelProgram("gemv", "matmul", None, "", tuple(buffers), (stage,))
@@ -69,9 +71,12 @@ def reference(prog: kp.KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np
         b = np.swapaxes(b, -1, -2)
     b = b.reshape(*b.shape[:-2], stage.k, stage.n)
     exact, magnitude = a @ b, np.abs(a) @ np.abs(b)
-    if stage.epilogue is not None:
-        exact = np.maximum(exact + inputs["bias"].astype(np.float64), 0) + inputs["res"]
-    return exact, 2 * stage.k * 2.0 ** -24 * magnitude + 1e-30
+    bound = 2 * stage.k * 2.0 ** -24 * magnitude + 1e-30
+    if stage.epilogue is not None:  # relu(sum + bias) + res: two more f32 roundings
+        biased = exact + inputs["bias"]
+        exact = np.maximum(biased, 0) + inputs["res"]
+        bound = bound + 2.0 ** -23 * (np.abs(biased) + np.abs(exact))
+    return exact, bound
 
 
 def gemm_of(prog: kp.KernelProgram) -> Gemm:
