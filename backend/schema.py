@@ -32,8 +32,6 @@ import pydantic
 INT_LIMIT = 2**62
 _SCALARS = (int, float, str, bool, bytes, type(None))
 _SEQUENCES = (list, tuple)
-#: a field absent from the data
-_MISSING = object()
 #: what a scalar annotation is called in errors
 _NAMES = {str: "a string", bool: "a bool", bytes: "bytes", type(None): "nil"}
 
@@ -220,13 +218,14 @@ def _sequence(data: Any) -> None:
         raise _expected("a list", data)
 
 
-def _locate(item: Callable[[Any], Any], data: Any) -> None:
-    """Re-decode the items of a failed sequence one by one: the first error names its index."""
+def _locate(item: Callable[[Any], Any], data: Any, err: SchemaError) -> typing.NoReturn:
+    """After `err` from a whole sequence: the first failing item's error, with its index in the path."""
     for i, x in enumerate(data):
         try:
             item(x)
-        except SchemaError as err:
-            raise err.within(f"[{i}]") from None
+        except SchemaError as inner:
+            raise inner.within(f"[{i}]") from None
+    raise err
 
 
 def _variadic(item_type: Any) -> Callable[[Any], Any]:
@@ -234,19 +233,17 @@ def _variadic(item_type: Any) -> Callable[[Any], Any]:
     if item_type is int:
         def ints(data):
             _sequence(data)
-            if _ints_ok(data):
-                return tuple(data)
-            _locate(item, data)
-            raise AssertionError("unreachable: some item is not an int in range")
+            if not _ints_ok(data):
+                _locate(item, data, _expected("a list of ints", data))
+            return tuple(data)
         return ints
 
     def items(data):
         _sequence(data)
         try:
             return tuple([item(x) for x in data])
-        except SchemaError:
-            _locate(item, data)
-            raise
+        except SchemaError as err:
+            _locate(item, data, err)
     return items
 
 
@@ -260,9 +257,8 @@ def _fixed(types_: tuple) -> Callable[[Any], Any]:
         pairs = list(zip(items, data))
         try:
             return tuple([item(x) for item, x in pairs])
-        except SchemaError:
-            _locate(lambda pair: pair[0](pair[1]), pairs)
-            raise
+        except SchemaError as err:
+            _locate(lambda pair: pair[0](pair[1]), pairs, err)
     return check
 
 
@@ -288,7 +284,7 @@ def _mapping(value_type: Any) -> Callable[[Any], Any]:
 
 
 def _lists(data: Any) -> Any:
-    """Tuples as lists, all the way down (pydantic's strict mode takes a list only)."""
+    """Tuples as lists, all the way down: for pydantic's strict mode (a list only) and for messages."""
     if isinstance(data, dict):
         return {k: _lists(v) for k, v in data.items()}
     if isinstance(data, _SEQUENCES):
@@ -321,16 +317,18 @@ def _inline(annotation: Any, name: str, env: dict[str, Any]) -> list[str]:
     if annotation in _NAMES:
         env[f"{name}_type"] = annotation
         return [f"if type(v) is not {name}_type:", f"    raise _expected({_NAMES[annotation]!r}, v)"]
-    if annotation == tuple[int, ...]:
-        return ["if type(v) is not tuple or not _ints_ok(v):", "    v = _int_tuple(v)"]
+    if annotation == tuple[int, ...]:  # _ints_ok inlined; an empty tuple needs no check
+        return ["if type(v) is not tuple or v and not (_INT.issuperset(map(type, v))",
+                "                                   and -INT_LIMIT <= min(v) and max(v) <= INT_LIMIT):",
+                "    v = _int_tuple(v)"]
     env[name] = decoder(annotation)
     return [f"v = {name}(v)"]
 
 
 #: the names every generated decoder uses
 _RECORD_ENV: dict[str, Any] = {
-    "SchemaError": SchemaError, "INT_LIMIT": INT_LIMIT, "MISSING": _MISSING, "_int_error": _int_error,
-    "_to_float": _to_float, "_expected": _expected, "_ints_ok": _ints_ok, "_unknown": _unknown,
+    "SchemaError": SchemaError, "INT_LIMIT": INT_LIMIT, "_int_error": _int_error,
+    "_to_float": _to_float, "_expected": _expected, "_INT": _INT, "_unknown": _unknown,
     "_int_tuple": decoder(tuple[int, ...])}
 
 
@@ -341,14 +339,13 @@ def _indented(lines: list[str]) -> list[str]:
 def _field(f: attrs.Attribute, i: int, check: list[str], title: str, env: dict[str, Any]) -> list[str]:
     """Lines setting `a{i}` (or `kw[...]`, for a default its class makes) from field `f` of `data`."""
     check = ["try:", *_indented(check), "except SchemaError as err:", f"    raise err.within('.{f.name}') from None"]
-    fetch = f"v = get({f.name!r}, MISSING)"
+    fetch = ["try:", f"    v = data[{f.name!r}]", "except KeyError:"]
     if f.default is attrs.NOTHING:
-        return [fetch, "if v is MISSING:", f"    raise SchemaError({f.name!r}, 'missing field of {title}')",
-                *check, f"a{i} = v"]
+        return [*fetch, f"    raise SchemaError({f.name!r}, 'missing field of {title}') from None", *check, f"a{i} = v"]
     if isinstance(f.default, attrs.Factory):
-        return [fetch, "if v is not MISSING:", *_indented(check), f"    kw[{f.alias!r}] = v"]
+        return [*fetch, "    pass", "else:", *_indented(check), f"    kw[{f.alias!r}] = v"]
     env[f"default{i}"] = f.default
-    return [fetch, "if v is MISSING:", f"    a{i} = default{i}", "else:", *_indented(check), f"    a{i} = v"]
+    return [*fetch, f"    a{i} = default{i}", "else:", *_indented(check), f"    a{i} = v"]
 
 
 @functools.cache
@@ -362,7 +359,7 @@ def _record(cls: type) -> Callable[[Any], Any]:
     env = dict(_RECORD_ENV, cls=cls, allowed=allowed)
     body = ["if type(data) is not dict:", f"    raise _expected('a {title} map', data)",
             "if not data.keys() <= allowed:", f"    raise _unknown(data, allowed, {title!r})",
-            "get = data.get", *(["kw = {}"] if any(made) else [])]
+            *(["kw = {}"] if any(made) else [])]
     for i, f in enumerate(fields):
         body += _field(f, i, _inline(hints[f.name], f"d{i}", env), title, env)
     args = [f"{f.alias}=a{i}" for i, f in enumerate(fields) if not made[i]] + (["**kw"] if any(made) else [])
