@@ -115,7 +115,8 @@ def fold_batch(stage: Gemm) -> Gemm:
                   *(stage.epilogue.strides if stage.epilogue is not None else [])]
         if not all(stage.m == 1 or g[rank - 1] == stage.m * g[rank] for g in groups):
             break
-        fold = lambda g: (*g[:rank - 1], g[rank - 1] if stage.m == 1 else g[rank], *g[rank + 1:])  # noqa: E731
+        def fold(g: tuple[int, ...], rank: int = rank, m: int = stage.m) -> tuple[int, ...]:
+            return (*g[:rank - 1], g[rank - 1] if m == 1 else g[rank], *g[rank + 1:])
         epilogue = stage.epilogue.map_strides(fold) if stage.epilogue is not None else None
         stage = attrs.evolve(stage, batch=stage.batch[:-1], m=stage.batch[-1] * stage.m,
                              a=Strided(stage.a.access.with_strides(fold(stage.a.access.strides))),
