@@ -45,6 +45,7 @@ class CastWeights(Pass):
             raise PassError(f"cast-weights: option 'dtype' expects one of {', '.join(STORAGE)}, got '{self.dtype}'")
         narrow = DType(self.dtype)
         first_use = _first_uses(graph)
+        widened: dict[Value, Value] = {}
         casts: dict[int, list[Op]] = {}
         for index, param in enumerate(graph.params):
             if not self._casts(param, graph) or param.value not in first_use:
@@ -52,11 +53,12 @@ class CastWeights(Pass):
             stored = Value(param.type.with_dtype(narrow), name=param.name)
             user = graph.ops[first_use[param.value]]
             widen = make_op("cast", [stored], {"dtype": DType.f32}, user.locs, user.phase)
-            _replace_uses(graph, param.value, widen.results[0])
+            widened[param.value] = widen.results[0]
             graph.params[index] = Param(stored, param.init, param.role)
             casts.setdefault(first_use[param.value], []).append(widen)
             ctx.count("params-cast")
             ctx.count("bytes-saved", param.type.nbytes - stored.type.nbytes)
+        _replace_uses(graph, widened)
         graph.ops = [new for i, op in enumerate(graph.ops) for new in (*casts.get(i, ()), op)]
         return graph
 
@@ -74,9 +76,9 @@ def _first_uses(graph: Graph) -> dict[Value, int]:
     return first
 
 
-def _replace_uses(graph: Graph, old: Value, new: Value) -> None:
-    """Top-level operands and graph outputs reading `old` read `new` instead (regions are isolated:
-    a fused op's region sees its operands through its own arguments)."""
+def _replace_uses(graph: Graph, replacements: dict[Value, Value]) -> None:
+    """Top-level operands and graph outputs read the replacements (regions are isolated: a fused
+    op's region sees its operands through its own arguments)."""
     for op in graph.ops:
-        op.operands = [new if v is old else v for v in op.operands]
-    graph.outputs = {name: new if v is old else v for name, v in graph.outputs.items()}
+        op.operands = [replacements.get(v, v) for v in op.operands]
+    graph.outputs = {name: replacements.get(v, v) for name, v in graph.outputs.items()}
