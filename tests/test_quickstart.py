@@ -19,16 +19,6 @@ from tools.quickstart import (CORPUS, MARKER, Layout, QuickstartError, Report, S
 FAST_STEPS = 60
 
 
-@pytest.fixture(scope="module", autouse=True)
-def jit_cache_dir(request, tmp_path_factory):
-    """Compiled kernels in pytest's cache folder (reused across runs), not in the home folder."""
-    cache = getattr(request.config, "cache", None)
-    root = cache.mkdir("rduflow-jit") if cache is not None else tmp_path_factory.mktemp("jit")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RDUFLOW_CACHE_DIR", str(root))
-        yield root
-
-
 def _rduflow(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -36,16 +36,6 @@ PASS_SECTION = "## Writing a pass"
 LINKED = ("tests/fixtures", "tools/data")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def jit_cache_dir(request, tmp_path_factory):
-    """Compiled kernels in pytest's cache folder (reused across runs), not in the home folder."""
-    cache = getattr(request.config, "cache", None)
-    root = cache.mkdir("rduflow-jit") if cache is not None else tmp_path_factory.mktemp("jit")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RDUFLOW_CACHE_DIR", str(root))
-        yield root
-
-
 def _pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
