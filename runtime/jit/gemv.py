@@ -97,7 +97,8 @@ class Split:
 
     def depth(self, k: int, b: ir.IRBuilder, s: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Rows [p0, p1) of depth slice `s`."""
-        bound = lambda t: b.udiv(b.mul(t, i64(k)), i64(self.slices))  # noqa: E731
+        def bound(t: ir.Value) -> ir.Value:
+            return b.udiv(b.mul(t, i64(k)), i64(self.slices))
         return bound(s), bound(b.add(s, i64(1)))
 
 
@@ -192,10 +193,13 @@ def _reduce(stage, plan: Split, b: ir.IRBuilder, ptrs, parts) -> None:
         entry, chunk = cg.unravel(b, group, (plan.entries, plan.chunks))
         batch = cg.unravel(b, entry, stage.batch)
         j0, width = _chunk(stage, plan, b, chunk)
-        unit = lambda s: b.add(b.mul(b.add(b.mul(entry, i64(plan.slices)), s), i64(plan.chunks)), chunk)  # noqa: E731
-        first = b.gep(parts, [b.mul(unit(i64(0)), i64(part_floats))])
+        def part(s: ir.Value) -> ir.Value:
+            """The partial sums of unit (entry, slice s, chunk)."""
+            unit = b.add(b.mul(b.add(b.mul(entry, i64(plan.slices)), s), i64(plan.chunks)), chunk)
+            return b.gep(parts, [b.mul(unit, i64(part_floats))])
+        first = part(i64(0))
         with cg.loop(b, 1, plan.slices, name="slice") as s:
-            other = b.gep(parts, [b.mul(unit(s), i64(part_floats))])
+            other = part(s)
             for i in range(stage.m):
                 with cg.loop(b, 0, width, name=f"r{i}") as j:
                     index = b.add(i64(i * plan.width), j)
