@@ -25,13 +25,15 @@ def target_machine() -> llvm.TargetMachine:
     return new_target_machine()
 
 
-def new_target_machine(opt: int = 3) -> llvm.TargetMachine:
-    """A fresh host target machine (an execution engine takes ownership of its own)."""
+def new_target_machine(opt: int = 3, cpu: str | None = None) -> llvm.TargetMachine:
+    """A fresh target machine for the host CPU and its features (an execution engine takes
+    ownership of its own), or for the named `cpu` with that CPU's default features (for
+    inspecting the code another host would get; never to run)."""
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                        features=llvm.get_host_cpu_features().flatten(),
+    features = llvm.get_host_cpu_features().flatten() if cpu is None else ""
+    return target.create_target_machine(cpu=cpu or llvm.get_host_cpu_name(), features=features,
                                         opt=opt, codemodel="jitdefault")
 
 
@@ -84,9 +86,10 @@ def compile_ir(text: str, level: int = 3) -> bytes:
     return tm.emit_object(_optimized(text, tm, level, verify=True))
 
 
-def assembly(text: str, level: int = 3) -> str:
-    """The optimized host assembly of LLVM IR text (for inspection and tests)."""
-    tm = _thread_target_machine(level)
+def assembly(text: str, level: int = 3, cpu: str | None = None) -> str:
+    """The optimized assembly of LLVM IR text for the host, or for the named `cpu` (for
+    inspection and tests)."""
+    tm = _thread_target_machine(level) if cpu is None else new_target_machine(3 if level >= 3 else 0, cpu)
     return tm.emit_assembly(_optimized(text, tm, level))
 
 
