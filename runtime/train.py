@@ -38,6 +38,7 @@ from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
     is_token_data, open_rows
 from runtime.cost_model import estimate
+from runtime.hdf5_data import tokenizer_folder
 from runtime.program import param_types
 from runtime.schedules import Schedule, ScheduleName
 
@@ -379,7 +380,9 @@ class Trainer:
         roles = {p.name: p.role for p in self.program.pef.symbols.params}
         weights = {k: v for k, v in params.items() if roles[k] != "state"}
         optimizer = {k: v for k, v in params.items() if roles[k] == "state"}
-        companions = [p for p in (self.config.checkpoint, Path(self.config.data)) if p is not None and p.is_dir()]
+        data = Path(self.config.data)
+        companions = [p for p in (self.config.checkpoint, data, tokenizer_folder(data))
+                      if p is not None and p.is_dir()]
         folder = ckpt.save_checkpoint(save_dir / ckpt.checkpoint_name(step), weights, self._model_config(),
                                       optimizer, self._trainer_state(step, result), companions)
         result.checkpoints.append(folder)
