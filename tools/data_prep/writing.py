@@ -61,7 +61,8 @@ class HDF5Writer:
 
     def _open(self) -> h5py.File:
         if self._file is None:
-            self._file = h5py.File(self.path, "w")
+            # no chunk cache: a write that fails (full disk) leaves no dirty chunk to flush at exit
+            self._file = h5py.File(self.path, "w", rdcc_nbytes=0)
             for name in self.names:
                 self._file.create_dataset(name, shape=(0, self.length), maxshape=(None, self.length), dtype="<i4",
                                           chunks=(self.chunk_rows, self.length), compression="gzip",
@@ -99,7 +100,7 @@ def balance(paths: list[Path]) -> list[int]:
     moved: list[dict[str, np.ndarray]] = []
     for path, count, target in zip(paths, counts, targets):
         if count > target:
-            with h5py.File(path, "r+") as f:
+            with h5py.File(path, "r+", rdcc_nbytes=0) as f:
                 moved.append({name: f[name][target:] for name in f})
                 for name in f:
                     f[name].resize(target, axis=0)
@@ -107,7 +108,7 @@ def balance(paths: list[Path]) -> list[int]:
     taken = 0
     for path, count, target in zip(paths, counts, targets):
         if count < target:
-            with h5py.File(path, "r+") as f:
+            with h5py.File(path, "r+", rdcc_nbytes=0) as f:
                 for name in f:
                     f[name].resize(target, axis=0)
                     f[name][count:] = pool[name][taken:taken + target - count]
