@@ -20,6 +20,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runtime.chat_template import ChatTemplate
 from runtime.tokenizer import load_tokenizer
 from tools.cli import main as cli_main
 from tools.data_prep import PACKINGS, PrepConfig, pipeline, prepare
@@ -209,7 +210,6 @@ def test_chat_template_renders_each_prompt(tmp_path, monkeypatch):
 
 
 def test_chat_template_from_the_tokenizer_folder(tmp_path):
-    chat = pytest.importorskip("runtime.chat_template")
     folder = tmp_path / "tok"
     load_tokenizer(GPT2).save(folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())
@@ -220,7 +220,7 @@ def test_chat_template_from_the_tokenizer_folder(tmp_path):
     out, _ = run(tmp_path, source, tokenizer=str(folder), packing="single::drop", max_seq_length=16,
                  apply_chat_template=True)
     tok = load_tokenizer(folder)
-    prompt = tok.encode(chat.ChatTemplate.from_folder(folder).render([{"role": "user", "content": "Hello"}]))
+    prompt = tok.encode(ChatTemplate.from_folder(folder).render([{"role": "user", "content": "Hello"}]))
     assert prompt == tok.encode("<user>Hello<assistant>")
     ids, types = rows(out)
     n = len(prompt) + 2

@@ -26,22 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
+from runtime.chat_template import ChatTemplate
 from runtime.hdf5_data import COMPLETION, PROMPT, SEPARATOR
 from runtime.tokenizer import Tokenizer
 from tools.data_prep.reading import Malformed, Pair
 
 NO_CATEGORY = -1
-
-
-class ChatTemplate(Protocol):
-    """What the articles need of a chat template: rendering messages to text."""
-
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The text of `messages`."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
 from ir.errors import ConfigError, DataError, first_line
+from runtime.chat_template import ChatTemplate
 from runtime.hdf5_data import COMPLETION, DATASETS, METADATA_FILE, PADDING, TOKEN_TYPES, TOKENIZER_FOLDER
 from runtime.tokenizer import Tokenizer, load_tokenizer
 from tools.data_prep.articles import NO_CATEGORY, ArticleTokenizer
@@ -363,14 +364,12 @@ def load_categories(path: Path | None) -> dict[str, int] | None:
     return {name: i for i, name in enumerate(names)}
 
 
-def load_chat_template(config: PrepConfig) -> Any:
+def load_chat_template(config: PrepConfig) -> ChatTemplate | None:
     """The tokenizer's chat template, when --apply-chat-template asks for one."""
     if not config.apply_chat_template:
         return None
     if config.tokenizer is None:
         raise ConfigError("--apply-chat-template needs a --tokenizer whose folder has a chat template")
-    from runtime.chat_template import ChatTemplate
-
     source = Path(config.tokenizer)
     template = ChatTemplate.from_folder(source if source.is_dir() else source.parent)
     if template is None:
