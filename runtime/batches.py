@@ -204,7 +204,7 @@ def open_rows(path: str | Path, split: str, specs: Sequence[InputSpec],
             problem = (f"sequences of {data.max_seq_length} tokens, but the program was compiled for seq_len "
                        f"{width[0]} (recompile with seq_len={data.max_seq_length}, or prepare the data with "
                        f"--max-seq-length {width[0]})")
-        vocab, bound = _tokenizer_size(data.metadata), bounds.get("input_ids")
+        vocab, bound = hdf5_data.recorded_tokenizer(data.metadata).get("vocab_size"), bounds.get("input_ids")
         if problem is None and vocab is not None and bound is not None and vocab > bound:
             problem = (f"the data's tokenizer has {vocab} ids, the model's vocabulary only {bound} (recompile "
                        f"with vocab_size={vocab}, or prepare the data with the model's tokenizer)")
@@ -221,14 +221,6 @@ def open_rows(path: str | Path, split: str, specs: Sequence[InputSpec],
     else:
         raise DataError(f"{path}: expected a data folder or an .hdf5 file")
     return TensorRows(files, specs, bounds)
-
-
-def _tokenizer_size(metadata: Mapping | None) -> int | None:
-    """The ids of the tokenizer rduflow's data-prep recorded (with added tokens); None for other data,
-    whose `vocab_size` (SambaNova generative_data_prep's leaves added tokens out) bounds nothing."""
-    tokenizer = ((metadata or {}).get("rduflow") or {}).get("tokenizer") or {}
-    size = tokenizer.get("vocab_size") if isinstance(tokenizer, dict) else None
-    return size if isinstance(size, int) else None
 
 
 @attrs.frozen

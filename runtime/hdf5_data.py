@@ -189,6 +189,16 @@ def read_metadata(folder: Path) -> dict[str, Any] | None:
     return metadata
 
 
+def recorded_tokenizer(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The tokenizer facts rduflow's data-prep recorded (`vocab_size` with added tokens, `eos_id`, ...);
+    {} for other data (SambaNova generative_data_prep records none)."""
+    metadata = metadata or {}
+    own = metadata.get("rduflow")
+    tokenizer = (own if isinstance(own, dict) else metadata).get("tokenizer")
+    return {k: v for k, v in tokenizer.items() if isinstance(v, int) and not isinstance(v, bool)} \
+        if isinstance(tokenizer, dict) else {}
+
+
 def tokenizer_folder(path: str | Path) -> Path | None:
     """The `tokenizer/` folder of a data folder, or of the folder holding an .hdf5 file (None if none)."""
     path = Path(path)

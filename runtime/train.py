@@ -38,7 +38,7 @@ from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
     is_token_data, open_rows
 from runtime.cost_model import estimate
-from runtime.hdf5_data import tokenizer_folder
+from runtime.hdf5_data import recorded_tokenizer, tokenizer_folder
 from runtime.program import param_types
 from runtime.schedules import Schedule, ScheduleName
 
@@ -396,7 +396,7 @@ class Trainer:
         base = None
         if self.config.checkpoint is not None and (self.config.checkpoint / ckpt.CONFIG).is_file():
             base = _read_json(self.config.checkpoint / ckpt.CONFIG)
-        return ckpt.model_config(model, fields, base, (self.train.metadata or {}).get("eos_id"))
+        return ckpt.model_config(model, fields, base, recorded_tokenizer(self.train.metadata).get("eos_id"))
 
     def _data_state(self) -> dict[str, Any]:
         return {"path": str(self.config.data), "rows": len(self.train), "batch_size": self.batch_size,

@@ -49,6 +49,8 @@ from tools.data_prep.writing import CATEGORY_DATASET, HDF5Writer, balance, check
     staged_folder
 
 BATCH_BYTES = 4 << 20
+#: a batch also stops when its units could fill this many bytes of rows (each may get a row of its own)
+BATCH_ROW_BYTES = 256 << 20
 MAX_REPORTED_LINES = 10
 MAX_RECORDED_LINES = 100
 FORMAT_NAME = "rduflow-data-prep"
@@ -174,7 +176,8 @@ class Preparation:
     def _consume(self, lines: Iterator[Line]) -> None:
         total = self.counts.total
         batches: dict[int, list] = {index: [] for index in self.sinks}
-        size = 0
+        size, units = 0, 0
+        row_bytes = 4 * self.articles.num_fields * self.config.max_seq_length
         for k, line in enumerate(lines):
             index = k % total
             self._keep_text(index, line)
@@ -188,10 +191,10 @@ class Preparation:
                 self._report(line, str(err))
                 continue
             batches[index].append(pairs)
-            size += len(line.raw)
-            if size >= BATCH_BYTES:
+            size, units = size + len(line.raw), units + len(pairs)
+            if size >= BATCH_BYTES or units * row_bytes >= BATCH_ROW_BYTES:
                 self._flush(batches)
-                size = 0
+                size, units = 0, 0
         self._flush(batches)
 
     def _flush(self, batches: dict[int, list]) -> None:
