@@ -120,13 +120,14 @@ def test_space_separator_on_off_already_spaced_and_empty_prompt(tmp_path):
                          [[0, 0, 1, 1, 1, 3, 2, 2], [0, 0, 1, 1, 1, 3, 2, 2], [1, 1, 1, 3, 2, 2, 2, 2]])
     out, _ = run(tmp_path, source, packing="single::drop", max_seq_length=8, disable_space_separator=True,
                  output=tmp_path / "off")
-    assert rows(out) == ([[97, 98, 32, 32, 99, 100, E, P], [97, 98, 32, 32, 32, 99, 100, E], [99, 100, E, P, P, P, P, P]],
+    assert rows(out) == ([[97, 98, 32, 32, 99, 100, E, P], [97, 98, 32, 32, 32, 99, 100, E],
+                          [99, 100, E, P, P, P, P, P]],
                          [[0, 0, 0, 0, 1, 1, 3, 2], [0, 0, 1, 1, 1, 1, 1, 3], [1, 1, 3, 2, 2, 2, 2, 2]])
 
 
 def test_prompt_only_pairs_and_sequences_dropped_or_kept(tmp_path):
-    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "pq", "completion": ""},
-                                                 [{"prompt": "ab", "completion": "c"}, {"prompt": "xy", "completion": ""}]])
+    source = write_jsonl(tmp_path / "in.jsonl", [
+        {"prompt": "pq", "completion": ""}, [{"prompt": "ab", "completion": "c"}, {"prompt": "xy", "completion": ""}]])
     out, _ = run(tmp_path, source, packing="single::drop", max_seq_length=10)
     assert rows(out) == ([[97, 98, 32, 99, E] + [P] * 5], [[0, 0, 1, 1, 3] + [2] * 5])
     out, _ = run(tmp_path, source, packing="single::drop", max_seq_length=10, keep_prompt_only_sequences=True,
@@ -183,11 +184,13 @@ def test_categories(tmp_path, capsys):
     write_jsonl(source, [{"completion": "x", "category": "poetry"}])
     assert cli("--input", str(source), "--output", str(tmp_path / "bad"), "--num-training-splits", "1",
                "--categories-path", str(tmp_path / "categories.json"), "--strict") == 1
-    assert "in.jsonl:1:1: error: malformed line: category 'poetry' is not in --categories-path" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "in.jsonl:1:1: error: malformed line: category 'poetry' is not in --categories-path" in err
 
 
 def test_prompt_prefix_and_postfix(tmp_path):
-    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "hi", "completion": "yo"}, {"prompt": "", "completion": "z"}])
+    source = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "hi", "completion": "yo"},
+                                                 {"prompt": "", "completion": "z"}])
     out, _ = run(tmp_path, source, packing="single::drop", max_seq_length=12, prompt_prefix="<u>",
                  prompt_postfix="<b>")
     assert rows(out) == ([[60, 117, 62, 104, 105, 60, 98, 62, 32, 121, 111, E], [32, 122, E] + [P] * 9],
@@ -434,7 +437,8 @@ def test_deeply_nested_jsonl_line_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "in.jsonl").write_text("[" * 100000 + "]" * 100000 + "\n")
     assert cli("--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"), "--strict",
                "--num-training-splits", "1") == 1
-    assert capsys.readouterr().err.strip() == f"{tmp_path / 'in.jsonl'}:1:1: error: malformed line: JSON nested too deeply"
+    err = capsys.readouterr().err.strip()
+    assert err == f"{tmp_path / 'in.jsonl'}:1:1: error: malformed line: JSON nested too deeply"
 
 
 def test_lone_surrogate_is_malformed(tmp_path):

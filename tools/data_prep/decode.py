@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ir.errors import DataError
 from runtime.hdf5_data import PADDING, HDF5Data, tokenizer_folder
 from runtime.tokenizer import Tokenizer, load_tokenizer
 
@@ -15,6 +16,8 @@ def decode_file(path: Path, tokenizer: str | None = None) -> Iterator[str]:
 
     The tokenizer is `tokenizer`, else the `tokenizer/` folder beside the file, else byte-level.
     """
+    if not path.is_file():
+        raise DataError(f"not found: {path}")
     folder = tokenizer_folder(path)
     tok = load_tokenizer(tokenizer if tokenizer is not None else folder)
     with HDF5Data([path]) as data:

@@ -41,7 +41,7 @@ from runtime.chat_template import ChatTemplate
 from runtime.hdf5_data import COMPLETION, DATASETS, METADATA_FILE, PADDING, TOKEN_TYPES, TOKENIZER_FOLDER
 from runtime.tokenizer import Tokenizer, load_tokenizer
 from tools.data_prep.articles import NO_CATEGORY, ArticleTokenizer
-from tools.data_prep.config import PrepConfig, SplitCounts
+from tools.data_prep.config import PrepConfig
 from tools.data_prep.packing import Packer
 from tools.data_prep.reading import Inputs, Line, LineParser, Malformed, deal_into_buckets, find_inputs, \
     read_buckets
