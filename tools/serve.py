@@ -153,6 +153,8 @@ class Metrics:
                                 ["endpoint", "status"], **reg)
         self.prompt_tokens = Counter("rduflow_prompt_tokens", "prompt tokens of accepted requests", **reg)
         self.generation_tokens = Counter("rduflow_generation_tokens", "tokens generated", **reg)
+        self.cancelled = Counter("rduflow_cancelled_requests", "requests ended early because the client left",
+                                 **reg)
         Gauge("rduflow_queue_depth", "requests waiting for a slot", **reg).set_function(lambda: engine.queued)
         Gauge("rduflow_running_requests", "requests in a batch slot", **reg).set_function(lambda: engine.running)
         self.ttft = Histogram("rduflow_time_to_first_token_seconds", "from arrival to the first token",
@@ -203,7 +205,9 @@ class Job:
         return not self.text.stopped
 
     def _on_finish(self, reason: str) -> None:  # on the engine's thread
-        if reason not in (CANCELLED, ERROR):
+        if reason == CANCELLED:
+            self.metrics.cancelled.inc()
+        elif reason != ERROR:
             self._send(self.text.flush())
             self.metrics.latency.observe(time.perf_counter() - self.arrived)
         self._send(_Finished(reason))
