@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -153,7 +152,12 @@ class Engine:
         request = self.slots[b]
         token = request.sampler.next_token(logits, (*request.prompt, *request.tokens))
         request.tokens.append(token)
-        go_on = request.on_token(token)
+        try:
+            go_on = request.on_token(token)
+        except Exception:  # noqa: BLE001 - a consumer's bug ends its own request only
+            log.exception("a request's token callback failed")
+            self._finish(b, ERROR)
+            return
         if token in request.eos_ids:
             self._finish(b, EOS)
         elif not go_on:
@@ -201,13 +205,3 @@ class Engine:
                 with self._wake:
                     if self._running and not self.waiting:
                         self._wake.wait(timeout=1.0)
-
-
-def wait_idle(engine: Engine, timeout: float) -> bool:
-    """Whether the engine ran out of requests within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while engine.running or engine.queued:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True

@@ -10,10 +10,20 @@ equal the final text, which is what makes a streamed answer equal an unstreamed 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import groupby
 
 from runtime.tokenizer import Tokenizer
 
 REPLACEMENT = "\ufffd"
+
+
+def decode(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
+    """The text of `ids`; ids beyond the tokenizer's vocabulary (a model's may be larger) show as <id>."""
+    parts = []
+    for known, run in groupby(ids, key=lambda i: 0 <= i < tokenizer.vocab_size):
+        run = list(run)
+        parts.append(tokenizer.decode(run) if known else "".join(f"<{i}>" for i in run))
+    return "".join(parts)
 
 
 def first_stop(text: str, stops: Sequence[str], start: int = 0) -> int | None:
@@ -41,7 +51,7 @@ class TextStream:
     def push(self, token: int) -> str:
         """Add a token; the text this releases (may be empty). Sets `stopped` at a stop string."""
         self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens)
+        text = decode(self.tokenizer, self.tokens)
         at = first_stop(text, self.stops, len(self.text))
         if at is not None:
             self.stopped = True
@@ -53,7 +63,7 @@ class TextStream:
         """At the end of generation: the text still held back."""
         if self.stopped:
             return ""
-        return self._release(self.tokenizer.decode(self.tokens))
+        return self._release(decode(self.tokenizer, self.tokens))
 
     def _held(self, text: str) -> int:
         """The length of the longest tail of `text` that begins some stop string."""
