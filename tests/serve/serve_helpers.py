@@ -28,11 +28,11 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ m.role[0] }}:{{ m.content }}{{ eos_t
 MODEL_NAME = "tiny-chat"
 
 
-def make_checkpoint(folder: Path, eos_ids: list[int] | None = None) -> Path:
+def make_checkpoint(folder: Path, eos_ids: list[int] | None = None, template: str | None = CHAT_TEMPLATE) -> Path:
     """gpt2-tiny with the ASCII tokenizer (id 127 is <|endoftext|>) and a chat template."""
     shutil.copytree(GPT2, folder)
     shutil.copy(ROOT / "tools" / "data" / "ascii_tokenizer.json", folder / "tokenizer.json")
-    config = {"eos_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE}
+    config = {"eos_token": "<|endoftext|>"} | ({"chat_template": template} if template else {})
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     if eos_ids is not None:
         (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_ids}), encoding="utf-8")
