@@ -11,8 +11,10 @@ caches hold `max_seq_length` positions (a compile option in the PEF header).
 prefilled in chunks of P; rows with nothing to compute (a prompt that ended in
 an earlier chunk, a stopped sequence, an unused row of the batch) get position
 `max_seq_length`, so their cache writes fall outside the cache and are dropped. Each sequence
-stops at EOS (kept as its last token, as Hugging Face does), after
-`max_new_tokens`, or when its cache is full. Sampling (`runtime.sampling`)
+stops at an EOS id (kept as its last token, as Hugging Face does), when a
+caller's `until` says so (a stop string), after `max_new_tokens`, or when its
+cache is full. `runtime.serving` schedules requests on the same rows
+continuously (`prefill_rows`, `decode_rows`). Sampling (`runtime.sampling`)
 happens on the host between steps: sampling options are run-time choices.
 
 `ProgramSteps` runs the entry points of a loaded PEF; `InterpretedSteps` runs
