@@ -3,8 +3,8 @@
 Each batch row is a slot. Between decode steps, waiting requests take free slots and
 their prompts are prefilled (the other rows compute nothing: see `runtime.generate`);
 then one decode step advances every running request. A request that finishes (an
-EOS id, its token budget, the cache's end, or its consumer saying stop) or is
-cancelled frees its slot at once. Waiting requests form a bounded queue: `submit`
+EOS id, its token budget, or its consumer saying stop) or is cancelled frees its slot
+at once; `check` refuses a prompt plus budget beyond the cache. Waiting requests form a bounded queue: `submit`
 raises `QueueFull` beyond `max_queued`.
 
 Batch invariance: a request's tokens do not depend on its neighbours. Its prompt is
@@ -162,7 +162,7 @@ class Engine:
             self._finish(b, EOS)
         elif not go_on:
             self._finish(b, STOP)
-        elif len(request.tokens) >= request.max_tokens or request.length >= self.limits.max_seq_length:
+        elif len(request.tokens) >= request.max_tokens:  # `check` keeps this within the cache
             self._finish(b, LENGTH)
 
     def _finish(self, b: int, reason: str) -> None:
