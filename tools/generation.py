@@ -3,8 +3,9 @@
 Prompts come from `--prompt` (text, tokenized with the checkpoint's tokenizer or the
 built-in byte-level one; with `--chat`, first rendered as a user message by the
 checkpoint's chat template), `--prompt-ids 1,2,3` and `--prompts-file FILE.jsonl`, in
-that order. A completion ends at any EOS id the checkpoint declares or at a `--stop` string. Each completion prints as `Completion: ...`, then the time to first token
-and tokens per second; `--json` prints one JSON object instead.
+that order. A completion ends at any EOS id the checkpoint declares or at a `--stop`
+string. Each completion prints as `Completion: ...`, then the time to first token and
+tokens per second; `--json` prints one JSON object instead.
 """
 from __future__ import annotations
 
