@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -28,7 +27,7 @@ from runtime.generate import (DECODE, PREFILL, Generation, ProgramSteps, check_r
 from runtime.profile import print_profile, write_trace
 from runtime.program import load
 from runtime.sampling import SamplingOptions
-from runtime.text_stream import cut_at_stop, first_stop
+from runtime.text_stream import cut_at_stop, decode, first_stop
 from runtime.tokenizer import Tokenizer
 
 
@@ -92,7 +91,7 @@ def run_inference(args: argparse.Namespace, pef: PEF) -> int:
                   file=sys.stderr)
     elif not args.json:
         print("warning: no --checkpoint: the weights are the PEF's initializers", file=sys.stderr)
-    until = (lambda tokens: first_stop(_text(tokenizer, tokens), args.stop) is not None) if args.stop else None
+    until = (lambda tokens: first_stop(decode(tokenizer, tokens), args.stop) is not None) if args.stop else None
     result = generate(steps, prompts, args.max_new_tokens, sampling,
                       eos_token_ids(args.checkpoint, tokenizer, steps.limits.vocab), until)
     _report(args, result, tokenizer, source)
@@ -115,20 +114,13 @@ def _chat_prompts(args: argparse.Namespace) -> list[str]:
     return [template.render(system + [{"role": "user", "content": p}]) for p in args.prompt]
 
 
-def _text(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
-    """The tokens' text; ids the tokenizer does not know show as <id>."""
-    if all(0 <= i < tokenizer.vocab_size for i in ids):
-        return tokenizer.decode(ids)
-    return " ".join(f"<{i}>" for i in ids)
-
-
 def _printable(text: str) -> str:
     """Control characters other than newline and tab as \\xNN escapes."""
     return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
 
 
 def _report(args: argparse.Namespace, result: Generation, tokenizer: Tokenizer, source: str) -> None:
-    texts = [cut_at_stop(_text(tokenizer, c.token_ids), args.stop) for c in result.completions]
+    texts = [cut_at_stop(decode(tokenizer, c.token_ids), args.stop) for c in result.completions]
     if args.json:
         print(json.dumps({"completions": texts, "token_ids": [list(c.token_ids) for c in result.completions],
                           "prompt_ids": [list(c.prompt.ids) for c in result.completions],
