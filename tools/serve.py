@@ -4,8 +4,9 @@ Endpoints: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`
 (`stream: true` sends server-sent events in OpenAI's chunk format, ending with
 `data: [DONE]`), `GET /health` and `GET /metrics` (Prometheus). Requests run on a
 `runtime.serving.Engine` thread; its token callbacks hand text to each request's
-asyncio queue. Errors are OpenAI error objects: 400 bad parameters or a request
-beyond the context, 404 an unknown model or path, 429 a full queue, 500 a bug.
+asyncio queue. Errors are OpenAI error objects: 400 bad parameters (including the
+ones not implemented, `UNSUPPORTED`) or a request beyond the context, 404 an unknown
+model or path, 429 a full queue, 500 a bug.
 
 `completion_tokens` counts every token the model generated for the request,
 including an EOS id and the token that completed a stop string.
@@ -126,6 +127,15 @@ class ChatBody(_Body):
     max_completion_tokens: int | None = pydantic.Field(None, ge=1)
 
 
+#: OpenAI parameters this server does not implement: refused unless off (absent, null, false, 0, empty)
+UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "best_of", "suffix", "frequency_penalty", "presence_penalty",
+               "logit_bias", "tools", "response_format")
+
+
+def _is_off(name: str, value: Any) -> bool:
+    return value in (None, False, 0, "", [], {}) or (name == "best_of" and value == 1)
+
+
 async def _parse(request: HTTPRequest, body_type: type[_Body]) -> _Body:
     try:
         data = json.loads(await request.body())
@@ -133,6 +143,9 @@ async def _parse(request: HTTPRequest, body_type: type[_Body]) -> _Body:
         raise APIError(400, f"the request body is not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
+    unsupported = next((name for name in UNSUPPORTED if not _is_off(name, data.get(name))), None)
+    if unsupported is not None:
+        raise APIError(400, f"{unsupported} is not supported by rduflow serve", param=unsupported)
     try:
         return body_type.model_validate(data)
     except pydantic.ValidationError as err:

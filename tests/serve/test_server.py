@@ -42,7 +42,7 @@ def test_models_lists_the_served_model(client):
 
 
 def test_a_completion_is_what_the_prompt_gives_alone(client, oracle):
-    answer = completion(client, "Once upon", max_tokens=12)
+    answer = completion(client, "Once upon", max_tokens=12, frequency_penalty=0, logprobs=None, best_of=1)
     tokens = oracle.tokens(oracle.tokenizer.encode("Once upon"), 12)
     assert answer.choices[0].text == oracle.tokenizer.decode(tokens)
     assert answer.choices[0].finish_reason == ("stop" if tokens[-1] == 127 else "length")
@@ -137,6 +137,9 @@ ERRORS = [
     ({"model": MODEL_NAME, "prompt": [1, 500]}, 400, None, "token id 500 is outside the model's vocabulary"),
     ({"model": MODEL_NAME, "prompt": ""}, 400, None, "the prompt is empty"),
     ({"prompt": "x"}, 400, None, "model: Field required"),
+    ({"model": MODEL_NAME, "prompt": "x", "logprobs": 1}, 400, None, "logprobs is not supported by rduflow serve"),
+    ({"model": MODEL_NAME, "prompt": "x", "echo": True}, 400, None, "echo is not supported by rduflow serve"),
+    ({"model": MODEL_NAME, "prompt": "x", "presence_penalty": 0.5}, 400, None, "presence_penalty is not supported"),
 ]
 
 
@@ -154,6 +157,7 @@ def test_completion_errors_are_openai_error_objects(url, body, status, code, mes
      "messages.0.content"),
     ({"model": MODEL_NAME, "messages": [{"content": "no role"}]}, "messages.0.role: Field required"),
     ({"model": MODEL_NAME, "messages": MESSAGES, "max_completion_tokens": 60}, "more than the model's context"),
+    ({"model": MODEL_NAME, "messages": MESSAGES, "logprobs": True}, "logprobs is not supported by rduflow serve"),
 ])
 def test_chat_errors_are_openai_error_objects(url, body, message):
     response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
