@@ -67,7 +67,7 @@ class ChatTemplate:
         try:
             return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                          **context)
-        except jinja2.TemplateError as err:
+        except (jinja2.TemplateError, TypeError, ValueError) as err:  # e.g. a message without "content"
             raise DataError(f"chat template: {first_line(err)}") from err
 
 
