@@ -77,6 +77,14 @@ def test_chat_mistakes(capsys, pef, checkpoint, options, message):
     assert code == 1 and err.strip().endswith(message), err
 
 
+def test_a_broken_template_is_named_before_anything_runs(capsys, pef, tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "broken", template="{% for m in messages %}{{ m.content }}")
+    for argv in (["run", pef, "--inference", "--checkpoint", checkpoint, "--chat", "--prompt", "Hi"],
+                 ["serve", pef, "--checkpoint", checkpoint]):
+        code, _, err = run(capsys, *argv)
+        assert code == 1 and err.strip().startswith("error: chat template line 1: Unexpected end of template"), err
+
+
 def test_serve_checks_the_checkpoint_first(capsys, pef, tmp_path):
     code, _, err = run(capsys, "serve", pef, "--checkpoint", tmp_path)
     assert code == 1 and f"'{tmp_path}' has neither model.safetensors nor model.safetensors.index.json" in err

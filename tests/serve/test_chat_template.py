@@ -81,7 +81,7 @@ def test_messages_the_template_cannot_join_are_a_data_error():
 
 def test_syntax_error_names_the_line():
     with pytest.raises(DataError, match="chat template line 2: "):
-        ChatTemplate("ok\n{% if %}", {}).render(USER)
+        ChatTemplate("ok\n{% if %}", {})
 
 
 def test_strftime_now_gives_todays_date_when_none_is_passed():
