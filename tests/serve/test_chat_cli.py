@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 
 import httpx
 import pytest
 
-from serve_helpers import GPT2, ROOT, free_port, make_checkpoint, wait_healthy
+from serve_helpers import GPT2, ROOT, make_checkpoint, wait_healthy
 from tools.cli import main
 
 
@@ -110,23 +112,33 @@ def test_serve_without_the_extra_says_how_to_install_it(capsys, pef, checkpoint,
                            "pip install 'rduflow[serve]'")
 
 
+def test_serve_refuses_an_address_in_use(capsys, pef, checkpoint):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, _, err = run(capsys, "serve", pef, "--checkpoint", checkpoint, "--port", port)
+    assert code == 1 and err.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
 def test_rduflow_serve_answers_then_stops_on_sigterm(pef, checkpoint):
-    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "tools.cli", "serve", str(pef), "--checkpoint",
-                                str(checkpoint), "--port", str(port), "--served-model-name", "cli"],
+                                str(checkpoint), "--port", "0", "--served-model-name", "cli"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}", 60)
+        first = process.stdout.readline()
+        match = re.fullmatch(r"Serving cli on http://127\.0\.0\.1:(\d+) \(4 slots, context 64 tokens, "
+                             r"a chat template\)\n", first)
+        assert match, first
+        url = f"http://127.0.0.1:{match[1]}"
+        wait_healthy(url, 60)
         body = {"model": "cli", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30).json()
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).json()
         assert answer["usage"] == {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
         process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
     assert process.returncode == -signal.SIGTERM, err  # uvicorn re-raises the signal after its graceful shutdown
-    assert out.startswith(f"Serving cli on http://127.0.0.1:{port} (4 slots, context 64 tokens, a chat template)")
     assert "Finished server process" in err

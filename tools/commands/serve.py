@@ -8,6 +8,8 @@ Ctrl-C stops taking connections and lets the requests in flight finish, for at m
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from pathlib import Path
 
 from backend.pef import read_pef
@@ -31,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="DIR",
                         help="the weights, tokenizer and chat template: a Hugging Face checkpoint folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=cli.non_negative_int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--port", type=cli.non_negative_int, default=8000,
+                        help="port (default: 8000; 0 picks a free one, printed at start)")
     parser.add_argument("--served-model-name", metavar="NAME",
                         help="the model name clients give (default: the checkpoint folder's name)")
     parser.add_argument("--max-queued", type=cli.positive_int, default=64, metavar="N",
@@ -60,14 +63,27 @@ def main(args: argparse.Namespace) -> int:
     weight_files(args.checkpoint)
     tokenizer, _ = checkpoint_tokenizer(args.checkpoint)
     template = ChatTemplate.from_folder(args.checkpoint)
+    listener = _listen(args.host, args.port)
     program = load(pef, threads=args.threads)
     load_weights(program, args.checkpoint)
     engine = Engine(ProgramSteps(program), max_queued=args.max_queued)
     name = args.served_model_name or args.checkpoint.resolve().name
     model = Model(name, tokenizer, template, frozenset(eos_token_ids(args.checkpoint, tokenizer, limits.vocab)),
                   engine)
-    print(f"Serving {name} on http://{args.host}:{args.port} ({limits.batch} slots, context "
+    port = listener.getsockname()[1]
+    print(f"Serving {name} on http://{args.host}:{port} ({limits.batch} slots, context "
           f"{limits.max_seq_length} tokens, {'a' if template else 'no'} chat template)", flush=True)
-    uvicorn.run(create_app(model), host=args.host, port=args.port, access_log=False,
-                timeout_graceful_shutdown=args.shutdown_timeout)
+    config = uvicorn.Config(create_app(model), host=args.host, port=port, access_log=False,
+                            timeout_graceful_shutdown=args.shutdown_timeout)
+    uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free one); ConfigError if the address cannot be used."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {host}:{port}: {os.strerror(err.errno) if err.errno else err}") \
+            from None
