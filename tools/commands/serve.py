@@ -84,6 +84,6 @@ def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         return socket.create_server((host, port), family=family)
-    except OSError as err:
-        raise ConfigError(f"cannot listen on {host}:{port}: {os.strerror(err.errno) if err.errno else err}") \
-            from None
+    except OSError as err:  # create_server adds the address to strerror; gaierror has no errno to name
+        reason = os.strerror(err.errno) if (err.errno or 0) > 0 else err.strerror or str(err)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
