@@ -5,6 +5,7 @@ unless a test says otherwise; types are 0 prompt, 1 completion, 2 padding, 3 sep
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
@@ -531,6 +532,14 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert (result.returncode, result.stderr) == (1, f"error: cannot write {tmp_path / 'out'}: file too large\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_write_failures_are_named():
+    h5py_message = ("Can't synchronously write data (file write failed: time = Mon Dec  7 02:27:24 2026, "
+                    "filename = 'x.hdf5', file descriptor = 4, errno = 28, error message = 'No space left on device')")
+    assert pipeline._reason(OSError(h5py_message)) == "no space left on device"
+    assert pipeline._reason(OSError(errno.ENOSPC, "No space left on device")) == "no space left on device"
+    assert pipeline._reason(OSError(errno.EACCES, "Permission denied")) == "Permission denied"
 
 
 def test_staging_folders_of_dead_runs_are_removed(tmp_path):
