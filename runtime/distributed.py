@@ -15,8 +15,8 @@ the rest:
   order, same shuffle from the same seed); rank r takes the r-th B of them. Its
   share of the loss weight (completion tokens, or rows) goes to the program's
   `replica_weight` input, and the logged loss is the weighted sum over the ranks:
-  the mean over the global batch's completion tokens. Evaluation batches are dealt
-  out to the ranks and their sums reduced. Rank 0 writes (logs, metrics,
+  the mean over the global batch's completion tokens. Evaluation batches are
+  split like training batches and their sums reduced. Rank 0 writes (logs, metrics,
   checkpoints); every rank reads the checkpoints to resume.
 * `check_launch`: the PEF, the launch and the data agree on every rank, or every
   rank stops with the same clear error.
@@ -113,12 +113,10 @@ def world_size(pef: PEF) -> int | None:
     return size if isinstance(size, int) and size >= 1 else 1
 
 
-def mpirun_command(size: int, argv: Sequence[str] | None = None) -> str:
-    """The command line that runs this one as `size` ranks."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "--data-parallel" not in args:
-        args.append("--data-parallel")
-    return shlex.join(["mpirun", "-n", str(size), "rduflow", *args])
+def mpirun_command(size: int, pef: Path, data: Path | None) -> str:
+    """The command that runs a data-parallel PEF on `size` ranks (with the run's other options after it)."""
+    words = ["mpirun", "-n", str(size), "rduflow", "run", str(pef), "--data-parallel"]
+    return shlex.join(words + (["--data", str(data)] if data is not None else [])) + " ..."
 
 
 def local_threads() -> int:
@@ -128,7 +126,7 @@ def local_threads() -> int:
     return max(1, cores // max(int(local) if local.isdecimal() else 1, 1))
 
 
-def check_launch(pef: PEF, data_parallel: bool) -> int | None:
+def check_launch(pef: PEF, data_parallel: bool, pef_path: Path, data: Path | None) -> int | None:
     """The PEF's world size if this is a data-parallel run; ExecutionError if the PEF, the
     `--data-parallel` flag and the launch do not agree (every rank finds the same mistake)."""
     size = world_size(pef)
@@ -139,7 +137,7 @@ def check_launch(pef: PEF, data_parallel: bool) -> int | None:
         return None
     if not data_parallel or not launched_by_mpi():
         raise ExecutionError(f"this PEF was compiled for data-parallel training over {size} replicas: run it "
-                             f"as '{mpirun_command(size)}'")
+                             f"as '{mpirun_command(size, pef_path, data)}'")
     return size
 
 
@@ -164,10 +162,6 @@ class Replicas:
         """This rank's part of a global batch's rows: the rank-th of `size` equal slices."""
         per = len(rows) // self.size
         return rows[self.rank * per:(self.rank + 1) * per]
-
-    def deal(self, batches: list) -> list:
-        """This rank's evaluation batches: every size-th one from its rank on."""
-        return batches[self.rank::self.size]
 
     def sums(self, values: Sequence[float]) -> list[float]:
         """Element-wise sums of every rank's `values`, added in rank order (the same on every rank)."""
@@ -241,7 +235,7 @@ def connect(size: int, pef_path: Path, data: Path | None) -> Replicas:
     comm = MpiCommunicator()
     if comm.size != size:
         raise GroupError(f"this PEF was compiled for {size} data-parallel replicas, but mpirun started "
-                         f"{comm.size}: run it as '{mpirun_command(size)}' (or recompile with --world-size "
+                         f"{comm.size}: run it as '{mpirun_command(size, pef_path, data)}' (or recompile with --world-size "
                          f"{comm.size})")
     replicas = Replicas(comm)
     replicas.check_same("the PEF (sha256 prefix)", pef_fingerprint(pef_path))

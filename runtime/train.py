@@ -212,8 +212,9 @@ class Trainer:
         self.train: Rows = open_rows(config.data, "train", self.specs, bounds)
         self.dev: Rows | None = open_rows(config.data, "dev", self.specs, bounds) if has_split(config.data, "dev") \
             else None
-        if self.dev is not None and len(self.dev) < self.batch_size:
-            self.reporter.warn(f"the dev split has {len(self.dev)} rows, fewer than a batch of {self.batch_size}: "
+        if self.dev is not None and len(self.dev) < self.batch_size * self.replicas.size:
+            self.reporter.warn(f"the dev split has {len(self.dev)} rows, fewer than a batch of "
+                               f"{self.batch_size * self.replicas.size}: "
                                "it is not evaluated")
             self.dev.close()
             self.dev = None
@@ -362,9 +363,9 @@ class Trainer:
         if self.dev is None:
             raise ExecutionError(f"{self.config.data} has no dev split to evaluate")
         total = loss = hits = 0.0
-        batches = eval_batches(self.dev, self.batch_size)
-        for indices in self.replicas.deal(batches):
-            batch = self.dev.rows(indices)
+        batches = eval_batches(self.dev, self.order.batch_size)
+        for indices in batches:
+            batch = self.dev.rows(self.replicas.share(indices))
             outputs = self.program.evaluate({**batch, "lr": np.float32(0.0), **self.replicas.idle_weight()})
             weight = self.dev.weight(batch)
             total += weight
@@ -374,7 +375,7 @@ class Trainer:
         mean = loss / total if total else math.nan
         accuracy = hits / total if total and "accuracy" in self.outputs else None
         return EvalMetrics(mean, math.exp(mean) if mean < 700 else math.inf, accuracy, len(batches),
-                           len(batches) * self.batch_size)
+                           len(batches) * self.order.batch_size)
 
     def _evaluate(self, step: int, result: TrainResult) -> None:
         metrics = self.evaluate()

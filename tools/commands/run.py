@@ -151,7 +151,7 @@ def train(args: argparse.Namespace, pef: PEF) -> int:
     """Train with a training PEF; under mpirun with --data-parallel, as one rank of its group."""
     if args.data is None:
         raise ConfigError("--data is required to train (a data-prep folder or an .hdf5 file)")
-    size = distributed.check_launch(pef, args.data_parallel)
+    size = distributed.check_launch(pef, args.data_parallel, args.pef, args.data)
     if size is None:
         return _train(args, pef, None)
     replicas = distributed.connect(size, args.pef, args.data)
