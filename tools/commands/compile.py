@@ -10,6 +10,7 @@ from compiler.passes.opt_report import optimization_report
 from compiler.training import TrainingOptions
 from ir.errors import ConfigError
 from ir.printer import print_graph
+from runtime.cost_model import scaling_lines
 from tools import cli
 from tools.backend_options import add_backend_options, backend_options, write_output
 from tools.dot import graph_to_dot
@@ -126,4 +127,6 @@ def main(args: argparse.Namespace) -> int:
     if args.stats:  # fusion, tiles and the memory plan, per section (after the backend's report)
         sections = [(s.phase, s.kernels) for s in result.pef.sections]
         print(optimization_report(result.graph, load_target(args.target), sections))
+        if not args.inference:
+            print("\n".join(scaling_lines(result.pef)))
     return 0

@@ -24,7 +24,7 @@ from backend.targets import load_target
 from ir.errors import ConfigError, RduflowError
 from runtime import distributed
 from runtime.checkpoint import weight_files
-from runtime.cost_model import estimate
+from runtime.cost_model import estimate, scaling_lines
 from runtime.profile import print_profile, write_trace
 from runtime.program import Program, load
 from runtime.schedules import SCHEDULES
@@ -200,6 +200,7 @@ def _train(args: argparse.Namespace, pef: PEF, replicas: distributed.Replicas | 
         report = estimate(pef, target)
         if args.profile:
             print_profile(program.program.profile, report)
+            print("\n".join(scaling_lines(pef, target)))
         if args.trace is not None:
             write_trace(args.trace, program.program.profile, report)
             print(f"Trace written to {args.trace}")
