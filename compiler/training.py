@@ -9,7 +9,8 @@ backward pass and the clipping (`allreduce`), so clipping and the optimizer see
 the global gradient: the graph takes the input `replica_weight` (f32[]), this
 replica's share of the global batch's loss weight (its completion tokens over
 the global batch's; 1 / world_size for equal shares), and sums `weight * grad`
-over the replicas, which is the gradient of the global batch's mean loss. It keeps every forward output (`loss` and
+over the replicas, which is the gradient of the global batch's mean loss (all
+gradients in one flat f32 buffer, one all-reduce). It keeps every forward output (`loss` and
 metrics), adds the output `grad_norm` (the pre-clip global L2 norm, f32[]) and
 the input `lr` (f32[]), and records in `updates` the new value of every trained
 param and of every optimizer state. A param the loss does not depend on gets no
@@ -100,7 +101,8 @@ def build_training_graph(forward: Graph, options: TrainingOptions | None = None)
     if options.data_parallel:
         weight = b.input(REPLICA_WEIGHT, TensorType((), DType.f32))
         with b.in_phase(Phase.allreduce):
-            pairs = [(p, all_reduce_gradient(b, g, weight, options.world_size)) for p, g in pairs]
+            reduced = all_reduce_gradients(b, [g for _, g in pairs], weight, options.world_size)
+            pairs = [(p, g) for (p, _), g in zip(pairs, reduced)]
     with b.in_phase(Phase.gradnorm):
         clipped, norm = clip_by_global_norm(b, [g for _, g in pairs], options.max_grad_norm)
     b.output("grad_norm", norm)
@@ -110,11 +112,23 @@ def build_training_graph(forward: Graph, options: TrainingOptions | None = None)
     return graph
 
 
-def all_reduce_gradient(b: Builder, grad: Value, weight: Value, world_size: int) -> Value:
-    """The sum over the replicas of `weight * grad`, reduced in f32 (the gradient's type is kept)."""
-    wide = grad if grad.type.dtype == DType.f32 else b.cast(grad, dtype=DType.f32)
-    total = b.all_reduce(b.mul(wide, weight), op="sum", group=GROUP, world_size=world_size)
-    return total if grad.type.dtype == DType.f32 else b.cast(total, dtype=grad.type.dtype)
+def all_reduce_gradients(b: Builder, grads: list[Value], weight: Value, world_size: int) -> list[Value]:
+    """Each gradient summed over the replicas, weighted by `weight`: one all-reduce of all of them
+    flattened into one f32 buffer (one message per ring step, as DDP's gradient buckets), sliced back
+    (each gradient keeps its type)."""
+    flat = [_shaped(b, g if g.type.dtype == DType.f32 else b.cast(g, dtype=DType.f32), (g.type.size,)) for g in grads]
+    buffer = flat[0] if len(flat) == 1 else b.concat(*flat, axis=0)
+    total = b.all_reduce(b.mul(buffer, weight), op="sum", group=GROUP, world_size=world_size)
+    out, start = [], 0
+    for g in grads:
+        part = _shaped(b, b.slice(total, starts=(start,), stops=(start + g.type.size,)), g.type.shape)
+        out.append(part if g.type.dtype == DType.f32 else b.cast(part, dtype=g.type.dtype))
+        start += g.type.size
+    return out
+
+
+def _shaped(b: Builder, value: Value, shape: tuple[int, ...]) -> Value:
+    return value if value.type.shape == tuple(shape) else b.reshape(value, shape=tuple(shape))
 
 
 def _check_free_names(graph: Graph) -> None:

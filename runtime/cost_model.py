@@ -279,16 +279,16 @@ class ScalingPoint:
 
 def scaling(pef: PEF, target: Target | None = None, counts: tuple[int, ...] = (1, 8, 64),
             on_rdu: bool | None = None) -> list[ScalingPoint]:
-    """A training step on each count of replicas: the PEF's step without its collectives, plus one
-    all-reduce per trained param (as the data-parallel graph has them: f32, one after another)."""
+    """A training step on each count of replicas: the PEF's step without its collectives, plus the
+    all-reduce of every trained param's gradient (as the data-parallel graph has it: one f32 buffer)."""
     target = target or pef.header.target
     on_rdu = bool(_option(pef, "training.reduce_on_rdu")) if on_rdu is None else on_rdu
     report = estimate(pef, target)
     local = report.time_s - sum(k.link_s for k in report.kernels)
-    sizes = [4 * math.prod(p.shape) for p in pef.symbols.params if p.role == "param" and p.dtype in FLOATS]
+    nbytes = sum(4 * math.prod(p.shape) for p in pef.symbols.params if p.role == "param" and p.dtype in FLOATS)
     points = []
     for n in counts:
-        reduce = sum(all_reduce_seconds(size, n, target, on_rdu) for size in sizes) if n > 1 else 0.0
+        reduce = all_reduce_seconds(nbytes, n, target, on_rdu)
         points.append(ScalingPoint(n, local + reduce, reduce))
     return points
 
