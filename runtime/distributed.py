@@ -36,6 +36,7 @@ import numpy as np
 
 from backend.pef import PEF
 from ir.errors import ExecutionError
+from runtime.jit.parallel import default_threads
 
 #: environment variables an MPI launcher sets in the processes it starts (MPICH/Hydra, Open MPI, PMIx)
 LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
@@ -104,6 +105,12 @@ def launched_by_mpi() -> bool:
     return any(name in os.environ for name in LAUNCHER_VARIABLES)
 
 
+def launched_ranks() -> int:
+    """How many processes the MPI launcher started (1 without one)."""
+    value = next((os.environ[n] for n in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE") if n in os.environ), "1")
+    return int(value) if value.isdecimal() else 1
+
+
 def world_size(pef: PEF) -> int | None:
     """The replicas a data-parallel PEF was compiled for; None for any other PEF."""
     options = {o.name: o.value for o in pef.header.options}
@@ -120,7 +127,9 @@ def mpirun_command(size: int, pef: Path, data: Path | None) -> str:
 
 
 def local_threads() -> int:
-    """Kernel threads per rank by default: the cores shared among the ranks on this machine."""
+    """Kernel threads per rank: `RDUFLOW_NUM_THREADS`, else the cores shared among the ranks on this machine."""
+    if os.environ.get("RDUFLOW_NUM_THREADS", "").strip():
+        return default_threads()
     local = next((os.environ[n] for n in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE") if n in os.environ), "1")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // max(int(local) if local.isdecimal() else 1, 1))
@@ -134,6 +143,10 @@ def check_launch(pef: PEF, data_parallel: bool, pef_path: Path, data: Path | Non
         if data_parallel:
             raise ExecutionError("--data-parallel needs a PEF compiled for it: rduflow compile ... "
                                  "--data-parallel --world-size N")
+        if launched_ranks() > 1:
+            raise ExecutionError(f"mpirun started {launched_ranks()} ranks, but this PEF is not data-parallel: "
+                                 "each would train alone (compile with --data-parallel --world-size "
+                                 f"{launched_ranks()})")
         return None
     if not data_parallel or not launched_by_mpi():
         raise ExecutionError(f"this PEF was compiled for data-parallel training over {size} replicas: run it "

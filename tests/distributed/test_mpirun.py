@@ -202,3 +202,24 @@ def test_one_failing_rank_ends_the_job_with_its_message(pefs, data):
     assert done.returncode == 1, done.stderr
     assert "rank 1: error: --lr: input should be greater than 0" in done.stderr
     assert time.monotonic() - start < 60
+
+
+def test_a_single_process_pef_under_mpirun_is_refused_on_every_rank(pefs, data):
+    """Otherwise each rank would train alone and all would write the same save folder."""
+    done = mpirun(2, ["run", pefs["gpt2-tiny"]["single"], "--data", str(data)], timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.count("error: mpirun started 2 ranks, but this PEF is not data-parallel: each would train "
+                             "alone (compile with --data-parallel --world-size 2)") == 2, done.stderr
+
+
+def test_ranks_given_different_data_stop_with_the_same_error(pefs, data, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    token_rows(other / "train_1_of_1.hdf5", ROWS, seed=9)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_LAUNCHER": "fork"}
+    rank = [sys.executable, "-m", "tools.cli", "run", pefs["gpt2-tiny"]["dp"], "--data-parallel", "--data"]
+    done = subprocess.run([MPIRUN, "-n", "1", *rank, str(data), ":", "-n", "1", *rank, str(other)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.count("error: data-parallel ranks disagree on the training data (fingerprint): rank 1 has") == 2, \
+        done.stderr

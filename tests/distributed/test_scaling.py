@@ -84,3 +84,15 @@ def test_compile_stats_show_the_modeled_scaling(tmp_path, capsys):
         ["1 RDUs", "8 RDUs", "64 RDUs"]
     assert main(["compile", "mlp", "--reduce-on-rdu"]) == 1
     assert "error: --reduce-on-rdu needs --data-parallel" in capsys.readouterr().err
+
+
+def test_the_trace_shows_the_all_reduce_section_on_the_modeled_rdu(dp_pef):
+    from runtime.profile import Profile, trace_events
+
+    profile = Profile(dp_pef)
+    profile.add_step([0.0] * len(dp_pef.kernels))
+    report = estimate(dp_pef)
+    sections = [e for e in trace_events(profile, report) if e["pid"] == 2 and e.get("cat") == "allreduce"]
+    (collective,) = [k for k in report.kernels if k.op == "all_reduce"]
+    assert len(sections) == 1 and sections[0]["dur"] >= collective.link_s * 1e6 > 0
+    assert sections[0]["args"]["bound"] == "link"
