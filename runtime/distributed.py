@@ -213,14 +213,20 @@ class Replicas:
         return {**outputs, **{n: np.float32(t) for n, t in zip(names, totals)}}
 
     def check_same(self, what: str, value: object) -> None:
-        """GroupError on every rank unless every rank has the same `value` of `what`."""
+        """GroupError on every rank unless every rank has the same `value` of `what` (a dict's
+        first differing key is named)."""
         if self.comm is None:
             return
         values = self.comm.allgather(value)
-        odd = [r for r, v in enumerate(values) if v != values[0]]
-        if odd:
-            raise GroupError(f"data-parallel ranks disagree on {what}: rank {odd[0]} has {values[odd[0]]!r}, "
-                             f"rank 0 has {values[0]!r} (every rank must get the same)")
+        odd = next((r for r, v in enumerate(values) if v != values[0]), None)
+        if odd is None:
+            return
+        mine, theirs = values[odd], values[0]
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            key = next(k for k in sorted(set(mine) | set(theirs), key=str) if mine.get(k) != theirs.get(k))
+            what, mine, theirs = f"{what} ({key})", mine.get(key), theirs.get(key)
+        raise GroupError(f"data-parallel ranks disagree on {what}: rank {odd} has {mine!r}, rank 0 has {theirs!r} "
+                         "(every rank must get the same)")
 
 
 def pef_fingerprint(path: Path) -> str:

@@ -451,6 +451,7 @@ class Trainer:
         summary: dict[str, object] = {
             "model": self.options.get("model"), "target": pef.header.target.name, "data": str(self.config.data),
             "train_rows": len(self.train), "batch_size": self.batch_size,
+            **({"data_parallel_ranks": self.replicas.size} if self.replicas.size > 1 else {}),
             "steps": f"{result.first_step + 1}-{result.last_step} of {result.total_steps}"
             if history else f"none (already at step {result.last_step})",
             "epochs": self.num_epochs, "lr": self.config.lr, "lr_schedule": self.config.lr_schedule,

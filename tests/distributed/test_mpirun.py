@@ -223,3 +223,14 @@ def test_ranks_given_different_data_stop_with_the_same_error(pefs, data, tmp_pat
     assert done.returncode == 1
     assert done.stderr.count("error: data-parallel ranks disagree on the training data (fingerprint): rank 1 has") == 2, \
         done.stderr
+
+
+def test_ranks_given_different_training_options_stop_with_the_same_error(pefs, data):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_LAUNCHER": "fork"}
+    rank = [sys.executable, "-m", "tools.cli", "run", pefs["gpt2-tiny"]["dp"], "--data-parallel", "--data", str(data)]
+    done = subprocess.run([MPIRUN, "-n", "1", *rank, ":", "-n", "1", *rank, "--num-steps", "3"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    message = ("error: data-parallel ranks disagree on the training options (num_steps): rank 1 has 3, rank 0 has None "
+               "(every rank must get the same)")
+    assert done.stderr.count(message) == 2, done.stderr

@@ -181,6 +181,8 @@ def _train(args: argparse.Namespace, pef: PEF, replicas: distributed.Replicas | 
         num_steps=args.num_steps, lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
         seed=args.seed, shuffle=args.shuffle, save_dir=args.save_dir, save_every=args.save_every,
         keep_last=args.keep_last, resume=args.resume, eval_every=args.eval_every, log_every=args.log_every)
+    if replicas is not None:  # the ranks must agree on every step, evaluation and save they run together
+        replicas.check_same("the training options", config.model_dump(mode="json"))
     target = load_target(args.target) if args.target else None
     profiling = args.profile or args.trace is not None
     writer = replicas is None or replicas.writer
