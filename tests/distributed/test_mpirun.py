@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -138,8 +139,11 @@ def test_two_ranks_train_as_one_process_with_twice_the_batch(model, pefs, data, 
 def test_a_killed_data_parallel_run_resumes_to_the_uninterrupted_metrics(pefs, data, tmp_path):
     args = ["run", pefs["gpt2-tiny"]["dp"], "--data-parallel", "--data", str(data), "--num-steps", "40",
             "--save-every", "4", "--seed", "3", "--lr-schedule", "cosine", "--warmup-steps", "3", "--log-every", "20"]
-    whole = mpirun(2, [*args, "--save-dir", str(tmp_path / "whole")])
+    whole = mpirun(2, [*args, "--save-dir", str(tmp_path / "whole"), "--profile"])
     assert whole.returncode == 0, whole.stderr
+    # rank 0 reports the profile, with the modeled all-reduce and scaling
+    assert whole.stdout.count("Data-parallel scaling on sn40l (modeled; gradients all-reduced through the hosts") == 1
+    assert re.search(r"│ +\d+ │ allreduce +│", whole.stdout), whole.stdout
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_LAUNCHER": "fork"}
     proc = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, "-m", "tools.cli", *args, "--save-dir", str(killed)],
