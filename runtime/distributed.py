@@ -7,9 +7,9 @@ the rest:
 
 * `Communicator`: what the runtime asks of the process group. `MpiCommunicator`
   wraps `MPI.COMM_WORLD`. Its `all_reduce` (a PEF's `all_reduce` stages, run by
-  the executor) gathers every rank's array to rank 0, adds them there in f32 in
-  rank order and broadcasts the result, so every rank holds bit-identical sums
-  and the result does not depend on timing.
+  the executor) adds in f32 in rank order, each part of the array on one rank,
+  and shares the sums, so every rank holds bit-identical results that do not
+  depend on timing.
 * `Replicas`: a rank's view of its group for the training loop. Each global step
   takes the rows a single process with batch `world_size * B` would take (same
   order, same shuffle from the same seed); rank r takes the r-th B of them. Its
@@ -67,7 +67,10 @@ class Communicator(Protocol):
 
 
 class MpiCommunicator:
-    """`MPI.COMM_WORLD` (mpi4py): reductions gathered to rank 0, added in rank order, broadcast."""
+    """`MPI.COMM_WORLD` (mpi4py). A reduction splits the array into one chunk per rank; rank r
+    receives every rank's r-th chunk (all-to-all), adds them in rank order, and all ranks gather
+    the sums: each element is added in the same order whatever the timing, by one rank, so
+    every rank gets the same bits, and each rank sends and receives about twice the array."""
 
     def __init__(self, comm=None):
         if comm is None:
@@ -77,18 +80,19 @@ class MpiCommunicator:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
 
     def all_reduce(self, x: np.ndarray, op: str) -> np.ndarray:
-        local = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-        gathered = np.empty((self.size, local.size), np.float32) if self.rank == 0 else None
-        self.comm.Gather(local, gathered, root=0)
-        total = np.empty_like(local)
-        if self.rank == 0:
-            total[...] = gathered[0]
-            for row in gathered[1:]:
-                total += row
-            if op == "mean":
-                total /= np.float32(self.size)
-        self.comm.Bcast(total, root=0)
-        return total.reshape(x.shape)
+        flat = np.asarray(x, dtype=np.float32).reshape(-1)
+        chunk = -(-flat.size // self.size)
+        parts = np.zeros((self.size, chunk), np.float32)
+        parts.reshape(-1)[:flat.size] = flat
+        received = np.empty_like(parts)
+        self.comm.Alltoall(parts, received)
+        mine = received[0].copy()
+        for row in received[1:]:
+            mine += row
+        if op == "mean":
+            mine /= np.float32(self.size)
+        self.comm.Allgather(mine, parts)
+        return parts.reshape(-1)[:flat.size].reshape(x.shape)
 
     def allgather(self, value: object) -> list:
         return self.comm.allgather(value)

@@ -409,7 +409,7 @@ class Trainer:
         return ckpt.model_config(model, fields, base, (self.train.metadata or {}).get("eos_id"))
 
     def _data_state(self) -> dict[str, Any]:
-        return {"path": str(self.config.data), "rows": len(self.train), "batch_size": self.batch_size,
+        return {"path": str(self.config.data), "rows": len(self.train), "batch_size": self.order.batch_size,
                 "shuffle": self.config.shuffle, "seed": self.config.seed}
 
     def _schedule_state(self) -> dict[str, Any]:

@@ -238,3 +238,9 @@ def test_ranks_given_different_training_options_stop_with_the_same_error(pefs, d
     message = ("error: data-parallel ranks disagree on the training options (num_steps): rank 1 has 3, rank 0 has None "
                "(every rank must get the same)")
     assert done.stderr.count(message) == 2, done.stderr
+
+
+def test_the_mpi_all_reduce_adds_in_rank_order_with_the_same_bits_everywhere():
+    done = mpirun(3, [], script=[str(ROOT / "tests" / "distributed" / "check_all_reduce.py")], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert all(f"rank {r} ok" in done.stdout for r in range(3)), done.stdout
