@@ -74,7 +74,10 @@ class MpiCommunicator:
 
     def __init__(self, comm=None):
         if comm is None:
-            from mpi4py import MPI
+            try:
+                from mpi4py import MPI
+            except ImportError as err:
+                raise ExecutionError(f"data-parallel runs need mpi4py ({err}): pip install -e '.[mpi]'") from None
             comm = MPI.COMM_WORLD
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
