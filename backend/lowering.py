@@ -297,6 +297,9 @@ class _Kernel:
         self.emit(stage, op.result)
 
     def stage_all_reduce(self, op: Op, reduce: str, group: str, world_size: int) -> None:
+        """A kernel of its own: the runtime runs it on the host, through the communicator."""
+        if self.op.region is not None and len(self.op.region.ops) > 1:
+            raise self.error("a collective is a kernel of its own: it cannot be fused with other ops", op)
         (x,) = op.operands
         self.emit(AllReduceStage(self.target(op.result), self.operand_access(x), reduce, group, world_size), op.result)
 

@@ -164,3 +164,23 @@ def test_executor_runs_collectives_through_the_communicator(dp_logreg):
     for name, value in params.items():
         np.testing.assert_allclose(program.params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     assert comm.calls == 3
+
+
+def test_a_collective_fused_with_other_ops_is_a_backend_error():
+    from backend.lowering import lower_graph
+    from ir.errors import BackendError
+
+    graph, _ = parse_with_positions("""graph @g {
+  input %x : f32[8]
+  %0 = fused(%x) : f32[8] {
+  ^(%1: f32[8]):
+    %2 = all_reduce(%1) {group = "data", world_size = 2} : f32[8]
+    %3 = exp(%2) : f32[8]
+    yield %3
+  }
+  output y = %0
+}
+""", "fused.ir")
+    verify(graph)
+    with pytest.raises(BackendError, match="a collective is a kernel of its own: it cannot be fused with other ops"):
+        lower_graph(graph)
