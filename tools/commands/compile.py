@@ -92,6 +92,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def training_options(args: argparse.Namespace) -> TrainingOptions:
     """TrainingOptions from the flags; ConfigError naming the flag of a bad value."""
+    if args.data_parallel and args.inference:
+        raise ConfigError("--data-parallel makes a training graph; an --inference PEF serves one process")
     if (args.world_size > 1 or args.reduce_on_rdu) and not args.data_parallel:
         flag = f"--world-size {args.world_size}" if args.world_size > 1 else "--reduce-on-rdu"
         raise ConfigError(f"{flag} needs --data-parallel (a data-parallel training graph)")
