@@ -1,0 +1,84 @@
+"""A PEF is untrusted input: crafted files (edited, then signed again) are refused before anything runs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from crafted import allocation, arena, buffer, craft, kernel, stage
+
+from backend.pef import load_pef
+from ir.errors import PEFError
+
+
+def _gather_from_an_empty_table(obj):
+    _, gather = stage(obj, "gather")
+    gather["table_shape"][0] = 0
+    gather["table"]["offset"] = 2**40
+
+
+def _scatter_add_at_the_arena_end(obj):
+    program, scatter = stage(obj, "scatter_add")
+    end = arena(obj, "onchip")["size"]
+    program["buffers"].append({"name": "tz", "role": "temp", "shape": [0, 16], "dtype": "f32",
+                               "tier": "onchip", "offset": end, "strides": [16, 1]})
+    obj["memory"]["allocations"].append({"tensor": f"{program['name']}/tz", "arena": "onchip",
+                                         "offset": end, "nbytes": 0})
+    extra = dict(scatter, out="tz", updates=dict(scatter["updates"], strides=[512, 32, 1]))
+    program["stages"].insert(0, extra)
+    if program["schedule"]["tiles"]:
+        program["schedule"]["tiles"].insert(0, [1, 16])
+
+
+def _update_in_a_larger_range(obj):
+    """The first param's update moved to the end of its arena, with twice the param's bytes."""
+    update = obj["symbols"]["updates"][0]
+    param = next(p for p in obj["symbols"]["params"] if p["name"] == update["param"])
+    place = allocation(obj, param["tensor"])
+    ddr = arena(obj, place["arena"])
+    moved = allocation(obj, update["tensor"])
+    nbytes = -(-2 * place["nbytes"] // 64) * 64
+    moved.update(offset=ddr["size"], nbytes=nbytes)
+    ddr["size"] += nbytes
+    for program in obj["kernels"]:
+        for b in program["buffers"]:
+            if b["name"] == update["tensor"]:
+                b["offset"] = moved["offset"]
+
+
+def _huge_gemm(obj):
+    _, gemm = stage(obj, "gemm")
+    gemm["k"] = 2**40
+    gemm["a"]["strides"][-1] = 0
+    gemm["b"]["strides"][-2] = 0
+
+
+def _huge_reduce(obj):
+    program = kernel(obj, "k20_sum_maximum")
+    reduce = program["stages"][0]
+    reduce["shape"] = [2**61, 8]  # a sum of every element, as before
+    for read in reduce["body"]["reads"]:
+        read["strides"] = [0, 1]
+
+
+def _huge_arena(obj):
+    arena(obj, "ddr")["size"] = 2**36
+
+
+def _wide_constant(obj):
+    node = kernel(obj, "k19_slice_eq_cast")["stages"][0]["body"]["nodes"][1]
+    assert node["dtype"] == "i32"
+    node["value"] = 2**61
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_gather_from_an_empty_table, r"gather.*table.*empty"),
+    (_scatter_add_at_the_arena_end, r"scatter_add.*empty"),
+    (_update_in_a_larger_range, r"update .* (range|bytes)"),
+    (_huge_gemm, r"RDUFLOW_MAX_WORK"),
+    (_huge_reduce, r"RDUFLOW_MAX_WORK"),
+    (_huge_arena, r"RDUFLOW_MAX_ARENA_BYTES"),
+    (_wide_constant, r"2305843009213693952 does not fit i32"),
+], ids=["gather-empty-table", "scatter-add-empty-out", "update-range", "gemm-k-2**40", "reduce-2**61",
+        "arena-2**36", "i32-const-2**61"])
+def test_a_crafted_pef_is_refused_before_it_runs(edit, message):
+    with pytest.raises(PEFError, match=message):
+        load_pef(craft(edit), "crafted.pef")
