@@ -1,10 +1,12 @@
 """A PEF is untrusted input: crafted files (edited, then signed again) are refused before anything runs."""
 from __future__ import annotations
 
-import numpy as np
+import re
+
 import pytest
 from crafted import allocation, arena, buffer, craft, kernel, stage
 
+from backend import kernel_program as kp
 from backend.pef import load_pef
 from ir.errors import PEFError
 
@@ -82,3 +84,37 @@ def _wide_constant(obj):
 def test_a_crafted_pef_is_refused_before_it_runs(edit, message):
     with pytest.raises(PEFError, match=message):
         load_pef(craft(edit), "crafted.pef")
+
+
+def test_a_user_may_raise_the_limits(monkeypatch):
+    crafted = craft(_huge_arena)
+    monkeypatch.setenv("RDUFLOW_MAX_ARENA_BYTES", str(2**37))
+    assert dict((a.name, a.size) for a in load_pef(crafted).memory.arenas)["ddr"] == 2**36
+    monkeypatch.setenv("RDUFLOW_MAX_ARENA_BYTES", "lots")
+    with pytest.raises(PEFError, match="RDUFLOW_MAX_ARENA_BYTES must be a positive integer, got 'lots'"):
+        load_pef(crafted)
+
+
+def _int_program(stage: kp.Stage, out_shape: tuple[int, ...]) -> kp.KernelProgram:
+    buffers = (kp.Buffer("x", "input", (4,), "i32"), kp.Buffer("y", "output", out_shape, "i32"))
+    return kp.KernelProgram("k0", "op", None, "", buffers, (stage,))
+
+
+_READ_X = kp.Body((kp.Access("x", 0, (1,)),), (), (kp.Node("arg", "i32", (), 0),))
+
+
+@pytest.mark.parametrize("stage, shape, message", [
+    (kp.ReduceStage("y", (4,), (0,), "add", float("nan"), _READ_X), (), "identity: constant nan does not fit i32"),
+    (kp.ReduceStage("y", (4,), (0,), "add", 2.0**40, _READ_X), (), "constant 1099511627776.0 does not fit i32"),
+    (kp.PadStage("y", kp.Access("x", 0, (1,)), (4,), (1,), (0,), (0,), 1e30), (5,), "value: constant 1e+30"),
+    (kp.LiteralStage("y", (1, 2, 3, -2**31 - 1)), (4,), "constant -2147483649 does not fit i32"),
+    (kp.MapStage("y", kp.Body((), (), (kp.Node("const", "i32", (), 2**31),))), (4,), "2147483648 does not fit"),
+])
+def test_integer_constants_must_fit_their_dtype(stage, shape, message):
+    with pytest.raises(kp.ProgramError, match=re.escape(message)):
+        kp.validate(_int_program(stage, shape))
+
+
+def test_integer_constants_at_their_limits_are_fine():
+    kp.validate(_int_program(kp.LiteralStage("y", (-2**31, 0, 1, 2**31 - 1)), (4,)))
+    kp.validate(_int_program(kp.ReduceStage("y", (4,), (0,), "max", float("-inf"), _READ_X), ()))
