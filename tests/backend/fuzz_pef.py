@@ -340,6 +340,8 @@ def run_executed(n: int, seed: int = 0, progress=None) -> dict:
             fields.update(changed)
             if outcome not in ("refused", "ran", "user-error"):
                 violations.append(f"{_Model.label(index)} case {case} (seed {seed}) {outcome}: {changed} {detail}")
+                if progress is not None:
+                    print("VIOLATION", violations[-1], flush=True)
             if progress is not None and (case + 1) % progress == 0:
                 print(f"{case + 1} cases, {(case + 1) / (time.perf_counter() - start):.1f}/s, "
                       f"{len(violations)} violations", flush=True)
@@ -355,8 +357,6 @@ def _main(argv: list[str]) -> None:
         result = run_executed(count, int(argv[2]) if len(argv) > 2 else 0, progress=100)
         for (name, outcome), number in sorted(result["outcomes"].items()):
             print(f"{name:18s} {outcome:14s} {number}")
-        for line in result["violations"]:
-            print("VIOLATION", line)
         print(f"{count} executed mutants in {result['seconds']:.0f} s ({count / result['seconds']:.1f}/s), "
               f"{len(result['fields'])} field paths mutated, {len(result['violations'])} violations")
         sys.exit(1 if result["violations"] else 0)
