@@ -206,8 +206,12 @@ class _Model:
             instances = self.paths[self.patterns[int(rng.integers(len(self.patterns)))]]
             path = instances[int(rng.integers(len(instances)))]
             container = obj
-            for key in path[:-1]:
-                container = container[key]
+            try:  # a second change may fall inside what the first one replaced
+                for key in path[:-1]:
+                    container = container[key]
+                container[path[-1]]
+            except (LookupError, TypeError):
+                continue
             _mutate_field(container, path[-1], rng)
             changed.append(_pattern(path))
         return _sign(msgpack.packb(obj, use_bin_type=True)), changed
