@@ -222,9 +222,10 @@ def save_checkpoint(folder: str | Path, weights: Mapping[str, np.ndarray], confi
         for group in COMPANION_FILES:
             _copy_group(group, companions, stage)
         _swap_into_place(stage, target)
-    except OSError as err:
+    except (OSError, SafetensorError, MemoryError) as err:  # a full disk, a quota, no memory: nothing is left
         shutil.rmtree(stage, ignore_errors=True)
-        raise CheckpointError(f"cannot write checkpoint {target}: {err.strerror or err}") from None
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise CheckpointError(f"cannot write checkpoint {target}: {reason}") from None
     return target
 
 
