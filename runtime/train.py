@@ -21,7 +21,6 @@ params before it).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import pydantic
 
 from backend.pef import PEF, Scalar
+from ir import jsontext
 from ir.errors import CheckpointError, ExecutionError, config_error
 from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
@@ -493,7 +493,7 @@ def _metric_rows(path: Path, up_to: int) -> list[list[str]]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {path}: {err}") from None
     return data if isinstance(data, dict) else {}
