@@ -258,7 +258,7 @@ def execute(mutated: bytes, jit, rng: np.random.Generator) -> str:
             raise Violation(f"a refusal that does not name the file: {err}") from None
         return "refused"
     try:
-        program = Program(pef, jit=jit)
+        program = Program(pef, jit=jit, threads=1)
         program.run(_inputs(pef.symbols, rng))
         for name in pef.entry_names:
             program.entry(name).run(_inputs(pef.entry(name).symbols, rng))
@@ -273,7 +273,7 @@ def _worker(connection, seed: int) -> None:
     """Run the cases the parent sends, `(model index, case number)`, answering (outcome, fields, detail)."""
     os.environ.update(WORKER_LIMITS)
     from runtime.jit.library import Jit
-    jit = Jit(checked=True, threads=1)
+    jit = Jit(checked=True)  # compiles on every core; each mutant runs on one
     models: dict[int, _Model] = {}
     while True:
         task = connection.recv()
