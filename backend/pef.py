@@ -57,9 +57,10 @@ FORMAT_VERSION = 2
 OLDEST_VERSION = 1
 #: no arena may claim more than this many bytes (a guard against hostile files)
 MAX_ARENA = 2**44
-#: limits a user can raise: (environment variable, default, what it bounds)
-LIMITS = {"arena": ("RDUFLOW_MAX_ARENA_BYTES", 2**34, "bytes of memory arenas"),
-          "work": ("RDUFLOW_MAX_WORK", 2**38, "element operations in one run of a program")}
+#: limits a user can raise: (environment variable, default, unit): the bytes of a PEF's arenas
+#: together, the element operations of one run of its program (or of an entry point)
+LIMITS = {"arena": ("RDUFLOW_MAX_ARENA_BYTES", 2**34, "bytes"),
+          "work": ("RDUFLOW_MAX_WORK", 2**38, "element operations")}
 
 
 def limit(name: str) -> int:
@@ -74,9 +75,8 @@ def limit(name: str) -> int:
 
 
 def _over(name: str, amount: int, what: str) -> ProgramError:
-    variable, _, meaning = LIMITS[name]
-    return ProgramError(f"{what} needs {amount} {meaning.split(' ', 1)[0]}, more than the limit of {limit(name)} "
-                        f"{meaning} (raise it with {variable})")
+    variable, _, unit = LIMITS[name]
+    return ProgramError(f"{what} needs {amount} {unit}, more than the limit of {limit(name)} (raise it with {variable})")
 
 Scalar = int | float | str | bool | None
 #: bytes per element of each dtype, by IR spelling
@@ -257,13 +257,13 @@ def check_limits(pef: PEF) -> None:
         for arena in plan.arenas:
             sizes[arena.name] = max(sizes.get(arena.name, 0), arena.size)
     if sum(sizes.values()) > limit("arena"):
-        raise _over("arena", sum(sizes.values()), "memory: the arenas (" + ", ".join(
-            f"{name} {size}" for name, size in sorted(sizes.items())) + ")")
+        raise _over("arena", sum(sizes.values()), "memory: the program (arenas " + ", ".join(
+            f"{name} {size} bytes" for name, size in sorted(sizes.items())) + ")")
     for name, kernels in (("the program", pef.kernels), *((f"entry '{e.name}'", e.kernels) for e in pef.entries)):
         work = sum(program_work(k) for k in kernels)
         if work > limit("work"):
             heaviest = max(kernels, key=program_work)
-            raise _over("work", work, f"{name} (its kernel '{heaviest.name}': {program_work(heaviest)})")
+            raise _over("work", work, f"one run of {name} (its kernel '{heaviest.name}': {program_work(heaviest)})")
 
 
 _ENTRY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -74,10 +74,13 @@ def _wide_constant(obj):
 @pytest.mark.parametrize("edit, message", [
     (_gather_from_an_empty_table, r"gather.*table.*empty"),
     (_scatter_add_at_the_arena_end, r"scatter_add.*empty"),
-    (_update_in_a_larger_range, r"update .* (range|bytes)"),
-    (_huge_gemm, r"RDUFLOW_MAX_WORK"),
-    (_huge_reduce, r"RDUFLOW_MAX_WORK"),
-    (_huge_arena, r"RDUFLOW_MAX_ARENA_BYTES"),
+    (_update_in_a_larger_range, r"update tensor '%\d+' has a range of 64 bytes, its param '@optimizer.step' one "
+                                r"of 4 bytes; they trade places after each step, so they must be the same size"),
+    (_huge_gemm, r"one run of the program \(its kernel 'k2_matmul_add': \d+\) needs \d+ element operations, "
+                 r"more than the limit of 274877906944 \(raise it with RDUFLOW_MAX_WORK\)"),
+    (_huge_reduce, r"its kernel 'k20_sum_maximum': 18446744073709551616\) .*RDUFLOW_MAX_WORK"),
+    (_huge_arena, r"memory: the program \(arenas ddr 68719476736 bytes, onchip \d+ bytes\) needs \d+ bytes, more "
+                  r"than the limit of 17179869184 \(raise it with RDUFLOW_MAX_ARENA_BYTES\)"),
     (_wide_constant, r"2305843009213693952 does not fit i32"),
 ], ids=["gather-empty-table", "scatter-add-empty-out", "update-range", "gemm-k-2**40", "reduce-2**61",
         "arena-2**36", "i32-const-2**61"])
