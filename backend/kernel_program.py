@@ -178,7 +178,7 @@ class Buffer:
 
     @property
     def nbytes(self) -> int:
-        return self.size * DType(self.dtype).itemsize
+        return DType(self.dtype).nbytes(self.size)
 
     @property
     def span(self) -> int:
@@ -658,10 +658,10 @@ class _Validator:
         batch = tuple(stage.batch)
         a = self.access(f"{where}.a", stage.a, batch + (stage.m, stage.k))
         b = self.access(f"{where}.b", stage.b, batch + (stage.k, stage.n))
-        if not (DType(a.dtype).is_float and DType(b.dtype).is_float):
+        if not all(DType(x.dtype).is_float or DType(x.dtype).is_blocked for x in (a, b)):
             raise self.fail(where, f"gemm needs float operands, got {a.dtype} and {b.dtype}")
         self.expect_shape(where, out, batch + (stage.m, stage.n))
-        return max(a.dtype, b.dtype, key=lambda name: DType(name).itemsize)
+        return max(a.dtype, b.dtype, key=lambda name: 4 if DType(name).is_blocked else DType(name).itemsize)
 
     def stage_conv2d(self, where, stage: Conv2dStage, out) -> str:
         if len(stage.x_shape) != 4 or len(stage.w_shape) != 4:

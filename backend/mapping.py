@@ -154,7 +154,7 @@ def working_set(program: KernelProgram, stage: Stage, tile: tuple[int, ...]) -> 
 
     Operand fields follow the loop nest; a body's reads follow it too, an epilogue's the result axes."""
     def nbytes(access: Access, elements: int) -> int:
-        return elements * DType(program.buffer(access.buffer).dtype).itemsize
+        return DType(program.buffer(access.buffer).dtype).nbytes(elements)
     reduced = reduced_axes(program, stage)
     result_tile = tuple(t for i, t in enumerate(tile) if i not in reduced)
     streams = []

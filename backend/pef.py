@@ -79,8 +79,6 @@ def _over(name: str, amount: int, what: str) -> ProgramError:
     return ProgramError(f"{what} needs {amount} {unit}, more than the limit of {limit(name)} (raise it with {variable})")
 
 Scalar = int | float | str | bool | None
-#: bytes per element of each dtype, by IR spelling
-_ITEMSIZE = {d.value: d.itemsize for d in DType}
 
 
 @attrs.frozen
@@ -120,7 +118,7 @@ class TensorSymbol:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * _ITEMSIZE[self.dtype]
+        return DType(self.dtype).nbytes(math.prod(self.shape))
 
 
 @attrs.frozen
@@ -482,7 +480,7 @@ class _Checker:
             if symbol in self.tensors:
                 raise ProgramError(f"{where}: tensor '{symbol}' is defined twice")
             self.tensors[symbol] = (tuple(buffer.shape), buffer.dtype)
-        a = self.allocated(where, symbol, buffer.span * _ITEMSIZE[buffer.dtype])
+        a = self.allocated(where, symbol, DType(buffer.dtype).nbytes(buffer.span))
         if (buffer.tier, buffer.offset) != (a.arena, a.offset):
             raise ProgramError(f"{where}: buffer '{buffer.name}' is not where the memory plan puts it")
 

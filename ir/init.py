@@ -13,6 +13,7 @@ from typing import Callable
 import attrs
 import numpy as np
 
+from ir.dtypes import convert
 from ir.literals import format_literal
 from ir.types import TensorType
 
@@ -107,7 +108,7 @@ class Init:
     def materialize(self, type: TensorType, name: str, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         values = INITIALIZERS[self.kind](rng, type.shape, **dict(self.args))
-        return np.asarray(values).astype(type.dtype.np)
+        return convert(values, type.dtype)
 
     def __str__(self) -> str:
         if not self.args:

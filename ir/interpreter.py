@@ -23,7 +23,7 @@ class Result:
 def check_array(name: str, value, expected, what: str = "input") -> np.ndarray:
     """`value` as an array of the expected type, or ExecutionError naming the symbol."""
     array = np.asarray(value)
-    if array.shape != expected.shape or array.dtype != expected.dtype.np:
+    if array.shape != expected.dtype.storage_shape(expected.shape) or array.dtype != expected.dtype.np:
         known = [d.value for d in DType if d.np == array.dtype]
         got = f"{known[0] if known else array.dtype}[{','.join(map(str, array.shape))}]"
         raise ExecutionError(f"{what} '{name}' must be {expected}, got {got}")

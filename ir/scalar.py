@@ -13,7 +13,7 @@ from typing import Callable
 import attrs
 import numpy as np
 
-from ir.dtypes import DType
+from ir.dtypes import DType, dequantize
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -72,6 +72,8 @@ def evaluate(expr: Expr, args: list[np.ndarray]) -> np.ndarray:
         return np.asarray(expr.value, dtype=expr.dtype.np)
     operands = [evaluate(a, args) for a in expr.args]
     if expr.op == "cast":
+        if DType.of(operands[0]).is_blocked:
+            return dequantize(operands[0]).astype(expr.dtype.np, copy=False)
         return operands[0].astype(expr.dtype.np)
     with np.errstate(all="ignore"):
         return np.asarray(PRIMITIVES[expr.op](*operands)).astype(expr.dtype.np)

@@ -32,7 +32,7 @@ class TensorType:
 
     @property
     def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
+        return self.dtype.nbytes(self.size)
 
     def with_shape(self, shape) -> TensorType:
         return TensorType(shape, self.dtype)

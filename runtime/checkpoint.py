@@ -28,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from ir import jsontext
-from ir.dtypes import DType
+from ir.dtypes import DType, convert
 from ir.errors import CheckpointError
 from ir.types import TensorType
 
@@ -102,9 +102,11 @@ def _convert(name: str, array: np.ndarray, want: TensorType) -> np.ndarray:
         raise CheckpointError(f"tensor '{name}': the checkpoint has shape {list(array.shape)}, "
                               f"the model expects {list(want.shape)}")
     is_float = np.issubdtype(array.dtype, np.floating) or array.dtype == DType.bf16.np  # ml_dtypes' bf16 too
-    same_kind = is_float == want.dtype.is_float
+    same_kind = is_float == (want.dtype.is_float or want.dtype.is_blocked)
     if not same_kind:
         raise CheckpointError(f"tensor '{name}': the checkpoint has dtype {array.dtype}, the model expects {want}")
+    if want.dtype.is_blocked:
+        return convert(array, want.dtype)
     return np.asarray(array, dtype=want.dtype.np, order="C")  # ascontiguousarray would make a scalar 1-d
 
 

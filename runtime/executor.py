@@ -143,9 +143,8 @@ class Executor:
     def view(self, tensor: str, shape: Sequence[int], dtype: DType) -> np.ndarray:
         """The tensor's current bytes as a writeable array (no copy)."""
         a = self.location(tensor)
-        count = math.prod(shape)
-        raw = self.arenas[a.arena][a.offset:a.offset + count * dtype.itemsize]
-        return raw.view(dtype.np).reshape(shape)
+        raw = self.arenas[a.arena][a.offset:a.offset + dtype.nbytes(math.prod(shape))]
+        return raw.view(dtype.np).reshape(dtype.storage_shape(shape))
 
     def _noalias(self, program: kp.KernelProgram) -> list[bool] | None:
         """Per buffer, whether its memory overlaps no other buffer of the kernel (None: none do)."""

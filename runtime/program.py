@@ -19,7 +19,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from backend.pef import PEF, ParamSymbol, TensorSymbol, load_pef, read_pef
-from ir.dtypes import DType
+from ir.dtypes import DType, convert
 from ir.errors import ExecutionError
 from ir.init import Init
 from ir.types import TensorType
@@ -40,7 +40,7 @@ def _type_text(shape, dtype: str) -> str:
 def _checked(kind: str, symbol: TensorSymbol, value) -> np.ndarray:
     """`value` as an array of the symbol's type, or an ExecutionError naming it."""
     array = np.asarray(value)
-    if array.shape != tuple(symbol.shape) or array.dtype != DType(symbol.dtype).np:
+    if array.shape != DType(symbol.dtype).storage_shape(symbol.shape) or array.dtype != DType(symbol.dtype).np:
         raise ExecutionError(f"{kind} '{symbol.name}' must be {_type_text(symbol.shape, symbol.dtype)}, "
                              f"got {array.dtype}{list(array.shape)}")
     return array
@@ -137,7 +137,7 @@ class Program:
         """Every param and state from its initializer (as the reference interpreter does)."""
         for s in self.pef.symbols.params:
             value = Init(s.init, s.init_args).materialize(TensorType(s.shape, DType(s.dtype)), s.name, seed)
-            self.params[s.name] = np.asarray(value, DType(s.dtype).np)
+            self.params[s.name] = convert(value, DType(s.dtype))
 
     def run(self, inputs: Mapping[str, np.ndarray], *, profile: bool = False) -> dict[str, np.ndarray]:
         """One execution: every input bound by symbol name; returns the outputs (copies).

@@ -12,6 +12,15 @@ gather is moved behind it by canonicalize (only the gathered rows widen).
 
 Values change once, when a checkpoint's f32 weights are rounded to `dtype` as
 they are loaded; from then on the graph is exact for the rounded weights.
+
+`dtype` may also be a block-quantized type (q8_0, q4_0, q4_1: see `ir.dtypes`),
+blocked along the stored last axis. Only a param that is read solely as the
+right operand of matmuls and whose last axis is a whole number of blocks takes
+it (Llama's Linear weights [out, in] are blocked along the reduction axis;
+GPT-2's Conv1D weights [in, out] along the output axis, in their stored layout);
+every other candidate (an embedding a gather reads) is stored as `fallback`.
+The widening cast of blocks is an operand read of the gemm as well: the kernels
+dequantize as they load.
 """
 from __future__ import annotations
 
@@ -24,33 +33,36 @@ from ir.errors import PassError
 from ir.graph import Graph, Op, Param, Role, Value
 
 #: the types a weight may be stored in
-STORAGE = ("bf16", "f16")
+STORAGE = ("bf16", "f16", "q8_0", "q4_0", "q4_1")
 
 
 @register_pass
 @attrs.frozen
 class CastWeights(Pass):
-    """Store weight matrices and embeddings (f32 params nothing updates) as bf16 or f16."""
+    """Store weight matrices and embeddings (f32 params nothing updates) as bf16, f16 or in blocks."""
 
     name = "cast-weights"
     retypes_params = True
     statistics = {"params-cast": "params stored in the narrower type",
                   "bytes-saved": "bytes of parameter storage saved"}
 
-    dtype: str = option("bf16", "the storage type of the weights: bf16 or f16")
+    dtype: str = option("bf16", "the storage type of the weights: bf16, f16, q8_0, q4_0 or q4_1")
+    fallback: str = option("f16", "with a block type: the storage type of weights it cannot hold (bf16 or f16)")
     min_rank: int = option(2, "cast params of at least this rank (2: matrices and embeddings, not norms and biases)")
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         if self.dtype not in STORAGE:
             raise PassError(f"cast-weights: option 'dtype' expects one of {', '.join(STORAGE)}, got '{self.dtype}'")
-        narrow = DType(self.dtype)
+        if self.fallback not in STORAGE[:2]:
+            raise PassError(f"cast-weights: option 'fallback' expects bf16 or f16, got '{self.fallback}'")
         first_use = _first_uses(graph)
+        blockable = _matmul_weights(graph)
         widened: dict[Value, Value] = {}
         casts: dict[int, list[Op]] = {}
         for index, param in enumerate(graph.params):
             if not self._casts(param, graph) or param.value not in first_use:
                 continue
-            stored = Value(param.type.with_dtype(narrow), name=param.name)
+            stored = Value(param.type.with_dtype(self._storage(param, blockable)), name=param.name)
             user = graph.ops[first_use[param.value]]
             widen = make_op("cast", [stored], {"dtype": DType.f32}, user.locs, user.phase)
             widened[param.value] = widen.results[0]
@@ -61,6 +73,12 @@ class CastWeights(Pass):
         _replace_uses(graph, widened)
         graph.ops = [new for i, op in enumerate(graph.ops) for new in (*casts.get(i, ()), op)]
         return graph
+
+    def _storage(self, param: Param, blockable: set[Value]) -> DType:
+        narrow = DType(self.dtype)
+        if not narrow.is_blocked or (param.value in blockable and param.type.shape[-1] % narrow.block == 0):
+            return narrow
+        return DType(self.fallback)
 
     def _casts(self, param: Param, graph: Graph) -> bool:
         return (param.role is Role.param and param.type.dtype is DType.f32 and param.type.rank >= self.min_rank
@@ -74,6 +92,13 @@ def _first_uses(graph: Graph) -> dict[Value, int]:
         for operand in op.operands:
             first.setdefault(operand, index)
     return first
+
+
+def _matmul_weights(graph: Graph) -> set[Value]:
+    """Values read only as the right operand of top-level matmuls."""
+    right = {op.operands[1] for op in graph.ops if op.name == "matmul"}
+    other = {v for op in graph.ops for i, v in enumerate(op.operands) if op.name != "matmul" or i != 1}
+    return right - other - set(graph.outputs.values())
 
 
 def _replace_uses(graph: Graph, replacements: dict[Value, Value]) -> None:

@@ -18,7 +18,7 @@ import attrs
 import numpy as np
 
 from compiler.passes.manager import Instrumentation, PassRecord
-from ir.dtypes import DType
+from ir.dtypes import DType, convert
 from ir.errors import ExecutionError, PassError
 from ir.graph import Graph, Value
 from ir.interpreter import initial_params, interpret
@@ -200,6 +200,6 @@ class VerifySemantics(Instrumentation):
 
     def _round_params(self, graph: Graph) -> None:
         """Params rounded to their new types; expected: the graph before the pass on them."""
-        self.params = {p.name: self.params[p.name].astype(p.type.dtype.np) for p in graph.params}
-        widened = {p.name: self.params[p.name].astype(p.type.dtype.np) for p in self.before.params}
+        self.params = {p.name: convert(self.params[p.name], p.type.dtype) for p in graph.params}
+        widened = {p.name: convert(self.params[p.name], p.type.dtype) for p in self.before.params}
         self.expected = _results(self.before, self.inputs, widened)

@@ -43,9 +43,9 @@ class _Bounds:
 _CHECKED: weakref.WeakKeyDictionary[ir.Function, _Bounds] = weakref.WeakKeyDictionary()
 
 _STORAGE = {DType.f32: F32, DType.f16: F16, DType.bf16: I16, DType.i32: I32,
-            DType.i64: I64, DType.bool: I8}
+            DType.i64: I64, DType.bool: I8, DType.q8_0: I8, DType.q4_0: I8, DType.q4_1: I8}
 _COMPUTE = {DType.f32: F32, DType.f16: F32, DType.bf16: F32, DType.i32: I32,
-            DType.i64: I64, DType.bool: I1}
+            DType.i64: I64, DType.bool: I1, DType.q8_0: F32, DType.q4_0: F32, DType.q4_1: F32}
 
 
 def storage_type(dtype: DType) -> ir.Type:
@@ -133,7 +133,32 @@ def _scratch(module: ir.Module) -> ir.GlobalVariable:
 
 def load(b: ir.IRBuilder, base: ir.Value, index: ir.Value, dtype: DType) -> ir.Value:
     """Element `index` of a typed buffer pointer, in its compute type."""
+    if dtype.is_blocked:
+        return load_blocked(b, base, index, dtype)
     return to_compute(b, b.load(element_ptr(b, base, index)), dtype)
+
+
+def load_blocked(b: ir.IRBuilder, base: ir.Value, index: ir.Value, dtype: DType) -> ir.Value:
+    """Element `index` of a block-quantized buffer (a byte pointer), dequantized to f32 as
+    `ir.dtypes` defines it (each product and sum rounded once: no fused multiply-add)."""
+    position = b.and_(index, i64(31))
+    start = b.mul(b.lshr(index, i64(5)), i64(dtype.itemsize))
+
+    def byte(offset: ir.Value) -> ir.Value:
+        return b.load(element_ptr(b, base, b.add(start, offset)))
+
+    def half(offset: int) -> ir.Value:
+        return b.fpext(b.load(b.bitcast(element_ptr(b, base, b.add(start, i64(offset))), F16.as_pointer()), align=1), F32)
+
+    scale = half(0)
+    if dtype == DType.q8_0:
+        return b.fmul(scale, b.sitofp(byte(b.add(position, i64(2))), F32))
+    packed = byte(b.add(b.and_(position, i64(15)), i64(2 if dtype == DType.q4_0 else 4)))
+    high = b.icmp_unsigned(">=", position, i64(16))
+    code = b.uitofp(b.select(high, b.lshr(packed, ir.Constant(I8, 4)), b.and_(packed, ir.Constant(I8, 15))), F32)
+    if dtype == DType.q4_0:
+        return b.fmul(scale, b.fsub(code, ir.Constant(F32, 8.0)))
+    return b.fadd(b.fmul(scale, code), half(2))
 
 
 def store(b: ir.IRBuilder, value: ir.Value, base: ir.Value, index: ir.Value, dtype: DType) -> None:

@@ -22,7 +22,8 @@ class KernelModule:
     def __init__(self, buffers: Sequence[kp.Buffer], noalias: Sequence[bool] | None = None, checked: bool = False):
         """`checked`: every load and store is bounds-checked against its buffer's span."""
         self.buffers = {b.name: (i, b) for i, b in enumerate(buffers)}
-        self.spans = tuple(b.span for b in buffers) if checked else None
+        self.spans = tuple(DType(b.dtype).nbytes(b.span) if DType(b.dtype).is_blocked else b.span
+                           for b in buffers) if checked else None
         self.arg_dtypes = tuple(DType(b.dtype) for b in buffers)
         self.noalias = tuple(noalias) if noalias is not None else (True,) * len(self.arg_dtypes)
         self.module = ir.Module(name="rduflow")

@@ -46,10 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="batch size (sets model.batch_size; a new size needs a recompile)")
     parser.add_argument("--inference", action="store_true",
                         help="forward only: the graph's output is the logits (default: training)")
-    parser.add_argument("--weight-dtype", choices=("f32", "bf16", "f16"), default="f32",
+    parser.add_argument("--weight-dtype", choices=("f32", "bf16", "f16", "q8_0", "q4_0", "q4_1"), default="f32",
                         help="with --inference: store weight matrices and embeddings in this type; kernels "
                              "read them into f32 sums (bf16 halves the bytes a decode step streams; "
-                             "default: f32)")
+                             "q8_0/q4_0/q4_1: GGUF's 32-weight blocks, 8.5/4.5/5 bits a weight, for the matrices "
+                             "only matmuls read, the rest f16; default: f32)")
     parser.add_argument("--emit", choices=("ir", "ir-opt", "dot"),
                         help="ir: print the IR after the frontend (and autodiff) and stop; ir-opt: the IR "
                              "after the passes; dot: a Graphviz view of the IR after the passes")
