@@ -16,7 +16,7 @@ import pytest
 from compiler import zoo
 from compiler.driver import CompileOptions, compile_model
 from compiler.passes import PassManager
-from compiler.passes.pipelines import level_pipeline
+from compiler.pass_manager.levels import level_pipeline
 
 HASHES = Path(__file__).with_name("pef_hashes.json")
 LEVELS = ("O0", "O1", "O3")
