@@ -10,8 +10,9 @@ from typing import Callable
 
 import lark
 
+from compiler.frontend.calls import arguments, lookup
 from compiler.frontend.context import Context, Handler, Return, Scope
-from compiler.frontend.expressions import arguments, boolean, interpolate, lookup
+from compiler.frontend.expressions import boolean, interpolate
 from compiler.frontend.source import suggest
 from compiler.frontend.values import describe, format_value, is_int, is_number
 from ir.dtypes import DType
