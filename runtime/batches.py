@@ -35,8 +35,9 @@ from ir.errors import DataError, first_line
 from runtime import hdf5_data
 from runtime.hdf5_data import COMPLETION, split_files
 
-#: run-time inputs the trainer feeds itself; every other input comes from the data
-HYPERPARAMETERS = frozenset({"lr"})
+#: run-time inputs the trainer feeds itself (a data-parallel PEF's `replica_weight`: the replica's share
+#: of the global batch's loss weight); every other input comes from the data
+HYPERPARAMETERS = frozenset({"lr", "replica_weight"})
 TOKEN_INPUTS = ("input_ids", "token_type_ids")
 
 
