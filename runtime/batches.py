@@ -161,7 +161,7 @@ def _np_dtype(name: str) -> np.dtype:
 
 
 def _check_dataset(file: Path, handle: h5py.File, spec: InputSpec) -> int:
-    dataset = handle.get(spec.name)
+    dataset = hdf5_data.get_dataset(file, handle, spec.name)
     if not isinstance(dataset, h5py.Dataset):
         found = ", ".join(sorted(handle.keys())) or "none"
         raise DataError(f"{file}: missing dataset '{spec.name}' for the program input of that name "
@@ -205,8 +205,8 @@ def open_rows(path: str | Path, split: str, specs: Sequence[InputSpec],
             problem = (f"sequences of {data.max_seq_length} tokens, but the program was compiled for seq_len "
                        f"{width[0]} (recompile with seq_len={data.max_seq_length}, or prepare the data with "
                        f"--max-seq-length {width[0]})")
-        vocab, bound = (data.metadata or {}).get("vocab_size"), bounds.get("input_ids")
-        if problem is None and isinstance(vocab, int) and bound is not None and vocab > bound:
+        vocab, bound = hdf5_data.recorded_tokenizer(data.metadata).get("vocab_size"), bounds.get("input_ids")
+        if problem is None and vocab is not None and bound is not None and vocab > bound:
             problem = (f"the data's tokenizer has {vocab} ids, the model's vocabulary only {bound} (recompile "
                        f"with vocab_size={vocab}, or prepare the data with the model's tokenizer)")
         if problem is not None:

@@ -20,8 +20,6 @@ params before it).
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import sys
 import time
@@ -33,13 +31,16 @@ import numpy as np
 import pydantic
 
 from backend.pef import PEF, Scalar
+from ir import jsontext
 from ir.errors import CheckpointError, ExecutionError, config_error
 from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
     is_token_data, open_rows
 from runtime.cost_model import estimate
 from runtime.distributed import Replicas
+from runtime.hdf5_data import recorded_tokenizer, tokenizer_folder
 from runtime.program import param_types
+from runtime.save_dir import MetricsFile, SaveDirLock
 from runtime.schedules import Schedule, ScheduleName
 
 METRICS_FILE = "per_step_metrics.csv"
@@ -204,6 +205,7 @@ class Trainer:
         self.program = program
         self.config = config
         self.reporter = reporter or PrintReporter()
+        self._lock: SaveDirLock | None = None  # the save folder's, from `start()` to `close()`
         self.specs = data_inputs(program.pef)
         self.batch_size = batch_size(self.specs)
         self.options = header_options(program.pef)
@@ -229,6 +231,8 @@ class Trainer:
             raise ExecutionError("the program has no 'loss' output to train on")
 
     def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
         self.train.close()
         if self.dev is not None:
             self.dev.close()
@@ -247,6 +251,7 @@ class Trainer:
         found = []
         if self.config.save_dir is not None:
             if self.replicas.writer:
+                self._lock = self._lock or SaveDirLock(self.config.save_dir)
                 ckpt.remove_partial(self.config.save_dir)
             self.replicas.barrier()
             found = ckpt.list_checkpoints(self.config.save_dir)
@@ -392,7 +397,9 @@ class Trainer:
         roles = {p.name: p.role for p in self.program.pef.symbols.params}
         weights = {k: v for k, v in params.items() if roles[k] != "state"}
         optimizer = {k: v for k, v in params.items() if roles[k] == "state"}
-        companions = [p for p in (self.config.checkpoint, Path(self.config.data)) if p is not None and p.is_dir()]
+        data = Path(self.config.data)
+        companions = [p for p in (self.config.checkpoint, data, tokenizer_folder(data))
+                      if p is not None and p.is_dir()]
         folder = ckpt.save_checkpoint(save_dir / ckpt.checkpoint_name(step), weights, self._model_config(),
                                       optimizer, self._trainer_state(step, result), companions)
         result.checkpoints.append(folder)
@@ -406,7 +413,7 @@ class Trainer:
         base = None
         if self.config.checkpoint is not None and (self.config.checkpoint / ckpt.CONFIG).is_file():
             base = _read_json(self.config.checkpoint / ckpt.CONFIG)
-        return ckpt.model_config(model, fields, base, (self.train.metadata or {}).get("eos_id"))
+        return ckpt.model_config(model, fields, base, recorded_tokenizer(self.train.metadata).get("eos_id"))
 
     def _data_state(self) -> dict[str, Any]:
         return {"path": str(self.config.data), "rows": len(self.train), "batch_size": self.order.batch_size,
@@ -430,21 +437,11 @@ class Trainer:
             "last_loss": last.loss if last else None,
         }
 
-    def _open_metrics(self, first_step: int):
-        """The metrics CSV writer, resumed rows after `first_step` dropped; None without a save folder."""
+    def _open_metrics(self, first_step: int) -> MetricsFile | None:
+        """The metrics CSV, resumed rows after `first_step` dropped (atomically); None without a save folder."""
         if self.config.save_dir is None or not self.replicas.writer:
             return None
-        path = self.config.save_dir / METRICS_FILE
-        kept = _metric_rows(path, first_step) if first_step else []
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "w", newline="", encoding="utf-8")
-        except OSError as err:
-            raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
-        writer = csv.writer(handle)
-        writer.writerow(METRICS_COLUMNS)
-        writer.writerows(kept)
-        return _CsvFile(handle, writer)
+        return MetricsFile(self.config.save_dir / METRICS_FILE, METRICS_COLUMNS, first_step)
 
     def _summary(self, result: TrainResult) -> dict[str, object]:
         pef, history = self.program.pef, result.history
@@ -481,33 +478,9 @@ NON_MODEL_OPTIONS = frozenset({"model", "target", "n_chips", "num_tiles", "infer
                                "batch_size", "seq_len"})
 
 
-@attrs.define
-class _CsvFile:
-    handle: Any
-    writer: Any
-
-    def writerow(self, row: list[str]) -> None:
-        self.writer.writerow(row)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-def _metric_rows(path: Path, up_to: int) -> list[list[str]]:
-    """Rows of an existing metrics file for steps <= `up_to` (a resumed run rewrites the rest)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    return [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= up_to]
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {path}: {err}") from None
     return data if isinstance(data, dict) else {}

@@ -87,6 +87,9 @@ def _shift(tree: lark.Tree, line: int, col: int) -> None:
 # --- atoms ----------------------------------------------------------------------
 @expression("int")
 def _int(ctx: Context, node, scope):
+    digits = str(node.children[0]).lstrip("0")
+    if len(digits) > 20:
+        raise ctx.error(f"integer literal of {len(digits)} digits is too large (beyond 64 bits)", node)
     return checked_int(ctx, int(node.children[0]), node)
 
 
