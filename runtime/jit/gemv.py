@@ -19,6 +19,12 @@ of it (two cores reading alternate parts of the same rows get half the bandwidth
   epilogue and stores. Slices depend on the shape alone, so the sums are the same bits on
   any number of threads.
 
+B in blocks (q8_0, q4_0, q4_1 stored [N, K], K contiguous: Llama's Linear weights) with a
+contiguous f32 `a` takes a dot-product path of its own, a block at a time: the block's 32 codes
+are loaded as one vector, widened to f32 and scaled (each weight the value `ir.dtypes` defines),
+multiplied by 32 elements of each row of `a` into vector accumulators, which are added up in
+a fixed tree at the end of the column. Other blocked layouts read element by element.
+
 A split run finds its buffer in the stage's table of `RUNS` runs, keyed by the output
 pointer (a spin lock guards it; a run holds its entry from its first unit to its last,
 so concurrent runs of one kernel on different buffers stay apart). A buffer that cannot
@@ -36,6 +42,7 @@ from typing import Callable, Iterator
 import attrs
 import llvmlite.ir as ir
 
+from ir.dtypes import BLOCK as QUANT_BLOCK
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
@@ -62,6 +69,9 @@ SPLIT_BELOW = 8
 #: concurrent runs of one split stage its table tracks (a unit waits for a free entry)
 RUNS = 16
 _FAST = ("reassoc", "contract")
+#: elements per block of a block-quantized B, and a vector of as many f32 lanes
+BLOCK_SIZE = QUANT_BLOCK
+_BLOCK_VEC = ir.VectorType(F32, BLOCK_SIZE)
 _ENTRY = ir.LiteralStructType([VOIDP, F32.as_pointer(), I64, I1])  # key, partial sums, units done, failed
 _KEY, _PARTS, _DONE, _FAILED = range(4)
 
@@ -122,7 +132,9 @@ def gemv_extent(stage) -> int:
 def emit_gemv(stage, b: ir.IRBuilder, ptrs, lo, hi) -> ir.Value:
     """Units [lo, hi) of the stage; returns the status."""
     plan = split(stage)
-    if not plan.along_rows:
+    if not plan.along_rows and reads_blocks(stage):
+        _emit_block_dots(stage, plan, b, ptrs, lo, hi)
+    elif not plan.along_rows:
         _emit_dots(stage, plan, b, ptrs, lo, hi)
     elif plan.slices == 1:
         _emit_whole(stage, plan, b, ptrs, lo, hi)
@@ -266,6 +278,79 @@ def _emit_dots(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> None:
                     b.store(b.fadd(b.load(slot), product, flags=_FAST), slot)
             for i, slot in enumerate(slots):
                 store_sum(stage, b, ptrs, batch, i64(i), column, b.load(slot))
+
+
+def reads_blocks(stage) -> bool:
+    """B in whole blocks along its contiguous depth (every column starts a block), `a` contiguous f32."""
+    access, a = stage.b.access, stage.a.access
+    whole = all(x % BLOCK_SIZE == 0 for x in (access.offset, stage.k, *access.strides[:-2], access.strides[-1]))
+    return (access.dtype.is_blocked and access.strides[-2] == 1 and whole and a.dtype == DType.f32
+            and a.strides[-1] == 1)
+
+
+def _emit_block_dots(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> None:
+    """Units (entry, block of columns) as `_emit_dots`, each column a block of B at a time."""
+    dtype = stage.b.access.dtype
+    with b.goto_entry_block():
+        accs = [b.alloca(_BLOCK_VEC, name=f"acc{i}") for i in range(stage.m)]
+    a_ptr, b_ptr = ptrs[stage.a.access.arg], ptrs[stage.b.access.arg]
+    a_row = stage.a.access.strides[-2]
+    with cg.loop(b, lo, hi, name="unit") as unit:
+        entry, block = cg.unravel(b, unit, (plan.entries, plan.chunks))
+        batch = cg.unravel(b, entry, stage.batch)
+        a_base, b_base = stage.a.base(b, batch), stage.b.base(b, batch)
+        j0 = b.mul(block, i64(BLOCK))
+        with cg.loop(b, j0, cg.imin(b, b.add(j0, i64(BLOCK)), i64(stage.n)), name="col") as column:
+            for acc in accs:
+                b.store(ir.Constant(_BLOCK_VEC, None), acc)
+            first = b.udiv(b.add(b_base, b.mul(column, i64(stage.b.access.strides[-1]))), i64(BLOCK_SIZE))
+            with cg.loop(b, 0, stage.k // BLOCK_SIZE, name="blk") as kb:
+                start = b.mul(b.add(first, kb), i64(dtype.itemsize))
+                weights = _widen_block(b, b.gep(b_ptr, [start]), dtype)
+                for i, acc in enumerate(accs):
+                    at = b.add(a_base, b.add(i64(i * a_row), b.mul(kb, i64(BLOCK_SIZE))))
+                    x = b.load(b.bitcast(b.gep(a_ptr, [at]), _BLOCK_VEC.as_pointer()), align=4)
+                    b.store(b.fadd(b.load(acc), b.fmul(x, weights, flags=_FAST), flags=_FAST), acc)
+            for i, acc in enumerate(accs):
+                store_sum(stage, b, ptrs, batch, i64(i), column, _tree_sum(b, b.load(acc)))
+
+
+def _widen_block(b: ir.IRBuilder, block: ir.Value, dtype: DType) -> ir.Value:
+    """The 32 values of the block at byte pointer `block`, as `cg.load_blocked` computes each."""
+    def half(offset: int) -> ir.Value:
+        scalar = b.fpext(b.load(b.bitcast(b.gep(block, [i64(offset)]), cg.F16.as_pointer()), align=1), F32)
+        return _splat(b, scalar)
+
+    def codes(offset: int, lanes: int) -> ir.Value:
+        return b.load(b.bitcast(b.gep(block, [i64(offset)]), ir.VectorType(cg.I8, lanes).as_pointer()), align=1)
+
+    if dtype == DType.q8_0:
+        return b.fmul(half(0), b.sitofp(codes(2, BLOCK_SIZE), _BLOCK_VEC))
+    packed = codes(2 if dtype == DType.q4_0 else 4, BLOCK_SIZE // 2)
+    nibbles = ir.VectorType(cg.I8, BLOCK_SIZE // 2)
+    low = b.and_(packed, ir.Constant(nibbles, [15] * (BLOCK_SIZE // 2)))
+    high = b.lshr(packed, ir.Constant(nibbles, [4] * (BLOCK_SIZE // 2)))
+    values = b.uitofp(b.shuffle_vector(low, high, ir.Constant(ir.VectorType(I32, BLOCK_SIZE), list(range(BLOCK_SIZE)))),
+                      _BLOCK_VEC)
+    if dtype == DType.q4_0:
+        return b.fmul(half(0), b.fsub(values, _splat(b, ir.Constant(F32, 8.0))))
+    return b.fadd(b.fmul(half(0), values), half(2))
+
+
+def _splat(b: ir.IRBuilder, scalar: ir.Value) -> ir.Value:
+    one = b.insert_element(ir.Constant(_BLOCK_VEC, ir.Undefined), scalar, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(_BLOCK_VEC, ir.Undefined), ir.Constant(ir.VectorType(I32, BLOCK_SIZE), None))
+
+
+def _tree_sum(b: ir.IRBuilder, vector: ir.Value) -> ir.Value:
+    """The lanes of a vector added in a fixed tree (halves, then quarters, ...)."""
+    lanes = vector.type.count
+    while lanes > 1:
+        lanes //= 2
+        halves = [b.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(I32, lanes), list(range(o, o + lanes))))
+                  for o in (0, lanes)]
+        vector = b.fadd(*halves)
+    return b.extract_element(vector, ir.Constant(I32, 0))
 
 
 def _run_table(module: ir.Module, function: str) -> tuple[ir.GlobalVariable, ir.GlobalVariable]:

@@ -11,7 +11,8 @@ from gguf.quants import quantize as ggml_quantize
 
 from backend import kernel_program as kp
 from ir.dtypes import DType, as_blocks, convert, dequantize, quantize
-from test_gemv_paths import call, extent, program, takes_gemv
+from runtime.jit import gemv
+from test_gemv_paths import call, extent, gemm_of, program, takes_gemv
 
 BLOCKED = [DType.q8_0, DType.q4_0, DType.q4_1]
 
@@ -78,9 +79,11 @@ SHAPES = [(1, 32, 1), (1, 96, 97), (3, 160, 257), (4, 1536, 160), (1, 576, 1536)
 @pytest.mark.parametrize("dtype", BLOCKED)
 @pytest.mark.parametrize("m, k, n", SHAPES)
 def test_llama_layout_blocks_along_the_depth(dtype, m, k, n):
-    """B stored [n, k] (Linear weights): blocks run along the reduction axis."""
+    """B stored [n, k] (Linear weights): blocks run along the reduction axis; rows of a decode step
+    take the vectorized block-dot path."""
     prog = program(m, k, n, True, dtype)
     assert (takes_gemv(prog) is not None) == (m <= 4)
+    assert gemv.reads_blocks(gemm_of(prog)) or m > 4
     check(prog, seed=m + k + n)
 
 
@@ -88,4 +91,21 @@ def test_llama_layout_blocks_along_the_depth(dtype, m, k, n):
 @pytest.mark.parametrize("m, k, n", [(1, 97, 64), (2, 1536, 768), (4, 13, 4096 + 32), (33, 100, 96)])
 def test_conv1d_layout_blocks_along_the_columns(dtype, m, k, n):
     """B stored [k, n] (GPT-2's Conv1D weights): blocks run along the output axis, split depths too."""
-    check(program(m, k, n, False, dtype), seed=m * k)
+    prog = program(m, k, n, False, dtype)
+    assert not gemv.reads_blocks(gemm_of(prog))
+    check(prog, seed=m * k)
+
+
+@pytest.mark.parametrize("dtype", BLOCKED)
+def test_batched_decode_rows_share_blocks(dtype):
+    """A decode step of batch 3 sharing B (rows folded), and B per batch entry."""
+    for shared in (True, False):
+        prog = program(1, 320, 70, True, dtype, batch=(3,), shared_b=shared, epilogue=True)
+        assert gemv.reads_blocks(gemm_of(prog))
+        inputs = operands(prog, 5)
+        (stage,) = prog.stages
+        a, b = inputs["a"].astype(np.float64), dequantize(inputs["b"]).astype(np.float64)
+        exact = np.maximum(a @ np.swapaxes(b, -1, -2) + inputs["bias"], 0) + inputs["res"]
+        got = [call(prog, inputs, threads=t) for t in (1, 2)]
+        np.testing.assert_array_equal(got[0], got[1])
+        np.testing.assert_allclose(got[0], exact, rtol=1e-5, atol=1e-4)
