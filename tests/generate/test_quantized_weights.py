@@ -62,3 +62,14 @@ def test_params_are_the_checkpoint_quantized_once(compiled, weight_dtype):
     step = np.abs(weights).max() / {"q8_0": 127, "q4_0": 7, "q4_1": 7}[weight_dtype]
     f32 = load_file(checkpoint("llama-tiny") / "model.safetensors")["model.layers.0.mlp.down_proj.weight"]
     assert 0 < np.abs(weights - f32).max() <= step
+
+
+def test_the_cost_model_counts_the_blocks_bytes(compiled, weight_dtype):
+    """A decode step's off-chip reads shrink by exactly the bytes the weights no longer take: llama-tiny's
+    22528 matrix weights from 4 bytes to a block's bytes / 32, its 4096-entry embedding from 4 to 2."""
+    def hbm_read(pef) -> int:
+        return sum(k.cost.bytes_read.get("hbm", 0) for k in pef.entry("decode").kernels)
+    f32 = compile_generation("llama-tiny").pef
+    block = {"q8_0": 34, "q4_0": 18, "q4_1": 20}[weight_dtype]
+    saved = 22528 * 4 - 22528 // 32 * block + 4096 * 2
+    assert hbm_read(f32) - hbm_read(compiled["llama-tiny"].pef) == saved
