@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import attrs
 
@@ -29,10 +29,17 @@ class HFModel:
 
 
 class _Reader:
-    """Looks up keys of one config.json and reports problems at their line."""
+    """Looks up keys of one config.json (or an object standing for one) and reports problems at their line."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, data: Mapping[str, Any] | None = None):
         self.path = path
+        self.text = ""
+        self.data = data
+        if data is None:
+            self._read()
+
+    def _read(self) -> None:
+        path = self.path
         try:
             self.text = path.read_text(encoding="utf-8")
             self.data = json.loads(self.text)
@@ -52,6 +59,8 @@ class _Reader:
 
     def error(self, key: str, message: str) -> ConfigError:
         where = self.where(key)
+        if where is None and not self.text:  # no file to point into: name the source
+            return ConfigError(f"{self.path}: '{key}': {message}")
         context = self.text.splitlines()[where.line - 1] if where else None
         return ConfigError(f"'{key}': {message}", where, context)
 
@@ -111,11 +120,19 @@ def read_hf_config(folder: str | Path) -> HFModel:
     path = Path(folder) / CONFIG
     if not path.is_file():
         raise ConfigError(f"'{folder}' is not a Hugging Face checkpoint folder: it has no {CONFIG}")
-    reader = _Reader(path)
+    return _model(_Reader(path))
+
+
+def hf_model(config: Mapping[str, Any], source: str | Path) -> HFModel:
+    """The zoo model and settings for a `config.json` object taken from `source` (e.g. a GGUF file's metadata)."""
+    return _model(_Reader(Path(source), dict(config)))
+
+
+def _model(reader: _Reader) -> HFModel:
     model_type = reader.get("model_type")
     if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         known = ", ".join(MODEL_TYPES)
         raise reader.error("model_type", f"unsupported model type {json.dumps(model_type)} (supported: {known})")
     values = MODEL_TYPES[model_type](reader)
     locations = {k: reader.where(k) for k in values}
-    return HFModel(model_type, settings_from(values, str(path), locations, reader.text))
+    return HFModel(model_type, settings_from(values, str(reader.path), locations, reader.text or None))

@@ -1,7 +1,8 @@
 """Checkpoints in Hugging Face layout: `model.safetensors` (or a sharded index) in a folder.
 
 `load_hf_checkpoint(folder, expected)` reads the tensors a program's params need,
-by name: GPT-2 keys may lack the `transformer.` prefix (and Llama's the `model.`
+by name, from a folder or a GGUF file (its tensors under their Hugging Face names,
+see `runtime.gguf_model`): GPT-2 keys may lack the `transformer.` prefix (and Llama's the `model.`
 prefix), a tied `lm_head.weight` is ignored when the program has no such param,
 and floating-point tensors are converted to the param's dtype. Missing tensors
 and shape mismatches raise `CheckpointError`; unexpected ones are listed.
@@ -30,6 +31,8 @@ from safetensors.numpy import load_file, save_file
 from ir.dtypes import DType
 from ir.errors import CheckpointError
 from ir.types import TensorType
+from runtime.gguf import read_gguf
+from runtime.gguf_model import hf_config, hf_tensors, is_gguf
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -48,7 +51,11 @@ class LoadedCheckpoint:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder: one file, or the shards of an index."""
+    """The safetensors files of a checkpoint folder: one file, or the shards of an index; or a
+    GGUF file itself, once its header is valid."""
+    if is_gguf(folder) and not folder.is_dir():
+        read_gguf(folder)
+        return [folder]
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder '{folder}' does not exist")
     if (folder / WEIGHTS).is_file():
@@ -64,8 +71,11 @@ def weight_files(folder: Path) -> list[Path]:
     return [folder / shard for shard in shards]
 
 
-def read_tensors(folder: str | Path) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint in `folder`, by its stored name."""
+def read_tensors(folder: str | Path) -> Mapping[str, np.ndarray]:
+    """Every tensor of the checkpoint in `folder`, by its stored name (a GGUF file's: by Hugging Face
+    name, each read when asked for)."""
+    if is_gguf(folder) and not Path(folder).is_dir():
+        return hf_tensors(folder)
     tensors: dict[str, np.ndarray] = {}
     for path in weight_files(Path(folder)):
         try:
@@ -178,6 +188,20 @@ def model_config(model: str, options: Mapping[str, object], base: Mapping[str, o
         else:
             config["rope_theta"] = options["rope_theta"]
     return dict(sorted(config.items()))
+
+
+def source_config(checkpoint: Path) -> dict[str, object] | None:
+    """The Hugging Face config a checkpoint came with: its folder's config.json, a GGUF file's metadata."""
+    if is_gguf(checkpoint) and checkpoint.is_file():
+        return hf_config(read_gguf(checkpoint))
+    path = checkpoint / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from None
+    return data if isinstance(data, dict) else {}
 
 
 def checkpoint_name(step: int) -> str:

@@ -21,7 +21,6 @@ params before it).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 import time
@@ -390,9 +389,7 @@ class Trainer:
     def _model_config(self) -> dict[str, object]:
         model = str(self.options.get("model", "model"))
         fields = {k: v for k, v in self.options.items() if "." not in k and k not in NON_MODEL_OPTIONS}
-        base = None
-        if self.config.checkpoint is not None and (self.config.checkpoint / ckpt.CONFIG).is_file():
-            base = _read_json(self.config.checkpoint / ckpt.CONFIG)
+        base = ckpt.source_config(self.config.checkpoint) if self.config.checkpoint is not None else None
         return ckpt.model_config(model, fields, base, (self.train.metadata or {}).get("eos_id"))
 
     def _data_state(self) -> dict[str, Any]:
@@ -489,14 +486,6 @@ def _metric_rows(path: Path, up_to: int) -> list[list[str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     return [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= up_to]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from None
-    return data if isinstance(data, dict) else {}
 
 
 def write_summary(path: Path, summary: Mapping[str, object]) -> None:

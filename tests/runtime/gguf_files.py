@@ -1,0 +1,101 @@
+"""GGUF files for the tests, written by the `gguf` package's GGUFWriter as llama.cpp's converter would.
+
+`write_gguf` writes tensors (float arrays, or raw quantized bytes with their type) and
+metadata; `llama_to_gguf` converts a Hugging Face Llama folder the way
+`convert_hf_to_gguf.py` does (its tensor names from the package's own name map, q/k
+rows permuted for llama.cpp's rotary layout, config keys as `llama.*` metadata);
+`tokenizer_metadata` turns a `tokenizers` byte-level BPE into `tokenizer.ggml.*` keys.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import gguf
+import numpy as np
+from safetensors.numpy import load_file
+
+Q = gguf.GGMLQuantizationType
+
+
+def write_gguf(path: Path, tensors: Mapping[str, np.ndarray | tuple[np.ndarray, Q]],
+               metadata: Mapping[str, Any] = (), arch: str = "llama") -> Path:
+    """A GGUF file: each tensor a float32 array, or (raw bytes [rows, bytes per row], type)."""
+    writer = gguf.GGUFWriter(str(path), arch)
+    for key, value in dict(metadata).items():
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            writer.add_array(key, list(value))
+    for name, value in tensors.items():
+        if isinstance(value, tuple):
+            writer.add_tensor(name, value[0], raw_dtype=value[1])
+        else:
+            writer.add_tensor(name, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def random_blocks(rng: np.random.Generator, kind: Q, rows: int, blocks: int) -> np.ndarray:
+    """Random stored bytes of `kind` for [rows, blocks * block size] values, every float16/32 field finite
+    (no byte has bit 0x40 or 0x04 set, so no float16, bfloat16 or float32 exponent is all ones)."""
+    size = gguf.GGML_QUANT_SIZES[kind][1]
+    return (rng.integers(0, 256, (rows, blocks * size), dtype=np.uint8) & 0x3B).astype(np.uint8)
+
+
+def permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's reordering of a q/k projection's rows (`LlamaModel.permute` of convert_hf_to_gguf.py)."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2) \
+        .reshape(weight.shape)
+
+
+def llama_to_gguf(folder: Path, path: Path, kind: Q = Q.F32, extra: Mapping[str, Any] = ()) -> Path:
+    """The Hugging Face Llama checkpoint in `folder` as a GGUF file; 2-d weights stored as `kind`."""
+    config = json.loads((folder / "config.json").read_text())
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    tensors: dict[str, Any] = {}
+    for hf, array in sorted(load_file(folder / "model.safetensors").items()):
+        if ".q_proj." in hf:
+            array = permute(array, heads)
+        elif ".k_proj." in hf:
+            array = permute(array, kv_heads)
+        name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        stored = array if array.ndim == 1 or kind == Q.F32 else (gguf.quants.quantize(array, kind), kind)
+        tensors[name] = stored
+    rope = config.get("rope_parameters") or {}
+    metadata = {"llama.block_count": config["num_hidden_layers"],
+                "llama.context_length": config["max_position_embeddings"],
+                "llama.embedding_length": config["hidden_size"],
+                "llama.feed_forward_length": config["intermediate_size"],
+                "llama.attention.head_count": heads, "llama.attention.head_count_kv": kv_heads,
+                "llama.attention.layer_norm_rms_epsilon": float(config["rms_norm_eps"]),
+                "llama.rope.freq_base": float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+                "llama.rope.dimension_count": config["hidden_size"] // heads,
+                "tokenizer.ggml.bos_token_id": config["bos_token_id"],
+                "tokenizer.ggml.eos_token_id": config["eos_token_id"], **dict(extra)}
+    return write_gguf(path, tensors, metadata)
+
+
+def tokenizer_metadata(tokenizer_json: Path, pre: str, eos: str) -> dict[str, Any]:
+    """`tokenizer.ggml.*` keys of a byte-level BPE `tokenizer.json`, as llama.cpp's converter writes them."""
+    data = json.loads(tokenizer_json.read_text())
+    vocab = data["model"]["vocab"]
+    for added in data["added_tokens"]:
+        vocab[added["content"]] = added["id"]
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    special = {a["content"] for a in data["added_tokens"] if a["special"]}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": [3 if t in special else 1 for t in tokens],
+            "tokenizer.ggml.merges": merges, "tokenizer.ggml.eos_token_id": vocab[eos]}
