@@ -193,6 +193,11 @@ def _tokens(file: GGUFFile) -> list[str]:
     return tokens
 
 
+def has_tokenizer(path: str | Path) -> bool:
+    """Whether the GGUF file at `path` carries a tokenizer (`tokenizer.ggml.model`)."""
+    return "tokenizer.ggml.model" in read_gguf(path).metadata
+
+
 def tokenizer_config(path: str | Path) -> dict[str, Any]:
     """`tokenizer_config.json` of the GGUF file's tokenizer: its special tokens and chat template."""
     file = read_gguf(path)
