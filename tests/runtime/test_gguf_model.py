@@ -216,3 +216,38 @@ def test_a_bad_gguf_file_is_one_line_and_exit_1(tmp_path):
         done = rduflow(*args, cwd=tmp_path)
         assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "not a valid GGUF file: it claims" in rduflow("compile", str(bad), cwd=tmp_path).stderr
+
+
+def test_finetuning_from_a_gguf_file_gives_the_reference_losses(tmp_path, llama_gguf):
+    """Five AdamW steps from the GGUF's weights: transformers' losses and params, and a checkpoint folder
+    in Llama's Hugging Face layout whose config.json comes from the GGUF's metadata."""
+    import csv
+
+    import h5py
+
+    from tools.cli import main
+
+    with np.load(FIXTURES / "ref" / "llama-tiny" / "finetune.npz") as z:
+        ids, types, losses = (z[k] for k in ("input_ids", "token_type_ids", "losses"))
+    with h5py.File(tmp_path / "batches.hdf5", "w") as f:
+        f.create_dataset("input_ids", data=ids.reshape(10, 16).astype(np.int32))
+        f.create_dataset("token_type_ids", data=types.reshape(10, 16).astype(np.int32))
+    assert main(["compile", str(llama_gguf), "--weight-decay", "0.01", "--max-grad-norm", "1.0",
+                 "-o", str(tmp_path), "--pef-name", "train"]) == 0
+    assert main(["run", str(tmp_path / "train" / "train.pef"), "--data", str(tmp_path / "batches.hdf5"),
+                 "--checkpoint", str(llama_gguf), "--num-steps", "5", "--no-shuffle", "--lr", "1e-3",
+                 "--save-dir", str(tmp_path / "run")]) == 0
+    with open(tmp_path / "run" / "per_step_metrics.csv", newline="") as handle:
+        np.testing.assert_allclose([float(r["loss"]) for r in csv.DictReader(handle)], losses, rtol=1e-4)
+    saved = tmp_path / "run" / "checkpoint-5"
+    reference = load_file(FIXTURES / "ref" / "llama-tiny" / "params_step5.safetensors")
+    tensors = load_file(saved / "model.safetensors")
+    assert sorted(tensors) == sorted(reference)
+    for name, want in reference.items():
+        np.testing.assert_allclose(tensors[name], want, atol=2e-5, err_msg=name)
+    config = json.loads((saved / "config.json").read_text())
+    original = json.loads((LLAMA / "config.json").read_text())
+    same = ("architectures", "model_type", "hidden_size", "num_key_value_heads", "rms_norm_eps", "bos_token_id",
+            "eos_token_id", "tie_word_embeddings", "hidden_act")
+    assert {k: config[k] for k in same} == {k: original[k] for k in same}
+    assert config["rope_theta"] == original["rope_parameters"]["rope_theta"]
