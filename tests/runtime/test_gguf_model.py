@@ -251,3 +251,18 @@ def test_finetuning_from_a_gguf_file_gives_the_reference_losses(tmp_path, llama_
             "eos_token_id", "tie_word_embeddings", "hidden_act")
     assert {k: config[k] for k in same} == {k: original[k] for k in same}
     assert config["rope_theta"] == original["rope_parameters"]["rope_theta"]
+
+
+def test_the_chat_template_and_its_special_tokens_come_from_the_gguf(tmp_path, hf_tokenizer_json):
+    from runtime.chat_template import ChatTemplate
+
+    template = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    path = tokenizer_gguf(tmp_path / "t.gguf", hf_tokenizer_json, "smollm", **{"tokenizer.chat_template": template,
+                                                                                "tokenizer.ggml.bos_token_id": 0})
+    chat = ChatTemplate.from_folder(path)
+    assert chat.special_tokens == {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>"}
+    text = chat.render([{"role": "user", "content": "Hi"}])
+    assert text == "<|endoftext|><|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert load_tokenizer(path).encode(text)[:2] == [0, 1]
+    assert ChatTemplate.from_folder(tokenizer_gguf(tmp_path / "none.gguf", hf_tokenizer_json, "smollm")) is None
