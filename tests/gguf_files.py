@@ -4,7 +4,9 @@
 metadata; `llama_to_gguf` converts a Hugging Face Llama folder the way
 `convert_hf_to_gguf.py` does (its tensor names from the package's own name map, q/k
 rows permuted for llama.cpp's rotary layout, config keys as `llama.*` metadata);
-`tokenizer_metadata` turns a `tokenizers` byte-level BPE into `tokenizer.ggml.*` keys.
+`tokenizer_metadata` turns a `tokenizers` byte-level BPE into `tokenizer.ggml.*` keys;
+`train_bpe` makes such a BPE; `chat_model_gguf` writes a tiny random Llama with a tokenizer
+and a chat template, a stand-in for an instruct model's GGUF (such as SmolLM2's).
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ import numpy as np
 from safetensors.numpy import load_file
 
 Q = gguf.GGMLQuantizationType
+ROOT = Path(__file__).resolve().parents[1]
+#: the special tokens of SmolLM2's tokenizer that its chat template uses
+CHAT_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def write_gguf(path: Path, tensors: Mapping[str, np.ndarray | tuple[np.ndarray, Q]],
@@ -99,3 +104,48 @@ def tokenizer_metadata(tokenizer_json: Path, pre: str, eos: str) -> dict[str, An
     return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
             "tokenizer.ggml.token_type": [3 if t in special else 1 for t in tokens],
             "tokenizer.ggml.merges": merges, "tokenizer.ggml.eos_token_id": vocab[eos]}
+
+
+def train_bpe(path: Path, vocab_size: int = 600) -> Path:
+    """A byte-level BPE `tokenizer.json` with Digits + ByteLevel pre-tokenization (SmolLM2's), trained on
+    the bundled corpora, `CHAT_TOKENS` its first ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                       pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CHAT_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    data = ROOT / "tools" / "data"
+    lines = (data / "midsummer.txt").read_text().splitlines() + (data / "rduflow_qa.jsonl").read_text().splitlines()
+    tokenizer.train_from_iterator(lines, trainer)
+    tokenizer.save(str(path))
+    return path
+
+
+def chat_model_gguf(path: Path, tokenizer_json: Path, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide random Llama (F32, tied head) with the BPE of `tokenizer_json` and SmolLM2's chat
+    template: the shape of an instruct model's GGUF, small enough for any test."""
+    meta = tokenizer_metadata(tokenizer_json, "smollm", "<|im_end|>")
+    vocab, hidden, ff, layers = len(meta["tokenizer.ggml.tokens"]), 32, 64, 2
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape: int) -> np.ndarray:
+        return (0.2 * rng.standard_normal(shape)).astype(np.float32)
+
+    tensors = {"token_embd.weight": normal(vocab, hidden), "output_norm.weight": np.ones(hidden, np.float32)}
+    for i in range(layers):
+        tensors.update({f"blk.{i}.attn_norm.weight": np.ones(hidden, np.float32),
+                        f"blk.{i}.ffn_norm.weight": np.ones(hidden, np.float32),
+                        f"blk.{i}.attn_q.weight": normal(hidden, hidden), f"blk.{i}.attn_k.weight": normal(16, hidden),
+                        f"blk.{i}.attn_v.weight": normal(16, hidden), f"blk.{i}.attn_output.weight": normal(hidden, hidden),
+                        f"blk.{i}.ffn_gate.weight": normal(ff, hidden), f"blk.{i}.ffn_up.weight": normal(ff, hidden),
+                        f"blk.{i}.ffn_down.weight": normal(hidden, ff)})
+    template = (ROOT / "tests" / "fixtures" / "chat" / "smollm2.jinja").read_text()
+    meta.update({"llama.block_count": layers, "llama.context_length": 512, "llama.embedding_length": hidden,
+                 "llama.feed_forward_length": ff, "llama.attention.head_count": 4,
+                 "llama.attention.head_count_kv": 2, "llama.attention.layer_norm_rms_epsilon": 1e-5,
+                 "llama.rope.freq_base": 100000.0, "llama.rope.dimension_count": 8,
+                 "tokenizer.ggml.bos_token_id": 1, "tokenizer.chat_template": template})
+    return write_gguf(path, tensors, meta)

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from compiler.driver import CompileOptions, compile_model
-from gguf_files import Q, llama_to_gguf, tokenizer_metadata, write_gguf
+from gguf_files import Q, llama_to_gguf, tokenizer_metadata, train_bpe, write_gguf
 from ir.errors import CheckpointError
 from ir.interpreter import interpret
 from runtime.checkpoint import load_hf_checkpoint, source_config
@@ -130,18 +130,7 @@ SAMPLE = ("Hello world! 12345 <|im_start|>user\nWhat is 2+2?<|im_end|>\n  The  q
 @pytest.fixture(scope="module")
 def hf_tokenizer_json(tmp_path_factory):
     """A byte-level BPE trained here, with Digits + ByteLevel pre-tokenization (SmolLM2's)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                       pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator((ROOT / "tools" / "data" / "midsummer.txt").read_text().splitlines(), trainer)
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tokenizer.save(str(path))
-    return path
+    return train_bpe(tmp_path_factory.mktemp("tok") / "tokenizer.json")
 
 
 def tokenizer_gguf(path: Path, tokenizer_json: Path, pre: str, **extra) -> Path:
