@@ -9,7 +9,8 @@ zoo runs, so that a `.gguf` file is a model and a checkpoint wherever a folder i
   it, as from a folder's);
 * `hf_tensors(file)`: the tensors under their Hugging Face names, dequantized when
   read; Llama's q/k projections un-permuted (llama.cpp reorders their rows for its
-  rotary layout; the inverse is the one transformers' GGUF loader applies);
+  rotary layout; the inverse is the one transformers' GGUF loader applies); Gemma's
+  norm weights less the 1 llama.cpp adds to them;
 * `tokenizer_config(file)` and `gguf_tokenizer(file)`: the special tokens and chat
   template (`tokenizer.chat_template`), and a `tokenizers` byte-level BPE built from
   `tokenizer.ggml.*`. Only the `gpt2` tokenizer model (byte-level BPE) is built, with
@@ -28,8 +29,11 @@ from ir.errors import CheckpointError
 from runtime.gguf import GGUFFile, read_gguf
 from runtime.tokenizer import HFTokenizer
 
-#: GGUF architecture -> the Hugging Face model_type it came from
-ARCHITECTURES = {"llama": "llama"}
+#: GGUF architecture -> the Hugging Face model_type it came from (Mistral's GGUFs say "llama")
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma": "gemma"}
+#: config.json's MLP activation key and value per architecture
+_ACTIVATIONS = {"llama": ("hidden_act", "silu"), "qwen2": ("hidden_act", "silu"),
+                "gemma": ("hidden_activation", "gelu_pytorch_tanh")}
 #: GGUF tensor name (without `blk.N.` and `.weight`/`.bias`) -> Hugging Face module name
 _GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _LAYER = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
@@ -121,7 +125,7 @@ def hf_config(file: GGUFFile) -> dict[str, Any]:
         "tie_word_embeddings": "output.weight" not in file.tensors,
         "attention_bias": "blk.0.attn_q.bias" in file.tensors,
         "mlp_bias": "blk.0.ffn_up.bias" in file.tensors,
-        "hidden_act": "silu",
+        _ACTIVATIONS[arch][0]: _ACTIVATIONS[arch][1],
     }
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = _get(file, f"tokenizer.ggml.{key.replace('pad_', 'padding_')}", int, None)
@@ -155,6 +159,7 @@ class HFTensors(Mapping):
     def __init__(self, file: GGUFFile):
         self.file = file
         config = hf_config(file)
+        self._arch = architecture(file)
         self._heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
         self._names = {}
         for name in file.tensors:
@@ -165,7 +170,9 @@ class HFTensors(Mapping):
         name = self._names[key]
         array = self.file.tensor(name)
         kind = name.split(".")[-2]
-        if kind in self._heads and name.startswith("blk."):
+        if self._arch == "gemma" and kind.endswith("norm"):
+            return array - np.float32(1.0)
+        if self._arch == "llama" and kind in self._heads and name.startswith("blk."):
             heads = self._heads[kind]
             if array.shape[0] % (2 * heads):
                 raise _error(self.file, f"tensor '{name}' has {array.shape[0]} rows, not a multiple of "

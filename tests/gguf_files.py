@@ -64,32 +64,40 @@ def permute(weight: np.ndarray, heads: int) -> np.ndarray:
         .reshape(weight.shape)
 
 
+#: Hugging Face model_type -> GGUF architecture, as convert_hf_to_gguf.py names them
+ARCHS = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "gemma": gguf.MODEL_ARCH.GEMMA}
+
+
 def llama_to_gguf(folder: Path, path: Path, kind: Q = Q.F32, extra: Mapping[str, Any] = ()) -> Path:
-    """The Hugging Face Llama checkpoint in `folder` as a GGUF file; 2-d weights stored as `kind`."""
+    """The Hugging Face Llama-family checkpoint in `folder` (llama, qwen2 or gemma) as a GGUF file, 2-d
+    weights stored as `kind`: Llama's q/k rows permuted, Gemma's norm weights plus 1, as llama.cpp does."""
     config = json.loads((folder / "config.json").read_text())
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    family = config["model_type"]
+    arch = gguf.MODEL_ARCH_NAMES[ARCHS[family]]
+    names = gguf.get_tensor_name_map(ARCHS[family], config["num_hidden_layers"])
     tensors: dict[str, Any] = {}
     for hf, array in sorted(load_file(folder / "model.safetensors").items()):
-        if ".q_proj." in hf:
+        if family == "llama" and ".q_proj." in hf:
             array = permute(array, heads)
-        elif ".k_proj." in hf:
+        elif family == "llama" and ".k_proj." in hf:
             array = permute(array, kv_heads)
+        elif family == "gemma" and hf.endswith("norm.weight"):
+            array = array + np.float32(1.0)
         name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
         stored = array if array.ndim == 1 or kind == Q.F32 else (gguf.quants.quantize(array, kind), kind)
         tensors[name] = stored
     rope = config.get("rope_parameters") or {}
-    metadata = {"llama.block_count": config["num_hidden_layers"],
-                "llama.context_length": config["max_position_embeddings"],
-                "llama.embedding_length": config["hidden_size"],
-                "llama.feed_forward_length": config["intermediate_size"],
-                "llama.attention.head_count": heads, "llama.attention.head_count_kv": kv_heads,
-                "llama.attention.layer_norm_rms_epsilon": float(config["rms_norm_eps"]),
-                "llama.rope.freq_base": float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
-                "llama.rope.dimension_count": config["hidden_size"] // heads,
-                "tokenizer.ggml.bos_token_id": config["bos_token_id"],
-                "tokenizer.ggml.eos_token_id": config["eos_token_id"], **dict(extra)}
-    return write_gguf(path, tensors, metadata)
+    metadata = {f"{arch}.{key}": value for key, value in {
+        "block_count": config["num_hidden_layers"], "context_length": config["max_position_embeddings"],
+        "embedding_length": config["hidden_size"], "feed_forward_length": config["intermediate_size"],
+        "attention.head_count": heads, "attention.head_count_kv": kv_heads,
+        "attention.layer_norm_rms_epsilon": float(config["rms_norm_eps"]),
+        "rope.freq_base": float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+        "rope.dimension_count": config["hidden_size"] // heads}.items()}
+    metadata.update({"tokenizer.ggml.bos_token_id": config["bos_token_id"],
+                     "tokenizer.ggml.eos_token_id": config["eos_token_id"], **dict(extra)})
+    return write_gguf(path, tensors, metadata, arch)
 
 
 def tokenizer_metadata(tokenizer_json: Path, pre: str, eos: str) -> dict[str, Any]:

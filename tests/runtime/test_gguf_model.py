@@ -105,7 +105,7 @@ def test_q8_0_weights_stay_close(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("general.architecture", "mamba", "architecture 'mamba' is not supported (supported: llama"),
+    ("general.architecture", "mamba", "architecture 'mamba' is not supported (supported: llama, qwen2, gemma"),
     ("llama.rope.scaling.type", "yarn", "'llama.rope.scaling.type' 'yarn' is not supported"),
     ("llama.rope.dimension_count", 4, "partial rotary embeddings are not supported"),
     ("llama.attention.head_count", "four", "metadata 'llama.attention.head_count' is 'four', expected int"),
@@ -255,3 +255,21 @@ def test_the_chat_template_and_its_special_tokens_come_from_the_gguf(tmp_path, h
     assert text == "<|endoftext|><|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     assert load_tokenizer(path).encode(text)[:2] == [0, 1]
     assert ChatTemplate.from_folder(tokenizer_gguf(tmp_path / "none.gguf", hf_tokenizer_json, "smollm")) is None
+
+
+@pytest.mark.parametrize("name", ["qwen2-tiny", "gemma-tiny"])
+def test_qwen2_and_gemma_gguf_files_match_transformers(tmp_path, name):
+    """Converted as llama.cpp does (Qwen2: q/k/v biases, no permutation; Gemma: norm weights + 1)."""
+    hf = FIXTURES / "hf" / name
+    path = llama_to_gguf(hf, tmp_path / f"{name}.gguf")
+    want = load_file(hf / "model.safetensors")
+    got = hf_tensors(path)
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():  # Gemma's norms went through + 1 - 1 in float32: within an ulp of 1
+        np.testing.assert_allclose(got[key], value, atol=1.2e-7 if name == "gemma-tiny" else 0, rtol=0)
+    result = compiled(path, True)
+    assert result.config["model_type"] == name.split("-")[0]
+    loaded = load_hf_checkpoint(path, {p.name: p.type for p in result.graph.params}, strict=True)
+    expected = np.load(FIXTURES / "ref" / name / "expected.npz")
+    logits = interpret(result.graph, {"input_ids": expected["input_ids"]}, loaded.tensors).outputs["logits"]
+    np.testing.assert_allclose(logits, expected["logits"], atol=1e-4, rtol=0)
