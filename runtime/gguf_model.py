@@ -100,8 +100,10 @@ def hf_config(file: GGUFFile) -> dict[str, Any]:
         raise _error(file, "it has no 'token_embd.weight' tensor")
     heads = get("attention.head_count")
     kv_heads = get("attention.head_count_kv", int, heads)
+    if heads < 1 or kv_heads < 1:
+        raise _error(file, f"'{arch}.attention.head_count' ({heads}) and '_kv' ({kv_heads}) must be positive")
     hidden = get("embedding_length")
-    head_dim = get("attention.key_length", int, hidden // heads if heads else 0)
+    head_dim = get("attention.key_length", int, hidden // heads)
     if get("attention.value_length", int, head_dim) != head_dim:
         raise _error(file, f"'{arch}.attention.value_length' differs from the key length: not supported")
     if get("rope.dimension_count", int, head_dim) != head_dim:

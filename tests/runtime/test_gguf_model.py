@@ -109,6 +109,7 @@ def test_q8_0_weights_stay_close(tmp_path):
     ("llama.rope.scaling.type", "yarn", "'llama.rope.scaling.type' 'yarn' is not supported"),
     ("llama.rope.dimension_count", 4, "partial rotary embeddings are not supported"),
     ("llama.attention.head_count", "four", "metadata 'llama.attention.head_count' is 'four', expected int"),
+    ("llama.attention.head_count_kv", 0, "'llama.attention.head_count' (4) and '_kv' (0) must be positive"),
 ])
 def test_unsupported_models_are_named(tmp_path, key, value, message):
     path = llama_to_gguf(LLAMA, tmp_path / "m.gguf", extra={key: value})
