@@ -57,6 +57,10 @@ Stage kinds (loop index spaces in brackets):
   `axis` for the rows of update [update_shape] that land inside it (others are dropped). `in_place`:
   the memory plan gave out the operand's own range, so only the update's rows are written (a KV cache).
 
+* `all_reduce`: out = the sum (`reduce` "sum") or mean ("mean") of x [out's shape] over the
+  `world_size` replicas of `group`. Not native code: the runtime's executor runs it on the host
+  through a communicator (MPI), in f32 and in rank order; it is the only stage of its kernel.
+
 Loop nests (what a schedule's tile sizes): the result's axes, then contracted ones —
 gemm (batch..., m, n, k); conv2d (n, o, oh, ow, c/groups, kh, kw); conv2d_input_grad
 (n, c, h, w, o/groups, kh, kw); conv2d_weight_grad (o, c/groups, kh, kw, n, oh, ow);
@@ -382,6 +386,16 @@ class UpdateSliceStage:
 
 
 @attrs.frozen
+class AllReduceStage:
+    kind: ClassVar[str] = "all_reduce"
+    out: str
+    x: Access
+    reduce: str = attrs.field(validator=_one_of("sum", "mean"))
+    group: str
+    world_size: int = attrs.field(validator=_positive)
+
+
+@attrs.frozen
 class LiteralStage:
     kind: ClassVar[str] = "literal"
     out: str
@@ -390,7 +404,9 @@ class LiteralStage:
 
 Stage = Union[MapStage, ReduceStage, GemmStage, Conv2dStage, Pool2dStage, GatherStage,
               ScatterAddStage, ConcatStage, PadStage, Conv2dInputGradStage, Conv2dWeightGradStage,
-              Pool2dGradStage, LiteralStage, DynamicSliceStage, UpdateSliceStage]
+              Pool2dGradStage, LiteralStage, DynamicSliceStage, UpdateSliceStage, AllReduceStage]
+#: stage kinds the runtime runs on the host instead of as native code (collectives)
+HOST_STAGES = frozenset({"all_reduce"})
 STAGES: dict[str, type] = {cls.kind: cls for cls in typing.get_args(Stage)}
 
 
@@ -434,7 +450,7 @@ class KernelProgram:
 
     name: str
     op: str
-    phase: str | None = attrs.field(validator=attrs.validators.optional(_one_of("fwd", "bwd", "gradnorm", "opt")))
+    phase: str | None = attrs.field(validator=attrs.validators.optional(_one_of("fwd", "bwd", "allreduce", "gradnorm", "opt")))
     loc: str
     buffers: tuple[Buffer, ...] = attrs.field(converter=tuple)
     stages: tuple[Stage, ...] = attrs.field(converter=tuple)
@@ -726,6 +742,14 @@ class _Validator:
                                or stage.operand.offset or tuple(stage.operand.strides) != out.strides):
             raise self.fail(f"{where}.in_place", f"operand '{operand.name}' does not share output "
                                                  f"'{out.name}'s memory and layout")
+        return out.dtype
+
+    def stage_all_reduce(self, where, stage: AllReduceStage, out) -> str:
+        if len(self.program.stages) != 1:
+            raise self.fail(where, "an all_reduce stage must be its kernel's only stage")
+        if not DType(out.dtype).is_float:
+            raise self.fail(where, f"all_reduce reduces float values, got {out.dtype}")
+        self.access(f"{where}.x", stage.x, tuple(out.shape), out.dtype)
         return out.dtype
 
     def stage_literal(self, where, stage: LiteralStage, out) -> str:

@@ -133,7 +133,7 @@ class Section:
     """Consecutive kernels run together; traffic is bytes per off-chip tier."""
 
     index: int
-    phase: Literal["fwd", "bwd", "gradnorm", "opt"] | None
+    phase: Literal["fwd", "bwd", "allreduce", "gradnorm", "opt"] | None
     kernels: tuple[int, ...] = attrs.field(converter=tuple)
     pcus: int
     pmus: int

