@@ -75,7 +75,15 @@ def shared_arenas(pef: PEF) -> dict[str, np.ndarray]:
     for plan in (pef.memory, *(e.memory for e in pef.entries)):
         for arena in plan.arenas:
             sizes[arena.name] = max(sizes.get(arena.name, 0), arena.size)
-    return {name: np.zeros(size, np.uint8) for name, size in sizes.items()}
+    return {name: _arena(name, size) for name, size in sizes.items()}
+
+
+def _arena(name: str, size: int) -> np.ndarray:
+    """A zero-filled arena, or an ExecutionError saying the host cannot hold it."""
+    try:
+        return np.zeros(size, np.uint8)
+    except MemoryError:
+        raise ExecutionError(f"cannot allocate the {size}-byte memory arena '{name}' on this host") from None
 
 
 def _on_host(program: kp.KernelProgram) -> bool:
@@ -109,7 +117,7 @@ class Executor:
         self.parallel = parallel
         self.communicator = communicator
         _check_collectives(pef, communicator)
-        self.arenas = arenas if arenas is not None else {a.name: np.zeros(a.size, np.uint8) for a in pef.memory.arenas}
+        self.arenas = arenas if arenas is not None else {a.name: _arena(a.name, a.size) for a in pef.memory.arenas}
         self.where: dict[str, Allocation] = pef.memory.lookup()
         self.swaps, self.copies = swap_pairs(pef)
         self.parity = 0

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ir import jsontext
 from ir.errors import DataError, first_line
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -270,7 +271,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not file.is_file():
         return {}
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
+        config = jsontext.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{file}: unreadable ({err})") from err
     if not isinstance(config, dict):

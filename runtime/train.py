@@ -20,7 +20,6 @@ params before it).
 """
 from __future__ import annotations
 
-import csv
 import math
 import sys
 import time
@@ -40,6 +39,7 @@ from runtime.cost_model import estimate
 from runtime.distributed import Replicas
 from runtime.hdf5_data import recorded_tokenizer, tokenizer_folder
 from runtime.program import param_types
+from runtime.save_dir import MetricsFile, SaveDirLock
 from runtime.schedules import Schedule, ScheduleName
 
 METRICS_FILE = "per_step_metrics.csv"
@@ -204,6 +204,7 @@ class Trainer:
         self.program = program
         self.config = config
         self.reporter = reporter or PrintReporter()
+        self._lock: SaveDirLock | None = None  # the save folder's, from `start()` to `close()`
         self.specs = data_inputs(program.pef)
         self.batch_size = batch_size(self.specs)
         self.options = header_options(program.pef)
@@ -229,6 +230,8 @@ class Trainer:
             raise ExecutionError("the program has no 'loss' output to train on")
 
     def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
         self.train.close()
         if self.dev is not None:
             self.dev.close()
@@ -247,6 +250,7 @@ class Trainer:
         found = []
         if self.config.save_dir is not None:
             if self.replicas.writer:
+                self._lock = self._lock or SaveDirLock(self.config.save_dir)
                 ckpt.remove_partial(self.config.save_dir)
             self.replicas.barrier()
             found = ckpt.list_checkpoints(self.config.save_dir)
@@ -430,21 +434,11 @@ class Trainer:
             "last_loss": last.loss if last else None,
         }
 
-    def _open_metrics(self, first_step: int):
-        """The metrics CSV writer, resumed rows after `first_step` dropped; None without a save folder."""
+    def _open_metrics(self, first_step: int) -> MetricsFile | None:
+        """The metrics CSV, resumed rows after `first_step` dropped (atomically); None without a save folder."""
         if self.config.save_dir is None or not self.replicas.writer:
             return None
-        path = self.config.save_dir / METRICS_FILE
-        kept = _metric_rows(path, first_step) if first_step else []
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "w", newline="", encoding="utf-8")
-        except OSError as err:
-            raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
-        writer = csv.writer(handle)
-        writer.writerow(METRICS_COLUMNS)
-        writer.writerows(kept)
-        return _CsvFile(handle, writer)
+        return MetricsFile(self.config.save_dir / METRICS_FILE, METRICS_COLUMNS, first_step)
 
     def _summary(self, result: TrainResult) -> dict[str, object]:
         pef, history = self.program.pef, result.history
@@ -479,30 +473,6 @@ class Trainer:
 #: header options that describe the compile, not the model's config (nor do dotted ones: `training.optimizer`)
 NON_MODEL_OPTIONS = frozenset({"model", "target", "n_chips", "num_tiles", "inference", "pack_sections",
                                "batch_size", "seq_len"})
-
-
-@attrs.define
-class _CsvFile:
-    handle: Any
-    writer: Any
-
-    def writerow(self, row: list[str]) -> None:
-        self.writer.writerow(row)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-def _metric_rows(path: Path, up_to: int) -> list[list[str]]:
-    """Rows of an existing metrics file for steps <= `up_to` (a resumed run rewrites the rest)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    return [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= up_to]
 
 
 def write_summary(path: Path, summary: Mapping[str, object]) -> None:
