@@ -120,6 +120,15 @@ def _convert(name: str, array: np.ndarray, want: TensorType) -> np.ndarray:
     return np.asarray(array, dtype=want.dtype.np, order="C")  # ascontiguousarray would make a scalar 1-d
 
 
+def _stored_blocks(tensors: Mapping[str, np.ndarray], key: str, want: TensorType) -> np.ndarray | None:
+    """A GGUF file's tensor as its blocks, unchanged, when it stores it in the block type of the param."""
+    blocks = getattr(tensors, "blocks", None)
+    if not want.dtype.is_blocked or blocks is None:
+        return None
+    stored = blocks(key, want.dtype)
+    return stored if stored is not None and stored.shape == want.dtype.storage_shape(want.shape) else None
+
+
 def _listing(names: list[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
@@ -130,7 +139,8 @@ def load_hf_checkpoint(folder: str | Path, expected: Mapping[str, TensorType],
     """The tensors for the params in `expected` (name -> type); `strict` also refuses unexpected ones."""
     found: dict[str, np.ndarray] = {}
     unexpected = []
-    for key, array in sorted(read_tensors(folder).items()):
+    tensors = read_tensors(folder)
+    for key in sorted(tensors):
         name = _program_name(key, expected)
         if name is None:
             if key != TIED:
@@ -138,7 +148,9 @@ def load_hf_checkpoint(folder: str | Path, expected: Mapping[str, TensorType],
             continue
         if name in found:
             raise CheckpointError(f"tensor '{name}' appears twice in '{folder}' (with and without a prefix)")
-        found[name] = _convert(key, array, expected[name])
+        found[name] = _stored_blocks(tensors, key, expected[name])
+        if found[name] is None:
+            found[name] = _convert(key, tensors[key], expected[name])
     missing = [name for name in expected if name not in found]
     if missing:
         raise CheckpointError(f"checkpoint '{folder}' lacks {len(missing)} tensor(s) the model needs: "

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ir.dtypes import DType, as_blocks
 from ir.errors import CheckpointError
 from runtime.gguf import GGUFFile, read_gguf
 from runtime.tokenizer import HFTokenizer
@@ -171,9 +172,22 @@ class HFTensors(Mapping):
     def __getitem__(self, key: str) -> np.ndarray:
         name = self._names[key]
         array = self.file.tensor(name)
-        kind = name.split(".")[-2]
-        if self._arch == "gemma" and kind.endswith("norm"):
+        if self._arch == "gemma" and name.split(".")[-2].endswith("norm"):
             return array - np.float32(1.0)
+        return self._rows_in_order(name, array)
+
+    def blocks(self, key: str, dtype: DType) -> np.ndarray | None:
+        """The tensor's blocks as the file stores them (no dequantizing), if it stores them as `dtype`
+        (a block-quantized type); q/k rows un-permuted as when read."""
+        name = self._names[key]
+        info = self.file.tensors[name]
+        if info.type.name.lower() != dtype.value:
+            return None
+        rows = as_blocks(self.file.raw(name).reshape(*info.shape[:-1], -1), dtype)
+        return self._rows_in_order(name, rows)
+
+    def _rows_in_order(self, name: str, array: np.ndarray) -> np.ndarray:
+        kind = name.split(".")[-2]
         if self._arch == "llama" and kind in self._heads and name.startswith("blk."):
             heads = self._heads[kind]
             if array.shape[0] % (2 * heads):
