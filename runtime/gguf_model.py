@@ -113,6 +113,8 @@ def hf_config(file: GGUFFile) -> dict[str, Any]:
     scaling = get("rope.scaling.type", str, "none")
     if scaling != "none":
         raise _error(file, f"'{arch}.rope.scaling.type' {scaling!r} is not supported (only 'none')")
+    if "rope_freqs.weight" in file.tensors:
+        raise _error(file, "tensor 'rope_freqs.weight' (Llama 3.1's RoPE frequency scaling) is not supported")
     config = {
         "model_type": ARCHITECTURES[arch],
         "vocab_size": file.tensors["token_embd.weight"].shape[0],

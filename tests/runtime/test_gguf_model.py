@@ -117,6 +117,14 @@ def test_unsupported_models_are_named(tmp_path, key, value, message):
         hf_config(read_gguf(path))
 
 
+def test_llama_3_1_rope_frequencies_are_refused(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", {"token_embd.weight": np.zeros((4, 8), np.float32),
+                                            "rope_freqs.weight": np.ones(4, np.float32)},
+                      {"llama.attention.head_count": 2, "llama.embedding_length": 8})
+    with pytest.raises(CheckpointError, match="tensor 'rope_freqs.weight' .* is not supported"):
+        hf_config(read_gguf(path))
+
+
 def test_a_missing_key_is_named(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", {"token_embd.weight": np.zeros((4, 8), np.float32)})
     with pytest.raises(CheckpointError, match="metadata 'llama.attention.head_count' is missing"):
