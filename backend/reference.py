@@ -16,7 +16,7 @@ from backend.kernel_program import (
     Access, AllReduceStage, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage, DynamicSliceStage,
     GatherStage, GemmStage, KernelProgram, LiteralStage, MapStage, PadStage, Pool2dGradStage, Pool2dStage,
     ReduceStage, ScatterAddStage, UpdateSliceStage)
-from ir.dtypes import DType
+from ir.dtypes import DType, dequantize
 from ir.scalar import PRIMITIVES
 
 
@@ -36,8 +36,12 @@ def run_kernel(program: KernelProgram, inputs: Mapping[str, np.ndarray]) -> dict
 
 
 def _storage(buffer: Buffer, array: np.ndarray) -> np.ndarray:
-    """A flat array laid out with the buffer's strides."""
-    flat = np.zeros(buffer.span, DType(buffer.dtype).np)
+    """A flat array laid out with the buffer's strides (blocks held as their f32 values: reading
+    them is the dequantizing load)."""
+    dtype = DType(buffer.dtype)
+    if dtype.is_blocked:
+        array, dtype = dequantize(array), DType.f32
+    flat = np.zeros(buffer.span, dtype.np)
     if array.size:
         _view(flat, 0, buffer.strides, buffer.shape, writeable=True)[...] = array
     return flat

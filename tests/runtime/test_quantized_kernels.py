@@ -10,6 +10,7 @@ from gguf.quants import dequantize as ggml_dequantize
 from gguf.quants import quantize as ggml_quantize
 
 from backend import kernel_program as kp
+from backend.reference import run_kernel
 from ir.dtypes import DType, as_blocks, convert, dequantize, quantize
 from runtime.jit import gemv
 from test_gemv_paths import call, extent, gemm_of, program, takes_gemv
@@ -109,3 +110,11 @@ def test_batched_decode_rows_share_blocks(dtype):
         got = [call(prog, inputs, threads=t) for t in (1, 2)]
         np.testing.assert_array_equal(got[0], got[1])
         np.testing.assert_allclose(got[0], exact, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", BLOCKED)
+def test_the_kernel_program_reference_reads_blocks_as_the_jit_does(dtype):
+    for m, transposed in ((1, True), (2, False), (9, True)):
+        prog = program(m, 96, 64, transposed, dtype, epilogue=True)
+        inputs = operands(prog, m)
+        np.testing.assert_allclose(call(prog, inputs), run_kernel(prog, inputs)["out"], rtol=1e-5, atol=1e-5)
