@@ -22,8 +22,8 @@ of it (two cores reading alternate parts of the same rows get half the bandwidth
 B in blocks (q8_0, q4_0, q4_1 stored [N, K], K contiguous: Llama's Linear weights) with a
 contiguous f32 `a` takes a dot-product path of its own, a block at a time: the block's 32 codes
 are loaded as one vector, widened to f32 and scaled (each weight the value `ir.dtypes` defines),
-multiplied by 32 elements of each row of `a` into vector accumulators, which are added up in
-a fixed tree at the end of the column. Other blocked layouts read element by element.
+multiplied by 32 elements of each row of `a` into vector accumulators (even and odd blocks
+apart), which are added up in a fixed tree at the end of the column. Other blocked layouts read element by element.
 
 A split run finds its buffer in the stage's table of `RUNS` runs, keyed by the output
 pointer (a spin lock guards it; a run holds its entry from its first unit to its last,
@@ -46,7 +46,7 @@ from ir.dtypes import BLOCK as QUANT_BLOCK
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
-from runtime.jit.codegen import F32, I1, I32, I64, VOIDP, i64
+from runtime.jit.codegen import F32, I1, I8, I32, I64, VOIDP, i64
 
 #: the most rows a stage may have to take this path
 ROWS = 4
@@ -69,9 +69,9 @@ SPLIT_BELOW = 8
 #: concurrent runs of one split stage its table tracks (a unit waits for a free entry)
 RUNS = 16
 _FAST = ("reassoc", "contract")
-#: elements per block of a block-quantized B, and a vector of as many f32 lanes
+#: elements per block of a block-quantized B; vectors of half a block's f32 values and bytes
 BLOCK_SIZE = QUANT_BLOCK
-_BLOCK_VEC = ir.VectorType(F32, BLOCK_SIZE)
+_HALF, _BYTES = ir.VectorType(F32, BLOCK_SIZE // 2), ir.VectorType(I8, BLOCK_SIZE // 2)
 _ENTRY = ir.LiteralStructType([VOIDP, F32.as_pointer(), I64, I1])  # key, partial sums, units done, failed
 _KEY, _PARTS, _DONE, _FAILED = range(4)
 
@@ -289,57 +289,69 @@ def reads_blocks(stage) -> bool:
 
 
 def _emit_block_dots(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> None:
-    """Units (entry, block of columns) as `_emit_dots`, each column a block of B at a time."""
+    """Units (entry, block of columns) as `_emit_dots`, each column a block of B at a time; the sums
+    of even and odd blocks, first and second halves, kept apart (four short chains per row)."""
     dtype = stage.b.access.dtype
     with b.goto_entry_block():
-        accs = [b.alloca(_BLOCK_VEC, name=f"acc{i}") for i in range(stage.m)]
+        accs = [[b.alloca(_HALF, name=f"acc{i}") for i in range(4)] for _ in range(stage.m)]
     a_ptr, b_ptr = ptrs[stage.a.access.arg], ptrs[stage.b.access.arg]
     a_row = stage.a.access.strides[-2]
+    blocks = stage.k // BLOCK_SIZE
+    pairs = blocks // 2 * 2
     with cg.loop(b, lo, hi, name="unit") as unit:
         entry, block = cg.unravel(b, unit, (plan.entries, plan.chunks))
         batch = cg.unravel(b, entry, stage.batch)
         a_base, b_base = stage.a.base(b, batch), stage.b.base(b, batch)
         j0 = b.mul(block, i64(BLOCK))
         with cg.loop(b, j0, cg.imin(b, b.add(j0, i64(BLOCK)), i64(stage.n)), name="col") as column:
-            for acc in accs:
-                b.store(ir.Constant(_BLOCK_VEC, None), acc)
+            for acc in (a for row in accs for a in row):
+                b.store(ir.Constant(_HALF, None), acc)
             first = b.udiv(b.add(b_base, b.mul(column, i64(stage.b.access.strides[-1]))), i64(BLOCK_SIZE))
-            with cg.loop(b, 0, stage.k // BLOCK_SIZE, name="blk") as kb:
-                start = b.mul(b.add(first, kb), i64(dtype.itemsize))
-                weights = _widen_block(b, b.gep(b_ptr, [start]), dtype)
-                for i, acc in enumerate(accs):
+
+            def add_block(kb: ir.Value, parity: int) -> None:
+                weights = _widen_block(b, b.gep(b_ptr, [b.mul(b.add(first, kb), i64(dtype.itemsize))]), dtype)
+                for i, row in enumerate(accs):
                     at = b.add(a_base, b.add(i64(i * a_row), b.mul(kb, i64(BLOCK_SIZE))))
-                    x = b.load(b.bitcast(b.gep(a_ptr, [at]), _BLOCK_VEC.as_pointer()), align=4)
-                    b.store(b.fadd(b.load(acc), b.fmul(x, weights, flags=_FAST), flags=_FAST), acc)
-            for i, acc in enumerate(accs):
-                store_sum(stage, b, ptrs, batch, i64(i), column, _tree_sum(b, b.load(acc)))
+                    for h, part in enumerate(weights):
+                        x = b.load(b.bitcast(b.gep(a_ptr, [b.add(at, i64(16 * h))]), _HALF.as_pointer()), align=4)
+                        acc = row[2 * parity + h]
+                        b.store(b.fadd(b.load(acc), b.fmul(x, part, flags=_FAST), flags=_FAST), acc)
+            with cg.loop(b, 0, pairs, 2, name="blk") as kb:
+                add_block(kb, 0)
+                add_block(b.add(kb, i64(1)), 1)
+            with cg.loop(b, pairs, blocks, name="last") as kb:
+                add_block(kb, 0)
+            for i, row in enumerate(accs):
+                sums = [b.load(acc) for acc in row]
+                total = b.fadd(b.fadd(sums[0], sums[2]), b.fadd(sums[1], sums[3]))
+                store_sum(stage, b, ptrs, batch, i64(i), column, _tree_sum(b, total))
 
 
-def _widen_block(b: ir.IRBuilder, block: ir.Value, dtype: DType) -> ir.Value:
-    """The 32 values of the block at byte pointer `block`, as `cg.load_blocked` computes each."""
+def _widen_block(b: ir.IRBuilder, block: ir.Value, dtype: DType) -> tuple[ir.Value, ir.Value]:
+    """Values 0..15 and 16..31 of the block at byte pointer `block`, as `cg.load_blocked` computes each."""
     def half(offset: int) -> ir.Value:
         scalar = b.fpext(b.load(b.bitcast(b.gep(block, [i64(offset)]), cg.F16.as_pointer()), align=1), F32)
         return _splat(b, scalar)
 
-    def codes(offset: int, lanes: int) -> ir.Value:
-        return b.load(b.bitcast(b.gep(block, [i64(offset)]), ir.VectorType(cg.I8, lanes).as_pointer()), align=1)
+    def codes(offset: int) -> ir.Value:
+        return b.load(b.bitcast(b.gep(block, [i64(offset)]), _BYTES.as_pointer()), align=1)
 
+    scale = half(0)
     if dtype == DType.q8_0:
-        return b.fmul(half(0), b.sitofp(codes(2, BLOCK_SIZE), _BLOCK_VEC))
-    packed = codes(2 if dtype == DType.q4_0 else 4, BLOCK_SIZE // 2)
-    nibbles = ir.VectorType(cg.I8, BLOCK_SIZE // 2)
-    low = b.and_(packed, ir.Constant(nibbles, [15] * (BLOCK_SIZE // 2)))
-    high = b.lshr(packed, ir.Constant(nibbles, [4] * (BLOCK_SIZE // 2)))
-    values = b.uitofp(b.shuffle_vector(low, high, ir.Constant(ir.VectorType(I32, BLOCK_SIZE), list(range(BLOCK_SIZE)))),
-                      _BLOCK_VEC)
+        return tuple(b.fmul(scale, b.sitofp(codes(offset), _HALF)) for offset in (2, 18))
+    packed = codes(2 if dtype == DType.q4_0 else 4)
+    nibbles = (b.and_(packed, ir.Constant(_BYTES, [15] * 16)), b.lshr(packed, ir.Constant(_BYTES, [4] * 16)))
+    values = [b.uitofp(n, _HALF) for n in nibbles]
     if dtype == DType.q4_0:
-        return b.fmul(half(0), b.fsub(values, _splat(b, ir.Constant(F32, 8.0))))
-    return b.fadd(b.fmul(half(0), values), half(2))
+        eight = _splat(b, ir.Constant(F32, 8.0))
+        return tuple(b.fmul(scale, b.fsub(v, eight)) for v in values)
+    low = half(2)
+    return tuple(b.fadd(b.fmul(scale, v), low) for v in values)
 
 
 def _splat(b: ir.IRBuilder, scalar: ir.Value) -> ir.Value:
-    one = b.insert_element(ir.Constant(_BLOCK_VEC, ir.Undefined), scalar, ir.Constant(I32, 0))
-    return b.shuffle_vector(one, ir.Constant(_BLOCK_VEC, ir.Undefined), ir.Constant(ir.VectorType(I32, BLOCK_SIZE), None))
+    one = b.insert_element(ir.Constant(_HALF, ir.Undefined), scalar, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(_HALF, ir.Undefined), ir.Constant(ir.VectorType(I32, 16), None))
 
 
 def _tree_sum(b: ir.IRBuilder, vector: ir.Value) -> ir.Value:
