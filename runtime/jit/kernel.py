@@ -22,6 +22,7 @@ from runtime.jit.dynamic import lower_dynamic_slice, lower_update_slice
 from runtime.jit.engine import host_signature
 from runtime.jit.gather import lower_gather, lower_scatter_add
 from runtime.jit.gemm import lower_gemm
+from runtime.jit.host import Tile, host_tile
 from runtime.jit.map import lower_map
 from runtime.jit.module import KernelModule
 from runtime.jit.pad import lower_pad
@@ -99,10 +100,11 @@ def _anonymous(program: kp.KernelProgram) -> list:
     return [buffers, _plain(program.stages, numbers)]
 
 
-def code_key(program: kp.KernelProgram, noalias: Sequence[bool] | None = None) -> str:
-    """A hash of everything the native code depends on (program content, aliasing, host)."""
+def code_key(program: kp.KernelProgram, noalias: Sequence[bool] | None = None, tile: Tile | None = None) -> str:
+    """A hash of everything the native code depends on (program content, aliasing, gemm tile, host)."""
     aliasing = list(noalias) if noalias is not None and not all(noalias) else None
-    data = msgpack.packb([_anonymous(program), aliasing, host_signature()], use_bin_type=True)
+    shape = list(attrs.astuple(tile or host_tile()))
+    data = msgpack.packb([_anonymous(program), aliasing, shape, host_signature()], use_bin_type=True)
     return hashlib.sha256(data).hexdigest()[:32]
 
 
@@ -118,12 +120,13 @@ def optimization_level(plans: list[StagePlan]) -> int:
     return 3 if work >= QUICK_WORK else 1 if work >= TINY_WORK else 0
 
 
-def lower_program(program: kp.KernelProgram, key: str,
-                  noalias: Sequence[bool] | None = None) -> tuple[KernelModule, list[StagePlan]]:
+def lower_program(program: kp.KernelProgram, key: str, noalias: Sequence[bool] | None = None,
+                  tile: Tile | None = None) -> tuple[KernelModule, list[StagePlan]]:
     """The LLVM module of a kernel program and the plan of each stage.
 
-    `noalias[i]` (default: all) promises buffer i shares no memory with the others."""
-    km = KernelModule(program.buffers, noalias)
+    `noalias[i]` (default: all) promises buffer i shares no memory with the others; gemms
+    use `tile` (default: the host's)."""
+    km = KernelModule(program.buffers, noalias, tile)
     buffers = {b.name: b for b in program.buffers}
     plans = []
     for i, stage in enumerate(program.stages):

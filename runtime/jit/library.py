@@ -10,6 +10,7 @@ import attrs
 from backend import kernel_program as kp
 from runtime.jit.cache import DiskCache
 from runtime.jit.engine import NativeLibrary
+from runtime.jit.host import Tile
 from runtime.jit.kernel import StagePlan, code_key, lower_program, optimization_level
 from runtime.jit.parallel import KernelFn, default_threads
 
@@ -40,18 +41,21 @@ class JitStats:
     load_seconds: float = 0.0
 
 
-def compile_program(key: str, program: kp.KernelProgram,
-                    noalias: Sequence[bool] | None = None) -> tuple[bytes, list[StagePlan]]:
-    """Object code and stage plans of one kernel program."""
-    module, plans = lower_program(program, key, noalias)
+def compile_program(key: str, program: kp.KernelProgram, noalias: Sequence[bool] | None = None,
+                    tile: Tile | None = None) -> tuple[bytes, list[StagePlan]]:
+    """Object code and stage plans of one kernel program (its gemms shaped by `tile`, default the host's)."""
+    module, plans = lower_program(program, key, noalias, tile)
     return module.compile(optimization_level(plans)), plans
 
 
 class Jit:
-    """Compiles kernel programs into one native library, through a disk cache."""
+    """Compiles kernel programs into one native library, through a disk cache; gemms take
+    `tile`'s shape (default: the host's; another shape still runs here, as tests force)."""
 
-    def __init__(self, cache: DiskCache | None = None, use_cache: bool = True, threads: int | None = None):
+    def __init__(self, cache: DiskCache | None = None, use_cache: bool = True, threads: int | None = None,
+                 tile: Tile | None = None):
         self.cache = (cache or DiskCache()) if use_cache else None
+        self.tile = tile
         self.threads = threads or default_threads()
         self.library = NativeLibrary()
         self.kernels: dict[str, NativeKernel] = {}
@@ -64,7 +68,7 @@ class Jit:
         `noalias[k]` lists, per buffer of program k, whether it is free of overlap with
         the others (default: all are)."""
         flags = list(noalias) if noalias is not None else [None] * len(programs)
-        keys = [code_key(p, f) for p, f in zip(programs, flags)]
+        keys = [code_key(p, f, self.tile) for p, f in zip(programs, flags)]
         todo: dict[str, tuple[kp.KernelProgram, Sequence[bool] | None]] = {}
         for key, program, f in zip(keys, programs, flags):
             if key in self.kernels or key in todo:
@@ -89,7 +93,8 @@ class Jit:
             return
         start = time.perf_counter()
         with ThreadPoolExecutor(min(self.threads, len(programs))) as pool:
-            results = pool.map(compile_program, programs.keys(), *zip(*programs.values()))
+            tiles = [self.tile] * len(programs)
+            results = pool.map(compile_program, programs.keys(), *zip(*programs.values()), tiles)
             for key, (obj, plans) in zip(programs, results):
                 entries[key] = (obj, plans)
                 if self.cache is not None:
