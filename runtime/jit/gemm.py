@@ -237,16 +237,18 @@ class _Emitter:
     def _pack(self, dst, kc, width: int, first, remaining, limit: int, load) -> None:
         """dst[p*width + w] = load(p, first + w) for p < kc, w < width; zero where w >= remaining.
 
-        Full slivers load without bounds; the edge sliver clamps its index and selects zero.
+        Full slivers load without bounds, a depth step's `width` elements written out (the
+        vectorizer turns them into vector loads, shuffles and stores); the edge sliver clamps
+        its index and selects zero.
         """
         b = self.b
         full = b.icmp_signed(">=", remaining, i64(width))
         with b.if_else(full) as (then, otherwise):
             with then:
                 with cg.loop(b, 0, kc, name="pk") as p:
-                    with cg.loop(b, 0, width, name="pkw") as w:
-                        value = load(p, b.add(first, w))
-                        b.store(value, b.gep(dst, [b.add(b.mul(p, i64(width)), w)]))
+                    row = b.gep(dst, [b.mul(p, i64(width))])
+                    for w in range(width):
+                        b.store(load(p, b.add(first, i64(w))), b.gep(row, [i64(w)]))
             with otherwise:
                 with cg.loop(b, 0, kc, name="pke") as p:
                     with cg.loop(b, 0, width, name="pkew") as w:
