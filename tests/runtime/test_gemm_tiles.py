@@ -201,7 +201,8 @@ def inner_loop(asm: str) -> list[str]:
     return max(loops, key=lambda body: sum("vfmadd" in x for x in body))
 
 
-@pytest.mark.parametrize("name,cpu,register", [("avx2", "haswell", "ymm"), ("avx512", "znver5", "zmm")])
+@pytest.mark.parametrize("name,cpu,register", [
+    ("avx2", "haswell", "ymm"), ("avx2", "znver3", "ymm"), ("avx512", "znver5", "zmm"), ("avx512", "skylake-avx512", "zmm")])
 def test_micro_kernel_assembly_keeps_its_tile_in_registers(name, cpu, register):
     """For the CPU the tile is shaped for: the FMAs of the unrolled depth steps in one loop, on
     full-width registers, and no stack traffic (spills and reloads) in it."""
