@@ -1,9 +1,11 @@
 """`rduflow run PEF --inference`: text generation with a generation PEF (see `runtime.generate`).
 
 Prompts come from `--prompt` (text, tokenized with the checkpoint's tokenizer or the
-built-in byte-level one), `--prompt-ids 1,2,3` and `--prompts-file FILE.jsonl`, in
-that order. Each completion prints as `Completion: ...`, then the time to first token
-and tokens per second; `--json` prints one JSON object instead.
+built-in byte-level one; with `--chat`, first rendered as a user message by the
+checkpoint's chat template), `--prompt-ids 1,2,3` and `--prompts-file FILE.jsonl`, in
+that order. A completion ends at any EOS id the checkpoint declares or at a `--stop`
+string. Each completion prints as `Completion: ...`, then the time to first token and
+tokens per second; `--json` prints one JSON object instead.
 """
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ from rich.console import Console
 from backend.pef import PEF
 from backend.targets import load_target
 from ir.errors import ConfigError
+from runtime.chat_template import ChatTemplate
 from runtime.cost_model import estimate
 from runtime.generate import (DECODE, PREFILL, Generation, ProgramSteps, check_request, checkpoint_tokenizer,
-                              eos_token_id, file_prompts, generate, id_prompts, load_weights, pef_limits,
+                              eos_token_ids, file_prompts, generate, id_prompts, load_weights, pef_limits,
                               text_prompts)
 from runtime.profile import print_profile, write_trace
 from runtime.program import load
 from runtime.sampling import SamplingOptions
+from runtime.text_stream import cut_at_stop, decode, first_stop
 from runtime.tokenizer import Tokenizer
 
 
@@ -46,6 +50,11 @@ def add_inference_options(group: argparse._ArgumentGroup) -> None:
                        help="sample among the most likely tokens holding probability P (default: 1, all)")
     group.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
                        help="penalize tokens already in the sequence, as Hugging Face does (default: 1, off)")
+    group.add_argument("--chat", action="store_true",
+                       help="render each --prompt as a user message with the checkpoint's chat template")
+    group.add_argument("--system", metavar="TEXT", help="with --chat: a system message before each prompt")
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                       help="end a completion where this text appears (not included); repeatable")
     group.add_argument("--json", action="store_true",
                        help="print one JSON object: completions, token_ids, ttft_s, tokens_per_s, ...")
 
@@ -64,7 +73,10 @@ def run_inference(args: argparse.Namespace, pef: PEF) -> int:
     if sampling.greedy and (args.top_k or args.top_p < 1.0):
         print("warning: --top-k and --top-p have no effect with --temperature 0 (greedy)", file=sys.stderr)
     tokenizer, source = checkpoint_tokenizer(args.checkpoint)
-    prompts = text_prompts(args.prompt, tokenizer) + id_prompts(args.prompt_ids)
+    if args.system is not None and not args.chat:
+        raise ConfigError("--system needs --chat")
+    texts = _chat_prompts(args) if args.chat else args.prompt
+    prompts = text_prompts(texts, tokenizer) + id_prompts(args.prompt_ids)
     if args.prompts_file is not None:
         prompts += file_prompts(args.prompts_file, tokenizer)
     check_request(prompts, args.max_new_tokens, pef_limits(pef))
@@ -79,19 +91,27 @@ def run_inference(args: argparse.Namespace, pef: PEF) -> int:
                   file=sys.stderr)
     elif not args.json:
         print("warning: no --checkpoint: the weights are the PEF's initializers", file=sys.stderr)
+    until = (lambda tokens: first_stop(decode(tokenizer, tokens), args.stop) is not None) if args.stop else None
     result = generate(steps, prompts, args.max_new_tokens, sampling,
-                      eos_token_id(args.checkpoint, tokenizer, steps.limits.vocab))
+                      eos_token_ids(args.checkpoint, tokenizer, steps.limits.vocab), until)
     _report(args, result, tokenizer, source)
     if profiling:
         _profile(args, pef, steps, target)
     return 0
 
 
-def _text(tokenizer: Tokenizer, ids: tuple[int, ...]) -> str:
-    """The tokens' text; ids the tokenizer does not know show as <id>."""
-    if all(0 <= i < tokenizer.vocab_size for i in ids):
-        return tokenizer.decode(ids)
-    return " ".join(f"<{i}>" for i in ids)
+def _chat_prompts(args: argparse.Namespace) -> list[str]:
+    """Each --prompt as a user message (after --system, if given) rendered by the checkpoint's chat template."""
+    if args.checkpoint is None:
+        raise ConfigError("--chat needs --checkpoint DIR (its chat template renders the prompts)")
+    if args.prompt_ids or args.prompts_file is not None:
+        raise ConfigError("--chat renders text prompts: give --prompt, not --prompt-ids or --prompts-file")
+    template = ChatTemplate.from_folder(args.checkpoint)
+    if template is None:
+        raise ConfigError(f"--chat: {args.checkpoint} has no chat template (chat_template in "
+                          "tokenizer_config.json, or chat_template.jinja)")
+    system = [{"role": "system", "content": args.system}] if args.system is not None else []
+    return [template.render(system + [{"role": "user", "content": p}]) for p in args.prompt]
 
 
 def _printable(text: str) -> str:
@@ -100,7 +120,7 @@ def _printable(text: str) -> str:
 
 
 def _report(args: argparse.Namespace, result: Generation, tokenizer: Tokenizer, source: str) -> None:
-    texts = [_text(tokenizer, c.token_ids) for c in result.completions]
+    texts = [cut_at_stop(decode(tokenizer, c.token_ids), args.stop) for c in result.completions]
     if args.json:
         print(json.dumps({"completions": texts, "token_ids": [list(c.token_ids) for c in result.completions],
                           "prompt_ids": [list(c.prompt.ids) for c in result.completions],

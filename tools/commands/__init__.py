@@ -4,4 +4,4 @@ A module's `register` adds its parser (calling `tools.cli.add_debug_flag`) and s
 `func` to a callable taking the parsed arguments and returning an exit code.
 """
 
-COMMANDS: list[str] = ["data_prep", "opt", "passes", "compile", "pef", "targets", "quickstart", "run"]
+COMMANDS: list[str] = ["data_prep", "opt", "passes", "compile", "pef", "targets", "quickstart", "run", "serve"]
