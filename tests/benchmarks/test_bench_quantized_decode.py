@@ -15,7 +15,8 @@ streams it).
 With `RDUFLOW_GGUF` set to a Llama-family GGUF file, `test_real_model_accuracy` runs the real
 weights through each dtype: perplexity over the first `TEXT_TOKENS` tokens of
 tools/data/midsummer.txt (the file's own tokenizer, teacher-forced decode steps), and the
-share of positions whose greedy next token agrees with the f32 model's, and the decode rate.
+share of positions whose greedy next token agrees with the f32 model's, the decode rate and the
+rate of a `CHUNK`-token prefill.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ SHAPES = {
     "gpt2": ("gpt2", {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257, "n_positions": 1024}),
 }
 DTYPES = ("f32", "bf16", "q8_0", "q4_1")
-STEPS, PREFILL, THREADS, TEXT_TOKENS = 32, 8, 2, 256
+STEPS, PREFILL, THREADS, TEXT_TOKENS, CHUNK = 32, 8, 2, 256, 32
 
 
 def bandwidth() -> float:
@@ -56,7 +57,7 @@ def bandwidth() -> float:
 
 
 def steps_of(model: str, overrides: tuple[str, ...], dtype: str, hf_config=None) -> ProgramSteps:
-    overrides += ("model.seq_len=16", f"model.max_seq_length={TEXT_TOKENS + 16}")
+    overrides += (f"model.seq_len={CHUNK}", f"model.max_seq_length={TEXT_TOKENS + CHUNK}")
     options = CompileOptions(model, overrides, inference=True, batch_size=1, weight_dtype=dtype, hf_config=hf_config)
     return ProgramSteps(load(compile_model(options).pef, threads=THREADS))
 
@@ -114,8 +115,11 @@ def test_real_model_accuracy():
         logits = decode_run(steps, ids)
         rate = (len(ids) - PREFILL) / (time.perf_counter() - start)
         results[dtype] = logits
+        start = time.perf_counter()
+        steps.prefill(np.array([ids[:CHUNK]], np.int32), np.zeros(1, np.int32), np.array([CHUNK], np.int32))
+        prefill = CHUNK / (time.perf_counter() - start)
         agree = np.mean(logits.argmax(-1) == results["f32"].argmax(-1))
         print(f"\n{path.name} {dtype}: perplexity {perplexity(logits[:-1], np.array(ids[PREFILL:])):.3f} over "
               f"{len(ids) - PREFILL} tokens, greedy agreement with f32 {agree:.1%}, {rate:.1f} tokens/s "
-              f"(decode, {weight_bytes(steps) / 1e6:.1f} MB of weights)")
+              f"(decode, {weight_bytes(steps) / 1e6:.1f} MB of weights), prefill of {CHUNK}: {prefill:.0f} tokens/s")
         assert np.isfinite(logits).all()
