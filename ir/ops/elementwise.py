@@ -312,7 +312,11 @@ class Cast(Unary):
 
     @classmethod
     def infer(cls, types, attrs):
-        return [types[0].with_dtype(attrs["dtype"])]
+        source, target = types[0].dtype, attrs["dtype"]
+        if target.is_blocked or (source.is_blocked and target is not DType.f32):
+            raise TypeRuleError(f"cannot cast {source} to {target}: block-quantized weights are only read, "
+                                f"widened to f32")
+        return [types[0].with_dtype(target)]
 
     @classmethod
     def widens(cls, op):
