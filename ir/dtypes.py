@@ -131,6 +131,11 @@ def as_blocks(data: np.ndarray, dtype: DType) -> np.ndarray:
     return np.ascontiguousarray(data, np.uint8).view(dtype.np)
 
 
+def holds_blocks(array: np.ndarray) -> bool:
+    """Whether a numpy array holds a block-quantized tensor's blocks."""
+    return any(np.asarray(array).dtype == _NUMPY[d] for d in _BLOCKED)
+
+
 def dequantize(blocks: np.ndarray) -> np.ndarray:
     """The f32 values of an array of blocks (the reference semantics of the widening cast)."""
     from gguf.quants import dequantize as ggml_dequantize
@@ -144,6 +149,6 @@ def convert(array, dtype: DType) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype == dtype.np:
         return array
-    if array.dtype.names:
+    if holds_blocks(array):
         array = dequantize(array)
     return quantize(array, dtype) if dtype.is_blocked else array.astype(dtype.np)

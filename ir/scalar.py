@@ -13,7 +13,7 @@ from typing import Callable
 import attrs
 import numpy as np
 
-from ir.dtypes import DType, dequantize
+from ir.dtypes import DType, dequantize, holds_blocks
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -72,7 +72,7 @@ def evaluate(expr: Expr, args: list[np.ndarray]) -> np.ndarray:
         return np.asarray(expr.value, dtype=expr.dtype.np)
     operands = [evaluate(a, args) for a in expr.args]
     if expr.op == "cast":
-        if DType.of(operands[0]).is_blocked:
+        if holds_blocks(operands[0]):
             return dequantize(operands[0]).astype(expr.dtype.np, copy=False)
         return operands[0].astype(expr.dtype.np)
     with np.errstate(all="ignore"):

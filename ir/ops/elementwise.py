@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ir.dtypes import DType, dequantize
+from ir.dtypes import DType, dequantize, holds_blocks
 from ir.ops.base import Attr, FusionKind, OpDef, TypeRuleError, register, unbroadcast
 from ir.scalar import PRIMITIVES
 from ir.types import TensorType
@@ -325,7 +325,7 @@ class Cast(Unary):
 
     @classmethod
     def ref(cls, attrs, x):
-        if DType.of(x).is_blocked:
+        if holds_blocks(x):
             return dequantize(x).astype(attrs["dtype"].np, copy=False)
         return x.astype(attrs["dtype"].np)
 
