@@ -29,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 
 from ir.dtypes import DType
 from ir.errors import CheckpointError
+from ir.files import honour_umask
 from ir.types import TensorType
 
 WEIGHTS = "model.safetensors"
@@ -284,6 +285,7 @@ def _copy_group(names: Sequence[str], sources: Sequence[Path], stage: Path) -> N
 def _write_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
     save_file({name: np.asarray(tensors[name], order="C") for name in sorted(tensors)}, path,
               metadata={"format": "pt"})
+    honour_umask(path)  # the safetensors writer makes it 0600
     _fsync(path)
 
 

@@ -12,8 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from backend.pef import PEF
 from backend.targets import load_target
 from ir.errors import ConfigError
@@ -21,33 +19,38 @@ from runtime.cost_model import estimate
 from runtime.generate import (DECODE, PREFILL, Generation, ProgramSteps, check_request, checkpoint_tokenizer,
                               eos_token_id, file_prompts, generate, id_prompts, load_weights, pef_limits,
                               text_prompts)
-from runtime.profile import print_profile, write_trace
+from runtime.profile import print_profile, table_console, write_trace
 from runtime.program import load
 from runtime.sampling import SamplingOptions
 from runtime.tokenizer import Tokenizer
 
 
-def add_inference_options(group: argparse._ArgumentGroup) -> None:
+def add_inference_options(group: argparse._ArgumentGroup) -> list[argparse.Action]:
+    """The generation options; returns their actions but --inference's (a training run refuses them)."""
     group.add_argument("--inference", action="store_true",
-                       help="generate text (the PEF must be compiled with --inference; its mode is used anyway)")
-    group.add_argument("--prompt", action="append", default=[], metavar="TEXT",
-                       help="a prompt, tokenized with the checkpoint's tokenizer.json (else byte-level); repeatable")
-    group.add_argument("--prompt-ids", action="append", default=[], metavar="1,2,3",
-                       help="a prompt as comma-separated token ids; repeatable")
-    group.add_argument("--prompts-file", type=Path, metavar="FILE.jsonl",
-                       help='prompts, one JSON per line: "text", {"prompt": "text"} or {"prompt_ids": [1, 2]}')
-    group.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
-                       help="stop a completion after N new tokens (default: 32)")
-    group.add_argument("--temperature", type=float, default=0.0, metavar="T",
-                       help="sampling temperature; 0 is greedy (default: 0)")
-    group.add_argument("--top-k", type=int, default=0, metavar="K",
-                       help="sample among the K most likely tokens (default: 0, all)")
-    group.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                       help="sample among the most likely tokens holding probability P (default: 1, all)")
-    group.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
-                       help="penalize tokens already in the sequence, as Hugging Face does (default: 1, off)")
-    group.add_argument("--json", action="store_true",
-                       help="print one JSON object: completions, token_ids, ttft_s, tokens_per_s, ...")
+            help="optional: the PEF's mode decides what a run does; this only checks that the PEF "
+                            "was compiled with --inference")
+    add = group.add_argument
+    return [
+        add("--prompt", action="append", default=[], metavar="TEXT",
+            help="a prompt, tokenized with the checkpoint's tokenizer.json (else byte-level); repeatable"),
+        add("--prompt-ids", action="append", default=[], metavar="1,2,3",
+            help="a prompt as comma-separated token ids; repeatable"),
+        add("--prompts-file", type=Path, metavar="FILE.jsonl",
+            help='prompts, one JSON per line: "text", {"prompt": "text"} or {"prompt_ids": [1, 2]}'),
+        add("--max-new-tokens", type=int, default=32, metavar="N",
+            help="stop a completion after N new tokens (default: 32)"),
+        add("--temperature", type=float, default=0.0, metavar="T",
+            help="sampling temperature; 0 is greedy (default: 0)"),
+        add("--top-k", type=int, default=0, metavar="K",
+            help="sample among the K most likely tokens (default: 0, all)"),
+        add("--top-p", type=float, default=1.0, metavar="P",
+            help="sample among the most likely tokens holding probability P (default: 1, all)"),
+        add("--repetition-penalty", type=float, default=1.0, metavar="R",
+            help="penalize tokens already in the sequence, as Hugging Face does (default: 1, off)"),
+        add("--json", action="store_true",
+            help="print one JSON object: completions, token_ids, ttft_s, tokens_per_s, ..."),
+    ]
 
 
 def _flag(field: str) -> str:
@@ -118,13 +121,19 @@ def _report(args: argparse.Namespace, result: Generation, tokenizer: Tokenizer, 
 
 def _profile(args: argparse.Namespace, pef: PEF, steps: ProgramSteps, target) -> None:
     """Host vs modeled RDU time of each entry point; the trace shows the decode step."""
-    console = Console(stderr=args.json)  # keep stdout one JSON object
+    console = table_console(stderr=args.json)  # keep stdout one JSON object
     for name in (PREFILL, DECODE):
         console.print(f"--- {name} ---")
-        print_profile(steps.programs[name].profile, estimate(pef.entry(name), target), console)
+        print_profile(steps.programs[name].profile, estimate(pef.entry(name), target), console,
+                      profile_top(args))
     if args.trace is not None:
         write_trace(args.trace, steps.programs[DECODE].profile, estimate(pef.entry(DECODE), target))
         console.print(f"Trace written to {args.trace} (the decode step)")
+
+
+def profile_top(args: argparse.Namespace) -> int | None:
+    """How many kernels --profile lists: --profile-top, all for 0 or --json."""
+    return None if args.profile_top == 0 or args.json else args.profile_top
 
 
 def check_mode(args: argparse.Namespace, pef: PEF) -> None:

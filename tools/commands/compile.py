@@ -32,7 +32,7 @@ def _intermixed(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compile", help="compile a model: an .rdl file, a zoo model or a Hugging Face checkpoint folder",
+        "compile",
         description="Compile MODEL (an .rdl file, a zoo model name, or a Hugging Face checkpoint folder "
                     "whose config.json picks the zoo model and its sizes). Model config fields are set "
                     "with Hydra-style overrides: model.n_layer=2, +model.key=value adds a key.")
@@ -76,8 +76,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-grad-norm", type=float, metavar="N",
                        help="clip the global gradient norm to N (default: no clipping)")
     group.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"),
-                       help=cli.debug_help("AdamW's betas (default: 0.9 0.999)"))
-    group.add_argument("--eps", type=float, default=1e-8, help=cli.debug_help("AdamW's epsilon (default: 1e-8)"))
+                       help="AdamW's betas (default: 0.9 0.999)")
+    group.add_argument("--eps", type=float, default=1e-8, help="AdamW's epsilon (default: 1e-8)")
 
 
 def training_options(args: argparse.Namespace) -> TrainingOptions:

@@ -12,7 +12,7 @@ from tools.data_prep import PACKINGS, PrepConfig, prepare
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "data-prep", help="tokenize and pack text or jsonl into HDF5 training data",
+        "data-prep",
         description="Tokenize a .txt (a line is a completion) or .jsonl (prompt/completion objects, "
                     "or a list of them per line) file, pack the tokens into sequences and write "
                     "train/dev HDF5 files, a test jsonl, metadata.yaml and the tokenizer.")

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ir.errors import IRError, RduflowError
+from ir.files import honour_umask
 from ir.parser import parse_with_positions
 from ir.printer import print_graph
 from ir.verifier import verify
@@ -18,7 +19,7 @@ from tools.pass_options import add_pass_options, pass_manager_from_args
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "opt", help="run a pass pipeline on an IR file and print the result",
+        "opt",
         description="Read IR text (FILE, or - for stdin), verify it, run the pass pipeline and write "
                     "the resulting IR to stdout or -o. With no pipeline the IR is only verified and "
                     "re-printed. IR dumps, timing and statistics go to stderr.")
@@ -50,6 +51,7 @@ def write_atomically(path: Path, text: str) -> None:
     except OSError as err:
         raise RduflowError(f"cannot write '{path}': {err.strerror}") from None
     try:
+        honour_umask(fd)
         with os.fdopen(fd, "w") as out:
             out.write(text)
         os.replace(tmp, path)

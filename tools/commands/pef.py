@@ -17,7 +17,7 @@ from tools import cli
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("pef", help="show what a PEF file holds",
+    parser = subparsers.add_parser("pef",
                                    description="Inspect a compiled program (PEF file).")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = actions.add_parser("info", help="header, symbols, sections with resources, sizes, off-chip traffic",
