@@ -10,19 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from backend.pef import PEF
 from backend.targets import load_target
-from ir.errors import ConfigError
+from ir.errors import ConfigError, RduflowError
 from runtime.cost_model import estimate
 from runtime.generate import (DECODE, PREFILL, Generation, ProgramSteps, check_request, checkpoint_tokenizer,
                               eos_token_id, file_prompts, generate, id_prompts, load_weights, pef_limits,
-                              text_prompts)
+                              Prompt, text_prompts)
 from runtime.profile import print_profile, table_console, write_trace
 from runtime.program import load
 from runtime.sampling import SamplingOptions
-from runtime.tokenizer import Tokenizer
+from runtime.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 
 def add_inference_options(group: argparse._ArgumentGroup) -> list[argparse.Action]:
@@ -70,9 +71,13 @@ def run_inference(args: argparse.Namespace, pef: PEF) -> int:
     prompts = text_prompts(args.prompt, tokenizer) + id_prompts(args.prompt_ids)
     if args.prompts_file is not None:
         prompts += file_prompts(args.prompts_file, tokenizer)
-    check_request(prompts, args.max_new_tokens, pef_limits(pef))
+    limits = pef_limits(pef)
+    if source == "byte" and not _declares_bytes(args.checkpoint):
+        _check_byte_prompts(args.checkpoint, [p for p in prompts if p.source.startswith("--prompt ")], limits.vocab)
+    check_request(prompts, args.max_new_tokens, limits)
     target = load_target(args.target) if args.target else None
     profiling = args.profile or args.trace is not None
+    start = time.perf_counter()
     program = load(pef, seed=args.seed, threads=args.threads)
     steps = ProgramSteps(program, profile=profiling)
     if args.checkpoint is not None:
@@ -82,12 +87,37 @@ def run_inference(args: argparse.Namespace, pef: PEF) -> int:
                   file=sys.stderr)
     elif not args.json:
         print("warning: no --checkpoint: the weights are the PEF's initializers", file=sys.stderr)
-    result = generate(steps, prompts, args.max_new_tokens, sampling,
-                      eos_token_id(args.checkpoint, tokenizer, steps.limits.vocab))
-    _report(args, result, tokenizer, source)
+    eos = eos_token_id(args.checkpoint, tokenizer, steps.limits.vocab)
+    load_s = time.perf_counter() - start
+    result = generate(steps, prompts, args.max_new_tokens, sampling, eos)
+    _report(args, result, tokenizer, source, load_s)
     if profiling:
         _profile(args, pef, steps, target)
     return 0
+
+
+def _declares_bytes(checkpoint: Path | None) -> bool:
+    """Whether the checkpoint's own tokenizer is the byte-level one (its tokenizer_config.json says so)."""
+    try:
+        return checkpoint is not None and isinstance(load_tokenizer(checkpoint), ByteTokenizer)
+    except RduflowError:
+        return False
+
+
+def _check_byte_prompts(checkpoint: Path | None, prompts: list[Prompt], vocab: int) -> None:
+    """Text read as UTF-8 bytes for want of a tokenizer: ConfigError saying so when a byte is outside
+    the vocabulary, else a warning."""
+    whose = f"checkpoint {checkpoint} has no tokenizer" if checkpoint is not None else "there is no --checkpoint"
+    instead = ("pass --prompt-ids (token ids), or a --checkpoint with a tokenizer (tokenizer.json, or vocab.json + "
+               "merges.txt: one saved by 'rduflow run' has its data folder's)")
+    for prompt in prompts:
+        bad = next((t for t in prompt.ids if t >= vocab), None)
+        if bad is not None:
+            raise ConfigError(f"{prompt.source}: {whose}, so the text was read as UTF-8 bytes, and byte {bad} is "
+                              f"outside the model's vocabulary (0..{vocab - 1}); {instead}")
+    if prompts and checkpoint is not None:
+        print(f"warning: {whose}: --prompt is read as UTF-8 bytes (ids 0-255); if the model was trained with "
+              f"another tokenizer, {instead}", file=sys.stderr)
 
 
 def _text(tokenizer: Tokenizer, ids: tuple[int, ...]) -> str:
@@ -102,20 +132,22 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
 
 
-def _report(args: argparse.Namespace, result: Generation, tokenizer: Tokenizer, source: str) -> None:
+def _report(args: argparse.Namespace, result: Generation, tokenizer: Tokenizer, source: str, load_s: float) -> None:
+    """The completions, then the time to first token (and the wait before it: kernels compiled, weights loaded)."""
     texts = [_text(tokenizer, c.token_ids) for c in result.completions]
     if args.json:
         print(json.dumps({"completions": texts, "token_ids": [list(c.token_ids) for c in result.completions],
                           "prompt_ids": [list(c.prompt.ids) for c in result.completions],
                           "stop": [c.stop for c in result.completions], "ttft_s": result.ttft_s,
-                          "tokens_per_s": result.tokens_per_s, "tokenizer": source}))
+                          "tokens_per_s": result.tokens_per_s, "load_s": load_s, "tokenizer": source}))
         return
     for completion, text in zip(result.completions, texts):
         print(f"Completion: {_printable(text)}")
         if completion.stop == "max_seq_length":
             print(f"warning: {completion.prompt.source}: stopped at the PEF's maximum length "
                   "(max_seq_length) before --max-new-tokens", file=sys.stderr)
-    print(f"time to first token {result.ttft_s:.4f} s")
+    print(f"time to first token {result.ttft_s:.4f} s (prefill and first draw; before it, compiling the kernels "
+          f"and loading the weights took {load_s:.2f} s: a user waited {load_s + result.ttft_s:.2f} s)")
     print(f"tokens/second {result.tokens_per_s:.1f}")
 
 

@@ -12,7 +12,7 @@ from ir.errors import ConfigError
 from ir.printer import print_graph
 from tools import cli
 from tools.backend_options import add_backend_options, backend_options, write_output
-from tools.dot import graph_to_dot
+from tools.dot import graph_to_dot, render_svg
 from tools.pass_options import add_pass_options, pass_manager_from_args
 
 
@@ -49,9 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --inference: store weight matrices and embeddings in this type; kernels "
                              "read them into f32 sums (bf16 halves the bytes a decode step streams; "
                              "default: f32)")
-    parser.add_argument("--emit", choices=("ir", "ir-opt", "dot"),
+    parser.add_argument("--emit", choices=("ir", "ir-opt", "dot", "svg"),
                         help="ir: print the IR after the frontend (and autodiff) and stop; ir-opt: the IR "
-                             "after the passes; dot: a Graphviz view of the IR after the passes")
+                             "after the passes; dot: a Graphviz view of the IR after the passes; svg: that view "
+                             "drawn by Graphviz's dot (apt-get install graphviz)")
     parser.add_argument("--no-locs", dest="locs", action="store_false",
                         help="print the IR without source locations")
     parser.add_argument("--entry", choices=("prefill", "decode"),
@@ -105,8 +106,9 @@ def main(args: argparse.Namespace) -> int:
     if args.emit in ("ir", "ir-opt"):
         sys.stdout.write(print_graph(graph, with_locs=args.locs))
         return 0
-    if args.emit == "dot":
-        sys.stdout.write(graph_to_dot(graph))
+    if args.emit in ("dot", "svg"):
+        dot = graph_to_dot(graph)
+        sys.stdout.write(render_svg(dot) if args.emit == "svg" else dot)
         return 0
     write_output(args, result.pef)
     if args.stats:  # fusion, tiles and the memory plan, per section (after the backend's report)

@@ -13,7 +13,7 @@ from ir.parser import parse_with_positions
 from ir.printer import print_graph
 from ir.verifier import verify
 from tools import cli
-from tools.dot import graph_to_dot
+from tools.dot import graph_to_dot, render_svg
 from tools.pass_options import add_pass_options, pass_manager_from_args
 
 
@@ -25,9 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "re-printed. IR dumps, timing and statistics go to stderr.")
     parser.add_argument("file", metavar="FILE.ir", help="IR text file, or - for stdin")
     parser.add_argument("-o", "--output", type=Path, metavar="OUT", help="write here instead of stdout")
-    parser.add_argument("--emit", choices=("ir", "dot"), default="ir",
+    parser.add_argument("--emit", choices=("ir", "dot", "svg"), default="ir",
                         help="ir: the IR text form (default); dot: a Graphviz view with fused regions "
-                             "as clusters and phases as colors")
+                             "as clusters and phases as colors; svg: that view drawn by Graphviz's dot "
+                             "(apt-get install graphviz)")
     parser.add_argument("--no-locs", dest="locs", action="store_false", help="print the IR without locations")
     add_pass_options(parser, pipeline_flags=("-p", "--passes"), default_level=None)
     cli.add_debug_flag(parser)
@@ -66,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
     graph, positions = parse_with_positions(_read(args.file), filename)
     verify(graph, positions)
     graph = pm.run(graph)
-    text = graph_to_dot(graph) if args.emit == "dot" else print_graph(graph, with_locs=args.locs)
+    text = print_graph(graph, with_locs=args.locs) if args.emit == "ir" else graph_to_dot(graph)
+    text = render_svg(text) if args.emit == "svg" else text
     if args.output is None:
         sys.stdout.write(text)
     else:
