@@ -118,7 +118,7 @@ EXPECTED: dict[str, list[str]] = {
     "rduflow targets": [r"sn40l", r"sn30"],
     "rduflow compile tests/fixtures/hf/gpt2-tiny model.seq_len=64 -b 8 --stats -o out --pef-name gpt2-tiny-stats": [
         r"kernels: \d+ in \d+ sections"],
-    "rduflow plot out/gpt2-tiny-finetuned": [r"training loss and dev loss \(x\) by step"],
+    "rduflow plot out/gpt2-tiny-finetuned": [r"training loss and dev loss by step"],
     "rduflow compile mlp --inference --emit dot > out/mlp.dot": [],
 }
 

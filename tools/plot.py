@@ -24,6 +24,8 @@ from runtime.train import EVAL_FILE, METRICS_FILE, TrainResult
 
 #: the PNG written beside per_step_metrics.csv at the end of a run
 PNG_NAME = "loss.png"
+#: the markers of each run's loss and dev loss in the terminal (told apart without colors)
+MARKERS = (("hd", "x"), ("•", "o"), ("+", "#"), ("*", "@"))
 INSTALL_MATPLOTLIB = "pip install 'rduflow[plot]' (or pip install matplotlib)"
 
 
@@ -71,17 +73,25 @@ def terminal_plot(runs: Sequence[Curves], colors: bool = False, width: int | Non
     figure = plotext.figure
     figure.clear()
     figure.plot_size(width or min(shutil.get_terminal_size().columns, 100), height)
-    for run in runs:
-        for steps, values, label, marker in ((run.steps, run.loss, "loss", "hd"),
-                                             (run.eval_steps, run.eval_loss, "dev loss", "x")):
+    names = _short_labels(runs)
+    for number, run in enumerate(runs):
+        loss_marker, dev_marker = MARKERS[number % len(MARKERS)]
+        for steps, values, label, marker in ((run.steps, run.loss, "loss", loss_marker),
+                                             (run.eval_steps, run.eval_loss, "dev loss", dev_marker)):
             if steps:
                 signal = figure.signal(list(steps), list(values), marker=marker)
-                signal.label(f"{run.label} {label}" if len(runs) > 1 else label)
+                signal.label(f"{names[number]} {label}" if len(runs) > 1 else label)
                 signal.lines()
                 figure.draw(signal)
-    figure.title("training loss" + (" and dev loss (x)" if any(r.eval_steps for r in runs) else "") + " by step")
+    figure.title("training loss" + (" and dev loss" if any(r.eval_steps for r in runs) else "") + " by step")
     figure.label("step", "x")
     return figure.build().string(colorless=not colors)
+
+
+def _short_labels(runs: Sequence[Curves]) -> list[str]:
+    """Each run's folder name, or its whole path where two names are the same."""
+    names = [Path(run.label).name or run.label for run in runs]
+    return [name if names.count(name) == 1 else run.label for name, run in zip(names, runs)]
 
 
 def png_available() -> bool:
@@ -103,8 +113,8 @@ def write_png(runs: Sequence[Curves], path: Path) -> Path:
 
     figure = Figure(figsize=(8, 4.5), layout="constrained")
     axes = figure.add_subplot()
-    for run in runs:
-        prefix = f"{run.label} " if len(runs) > 1 else ""
+    for run, name in zip(runs, _short_labels(runs)):
+        prefix = f"{name} " if len(runs) > 1 else ""
         line, = axes.plot(run.steps, run.loss, label=f"{prefix}loss", linewidth=1)
         if run.eval_steps:
             axes.plot(run.eval_steps, run.eval_loss, "o--", color=line.get_color(), label=f"{prefix}dev loss")
