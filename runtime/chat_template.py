@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,13 @@ class ChatTemplate:
     """A jinja chat template and the special tokens it may refer to."""
 
     def __init__(self, template: str, special_tokens: dict[str, str]):
+        """DataError naming the line if `template` is not valid jinja."""
         self.template = template
         self.special_tokens = dict(special_tokens)
+        try:
+            self._compiled = _ENVIRONMENT.from_string(template)
+        except jinja2.TemplateSyntaxError as err:
+            raise DataError(f"chat template line {err.lineno}: {err.message}") from err
 
     @classmethod
     def from_folder(cls, path: str | Path) -> ChatTemplate | None:
@@ -50,13 +54,6 @@ class ChatTemplate:
         specials = {key: name for key in SPECIAL_TOKEN_KEYS if (name := _token_name(config.get(key)))}
         return cls(template, specials)
 
-    @cached_property
-    def _compiled(self) -> jinja2.Template:
-        try:
-            return _ENVIRONMENT.from_string(self.template)
-        except jinja2.TemplateSyntaxError as err:
-            raise DataError(f"chat template line {err.lineno}: {err.message}") from err
-
     def render(self, messages: list[dict], add_generation_prompt: bool = True, **variables: Any) -> str:
         """The prompt text of `messages` (each a dict with "role" and "content").
 
@@ -67,7 +64,7 @@ class ChatTemplate:
         try:
             return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                          **context)
-        except jinja2.TemplateError as err:
+        except (jinja2.TemplateError, TypeError, ValueError) as err:  # e.g. a message without "content"
             raise DataError(f"chat template: {first_line(err)}") from err
 
 

@@ -11,8 +11,10 @@ caches hold `max_seq_length` positions (a compile option in the PEF header).
 prefilled in chunks of P; rows with nothing to compute (a prompt that ended in
 an earlier chunk, a stopped sequence, an unused row of the batch) get position
 `max_seq_length`, so their cache writes fall outside the cache and are dropped. Each sequence
-stops at EOS (kept as its last token, as Hugging Face does), after
-`max_new_tokens`, or when its cache is full. Sampling (`runtime.sampling`)
+stops at an EOS id (kept as its last token, as Hugging Face does), when a
+caller's `until` says so (a stop string), after `max_new_tokens`, or when its
+cache is full. `runtime.serving` schedules requests on the same rows
+continuously (`prefill_rows`, `decode_rows`). Sampling (`runtime.sampling`)
 happens on the host between steps: sampling options are run-time choices.
 
 `ProgramSteps` runs the entry points of a loaded PEF; `InterpretedSteps` runs
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Callable, Collection, Mapping, Protocol, Sequence
 
 import attrs
 import numpy as np
@@ -195,10 +197,13 @@ class _Row:
 
 
 def generate(steps: Steps, prompts: Sequence[Prompt], max_new_tokens: int, sampling: SamplingOptions,
-             eos_id: int | None = None) -> Generation:
-    """Complete every prompt (see the module docstring)."""
+             eos_id: int | Collection[int] | None = None,
+             until: Callable[[Sequence[int]], bool] | None = None) -> Generation:
+    """Complete every prompt (see the module docstring); `eos_id` may be several ids, and
+    `until(tokens)`, when given, stops a completion as soon as it returns True (reason "stop")."""
     limits = steps.limits
     check_request(prompts, max_new_tokens, limits)
+    eos_ids = frozenset([eos_id] if isinstance(eos_id, int) else eos_id or ())
     sampler = Sampler(sampling)
     start = time.perf_counter()
     first: float | None = None
@@ -206,12 +211,12 @@ def generate(steps: Steps, prompts: Sequence[Prompt], max_new_tokens: int, sampl
     completions: list[Completion] = []
     for at in range(0, len(prompts), limits.batch):
         rows = [_Row(p) for p in prompts[at:at + limits.batch]]
-        logits = _prefill(steps, rows)
-        for row, row_logits in zip(rows, logits):
-            _accept(row, sampler.next_token(row_logits, row.prompt.ids), max_new_tokens, eos_id)
+        logits = prefill_rows(steps, {b: row.prompt.ids for b, row in enumerate(rows)})
+        for b, row in enumerate(rows):
+            _accept(row, sampler.next_token(logits[b], row.prompt.ids), max_new_tokens, eos_ids, until)
         first = first if first is not None else time.perf_counter() - start
         begin = time.perf_counter()
-        decoded += _decode(steps, rows, sampler, max_new_tokens, eos_id)
+        decoded += _decode(steps, rows, sampler, max_new_tokens, eos_ids, until)
         decoding += time.perf_counter() - begin
         completions += [Completion(r.prompt, tuple(r.tokens), r.stop) for r in rows]
     seconds = time.perf_counter() - start
@@ -220,29 +225,42 @@ def generate(steps: Steps, prompts: Sequence[Prompt], max_new_tokens: int, sampl
     return Generation(tuple(completions), first, rate, seconds)
 
 
-def _prefill(steps: Steps, rows: list[_Row]) -> np.ndarray:
-    """Every prompt through the prefill entry, chunk by chunk; each row's logits after its last token."""
+def prefill_rows(steps: Steps, prompts: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
+    """The prompts of some batch rows (row -> ids) into the caches from position 0, chunk by chunk;
+    each row's logits after its last token. The other rows compute nothing."""
     limits = steps.limits
     chunk, batch = limits.chunk, limits.batch
-    last = np.zeros((batch, limits.vocab), np.float32)
-    longest = max(len(r.prompt.ids) for r in rows)
+    last: dict[int, np.ndarray] = {}
+    longest = max(len(ids) for ids in prompts.values())
     for start in range(0, longest, chunk):
         ids = np.zeros((batch, chunk), np.int32)
         positions = np.full(batch, limits.max_seq_length, np.int32)
         lengths = np.ones(batch, np.int32)
-        for b, row in enumerate(rows):
-            part = row.prompt.ids[start:start + chunk]
+        for b, prompt in prompts.items():
+            part = prompt[start:start + chunk]
             if part:
                 ids[b, :len(part)] = part
                 positions[b], lengths[b] = start, len(part)
         logits = steps.prefill(ids, positions, lengths)
-        for b, row in enumerate(rows):
-            if start < len(row.prompt.ids) <= start + chunk:
-                last[b] = logits[b]
-    return last[:len(rows)]
+        for b, prompt in prompts.items():
+            if start < len(prompt) <= start + chunk:
+                last[b] = logits[b].copy()
+    return last
 
 
-def _decode(steps: Steps, rows: list[_Row], sampler: Sampler, max_new_tokens: int, eos_id: int | None) -> int:
+def decode_rows(steps: Steps, tokens: Mapping[int, tuple[int, int]]) -> np.ndarray:
+    """One decode step for some batch rows (row -> (last token, its position)); the logits [B, vocab].
+    The other rows compute nothing."""
+    limits = steps.limits
+    ids = np.zeros((limits.batch, 1), np.int32)
+    positions = np.full(limits.batch, limits.max_seq_length, np.int32)
+    for b, (token, position) in tokens.items():
+        ids[b, 0], positions[b] = token, position
+    return steps.decode(ids, positions)
+
+
+def _decode(steps: Steps, rows: list[_Row], sampler: Sampler, max_new_tokens: int, eos_ids: frozenset[int],
+            until: Callable[[Sequence[int]], bool] | None) -> int:
     """Decode until every row stops; the number of tokens generated."""
     limits = steps.limits
     count = 0
@@ -253,21 +271,21 @@ def _decode(steps: Steps, rows: list[_Row], sampler: Sampler, max_new_tokens: in
         active = [b for b, row in enumerate(rows) if row.stop is None]
         if not active:
             return count
-        ids = np.zeros((limits.batch, 1), np.int32)
-        positions = np.full(limits.batch, limits.max_seq_length, np.int32)
-        for b in active:
-            ids[b, 0], positions[b] = rows[b].tokens[-1], rows[b].length - 1
-        logits = steps.decode(ids, positions)
+        logits = decode_rows(steps, {b: (rows[b].tokens[-1], rows[b].length - 1) for b in active})
         for b in active:
             row = rows[b]
-            _accept(row, sampler.next_token(logits[b], (*row.prompt.ids, *row.tokens)), max_new_tokens, eos_id)
+            token = sampler.next_token(logits[b], (*row.prompt.ids, *row.tokens))
+            _accept(row, token, max_new_tokens, eos_ids, until)
             count += 1
 
 
-def _accept(row: _Row, token: int, max_new_tokens: int, eos_id: int | None) -> None:
+def _accept(row: _Row, token: int, max_new_tokens: int, eos_ids: frozenset[int],
+            until: Callable[[Sequence[int]], bool] | None) -> None:
     row.tokens.append(token)
-    if token == eos_id:
+    if token in eos_ids:
         row.stop = "eos"
+    elif until is not None and until(row.tokens):
+        row.stop = "stop"
     elif len(row.tokens) >= max_new_tokens:
         row.stop = "max_new_tokens"
 
@@ -333,9 +351,10 @@ def checkpoint_tokenizer(checkpoint: Path | None) -> tuple[Tokenizer, str]:
     return ByteTokenizer(), "byte"
 
 
-def eos_token_id(checkpoint: Path | None, tokenizer: Tokenizer, vocab: int) -> int | None:
-    """EOS: the checkpoint's generation_config.json or config.json `eos_token_id`, else the
-    tokenizer's (when the model's vocabulary has it)."""
+def eos_token_ids(checkpoint: Path | None, tokenizer: Tokenizer, vocab: int) -> tuple[int, ...]:
+    """Every EOS id the checkpoint declares (`eos_token_id`, one id or a list, in its
+    generation_config.json and config.json), else the tokenizer's (when the model's vocabulary has it)."""
+    ids: list[int] = []
     for name in ("generation_config.json", ckpt.CONFIG):
         path = checkpoint / name if checkpoint is not None else None
         if path is not None and path.is_file():
@@ -343,11 +362,10 @@ def eos_token_id(checkpoint: Path | None, tokenizer: Tokenizer, vocab: int) -> i
                 value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
             except (OSError, ValueError, AttributeError) as err:
                 raise CheckpointError(f"{path}: unreadable ({err})") from None
-            if isinstance(value, list) and value:
-                value = value[0]
-            if type(value) is int:
-                return value
-    return tokenizer.eos_id if 0 <= tokenizer.eos_id < vocab else None
+            ids += [v for v in (value if isinstance(value, list) else [value]) if type(v) is int]
+    if not ids and 0 <= tokenizer.eos_id < vocab:
+        ids.append(tokenizer.eos_id)
+    return tuple(dict.fromkeys(ids))
 
 
 def load_weights(program: Program, checkpoint: Path) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from tools.cli import main
 REPO = Path(__file__).parents[1]
 README = REPO / "README.md"
 PASS_SECTION = "## Writing a pass"
+SERVE_SECTION = "## Chat and serve (OpenAI API)"  # run by tests/serve/test_readme_serve.py (it starts a server)
 LINKED = ("tests/fixtures", "tools/data")
 #: the folders the README's commands write into (all ignored by git)
 IGNORED = ("out", "rduflow-quickstart")
@@ -137,7 +138,7 @@ def readme_commands() -> list[str]:
     """The shell commands of the README, in order (a line, with `\\` continuations joined)."""
     commands = []
     for title, language, body in _blocks(README.read_text()):
-        if title == PASS_SECTION:
+        if title in (PASS_SECTION, SERVE_SECTION):
             continue
         assert language == "sh", f"a ```{language} block in '{title}': only ```sh blocks are run"
         joined = body.replace("\\\n", " ")

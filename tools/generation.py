@@ -1,9 +1,11 @@
 """`rduflow run PEF --inference`: text generation with a generation PEF (see `runtime.generate`).
 
 Prompts come from `--prompt` (text, tokenized with the checkpoint's tokenizer or the
-built-in byte-level one), `--prompt-ids 1,2,3` and `--prompts-file FILE.jsonl`, in
-that order. Each completion prints as `Completion: ...`, then the time to first token
-and tokens per second; `--json` prints one JSON object instead.
+built-in byte-level one; with `--chat`, first rendered as a user message by the
+checkpoint's chat template), `--prompt-ids 1,2,3` and `--prompts-file FILE.jsonl`, in
+that order. A completion ends at any EOS id the checkpoint declares or at a `--stop`
+string. Each completion prints as `Completion: ...`, then the time to first token and
+tokens per second; `--json` prints one JSON object instead.
 """
 from __future__ import annotations
 
@@ -16,20 +18,22 @@ from pathlib import Path
 from backend.pef import PEF
 from backend.targets import load_target
 from ir.errors import ConfigError, RduflowError
+from runtime.chat_template import ChatTemplate
 from runtime.cost_model import estimate
-from runtime.generate import (DECODE, PREFILL, Generation, ProgramSteps, check_request, checkpoint_tokenizer,
-                              eos_token_id, file_prompts, generate, id_prompts, load_weights, pef_limits,
-                              Prompt, text_prompts)
+from runtime.generate import (DECODE, PREFILL, Generation, ProgramSteps, Prompt, check_request, checkpoint_tokenizer,
+                              eos_token_ids, file_prompts, generate, id_prompts, load_weights, pef_limits,
+                              text_prompts)
 from runtime.profile import print_profile, table_console, write_trace
 from runtime.program import load
 from runtime.sampling import SamplingOptions
+from runtime.text_stream import cut_at_stop, decode, first_stop
 from runtime.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 
 def add_inference_options(group: argparse._ArgumentGroup) -> list[argparse.Action]:
     """The generation options; returns their actions but --inference's (a training run refuses them)."""
     group.add_argument("--inference", action="store_true",
-            help="optional: the PEF's mode decides what a run does; this only checks that the PEF "
+                       help="optional: the PEF's mode decides what a run does; this only checks that the PEF "
                             "was compiled with --inference")
     add = group.add_argument
     return [
@@ -49,6 +53,11 @@ def add_inference_options(group: argparse._ArgumentGroup) -> list[argparse.Actio
             help="sample among the most likely tokens holding probability P (default: 1, all)"),
         add("--repetition-penalty", type=float, default=1.0, metavar="R",
             help="penalize tokens already in the sequence, as Hugging Face does (default: 1, off)"),
+        add("--chat", action="store_true",
+            help="render each --prompt as a user message with the checkpoint's chat template"),
+        add("--system", metavar="TEXT", help="with --chat: a system message before each prompt"),
+        add("--stop", action="append", default=[], metavar="TEXT",
+            help="end a completion where this text appears (not included); repeatable"),
         add("--json", action="store_true",
             help="print one JSON object: completions, token_ids, ttft_s, tokens_per_s, ..."),
     ]
@@ -68,7 +77,10 @@ def run_inference(args: argparse.Namespace, pef: PEF) -> int:
     if sampling.greedy and (args.top_k or args.top_p < 1.0):
         print("warning: --top-k and --top-p have no effect with --temperature 0 (greedy)", file=sys.stderr)
     tokenizer, source = checkpoint_tokenizer(args.checkpoint)
-    prompts = text_prompts(args.prompt, tokenizer) + id_prompts(args.prompt_ids)
+    if args.system is not None and not args.chat:
+        raise ConfigError("--system needs --chat")
+    texts = _chat_prompts(args) if args.chat else args.prompt
+    prompts = text_prompts(texts, tokenizer) + id_prompts(args.prompt_ids)
     if args.prompts_file is not None:
         prompts += file_prompts(args.prompts_file, tokenizer)
     limits = pef_limits(pef)
@@ -87,9 +99,10 @@ def run_inference(args: argparse.Namespace, pef: PEF) -> int:
                   file=sys.stderr)
     elif not args.json:
         print("warning: no --checkpoint: the weights are the PEF's initializers", file=sys.stderr)
-    eos = eos_token_id(args.checkpoint, tokenizer, steps.limits.vocab)
+    until = (lambda tokens: first_stop(decode(tokenizer, tokens), args.stop) is not None) if args.stop else None
+    eos = eos_token_ids(args.checkpoint, tokenizer, steps.limits.vocab)
     load_s = time.perf_counter() - start
-    result = generate(steps, prompts, args.max_new_tokens, sampling, eos)
+    result = generate(steps, prompts, args.max_new_tokens, sampling, eos, until)
     _report(args, result, tokenizer, source, load_s)
     if profiling:
         _profile(args, pef, steps, target)
@@ -120,11 +133,18 @@ def _check_byte_prompts(checkpoint: Path | None, prompts: list[Prompt], vocab: i
               f"another tokenizer, {instead}", file=sys.stderr)
 
 
-def _text(tokenizer: Tokenizer, ids: tuple[int, ...]) -> str:
-    """The tokens' text; ids the tokenizer does not know show as <id>."""
-    if all(0 <= i < tokenizer.vocab_size for i in ids):
-        return tokenizer.decode(ids)
-    return " ".join(f"<{i}>" for i in ids)
+def _chat_prompts(args: argparse.Namespace) -> list[str]:
+    """Each --prompt as a user message (after --system, if given) rendered by the checkpoint's chat template."""
+    if args.checkpoint is None:
+        raise ConfigError("--chat needs --checkpoint DIR (its chat template renders the prompts)")
+    if args.prompt_ids or args.prompts_file is not None:
+        raise ConfigError("--chat renders text prompts: give --prompt, not --prompt-ids or --prompts-file")
+    template = ChatTemplate.from_folder(args.checkpoint)
+    if template is None:
+        raise ConfigError(f"--chat: {args.checkpoint} has no chat template (chat_template in "
+                          "tokenizer_config.json, or chat_template.jinja)")
+    system = [{"role": "system", "content": args.system}] if args.system is not None else []
+    return [template.render(system + [{"role": "user", "content": p}]) for p in args.prompt]
 
 
 def _printable(text: str) -> str:
@@ -134,7 +154,7 @@ def _printable(text: str) -> str:
 
 def _report(args: argparse.Namespace, result: Generation, tokenizer: Tokenizer, source: str, load_s: float) -> None:
     """The completions, then the time to first token (and the wait before it: kernels compiled, weights loaded)."""
-    texts = [_text(tokenizer, c.token_ids) for c in result.completions]
+    texts = [cut_at_stop(decode(tokenizer, c.token_ids), args.stop) for c in result.completions]
     if args.json:
         print(json.dumps({"completions": texts, "token_ids": [list(c.token_ids) for c in result.completions],
                           "prompt_ids": [list(c.prompt.ids) for c in result.completions],

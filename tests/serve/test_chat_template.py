@@ -74,9 +74,14 @@ def test_raise_exception_becomes_a_data_error():
         template.render(USER)
 
 
+def test_messages_the_template_cannot_join_are_a_data_error():
+    with pytest.raises(DataError, match="chat template: can only concatenate str"):
+        ChatTemplate(_template("smollm2"), {}).render([{"role": "user", "content": None}])
+
+
 def test_syntax_error_names_the_line():
     with pytest.raises(DataError, match="chat template line 2: "):
-        ChatTemplate("ok\n{% if %}", {}).render(USER)
+        ChatTemplate("ok\n{% if %}", {})
 
 
 def test_strftime_now_gives_todays_date_when_none_is_passed():

@@ -25,5 +25,6 @@ COMMANDS: list[Command] = [
     Command("quickstart", "tools.commands.quickstart",
             "the whole workflow on a bundled Shakespeare play, in about half a minute"),
     Command("run", "tools.commands.run", "run a PEF: train with a training PEF, generate with an inference PEF"),
+    Command("serve", "tools.commands.serve", "serve a generation PEF over the OpenAI API (continuous batching)"),
     Command("plot", "tools.commands.plot", "draw the loss and dev-loss curves of training runs"),
 ]
