@@ -57,6 +57,10 @@ Stage kinds (loop index spaces in brackets):
   `axis` for the rows of update [update_shape] that land inside it (others are dropped). `in_place`:
   the memory plan gave out the operand's own range, so only the update's rows are written (a KV cache).
 
+* `all_reduce`: out = the sum (`reduce` "sum") or mean ("mean") of x [out's shape] over the
+  `world_size` replicas of `group`. Not native code: the runtime's executor runs it on the host
+  through a communicator (MPI), in f32 and in rank order; it is the only stage of its kernel.
+
 Loop nests (what a schedule's tile sizes): the result's axes, then contracted ones —
 gemm (batch..., m, n, k); conv2d (n, o, oh, ow, c/groups, kh, kw); conv2d_input_grad
 (n, c, h, w, o/groups, kh, kw); conv2d_weight_grad (o, c/groups, kh, kw, n, oh, ow);
@@ -93,6 +97,14 @@ ARITY: dict[str, int] = {
 
 class ProgramError(ValueError):
     """A kernel program that breaks a rule of the schema; the message names the field."""
+
+
+def int_range(dtype: str) -> tuple[int, int]:
+    """The smallest and largest value of an integer (or bool) dtype."""
+    if dtype == "bool":
+        return 0, 1
+    bits = DType(dtype).itemsize * 8
+    return -2 ** (bits - 1), 2 ** (bits - 1) - 1
 
 
 def row_major(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -382,6 +394,16 @@ class UpdateSliceStage:
 
 
 @attrs.frozen
+class AllReduceStage:
+    kind: ClassVar[str] = "all_reduce"
+    out: str
+    x: Access
+    reduce: str = attrs.field(validator=_one_of("sum", "mean"))
+    group: str
+    world_size: int = attrs.field(validator=_positive)
+
+
+@attrs.frozen
 class LiteralStage:
     kind: ClassVar[str] = "literal"
     out: str
@@ -390,7 +412,9 @@ class LiteralStage:
 
 Stage = Union[MapStage, ReduceStage, GemmStage, Conv2dStage, Pool2dStage, GatherStage,
               ScatterAddStage, ConcatStage, PadStage, Conv2dInputGradStage, Conv2dWeightGradStage,
-              Pool2dGradStage, LiteralStage, DynamicSliceStage, UpdateSliceStage]
+              Pool2dGradStage, LiteralStage, DynamicSliceStage, UpdateSliceStage, AllReduceStage]
+#: stage kinds the runtime runs on the host instead of as native code (collectives)
+HOST_STAGES = frozenset({"all_reduce"})
 STAGES: dict[str, type] = {cls.kind: cls for cls in typing.get_args(Stage)}
 
 
@@ -408,6 +432,37 @@ def loop_nest(program: KernelProgram, stage: Stage) -> tuple[int, ...]:
     if isinstance(stage, Conv2dWeightGradStage):
         return out + (stage.g_shape[0], *stage.g_shape[2:])
     return out
+
+
+def stage_work(stage: Stage, buffers: dict[str, Buffer]) -> int:
+    """Element operations a stage performs (at least one per iteration of its loops): what
+    decides whether threads pay off, and what the PEF reader bounds."""
+    out = buffers[stage.out].size
+    if stage.kind == "gemm":
+        return math.prod(stage.batch) * stage.m * stage.n * max(stage.k, 1)
+    if stage.kind in ("conv2d", "conv2d_input_grad"):
+        return out * math.prod(stage.w_shape[1:])
+    if stage.kind == "conv2d_weight_grad":
+        return out * math.prod(stage.g_shape) // max(stage.g_shape[1], 1)
+    if stage.kind == "pool2d":
+        return out * math.prod(stage.kernel)
+    if stage.kind == "pool2d_grad":
+        return out + math.prod(stage.g_shape) * math.prod(stage.kernel)
+    if stage.kind == "update_slice":
+        return math.prod(stage.update_shape) + (0 if stage.in_place else out)
+    if stage.kind == "scatter_add":
+        return out + math.prod(stage.indices_shape) * out // max(buffers[stage.out].shape[stage.axis], 1)
+    if stage.kind == "reduce":
+        return math.prod(stage.shape) * len(stage.body.nodes)
+    if stage.kind == "map":
+        return out * len(stage.body.nodes)
+    return out
+
+
+def program_work(program: KernelProgram) -> int:
+    """Element operations one run of the kernel performs."""
+    buffers = {b.name: b for b in program.buffers}
+    return sum(stage_work(stage, buffers) for stage in program.stages)
 
 
 @attrs.frozen
@@ -434,7 +489,7 @@ class KernelProgram:
 
     name: str
     op: str
-    phase: str | None = attrs.field(validator=attrs.validators.optional(_one_of("fwd", "bwd", "gradnorm", "opt")))
+    phase: str | None = attrs.field(validator=attrs.validators.optional(_one_of("fwd", "bwd", "allreduce", "gradnorm", "opt")))
     loc: str
     buffers: tuple[Buffer, ...] = attrs.field(converter=tuple)
     stages: tuple[Stage, ...] = attrs.field(converter=tuple)
@@ -476,6 +531,26 @@ class KernelProgram:
 
 
 # --- semantic validation ------------------------------------------------------------------
+#
+# What the JIT relies on (runtime/jit/*), proved here for every kernel of a PEF before it is
+# lowered; `backend.pef` adds the memory-plan half (each buffer's `span` lies inside its tensor's
+# allocation, each allocation inside its arena, a param and an update that trade places have
+# ranges of the same size, arenas and total work within the user's limits):
+#
+# 1. Every element a stage loads or stores is `offset + sum(strides[j] * i[j])` for an index `i`
+#    of the index space the validator checked the access over, and that element is below the
+#    buffer's `span` (offset, strides and extents are non-negative, so every partial sum is too,
+#    and all of them fit in i64: spans are bounded by the arena limit).
+# 2. An index space with a zero extent is never iterated, so its accesses need no bound; but a
+#    stage that clamps a rejected position to 0 and loads anyway (a gather row out of the table,
+#    a scatter row out of the output, a conv or pool window position in the padding) only does so
+#    over a non-empty index space: such a stage with a non-empty output has non-empty operands.
+# 3. Gather and scatter indices come from run-time data: the JIT checks each against the table's
+#    extent and reports INDEX_ERROR (the clamped position 0 exists by rule 2).
+# 4. Constants fit their dtype: an integer constant, literal, reduce identity or pad value of an
+#    integer type is an integer in its range (a reduce identity may be -inf/+inf: the type's
+#    minimum/maximum), so no value is truncated or fails to convert while the JIT emits it.
+# 5. A stage's output is row-major and written whole; it reads only inputs and earlier outputs.
 def validate(program: KernelProgram) -> None:
     """Check cross-field rules (names, shapes, dtypes, in-bounds accesses); ProgramError if broken."""
     _Validator(program).run()
@@ -523,8 +598,12 @@ class _Validator:
             raise self.fail(where, f"buffer '{name}' is read before a stage writes it")
         return buffer
 
-    def access(self, where: str, access: Access, shape: tuple[int, ...], dtype: str | None = None) -> Buffer:
-        """An in-bounds access over index space `shape`; returns its buffer."""
+    def access(self, where: str, access: Access, shape: tuple[int, ...], dtype: str | None = None,
+               used: bool = False) -> Buffer:
+        """An in-bounds access over index space `shape`; returns its buffer. `used`: the stage loads
+        from it (a clamped position 0 at least) whenever it runs, so the space may not be empty."""
+        if used and not math.prod(shape):
+            raise self.fail(where, f"reads an empty {list(shape)} operand for a non-empty output")
         buffer = self.readable(f"{where}.buffer", access.buffer)
         if len(access.strides) != len(shape):
             raise self.fail(where, f"{len(access.strides)} strides for an index space of rank {len(shape)}")
@@ -571,6 +650,8 @@ class _Validator:
         self.body(f"{where}.body", stage.body, stage.shape)
         if stage.body.dtype == "bool":
             raise self.fail(f"{where}.body", "cannot reduce bool values")
+        if not DType(stage.body.dtype).is_float and not math.isinf(stage.identity):
+            self.fits(f"{where}.identity", stage.identity, stage.body.dtype)
         return "i32" if stage.combine == "argmax" else stage.body.dtype
 
     def stage_gemm(self, where, stage: GemmStage, out) -> str:
@@ -589,8 +670,8 @@ class _Validator:
         o, cg, kh, kw = stage.w_shape
         if c != cg * stage.groups or o % stage.groups:
             raise self.fail(where, f"channels {c} and {o} do not match groups={stage.groups}")
-        x = self.access(f"{where}.x", stage.x, stage.x_shape)
-        self.access(f"{where}.w", stage.w, stage.w_shape, x.dtype)
+        x = self.access(f"{where}.x", stage.x, stage.x_shape, used=out.size > 0)
+        self.access(f"{where}.w", stage.w, stage.w_shape, x.dtype, used=out.size > 0)
         size = [(s + 2 * p - d * (k - 1) - 1) // st + 1 for s, k, st, p, d in
                 zip((h, w), (kh, kw), stage.stride, stage.padding, stage.dilation)]
         if min(size) < 1:
@@ -601,7 +682,7 @@ class _Validator:
     def stage_pool2d(self, where, stage: Pool2dStage, out) -> str:
         if len(stage.x_shape) != 4:
             raise self.fail(where, "x_shape needs 4 entries")
-        x = self.access(f"{where}.x", stage.x, stage.x_shape)
+        x = self.access(f"{where}.x", stage.x, stage.x_shape, used=out.size > 0)
         if any(2 * p > k for p, k in zip(stage.padding, stage.kernel)):
             raise self.fail(where, "padding must be at most half the kernel")
         size = [(s + 2 * p - k) // st + 1 for s, k, st, p in
@@ -612,7 +693,7 @@ class _Validator:
         return x.dtype
 
     def stage_gather(self, where, stage: GatherStage, out) -> str:
-        table = self.access(f"{where}.table", stage.table, stage.table_shape)
+        table = self.access(f"{where}.table", stage.table, stage.table_shape, used=out.size > 0)
         indices = self.access(f"{where}.indices", stage.indices, stage.indices_shape)
         if not DType(indices.dtype).is_int:
             raise self.fail(f"{where}.indices", f"indices must be integers, got {indices.dtype}")
@@ -626,7 +707,10 @@ class _Validator:
         if stage.axis >= len(out.shape):
             raise self.fail(f"{where}.axis", f"axis {stage.axis} out of range")
         t, ax = out.shape, stage.axis
-        updates = self.access(f"{where}.updates", stage.updates, (*t[:ax], *stage.indices_shape, *t[ax + 1:]))
+        space = (*t[:ax], *stage.indices_shape, *t[ax + 1:])
+        if math.prod(space) and not out.size:
+            raise self.fail(where, f"scatter_add adds into an empty {list(t)} output")
+        updates = self.access(f"{where}.updates", stage.updates, space)
         indices = self.access(f"{where}.indices", stage.indices, stage.indices_shape)
         if not DType(indices.dtype).is_int:
             raise self.fail(f"{where}.indices", f"indices must be integers, got {indices.dtype}")
@@ -651,6 +735,8 @@ class _Validator:
         if not len(stage.low) == len(stage.high) == len(stage.interior) == rank:
             raise self.fail(where, f"low, high and interior need {rank} entries each")
         x = self.access(f"{where}.x", stage.x, stage.x_shape, out.dtype)
+        if not DType(out.dtype).is_float:
+            self.fits(f"{where}.value", stage.value, out.dtype)
         shape = [lo + hi + d + max(d - 1, 0) * it for d, lo, hi, it in
                  zip(stage.x_shape, stage.low, stage.high, stage.interior)]
         self.expect_shape(where, out, tuple(shape))
@@ -672,8 +758,8 @@ class _Validator:
         if stage.g_shape[1] != o or o % stage.groups or out.shape[1] != cg * stage.groups:
             raise self.fail(where, f"channels do not match groups={stage.groups}")
         self.window_grad(where, out.shape, (kh, kw), stage.g_shape, stage)
-        g = self.access(f"{where}.g", stage.g, stage.g_shape, out.dtype)
-        self.access(f"{where}.w", stage.w, stage.w_shape, out.dtype)
+        g = self.access(f"{where}.g", stage.g, stage.g_shape, out.dtype, used=out.size > 0)
+        self.access(f"{where}.w", stage.w, stage.w_shape, out.dtype, used=out.size > 0)
         return g.dtype
 
     def stage_conv2d_weight_grad(self, where, stage: Conv2dWeightGradStage, out) -> str:
@@ -683,8 +769,8 @@ class _Validator:
         if stage.g_shape[1] != o or o % stage.groups or stage.x_shape[1] != cg * stage.groups:
             raise self.fail(where, f"channels do not match groups={stage.groups}")
         self.window_grad(where, stage.x_shape, (kh, kw), stage.g_shape, stage)
-        x = self.access(f"{where}.x", stage.x, stage.x_shape, out.dtype)
-        self.access(f"{where}.g", stage.g, stage.g_shape, out.dtype)
+        x = self.access(f"{where}.x", stage.x, stage.x_shape, out.dtype, used=out.size > 0)
+        self.access(f"{where}.g", stage.g, stage.g_shape, out.dtype, used=out.size > 0)
         return x.dtype
 
     def stage_pool2d_grad(self, where, stage: Pool2dGradStage, out) -> str:
@@ -693,6 +779,8 @@ class _Validator:
         if any(2 * p > k for p, k in zip(stage.padding, stage.kernel)):
             raise self.fail(where, "padding must be at most half the kernel")
         self.window_grad(where, out.shape, stage.kernel, stage.g_shape, stage)
+        if math.prod(stage.g_shape) and not out.size:
+            raise self.fail(where, f"adds a gradient into an empty {list(out.shape)} output")
         if (stage.x is None) != (stage.mode == "avg"):
             raise self.fail(f"{where}.x", "max pooling's gradient reads x; average pooling's does not")
         if stage.x is not None:
@@ -711,7 +799,7 @@ class _Validator:
             raise self.fail(where, f"output {list(out.shape)} is not a window of {list(shape)} along axis {axis}")
         self.expect_shape(where, out, shape[:axis] + (out.shape[axis],) + shape[axis + 1:])
         self.row_starts(where, stage.starts, shape[0])
-        return self.access(f"{where}.x", stage.x, shape, out.dtype).dtype
+        return self.access(f"{where}.x", stage.x, shape, out.dtype, used=out.size > 0).dtype
 
     def stage_update_slice(self, where, stage: UpdateSliceStage, out) -> str:
         shape, axis = tuple(out.shape), stage.axis
@@ -728,13 +816,30 @@ class _Validator:
                                                  f"'{out.name}'s memory and layout")
         return out.dtype
 
+    def stage_all_reduce(self, where, stage: AllReduceStage, out) -> str:
+        if len(self.program.stages) != 1:
+            raise self.fail(where, "an all_reduce stage must be its kernel's only stage")
+        if not DType(out.dtype).is_float:
+            raise self.fail(where, f"all_reduce reduces float values, got {out.dtype}")
+        self.access(f"{where}.x", stage.x, tuple(out.shape), out.dtype)
+        return out.dtype
+
     def stage_literal(self, where, stage: LiteralStage, out) -> str:
         if len(stage.values) != out.size:
             raise self.fail(where, f"{len(stage.values)} values for {out.size} elements")
         wanted = float if DType(out.dtype).is_float else int
         if any(type(v) is not wanted for v in stage.values):
             raise self.fail(where, f"{out.dtype} values must all be {wanted.__name__}s")
+        if wanted is int:
+            self.fits(where, min(stage.values, default=0), out.dtype)
+            self.fits(where, max(stage.values, default=0), out.dtype)
         return out.dtype
+
+    def fits(self, where: str, value: int | float, dtype: str) -> None:
+        """An integer-typed constant is an integer in its dtype's range."""
+        low, high = int_range(dtype)
+        if not (isinstance(value, int) or math.isfinite(value) and value == int(value)) or not low <= value <= high:
+            raise self.fail(where, f"constant {value} does not fit {dtype}")
 
     def body(self, where: str, body: Body, shape: tuple[int, ...], acc: str | None = None) -> None:
         """Check an expression over loop index space `shape`."""
@@ -770,6 +875,8 @@ class _Validator:
             wanted = float if DType(node.dtype).is_float else int
             if type(node.value) is not wanted:
                 raise self.fail(where, f"a {node.dtype} constant needs a {wanted.__name__} value")
+            if wanted is int:
+                self.fits(where, node.value, node.dtype)
             return None
         if node.value is not None:
             raise self.fail(where, f"'{op}' takes no value")

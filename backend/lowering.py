@@ -28,7 +28,7 @@ import numpy as np
 
 from backend.expr import Lazy, body, canonical, contiguous, join
 from backend.kernel_program import (
-    Access, Affine, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage,
+    Access, Affine, AllReduceStage, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage,
     DynamicSliceStage, GatherStage, GemmStage, KernelCost, KernelProgram, LiteralStage, MapStage, Node, PadStage,
     Pool2dGradStage, Pool2dStage, ReduceStage, ScatterAddStage, Schedule, Stage, UpdateSliceStage)
 from ir.dtypes import DType
@@ -295,6 +295,13 @@ class _Kernel:
         stage = UpdateSliceStage(self.target(op.result), self.operand_access(operand), self.operand_access(update),
                                  update.type.shape, self.operand_access(starts), axis)
         self.emit(stage, op.result)
+
+    def stage_all_reduce(self, op: Op, reduce: str, group: str, world_size: int) -> None:
+        """A kernel of its own: the runtime runs it on the host, through the communicator."""
+        if self.op.region is not None and len(self.op.region.ops) > 1:
+            raise self.error("a collective is a kernel of its own: it cannot be fused with other ops", op)
+        (x,) = op.operands
+        self.emit(AllReduceStage(self.target(op.result), self.operand_access(x), reduce, group, world_size), op.result)
 
     # --- results ---------------------------------------------------------------------
     def finish(self, results: list[Value], symbols: list[str]) -> None:

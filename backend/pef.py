@@ -43,7 +43,7 @@ from typing import Iterator, Literal
 import attrs
 import msgpack
 
-from backend.kernel_program import ProgramError, KernelProgram, validate
+from backend.kernel_program import KernelProgram, ProgramError, program_work, validate
 from backend.memory import ALIGN, Allocation, MemoryPlan, lifetimes, overlapping, temp_symbol
 from backend.schema import SchemaError, decode, encode
 from backend.targets import ONCHIP, Target
@@ -58,6 +58,26 @@ FORMAT_VERSION = 2
 OLDEST_VERSION = 1
 #: no arena may claim more than this many bytes (a guard against hostile files)
 MAX_ARENA = 2**44
+#: limits a user can raise: (environment variable, default, unit): the bytes of a PEF's arenas
+#: together, the element operations of one run of its program (or of an entry point)
+LIMITS = {"arena": ("RDUFLOW_MAX_ARENA_BYTES", 2**34, "bytes"),
+          "work": ("RDUFLOW_MAX_WORK", 2**38, "element operations")}
+
+
+def limit(name: str) -> int:
+    """The limit `name` of LIMITS, from its environment variable if set; PEFError if that is not a positive integer."""
+    variable, default, _ = LIMITS[name]
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise PEFError(f"{variable} must be a positive integer, got '{text}'")
+    return int(text)
+
+
+def _over(name: str, amount: int, what: str) -> ProgramError:
+    variable, _, unit = LIMITS[name]
+    return ProgramError(f"{what} needs {amount} {unit}, more than the limit of {limit(name)} (raise it with {variable})")
 
 Scalar = int | float | str | bool | None
 #: bytes per element of each dtype, by IR spelling
@@ -134,7 +154,7 @@ class Section:
     """Consecutive kernels run together; traffic is bytes per off-chip tier."""
 
     index: int
-    phase: Literal["fwd", "bwd", "gradnorm", "opt"] | None
+    phase: Literal["fwd", "bwd", "allreduce", "gradnorm", "opt"] | None
     kernels: tuple[int, ...] = attrs.field(converter=tuple)
     pcus: int
     pmus: int
@@ -225,9 +245,26 @@ def _load_payload(payload: bytes, version: int, source: str) -> PEF:
             raise ProgramError(f"entries: format version {version} has no entry points")
         _Checker(pef).run()
         check_entries(pef)
+        check_limits(pef)
     except (SchemaError, ProgramError) as err:
         raise PEFError(f"{source}: invalid PEF: {err}") from None
     return pef
+
+
+def check_limits(pef: PEF) -> None:
+    """The arenas every entry shares, and the work of one run of each program, within the user's limits."""
+    sizes: dict[str, int] = {}
+    for plan in (pef.memory, *(e.memory for e in pef.entries)):
+        for arena in plan.arenas:
+            sizes[arena.name] = max(sizes.get(arena.name, 0), arena.size)
+    if sum(sizes.values()) > limit("arena"):
+        raise _over("arena", sum(sizes.values()), "memory: the program (arenas " + ", ".join(
+            f"{name} {size} bytes" for name, size in sorted(sizes.items())) + ")")
+    for name, kernels in (("the program", pef.kernels), *((f"entry '{e.name}'", e.kernels) for e in pef.entries)):
+        work = sum(program_work(k) for k in kernels)
+        if work > limit("work"):
+            heaviest = max(kernels, key=program_work)
+            raise _over("work", work, f"one run of {name} (its kernel '{heaviest.name}': {program_work(heaviest)})")
 
 
 _ENTRY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -425,6 +462,17 @@ class _Checker:
             if self.tensors.get(update.tensor) != (tuple(param.shape), param.dtype):
                 raise ProgramError(f"symbols.updates.{update.param}: tensor '{update.tensor}' does not match the param")
             self.allocated(f"symbols.updates.{update.param}", update.tensor, 0, offchip=True)
+            self.same_size(update, param)
+
+    def same_size(self, update: UpdateSymbol, param: ParamSymbol) -> None:
+        """An update outside its param's range trades places with it (or is copied into it) after each
+        step: every kernel then sees one tensor in the other's range, so the two are the same size
+        (an update in place is too)."""
+        a, b = self.plan[param.tensor], self.plan[update.tensor]
+        if a.nbytes != b.nbytes:
+            raise ProgramError(f"symbols.updates.{update.param}: update tensor '{update.tensor}' has a range of "
+                               f"{b.nbytes} bytes, its param '{param.tensor}' one of {a.nbytes} bytes; they trade "
+                               "places after each step, so they must be the same size")
 
     def buffer(self, where: str, program: KernelProgram, buffer) -> None:
         symbol = temp_symbol(program, buffer.name) if buffer.role == "temp" else buffer.name

@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from backend.kernel_program import (
-    Access, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage, DynamicSliceStage,
+    Access, AllReduceStage, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage, DynamicSliceStage,
     GatherStage, GemmStage, KernelProgram, LiteralStage, MapStage, PadStage, Pool2dGradStage, Pool2dStage,
     ReduceStage, ScatterAddStage, UpdateSliceStage)
 from ir.dtypes import DType
@@ -261,8 +261,15 @@ def _update_slice(stage: UpdateSliceStage, store, buffers, out: Buffer) -> np.nd
     return result
 
 
+def _all_reduce(stage: AllReduceStage, store, buffers, out: Buffer) -> np.ndarray:
+    """As the `all_reduce` op's reference: every replica of the group holds this one's value."""
+    x = read(stage.x, out.shape, store).astype(np.float32)
+    return x * np.float32(stage.world_size) if stage.reduce == "sum" else x
+
+
 _STAGES = {MapStage: _map, ReduceStage: _reduce, GemmStage: _gemm, Conv2dStage: _conv2d,
            Pool2dStage: _pool2d, GatherStage: _gather, ScatterAddStage: _scatter_add,
            ConcatStage: _concat, LiteralStage: _literal, PadStage: _pad,
            Conv2dInputGradStage: _conv2d_input_grad, Conv2dWeightGradStage: _conv2d_weight_grad,
-           Pool2dGradStage: _pool2d_grad, DynamicSliceStage: _dynamic_slice, UpdateSliceStage: _update_slice}
+           Pool2dGradStage: _pool2d_grad, DynamicSliceStage: _dynamic_slice, UpdateSliceStage: _update_slice,
+           AllReduceStage: _all_reduce}

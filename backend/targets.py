@@ -2,8 +2,10 @@
 
 A target gives the chip's tiles, the PCUs (compute) and PMUs (memory) per tile,
 a PCU's SIMD lanes x pipeline stages and FLOP/cycle per dtype, a PMU's bytes and
-bandwidth, the clock, the off-chip memory tiers (HBM, DDR: capacity, bandwidth)
-and the chips per node. Presets (`rdu-mini`, `sn10`, `sn30`, `sn40l`) live as YAML
+bandwidth, the clock, the off-chip memory tiers (HBM, DDR: capacity, bandwidth),
+the chips per node, and the links data-parallel training reduces gradients over
+(`Links`: RDU to RDU in a node, node to node, RDU to its host; a target that
+does not give them gets `Links()`'s defaults, which are assumptions). Presets (`rdu-mini`, `sn10`, `sn30`, `sn40l`) live as YAML
 in `backend/presets/`, each citing its public figures; `load_target` also reads
 a custom YAML file. Bad fields are `ConfigError`s naming the file and field.
 """
@@ -15,7 +17,7 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from ir.errors import ConfigError
 
@@ -60,6 +62,24 @@ class Tier(_Plain):
         return name
 
 
+class Link(_Plain):
+    """A point-to-point link: bandwidth in bytes per second (each direction), latency per message in seconds."""
+
+    bandwidth: PositiveFloat
+    latency: NonNegativeFloat
+
+
+class Links(_Plain):
+    """The links between chips (defaults are assumptions: PCIe 4.0 x16-class links, 100 Gb/s Ethernet)."""
+
+    #: chip to chip within a node
+    rdu: Link = Link(bandwidth=32e9, latency=2e-6)
+    #: node to node: one network port per node
+    node: Link = Link(bandwidth=12.5e9, latency=5e-6)
+    #: a chip to its host (gradients reduced on the host travel it both ways)
+    host: Link = Link(bandwidth=32e9, latency=2e-6)
+
+
 class Target(_Plain):
     """One RDU chip and its node."""
 
@@ -74,6 +94,7 @@ class Target(_Plain):
     clock_hz: PositiveFloat
     #: fastest first: tensors go to the first tier with room
     offchip: list[Tier] = Field(min_length=1)
+    links: Links = Links()
 
     @pydantic.field_validator("offchip")
     @classmethod

@@ -156,9 +156,29 @@ def load_yaml(path: str | Path) -> list[Setting]:
     return settings_from({str(k): v for k, v in group.items()}, f"config file '{path}'", locations, text)
 
 
+#: the deepest nesting a config file may have (PyYAML's composer recurses once per level)
+MAX_YAML_DEPTH = 100
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing documents nested deeper than MAX_YAML_DEPTH with a YAML error at the place."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def _parse_yaml(text: str) -> tuple[yaml.Node | None, Any]:
     """The document's node tree (for key positions) and its plain data, from one parse."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         return node, None if node is None else loader.construct_document(node)

@@ -8,6 +8,7 @@ difference in the numbers.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from typing import Any, Callable
 import attrs
 
 from compiler.config import Setting, settings_from
+from ir import jsontext
 from ir.errors import ConfigError, Location
 
 CONFIG = "config.json"
@@ -35,7 +37,7 @@ class _Reader:
         self.path = path
         try:
             self.text = path.read_text(encoding="utf-8")
-            self.data = json.loads(self.text)
+            self.data = jsontext.loads(self.text)
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"cannot read '{path}': {getattr(err, 'strerror', None) or err}") from None
         except json.JSONDecodeError as err:
@@ -104,6 +106,22 @@ def _llama(r: _Reader) -> dict[str, Any]:
 
 
 MODEL_TYPES: dict[str, Callable[[_Reader], dict[str, Any]]] = {"gpt2": _gpt2, "llama": _llama}
+#: config.json values that count something (positive integers) ...
+COUNTS = frozenset({"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "hidden_size",
+                    "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                    "head_dim", "max_position_embeddings"})
+#: ... and that are scales (positive finite numbers)
+SCALES = frozenset({"layer_norm_epsilon", "initializer_range", "rms_norm_eps", "rope_theta"})
+
+
+def _check_ranges(reader: _Reader, values: dict[str, Any]) -> None:
+    """Counts are positive integers, scales positive finite numbers (a value of another type is left
+    to the model's config schema, which names the type it expects)."""
+    for key, value in values.items():
+        if key in COUNTS and type(value) is int and value < 1:
+            raise reader.error(key, f"{json.dumps(value)} is not a positive integer")
+        if key in SCALES and type(value) in (int, float) and (not math.isfinite(value) or value <= 0):
+            raise reader.error(key, f"{json.dumps(value)} is not a positive finite number")
 
 
 def read_hf_config(folder: str | Path) -> HFModel:
@@ -117,5 +135,6 @@ def read_hf_config(folder: str | Path) -> HFModel:
         known = ", ".join(MODEL_TYPES)
         raise reader.error("model_type", f"unsupported model type {json.dumps(model_type)} (supported: {known})")
     values = MODEL_TYPES[model_type](reader)
+    _check_ranges(reader, values)
     locations = {k: reader.where(k) for k in values}
     return HFModel(model_type, settings_from(values, str(path), locations, reader.text))

@@ -3,7 +3,14 @@
 `build_training_graph(forward, options)` returns a new graph holding, in order,
 the forward ops (phase `fwd`), the backward pass (`bwd`, `compiler.autodiff`),
 the global gradient norm and optional clipping (`gradnorm`) and the optimizer
-update (`opt`, `compiler.optimizers`). It keeps every forward output (`loss` and
+update (`opt`, `compiler.optimizers`). For data parallelism (`data_parallel`),
+each gradient is all-reduced across the `world_size` replicas between the
+backward pass and the clipping (`allreduce`), so clipping and the optimizer see
+the global gradient: the graph takes the input `replica_weight` (f32[]), this
+replica's share of the global batch's loss weight (its completion tokens over
+the global batch's; 1 / world_size for equal shares), and sums `weight * grad`
+over the replicas, which is the gradient of the global batch's mean loss (all
+gradients in one flat f32 buffer, one all-reduce). It keeps every forward output (`loss` and
 metrics), adds the output `grad_norm` (the pre-clip global L2 norm, f32[]) and
 the input `lr` (f32[]), and records in `updates` the new value of every trained
 param and of every optimizer state. A param the loss does not depend on gets no
@@ -24,6 +31,11 @@ from ir.errors import IRError, config_error
 from ir.graph import Graph, Op, Param, Phase, Region, Value
 from ir.types import TensorType
 
+#: data parallel: the input giving this replica's share of the global batch's loss weight
+REPLICA_WEIGHT = "replica_weight"
+#: the replica group gradients are all-reduced over
+GROUP = "data"
+
 Beta = Annotated[float, pydantic.Field(ge=0.0, lt=1.0)]
 
 
@@ -41,6 +53,18 @@ class TrainingOptions(pydantic.BaseModel):
     eps: float = pydantic.Field(1e-8, gt=0.0)
     #: clip the global gradient norm to this value; None: no clipping (the norm is still an output)
     max_grad_norm: float | None = pydantic.Field(None, gt=0.0)
+    #: one replica of a data-parallel group of `world_size`: gradients are all-reduced before clipping
+    data_parallel: bool = False
+    world_size: int = pydantic.Field(1, ge=1)
+    #: data parallel: the all-reduce runs over RDU-to-RDU links instead of through the hosts (cost model)
+    reduce_on_rdu: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _replicas_need_data_parallel(self) -> TrainingOptions:
+        if (self.world_size > 1 or self.reduce_on_rdu) and not self.data_parallel:
+            field = "world_size" if self.world_size > 1 else "reduce_on_rdu"
+            raise PydanticCustomError("data_parallel_only", f"{field} needs data_parallel")
+        return self
 
     @pydantic.field_validator("momentum")
     @classmethod
@@ -74,6 +98,11 @@ def build_training_graph(forward: Graph, options: TrainingOptions | None = None)
     pairs = [(p, grads[p.name]) for p in graph.params if p.name in grads]
     b = Builder(graph)
     lr = b.input("lr", TensorType((), DType.f32))
+    if options.data_parallel:
+        weight = b.input(REPLICA_WEIGHT, TensorType((), DType.f32))
+        with b.in_phase(Phase.allreduce):
+            reduced = all_reduce_gradients(b, [g for _, g in pairs], weight, options.world_size)
+            pairs = [(p, g) for (p, _), g in zip(pairs, reduced)]
     with b.in_phase(Phase.gradnorm):
         clipped, norm = clip_by_global_norm(b, [g for _, g in pairs], options.max_grad_norm)
     b.output("grad_norm", norm)
@@ -83,9 +112,28 @@ def build_training_graph(forward: Graph, options: TrainingOptions | None = None)
     return graph
 
 
+def all_reduce_gradients(b: Builder, grads: list[Value], weight: Value, world_size: int) -> list[Value]:
+    """Each gradient summed over the replicas, weighted by `weight`: one all-reduce of all of them
+    flattened into one f32 buffer (one message per ring step, as DDP's gradient buckets), sliced back
+    (each gradient keeps its type)."""
+    flat = [_shaped(b, g if g.type.dtype == DType.f32 else b.cast(g, dtype=DType.f32), (g.type.size,)) for g in grads]
+    buffer = flat[0] if len(flat) == 1 else b.concat(*flat, axis=0)
+    total = b.all_reduce(b.mul(buffer, weight), op="sum", group=GROUP, world_size=world_size)
+    out, start = [], 0
+    for g in grads:
+        part = _shaped(b, b.slice(total, starts=(start,), stops=(start + g.type.size,)), g.type.shape)
+        out.append(part if g.type.dtype == DType.f32 else b.cast(part, dtype=g.type.dtype))
+        start += g.type.size
+    return out
+
+
+def _shaped(b: Builder, value: Value, shape: tuple[int, ...]) -> Value:
+    return value if value.type.shape == tuple(shape) else b.reshape(value, shape=tuple(shape))
+
+
 def _check_free_names(graph: Graph) -> None:
     """The names training adds must not be taken already."""
-    taken = [v.name for v in graph.inputs if v.name == "lr"]
+    taken = [v.name for v in graph.inputs if v.name in ("lr", REPLICA_WEIGHT)]
     taken += [p.name for p in graph.params if p.name.startswith("optimizer.")]
     taken += [name for name in graph.outputs if name == "grad_norm"]
     if taken:

@@ -30,6 +30,8 @@ class Phase(enum.Enum):
 
     fwd = "fwd"
     bwd = "bwd"
+    #: data parallel: gradients combined across replicas (`all_reduce`)
+    allreduce = "allreduce"
     gradnorm = "gradnorm"
     opt = "opt"
 

@@ -44,6 +44,11 @@ def _run_ops(ops: list[Op], env: dict[Value, np.ndarray]) -> None:
         except IndexError as err:
             where = f" at {op.locs[0]}" if op.locs else ""
             raise ExecutionError(f"'{op.name}'{where}: {err}") from None
+        except MemoryError:
+            where = f" at {op.locs[0]}" if op.locs else ""
+            sizes = ", ".join(str(r.type) for r in op.results)
+            raise ExecutionError(f"'{op.name}'{where}: the reference interpreter cannot allocate "
+                                 f"its result ({sizes})") from None
         env.update(zip(op.results, outs))
 
 

@@ -112,7 +112,7 @@ class _Reader:
             dtype = DType.parse(str(dtype_token))
         except ValueError as err:
             raise self.error(str(err), dtype_token) from None
-        return TensorType(tuple(int(d) for d in dims if d is not None), dtype)
+        return TensorType(tuple(self.integer(d) for d in dims if d is not None), dtype)
 
     def op(self, tree: lark.Tree, scope: dict[str, Value], phase) -> Op:
         children = tree.children
@@ -189,7 +189,14 @@ class _Reader:
             return {"true": True, "false": False, "none": None}.get(str(first), str(first))
         text = str(first)
         is_float = any(c in text for c in ".eEn") or "inf" in text
-        return float(text) if is_float else int(text)
+        return float(text) if is_float else self.integer(first)
+
+    def integer(self, token) -> int:
+        """An integer token's value; ParseError for one beyond 64 bits (a 5000-digit one too)."""
+        digits = str(token).lstrip("+-").lstrip("0")
+        if len(digits) > 20 or abs(int(token)) >= 2**64:
+            raise self.error(f"integer of {len(digits)} digits is too large (beyond 64 bits)", token)
+        return int(token)
 
     def init(self, tree: lark.Tree) -> Init:
         kind, *args = tree.children
@@ -199,7 +206,7 @@ class _Reader:
             raise self.error(str(err), kind) from None
 
     def locs(self, tree: lark.Tree) -> tuple[Location, ...]:
-        return tuple(Location(json.loads(f), int(l), int(c)) for f, l, c in (n.children for n in tree.children))
+        return tuple(Location(json.loads(f), self.integer(l), self.integer(c)) for f, l, c in (n.children for n in tree.children))
 
     def placements(self, mem: list[lark.Tree], count: int) -> list[Placement | None]:
         """The placements of a `mem(...)` (a list holding its node, or empty): one per value."""
@@ -212,7 +219,7 @@ class _Reader:
 
     def placement(self, tier, offset) -> Placement | None:
         if offset is not None:
-            return Placement(str(tier), int(offset))
+            return Placement(str(tier), self.integer(offset))
         if tier != "none":
             raise self.error(f"memory placement '{tier}' needs an offset ('{tier}:OFFSET') or is 'none'", tier)
         return None
@@ -239,8 +246,23 @@ def parse_with_positions(text: str, filename: str = "<string>") -> tuple[Graph, 
             node = lark.Token("X", "", line=body.count("\n") + 1, column=len(body) - body.rfind("\n"))
         raise reader.error(message, node) from None
     reader = _Reader(text, filename)
+    _check_depth(tree, reader)
     graph = reader.graph(tree)
     return graph, reader.positions
+
+
+#: the deepest parse tree the reader takes: about 30 nested regions (passes recurse along them)
+MAX_DEPTH = 64
+
+
+def _check_depth(tree: lark.Tree, reader: _Reader) -> None:
+    """ParseError at the first node nested deeper than MAX_DEPTH (walked without recursion)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise reader.error(f"nested too deeply: more than {MAX_DEPTH} levels of regions, attributes and lists", node)
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, lark.Tree))
 
 
 def parse(text: str, filename: str = "<string>") -> Graph:

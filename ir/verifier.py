@@ -18,6 +18,8 @@ class _Verifier:
         self.graph = graph
         self.positions = positions or {}
         self.namer = Namer(graph)
+        #: each collective group's world size, from its first op
+        self.groups: dict[str, int] = {}
 
     def fail(self, message: str, op: Op | None = None, at: object = None) -> VerifyError:
         """An error located at `op`, or at the `positions` entry `at` (a declaration, output or update)."""
@@ -98,6 +100,14 @@ class _Verifier:
         for i, value in enumerate(op.results):
             if value.producer is not op or value.index != i:
                 raise self.fail(f"result {i} does not point back to its op", op)
+        if opdef.group is not None:
+            self.group(op, *opdef.group(op))
+
+    def group(self, op: Op, name: str, size: int) -> None:
+        """Every collective of one group agrees on its world size."""
+        known = self.groups.setdefault(name, size)
+        if known != size:
+            raise self.fail(f"group '{name}' has world_size {size} here, {known} at an earlier collective", op)
 
     def region(self, op: Op) -> None:
         region = op.region

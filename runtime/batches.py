@@ -35,8 +35,9 @@ from ir.errors import DataError, first_line
 from runtime import hdf5_data
 from runtime.hdf5_data import COMPLETION, split_files
 
-#: run-time inputs the trainer feeds itself; every other input comes from the data
-HYPERPARAMETERS = frozenset({"lr"})
+#: run-time inputs the trainer feeds itself (a data-parallel PEF's `replica_weight`: the replica's share
+#: of the global batch's loss weight); every other input comes from the data
+HYPERPARAMETERS = frozenset({"lr", "replica_weight"})
 TOKEN_INPUTS = ("input_ids", "token_type_ids")
 
 
@@ -160,7 +161,7 @@ def _np_dtype(name: str) -> np.dtype:
 
 
 def _check_dataset(file: Path, handle: h5py.File, spec: InputSpec) -> int:
-    dataset = handle.get(spec.name)
+    dataset = hdf5_data.get_dataset(file, handle, spec.name)
     if not isinstance(dataset, h5py.Dataset):
         found = ", ".join(sorted(handle.keys())) or "none"
         raise DataError(f"{file}: missing dataset '{spec.name}' for the program input of that name "
@@ -204,8 +205,8 @@ def open_rows(path: str | Path, split: str, specs: Sequence[InputSpec],
             problem = (f"sequences of {data.max_seq_length} tokens, but the program was compiled for seq_len "
                        f"{width[0]} (recompile with seq_len={data.max_seq_length}, or prepare the data with "
                        f"--max-seq-length {width[0]})")
-        vocab, bound = (data.metadata or {}).get("vocab_size"), bounds.get("input_ids")
-        if problem is None and isinstance(vocab, int) and bound is not None and vocab > bound:
+        vocab, bound = hdf5_data.recorded_tokenizer(data.metadata).get("vocab_size"), bounds.get("input_ids")
+        if problem is None and vocab is not None and bound is not None and vocab > bound:
             problem = (f"the data's tokenizer has {vocab} ids, the model's vocabulary only {bound} (recompile "
                        f"with vocab_size={vocab}, or prepare the data with the model's tokenizer)")
         if problem is not None:

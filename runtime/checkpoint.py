@@ -24,9 +24,10 @@ from typing import Mapping, Sequence
 
 import attrs
 import numpy as np
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from ir import jsontext
 from ir.dtypes import DType
 from ir.errors import CheckpointError
 from ir.files import honour_umask
@@ -58,7 +59,7 @@ def weight_files(folder: Path) -> list[Path]:
     if not index.is_file():
         raise CheckpointError(f"'{folder}' has neither {WEIGHTS} nor {INDEX}")
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = jsontext.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{index}: not a safetensors index ({err})") from None
@@ -69,11 +70,26 @@ def read_tensors(folder: str | Path) -> dict[str, np.ndarray]:
     """Every tensor of the checkpoint in `folder`, by its stored name."""
     tensors: dict[str, np.ndarray] = {}
     for path in weight_files(Path(folder)):
-        try:
-            tensors.update(load_file(path))
-        except (OSError, SafetensorError, ValueError) as err:
-            raise CheckpointError(f"cannot read {path}: {err}") from None
+        tensors.update(_load(path))
     return tensors
+
+
+#: the safetensors dtypes rduflow reads (not F8_E4M3, F8_E5M2, complex, ...)
+READABLE = frozenset({"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"})
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of one safetensors file; CheckpointError for an unreadable file or a dtype rduflow does not read."""
+    try:
+        with safe_open(path, framework="np") as handle:
+            dtypes = {name: handle.get_slice(name).get_dtype() for name in handle.keys()}
+        odd = next((name for name, dtype in sorted(dtypes.items()) if dtype not in READABLE), None)
+        if odd is not None:
+            raise CheckpointError(f"cannot read {path}: tensor '{odd}' has dtype {dtypes[odd]}, which rduflow does "
+                                  f"not read (it reads {', '.join(sorted(READABLE))})")
+        return load_file(path)
+    except (OSError, SafetensorError, ValueError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from None
 
 
 def _program_name(key: str, expected: Mapping[str, TensorType]) -> str | None:
@@ -223,9 +239,10 @@ def save_checkpoint(folder: str | Path, weights: Mapping[str, np.ndarray], confi
         for group in COMPANION_FILES:
             _copy_group(group, companions, stage)
         _swap_into_place(stage, target)
-    except OSError as err:
+    except (OSError, SafetensorError, MemoryError) as err:  # a full disk, a quota, no memory: nothing is left
         shutil.rmtree(stage, ignore_errors=True)
-        raise CheckpointError(f"cannot write checkpoint {target}: {err.strerror or err}") from None
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise CheckpointError(f"cannot write checkpoint {target}: {reason}") from None
     return target
 
 
@@ -251,23 +268,24 @@ def read_trainer_state(folder: str | Path) -> dict:
     """A checkpoint's `trainer_state.json`."""
     path = Path(folder) / TRAINER_STATE
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = jsontext.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
     except ValueError as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
+    step = state.get("step")
+    if type(step) is not int or step < 0:
+        shown = "missing" if "step" not in state else json.dumps(step)
+        raise CheckpointError(f"{path}: 'step' must be a non-negative integer, got {shown}")
     return state
 
 
 def read_optimizer_state(folder: str | Path, expected: Mapping[str, TensorType]) -> dict[str, np.ndarray]:
     """A checkpoint's optimizer state, every tensor of `expected` present and of its shape."""
     path = Path(folder) / OPTIMIZER
-    try:
-        tensors = load_file(path)
-    except (OSError, SafetensorError, ValueError) as err:
-        raise CheckpointError(f"cannot read optimizer state {path}: {err}") from None
+    tensors = _load(path)
     missing = [name for name in expected if name not in tensors]
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} optimizer tensor(s) the program needs: "

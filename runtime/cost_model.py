@@ -16,6 +16,15 @@ also fills and drains (each kernel's time for one tile of its loop nest), and
 the chip is reconfigured between sections (`SECTION_LOAD_S`, an assumption:
 RDUs switch configurations in microseconds). The program's time is the sum of
 its sections'.
+
+Data parallel: an `all_reduce` kernel moves its tensor over the target's links
+(`Target.links`) as a ring all-reduce: 2 (n - 1) steps, each sending 1/n of the
+tensor to the next replica, every step paying the link's latency and the slowest
+link on the ring bounding its bandwidth (RDU-to-RDU inside a node; the node's
+network port once the ring spans nodes). With `--reduce-on-rdu` that is the
+whole story; otherwise (host reduction, SambaFlow's default) the gradient also
+crosses each RDU's host link twice (down, then the sum back up) and the ring runs
+between the hosts, one per node. `scaling` models a step on 1, 8, 64 replicas.
 """
 from __future__ import annotations
 
@@ -31,7 +40,7 @@ from backend.targets import ONCHIP, Target
 #: seconds to load a section's configuration onto the chip (modeling assumption)
 SECTION_LOAD_S = 2e-6
 
-Bound = Literal["compute", "onchip", "offchip"]
+Bound = Literal["compute", "onchip", "offchip", "link"]
 
 
 @attrs.frozen
@@ -52,14 +61,16 @@ class KernelEstimate:
     offchip_bytes: dict[str, int]
     offchip_s: float
     fill_s: float
+    #: a collective's time on the links between replicas
+    link_s: float = 0.0
 
     @property
     def time_s(self) -> float:
-        return max(self.compute_s, self.onchip_s, self.offchip_s)
+        return max(self.compute_s, self.onchip_s, self.offchip_s, self.link_s)
 
     @property
     def bound(self) -> Bound:
-        times = {"compute": self.compute_s, "onchip": self.onchip_s, "offchip": self.offchip_s}
+        times = {"compute": self.compute_s, "onchip": self.onchip_s, "offchip": self.offchip_s, "link": self.link_s}
         return max(times, key=times.get)
 
 
@@ -113,6 +124,11 @@ class CostReport:
     def utilization(self) -> float:
         """Achieved over peak compute of the chips used, for the modeled time."""
         return self.flops / (self.peak_flops * self.time_s) if self.time_s else 0.0
+
+    @property
+    def allreduce_s(self) -> float:
+        """Modeled seconds of the gradient all-reduce sections (data parallel)."""
+        return sum(s.time_s for s in self.sections if s.phase == "allreduce")
 
     def by_phase(self) -> dict[str, float]:
         """Modeled seconds per training phase (`-` for untagged sections)."""
@@ -182,12 +198,14 @@ def estimate_section(section: Section, kernels: list[KernelEstimate], target: Ta
     for table in (section.offchip_read, section.offchip_written):
         for tier, n in table.items():
             traffic[tier] = traffic.get(tier, 0) + n
+    links = sum(k.link_s for k in members)  # collectives share the links: one after another
     slowest = max(members, key=lambda k: max(k.compute_s, k.onchip_s))
+    stage = max(slowest.compute_s, slowest.onchip_s)
+    bound = "link" if links > stage else "compute" if slowest.compute_s >= slowest.onchip_s else "onchip"
     return SectionEstimate(
         section.index, section.phase, tuple(section.kernels), section.pcus, section.pmus,
-        max(slowest.compute_s, slowest.onchip_s), traffic, _offchip_seconds(traffic, target, chips),
-        sum(k.fill_s for k in members), SECTION_LOAD_S,
-        "compute" if slowest.compute_s >= slowest.onchip_s else "onchip")
+        max(stage, links), traffic, _offchip_seconds(traffic, target, chips),
+        sum(k.fill_s for k in members), SECTION_LOAD_S, bound)
 
 
 def estimate(pef: PEF, target: Target | None = None) -> CostReport:
@@ -197,9 +215,97 @@ def estimate(pef: PEF, target: Target | None = None) -> CostReport:
     budget_pcus = chips * target.pcus
     budget_pmus = chips * target.pmus
     section_of = {k: s.index for s in pef.sections for k in s.kernels}
-    kernels = [estimate_kernel(i, p, section_of[i], target, chips, budget_pcus, budget_pmus)
-               for i, p in enumerate(pef.kernels)]
+    on_rdu = bool(_option(pef, "training.reduce_on_rdu"))
+    kernels = [_with_links(estimate_kernel(i, p, section_of[i], target, chips, budget_pcus, budget_pmus), p, target,
+                           on_rdu) for i, p in enumerate(pef.kernels)]
     sections = tuple(estimate_section(s, kernels, target, chips) for s in pef.sections)
     dtype = _dtype(pef.kernels[0]) if pef.kernels else "f32"
     peak = target.peak_flops(dtype) * chips
     return CostReport(target.name, chips, tuple(kernels), sections, peak)
+
+
+# --- data parallel -------------------------------------------------------------------------
+def _option(pef: PEF, name: str):
+    return next((o.value for o in pef.header.options if o.name == name), None)
+
+
+def _with_links(estimate: KernelEstimate, program: kp.KernelProgram, target: Target, on_rdu: bool) -> KernelEstimate:
+    """A collective kernel's estimate with its time on the links."""
+    stages = [s for s in program.stages if s.kind in kp.HOST_STAGES]
+    if not stages:
+        return estimate
+    seconds = sum(all_reduce_seconds(program.buffer(s.out).nbytes, s.world_size, target, on_rdu) for s in stages)
+    return attrs.evolve(estimate, link_s=seconds)
+
+
+def ring_seconds(nbytes: int, replicas: int, link_bandwidth: float, latency: float) -> float:
+    """A ring all-reduce of `nbytes` over `replicas`: 2 (n - 1) steps of n-th parts."""
+    if replicas <= 1:
+        return 0.0
+    return 2 * (replicas - 1) * (latency + nbytes / replicas / link_bandwidth)
+
+
+def all_reduce_seconds(nbytes: int, replicas: int, target: Target, on_rdu: bool) -> float:
+    """Modeled time to all-reduce `nbytes` over `replicas` chips of `target`, filling nodes first."""
+    if replicas <= 1:
+        return 0.0
+    links = target.links
+    nodes = math.ceil(replicas / target.chips_per_node)
+    if on_rdu:
+        slowest = links.rdu if nodes == 1 else min(links.rdu, links.node, key=lambda link: link.bandwidth)
+        latency = links.rdu.latency if nodes == 1 else max(links.rdu.latency, links.node.latency)
+        return ring_seconds(nbytes, replicas, slowest.bandwidth, latency)
+    host = 2 * (links.host.latency + nbytes / links.host.bandwidth)
+    return host + ring_seconds(nbytes, nodes, links.node.bandwidth, links.node.latency)
+
+
+@attrs.frozen
+class ScalingPoint:
+    """A modeled training step on `replicas` chips (each with the PEF's batch)."""
+
+    replicas: int
+    step_s: float
+    allreduce_s: float
+
+    @property
+    def share(self) -> float:
+        """The all-reduce's part of the step."""
+        return self.allreduce_s / self.step_s if self.step_s else 0.0
+
+    def speedup(self, single: ScalingPoint) -> float:
+        """Samples per second over one chip's."""
+        return self.replicas * single.step_s / self.step_s if self.step_s else 0.0
+
+
+def scaling(pef: PEF, target: Target | None = None, counts: tuple[int, ...] = (1, 8, 64),
+            on_rdu: bool | None = None) -> list[ScalingPoint]:
+    """A training step on each count of replicas: the PEF's step without its collectives, plus the
+    all-reduce of every trained param's gradient (as the data-parallel graph has it: one f32 buffer)."""
+    target = target or pef.header.target
+    on_rdu = bool(_option(pef, "training.reduce_on_rdu")) if on_rdu is None else on_rdu
+    report = estimate(pef, target)
+    local = report.time_s - sum(k.link_s for k in report.kernels)
+    nbytes = sum(4 * math.prod(p.shape) for p in pef.symbols.params if p.role == "param" and p.dtype in FLOATS)
+    points = []
+    for n in counts:
+        reduce = all_reduce_seconds(nbytes, n, target, on_rdu)
+        points.append(ScalingPoint(n, local + reduce, reduce))
+    return points
+
+
+def scaling_lines(pef: PEF, target: Target | None = None, counts: tuple[int, ...] = (1, 8, 64)) -> list[str]:
+    """The modeled scaling as text lines (for `compile --stats` and `run --profile`)."""
+    target = target or pef.header.target
+    on_rdu = bool(_option(pef, "training.reduce_on_rdu"))
+    points = scaling(pef, target, counts, on_rdu)
+    where = "on the RDUs (--reduce-on-rdu)" if on_rdu else "through the hosts"
+    lines = [f"Data-parallel scaling on {target.name} (modeled; gradients all-reduced {where}, "
+             f"{target.chips_per_node} RDUs per node):"]
+    for p in points:
+        lines.append(f"  {p.replicas:>4} RDUs: step {p.step_s * 1e3:10.3f} ms, all-reduce {p.allreduce_s * 1e3:10.3f} ms "
+                     f"({p.share:6.1%}), {p.speedup(points[0]):8.2f}x samples/s of 1 RDU")
+    return lines
+
+
+#: float dtypes whose gradients are all-reduced
+FLOATS = frozenset({"f32", "bf16", "f16"})

@@ -6,7 +6,8 @@ base pointers of its buffers) is built once at load time. Params and optimizer
 state stay resident: a param and the tensor holding its update swap places after
 each step (two argument arrays per kernel, one per parity), so a training step
 copies nothing; an update that cannot swap (it is also an input, a param, or
-updates two params) is copied instead.
+updates two params) is copied instead. A collective kernel (an `all_reduce` stage, one of
+`kp.HOST_STAGES`) has no native code: it runs here, on the host, through the communicator.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class BoundKernel:
     index: int
     program: kp.KernelProgram
     section: int
-    native: NativeKernel
+    native: NativeKernel | None  # None: a host stage (a collective)
     args: tuple[ctypes.Array, ctypes.Array]
 
 
@@ -74,7 +75,34 @@ def shared_arenas(pef: PEF) -> dict[str, np.ndarray]:
     for plan in (pef.memory, *(e.memory for e in pef.entries)):
         for arena in plan.arenas:
             sizes[arena.name] = max(sizes.get(arena.name, 0), arena.size)
-    return {name: np.zeros(size, np.uint8) for name, size in sizes.items()}
+    return {name: _arena(name, size) for name, size in sizes.items()}
+
+
+def _arena(name: str, size: int) -> np.ndarray:
+    """A zero-filled arena, or an ExecutionError saying the host cannot hold it."""
+    try:
+        return np.zeros(size, np.uint8)
+    except MemoryError:
+        raise ExecutionError(f"cannot allocate the {size}-byte memory arena '{name}' on this host") from None
+
+
+def _on_host(program: kp.KernelProgram) -> bool:
+    return any(stage.kind in kp.HOST_STAGES for stage in program.stages)
+
+
+def _check_collectives(pef: PEF, communicator) -> None:
+    """ExecutionError unless the communicator's group is the one every collective of `pef` was compiled for."""
+    for program in pef.kernels:
+        for stage in program.stages:
+            if stage.kind not in kp.HOST_STAGES:
+                continue
+            if communicator is None:
+                raise ExecutionError(f"kernel '{program.name}' is a collective over {stage.world_size} replicas: "
+                                     "the program needs a communicator (run the PEF under mpirun with "
+                                     "--data-parallel)")
+            if communicator.size != stage.world_size:
+                raise ExecutionError(f"kernel '{program.name}' is a collective over {stage.world_size} replicas, "
+                                     f"the communicator has {communicator.size} ranks")
 
 
 class Executor:
@@ -82,15 +110,21 @@ class Executor:
 
     `arenas` (by name, at least as large as the plan's) lets entry points of one PEF share memory."""
 
-    def __init__(self, pef: PEF, jit: Jit, parallel: Parallel, arenas: dict[str, np.ndarray] | None = None):
+    def __init__(self, pef: PEF, jit: Jit, parallel: Parallel, arenas: dict[str, np.ndarray] | None = None,
+                 communicator=None):
+        """`communicator` (`runtime.distributed.Communicator`) runs collectives; a PEF with one needs it."""
         self.pef = pef
         self.parallel = parallel
-        self.arenas = arenas if arenas is not None else {a.name: np.zeros(a.size, np.uint8) for a in pef.memory.arenas}
+        self.communicator = communicator
+        _check_collectives(pef, communicator)
+        self.arenas = arenas if arenas is not None else {a.name: _arena(a.name, a.size) for a in pef.memory.arenas}
         self.where: dict[str, Allocation] = pef.memory.lookup()
         self.swaps, self.copies = swap_pairs(pef)
         self.parity = 0
         section_of = {k: s.index for s in pef.sections for k in s.kernels}
-        natives = jit.load(pef.kernels, [self._noalias(p) for p in pef.kernels])
+        native = [p for p in pef.kernels if not _on_host(p)]
+        loaded = iter(jit.load(native, [self._noalias(p) for p in native]))
+        natives = [None if _on_host(p) else next(loaded) for p in pef.kernels]
         self.kernels = [BoundKernel(i, p, section_of[i], n, (self._args(p, 0), self._args(p, 1)))
                         for i, (p, n) in enumerate(zip(pef.kernels, natives))]
 
@@ -125,6 +159,9 @@ class Executor:
 
     # --- running ----------------------------------------------------------------------------
     def run_kernel(self, kernel: BoundKernel) -> None:
+        if kernel.native is None:
+            self.run_collective(kernel.program)
+            return
         args = kernel.args[self.parity]
         for stage in kernel.native.stages:
             status = self.parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces)
@@ -133,6 +170,17 @@ class Executor:
                 where = f" at {program.loc}" if program.loc else ""
                 raise ExecutionError(f"kernel '{program.name}' ('{program.op}'{where}): "
                                      f"{ERRORS.get(status, f'error {status}')}")
+
+    def run_collective(self, program: kp.KernelProgram) -> None:
+        """An `all_reduce` kernel through the communicator (its only stage; see `kp.AllReduceStage`)."""
+        (stage,) = program.stages
+        out = program.buffer(stage.out)
+        source = program.buffer(stage.x.buffer)
+        dtype = DType(out.dtype)
+        flat = self.view(_tensor_of(program, source), (source.span,), DType(source.dtype))
+        x = np.lib.stride_tricks.as_strided(flat[stage.x.offset:], out.shape,
+                                            [s * dtype.itemsize for s in stage.x.strides], writeable=False)
+        self.view(_tensor_of(program, out), out.shape, dtype)[...] = self.communicator.all_reduce(x, stage.reduce).astype(dtype.np)
 
     def step(self, timings: list[float] | None = None, phases: frozenset[str | None] | None = None) -> None:
         """Run every kernel once (only those of `phases`, if given); with `timings`, append

@@ -32,6 +32,7 @@ import attrs
 import numpy as np
 
 from backend.pef import PEF
+from ir import jsontext
 from ir.errors import CheckpointError, DataError, ExecutionError
 from ir.graph import Graph
 from ir.dtypes import DType
@@ -322,7 +323,7 @@ def file_prompts(path: Path, tokenizer: Tokenizer) -> list[Prompt]:
             continue
         source = f"{path}:{number}"
         try:
-            item = json.loads(line)
+            item = jsontext.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{source}:{err.colno}: not valid JSON ({err.msg})") from None
         out.append(_file_prompt(item, source, tokenizer))
@@ -359,7 +360,7 @@ def eos_token_ids(checkpoint: Path | None, tokenizer: Tokenizer, vocab: int) -> 
         path = checkpoint / name if checkpoint is not None else None
         if path is not None and path.is_file():
             try:
-                value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+                value = jsontext.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
             except (OSError, ValueError, AttributeError) as err:
                 raise CheckpointError(f"{path}: unreadable ({err})") from None
             ids += [v for v in (value if isinstance(value, list) else [value]) if type(v) is int]

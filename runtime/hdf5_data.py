@@ -1,11 +1,15 @@
 """Validated reading of prepared training data (the output of `rduflow data-prep`).
 
 `open_data(path, split)` takes a data-prep folder (its ``{split}_{i}_of_{N}.hdf5``
-files, checked against ``metadata.yaml`` when present) or one ``.hdf5`` file holding
-int32 datasets ``input_ids`` and ``token_type_ids`` of equal shape (sequences,
-max_seq_length). Rows are read by global index, across files in order. Every row
-read is checked: token types in 0..3, ids in [0, vocab_size) when the vocabulary
-size is known. Every problem is a `DataError` naming the file and what is wrong.
+files, directly or in an ``hdf5/`` subfolder, checked against ``metadata.yaml`` when
+present) or one ``.hdf5`` file holding int32 datasets ``input_ids`` and
+``token_type_ids`` of equal shape (sequences, max_seq_length). SambaNova
+generative_data_prep's folders read as they are: its ``metadata.yaml`` needs only
+``max_seq_length``, and its ``vocab_size`` is not a bound (Llama 3's says 128000 and
+the data hold 128009): the model's vocabulary is. Rows are read by global index, across
+files in order. Every row read is checked: token types in 0..3, ids in [0, vocab_size)
+when a vocabulary size is given. Every problem is a `DataError` naming the file and
+what is wrong.
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ PROMPT, COMPLETION, PADDING, SEPARATOR = 0, 1, 2, 3
 TOKEN_TYPES = {"prompt": PROMPT, "completion": COMPLETION, "padding": PADDING, "separator": SEPARATOR}
 NUM_TOKEN_TYPES = len(TOKEN_TYPES)
 METADATA_FILE = "metadata.yaml"
+TOKENIZER_FOLDER = "tokenizer"
 SPLITS = ("train", "dev")
+#: metadata.yaml's count of each split's files, as SambaNova generative_data_prep names it
+_FILE_COUNT_KEYS = {"train": "number_of_training_files", "dev": "number_of_dev_files"}
 _SPLIT_FILE = re.compile(r"(?P<split>[a-z]+)_(?P<i>\d+)_of_(?P<n>\d+)\.hdf5")
 
 Rows = tuple[np.ndarray, np.ndarray]
@@ -135,7 +142,7 @@ class HDF5Data:
 def open_data(path: str | Path, split: str = "train", vocab_size: int | None = None) -> HDF5Data:
     """Open a data-prep folder's `split` files, or one `.hdf5` file (then `split` is ignored).
 
-    `vocab_size` (e.g. the model's) bounds the ids; by default the metadata's is used.
+    `vocab_size` (the model's) bounds the ids; the metadata's `vocab_size` does not.
     """
     path = Path(path)
     if not path.exists():
@@ -146,12 +153,11 @@ def open_data(path: str | Path, split: str = "train", vocab_size: int | None = N
     else:
         if path.suffix.lower() not in (".hdf5", ".h5"):
             raise DataError(f"{path}: expected a data-prep folder or an .hdf5 file")
-        metadata = read_metadata(path.parent)
+        metadata = read_metadata(path.parent) or read_metadata(path.parent.parent)
         files = [path]
-        if metadata is not None and not any(path.name in _listed(metadata, s) for s in SPLITS):
+        if metadata is not None and not any(_SPLIT_FILE.fullmatch(path.name) and path.name.startswith(f"{s}_")
+                                            for s in SPLITS):
             metadata = None
-    if vocab_size is None and metadata is not None:
-        vocab_size = metadata.get("vocab_size")
     data = HDF5Data(files, metadata, vocab_size)
     if metadata is not None:
         _check_against_metadata(data, metadata)
@@ -167,26 +173,49 @@ def read_metadata(folder: Path) -> dict[str, Any] | None:
         metadata = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise DataError(f"{file}: unreadable ({first_line(err)})") from None
+    except RecursionError:
+        raise DataError(f"{file}: nested too deeply to be a data-prep metadata file") from None
     if not isinstance(metadata, dict):
         raise DataError(f"{file}: expected a mapping")
-    for key, kind in (("max_seq_length", int), ("files", dict)):
-        if not isinstance(metadata.get(key), kind):
-            raise DataError(f"{file}: missing or invalid {key!r}")
-    vocab = metadata.get("vocab_size")
-    if vocab is not None and (not isinstance(vocab, int) or vocab < 1):
-        raise DataError(f"{file}: invalid 'vocab_size' {vocab!r}")
+    length = metadata.get("max_seq_length")
+    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        raise DataError(f"{file}: missing or invalid 'max_seq_length'")
+    for key in ("vocab_size", *_FILE_COUNT_KEYS.values()):
+        value = metadata.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise DataError(f"{file}: invalid {key!r} {value!r}")
+    if not isinstance(_file_rows(metadata), dict):
+        raise DataError(f"{file}: invalid 'files'")
     return metadata
 
 
+def recorded_tokenizer(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The tokenizer facts rduflow's data-prep recorded (`vocab_size` with added tokens, `eos_id`, ...);
+    {} for other data (SambaNova generative_data_prep records none)."""
+    metadata = metadata or {}
+    own = metadata.get("rduflow")
+    tokenizer = (own if isinstance(own, dict) else metadata).get("tokenizer")
+    return {k: v for k, v in tokenizer.items() if isinstance(v, int) and not isinstance(v, bool)} \
+        if isinstance(tokenizer, dict) else {}
+
+
+def tokenizer_folder(path: str | Path) -> Path | None:
+    """The `tokenizer/` folder of a data folder, or of the folder holding an .hdf5 file (None if none)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder / TOKENIZER_FOLDER, folder.parent / TOKENIZER_FOLDER):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def _split_files(folder: Path, split: str, metadata: dict[str, Any] | None) -> list[Path]:
-    if metadata is not None:
-        names = list(_listed(metadata, split))
-        if not names:
-            raise DataError(f"{folder / METADATA_FILE}: lists no {split!r} files")
-        return [folder / name for name in names]
     files = split_files(folder, split)
     if not files:
         raise DataError(f"{folder}: no {split} files ({split}_*_of_*.hdf5)")
+    expected = (metadata or {}).get(_FILE_COUNT_KEYS[split]) if split in _FILE_COUNT_KEYS else None
+    if expected is not None and expected != len(files):
+        raise DataError(f"{folder}: {len(files)} {split} files, but {METADATA_FILE} says {expected}")
     return files
 
 
@@ -195,6 +224,8 @@ def split_files(folder: Path, split: str) -> list[Path]:
     DataError naming what is missing when the set is incomplete."""
     found = sorted((int(m["i"]), int(m["n"]), p) for p in folder.glob(f"{split}_*_of_*.hdf5")
                    if (m := _SPLIT_FILE.fullmatch(p.name)) and m["split"] == split)
+    if not found and (folder / "hdf5").is_dir():
+        return split_files(folder / "hdf5", split)
     if not found:
         return []
     total = found[0][1]
@@ -206,16 +237,19 @@ def split_files(folder: Path, split: str) -> list[Path]:
     return [p for _, _, p in found]
 
 
-def _listed(metadata: dict[str, Any], split: str) -> dict[str, Any]:
-    listed = metadata["files"].get(split) or {}
-    return listed if isinstance(listed, dict) else {}
+def _file_rows(metadata: dict[str, Any]) -> Any:
+    """rduflow's per-file row counts: `rduflow.files` (format 2) or `files` (format 1); {} if absent."""
+    own = metadata.get("rduflow")
+    return (own if isinstance(own, dict) else metadata).get("files", {}) or {}
 
 
 def _check_against_metadata(data: HDF5Data, metadata: dict[str, Any]) -> None:
     if data.max_seq_length != metadata["max_seq_length"]:
         raise DataError(f"{data.files[0]}: sequences of {data.max_seq_length} tokens, but {METADATA_FILE} "
                         f"says max_seq_length {metadata['max_seq_length']}")
-    counts = {name: rows for split in SPLITS for name, rows in _listed(metadata, split).items()}
+    listed = _file_rows(metadata)
+    counts = {name: rows for split in SPLITS if isinstance(listed.get(split), dict)
+              for name, rows in listed[split].items()}
     for file, rows in zip(data.files, data.file_rows):
         if file.name in counts and counts[file.name] != rows:
             raise DataError(f"{file}: {rows} sequences, but {METADATA_FILE} says {counts[file.name]}")
@@ -224,7 +258,7 @@ def _check_against_metadata(data: HDF5Data, metadata: dict[str, Any]) -> None:
 def _check_datasets(file: Path, handle: h5py.File) -> tuple[int, int]:
     shapes = []
     for name in DATASETS:
-        dataset = handle.get(name)
+        dataset = get_dataset(file, handle, name)
         if not isinstance(dataset, h5py.Dataset):
             raise DataError(f"{file}: missing dataset {name!r}")
         if dataset.dtype != np.int32:
@@ -238,6 +272,14 @@ def _check_datasets(file: Path, handle: h5py.File) -> tuple[int, int]:
     if shapes[0][1] < 1:
         raise DataError(f"{file}: sequences of length 0")
     return shapes[0]
+
+
+def get_dataset(file: Path, handle: h5py.File, name: str) -> Any:
+    """`handle[name]` (None if absent); a DataError for a link that cannot be followed."""
+    try:
+        return handle.get(name)
+    except (RuntimeError, KeyError, OSError) as err:
+        raise DataError(f"{file}: dataset {name!r} cannot be opened ({first_line(err)})") from None
 
 
 def _common_width(files: list[Path], shapes: list[tuple[int, int]]) -> int:

@@ -93,12 +93,14 @@ class Program:
     """A PEF loaded for execution: native kernels, resident memory, params."""
 
     def __init__(self, pef: PEF, *, seed: int = 0, jit: Jit | None = None, threads: int | None = None,
-                 parallel: Parallel | None = None, memory: dict[str, np.ndarray] | None = None):
-        """`memory` (another program's arenas, params already set) makes this an entry point of it."""
+                 parallel: Parallel | None = None, memory: dict[str, np.ndarray] | None = None, communicator=None):
+        """`memory` (another program's arenas, params already set) makes this an entry point of it;
+        `communicator` (`runtime.distributed`) runs a data-parallel PEF's collectives."""
         self.pef = pef
         self.jit = jit or Jit(threads=threads)
         self.parallel = parallel or Parallel(threads)
-        self.executor = Executor(pef, self.jit, self.parallel, memory if memory is not None else shared_arenas(pef))
+        self.executor = Executor(pef, self.jit, self.parallel, memory if memory is not None else shared_arenas(pef),
+                                 communicator)
         self.params = Params(self)
         self.profile = Profile(pef)
         self._entries: dict[str, Program] = {}
@@ -196,10 +198,10 @@ def param_types(pef: PEF, roles: tuple[str, ...]) -> dict[str, TensorType]:
 
 
 def load(pef: str | os.PathLike | bytes | PEF, *, seed: int = 0, jit: Jit | None = None,
-         threads: int | None = None) -> Program:
+         threads: int | None = None, communicator=None) -> Program:
     """A PEF (path, bytes or record), validated, JIT-compiled and ready to run."""
     if isinstance(pef, (str, os.PathLike)):
         pef = read_pef(Path(pef))
     elif isinstance(pef, (bytes, bytearray)):
         pef = load_pef(bytes(pef))
-    return Program(pef, seed=seed, jit=jit, threads=threads)
+    return Program(pef, seed=seed, jit=jit, threads=threads, communicator=communicator)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ir import jsontext
 from ir.errors import DataError, first_line
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -49,14 +50,23 @@ class Tokenizer(ABC):
     pad_id: int
     eos_token: str
     pad_token: str
+    #: the id `encode` may put first when adding special tokens (None: it adds none)
+    bos_id: int | None = None
+
+    @property
+    def base_vocab_size(self) -> int:
+        """The vocabulary without added tokens (what Hugging Face's `vocab_size` reports)."""
+        return self.vocab_size
 
     @abstractmethod
     def encode(self, text: str) -> list[int]:
         """The ids of `text`, with no special tokens added."""
 
     @abstractmethod
-    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Bulk encoding: all ids back to back (int32) and each text's length (int64)."""
+    def encode_flat(self, texts: Sequence[str], special_tokens: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Bulk encoding: all ids back to back (int32) and each text's length (int64); with
+        `special_tokens`, each text is encoded as Hugging Face's `encode` does (BOS/EOS added
+        where the tokenizer adds them)."""
 
     @abstractmethod
     def decode(self, ids: Sequence[int] | np.ndarray, skip_special_tokens: bool = True) -> str:
@@ -85,7 +95,7 @@ class ByteTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_flat(self, texts: Sequence[str], special_tokens: bool = False) -> tuple[np.ndarray, np.ndarray]:
         encoded = [text.encode("utf-8") for text in texts]
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         ids = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.int32)
@@ -129,13 +139,35 @@ class HFTokenizer(Tokenizer):
             raise DataError(f"{source}: pad_token {self.pad_token!r} is not in the vocabulary")
         self.eos_id = backend.token_to_id(self.eos_token)
         self.pad_id = backend.token_to_id(self.pad_token)
+        bos = _token_name(config.get("bos_token"))
+        self.bos_id = backend.token_to_id(bos) if bos else None
+
+    @property
+    def base_vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=False)
+
+    def add_special_tokens(self, tokens: dict[str, Any]) -> None:
+        """Add special tokens as Hugging Face's `add_special_tokens` does: `{"pad_token": "<pad>",
+        "additional_special_tokens": [...], ...}`; eos/pad/bos tokens named here become those roles."""
+        for key, value in tokens.items():
+            names = value if isinstance(value, list) else [value]
+            if not all(isinstance(name, str) and name for name in names):
+                raise DataError(f"special token {key!r} must be a non-empty string or a list of them")
+            self._tok.add_special_tokens(names)
+            role = key.removesuffix("_token")
+            if role in ("eos", "pad", "bos"):
+                setattr(self, f"{role}_id", self._tok.token_to_id(names[0]))
+                self._config[key] = names[0]
+                if role != "bos":
+                    setattr(self, f"{role}_token", names[0])
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_flat(self, texts: Sequence[str], special_tokens: bool = False) -> tuple[np.ndarray, np.ndarray]:
         encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # _fast: tokenizers >= 0.20
-        encodings = encode(list(texts), add_special_tokens=False)
+        encodings = encode(list(texts), add_special_tokens=special_tokens)
         id_lists = [enc.ids for enc in encodings]
         lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
         ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(lengths.sum()))
@@ -235,7 +267,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not file.is_file():
         return {}
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
+        config = jsontext.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{file}: unreadable ({err})") from err
     if not isinstance(config, dict):

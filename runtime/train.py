@@ -21,7 +21,6 @@ params before it).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import sys
@@ -34,13 +33,17 @@ import numpy as np
 import pydantic
 
 from backend.pef import PEF, Scalar
+from ir import jsontext
 from ir.errors import CheckpointError, ExecutionError, config_error
 from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
     is_token_data, open_rows
 from runtime.cost_model import estimate
+from runtime.distributed import Replicas
+from runtime.hdf5_data import recorded_tokenizer, tokenizer_folder
 from runtime.interrupt import deferred_interrupt
 from runtime.program import param_types
+from runtime.save_dir import MetricsFile, SaveDirLock, kept_rows
 from runtime.schedules import Schedule, ScheduleName
 
 METRICS_FILE = "per_step_metrics.csv"
@@ -199,12 +202,16 @@ def header_options(pef: PEF) -> dict[str, Scalar]:
 class Trainer:
     """Runs `config` on `program`, reporting to `reporter`."""
 
-    def __init__(self, program: Executable, config: TrainConfig, reporter: Reporter | None = None):
+    def __init__(self, program: Executable, config: TrainConfig, reporter: Reporter | None = None,
+                 replicas: Replicas | None = None):
+        """`replicas`: this process's data-parallel group (`runtime.distributed`; default: a single process)."""
+        self.replicas = replicas or Replicas()
         if program.pef.header.mode != "train":
             raise ExecutionError("the PEF was compiled for inference (--inference); training needs a training PEF")
         self.program = program
         self.config = config
         self.reporter = reporter or PrintReporter()
+        self._lock: SaveDirLock | None = None  # the save folder's, from `start()` to `close()`
         self.specs = data_inputs(program.pef)
         self.batch_size = batch_size(self.specs)
         self.options = header_options(program.pef)
@@ -213,14 +220,15 @@ class Trainer:
         self.train: Rows = open_rows(config.data, "train", self.specs, bounds)
         self.dev: Rows | None = open_rows(config.data, "dev", self.specs, bounds) if has_split(config.data, "dev") \
             else None
-        if self.dev is not None and len(self.dev) < self.batch_size:
-            self.reporter.warn(f"the dev split has {len(self.dev)} rows, fewer than a batch of {self.batch_size}: "
+        if self.dev is not None and len(self.dev) < self.batch_size * self.replicas.size:
+            self.reporter.warn(f"the dev split has {len(self.dev)} rows, fewer than a batch of "
+                               f"{self.batch_size * self.replicas.size}: "
                                "it is not evaluated")
             self.dev.close()
             self.dev = None
         elif self.dev is None and config.eval_every:
             self.reporter.warn(f"eval_every is set, but {config.data} has no dev split (dev_*_of_*.hdf5) to evaluate")
-        self.order = BatchOrder(len(self.train), self.batch_size, config.shuffle, config.seed)
+        self.order = BatchOrder(len(self.train), self.batch_size * self.replicas.size, config.shuffle, config.seed)
         self.total_steps = config.num_steps or config.num_epochs * self.order.steps_per_epoch
         self.schedule = Schedule(config.lr, config.lr_schedule, config.warmup_steps, self.total_steps)
         self.num_epochs = math.ceil(self.total_steps / self.order.steps_per_epoch)
@@ -229,6 +237,8 @@ class Trainer:
             raise ExecutionError("the program has no 'loss' output to train on")
 
     def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
         self.train.close()
         if self.dev is not None:
             self.dev.close()
@@ -246,7 +256,10 @@ class Trainer:
         The save folder is checked before the program is first used (a lazily compiled one waits)."""
         found = []
         if self.config.save_dir is not None:
-            ckpt.remove_partial(self.config.save_dir)
+            if self.replicas.writer:
+                self._lock = self._lock or SaveDirLock(self.config.save_dir)
+                ckpt.remove_partial(self.config.save_dir)
+            self.replicas.barrier()
             found = ckpt.list_checkpoints(self.config.save_dir)
         if found and not self.config.resume:
             raise CheckpointError(f"{self.config.save_dir} holds checkpoints of an earlier run (up to "
@@ -306,7 +319,7 @@ class Trainer:
                         metrics.writerow(record.row())
                         metrics.flush()
                     self._after_step(record, result)
-                    if stop.requested:
+                    if self.replicas.sums([stop.requested])[0]:  # every replica stops after the same step
                         self._stop(result)
         finally:
             if metrics is not None:
@@ -316,14 +329,16 @@ class Trainer:
 
     def _step(self, step: int, result: TrainResult) -> StepMetrics:
         epoch, _ = self.order.position(step)
-        batch = self.train.rows(self.order.indices(step))
+        batch = self.train.rows(self.replicas.share(self.order.indices(step)))
         lr = self.schedule(step)
         start = time.perf_counter()
-        outputs = self.program.step({**batch, "lr": np.float32(lr)})
+        weight = self.replicas.weight(self.train.weight(batch))
+        outputs = self.program.step({**batch, "lr": np.float32(lr), **weight})
+        outputs = self.replicas.combine(outputs, weight)
         result.train_seconds += time.perf_counter() - start
-        result.samples += self.batch_size
+        result.samples += self.order.batch_size
         if is_token_data(self.specs):
-            result.tokens += batch["input_ids"].size
+            result.tokens += batch["input_ids"].size * self.replicas.size
         loss = float(outputs["loss"])
         if not math.isfinite(loss):
             raise ExecutionError(f"the loss became {loss} at step {step + 1} (try a smaller --lr, or compile with "
@@ -364,7 +379,8 @@ class Trainer:
         if self.config.save_dir is not None:
             if result.last_step > result.first_step or not ckpt.list_checkpoints(self.config.save_dir):
                 self._save(result.last_step, result)
-            write_summary(self.config.save_dir / SUMMARY_FILE, self._summary(result))
+            if self.replicas.writer:
+                write_summary(self.config.save_dir / SUMMARY_FILE, self._summary(result))
 
     # -- evaluation --
     def evaluate(self) -> EvalMetrics:
@@ -372,18 +388,19 @@ class Trainer:
         if self.dev is None:
             raise ExecutionError(f"{self.config.data} has no dev split to evaluate")
         total = loss = hits = 0.0
-        batches = eval_batches(self.dev, self.batch_size)
+        batches = eval_batches(self.dev, self.order.batch_size)
         for indices in batches:
-            batch = self.dev.rows(indices)
-            outputs = self.program.evaluate({**batch, "lr": np.float32(0.0)})
+            batch = self.dev.rows(self.replicas.share(indices))
+            outputs = self.program.evaluate({**batch, "lr": np.float32(0.0), **self.replicas.idle_weight()})
             weight = self.dev.weight(batch)
             total += weight
             loss += weight * float(outputs["loss"])
             hits += weight * float(outputs.get("accuracy", 0.0))
+        total, loss, hits = self.replicas.sums([total, loss, hits])
         mean = loss / total if total else math.nan
         accuracy = hits / total if total and "accuracy" in self.outputs else None
         return EvalMetrics(mean, math.exp(mean) if mean < 700 else math.inf, accuracy, len(batches),
-                           len(batches) * self.batch_size)
+                           len(batches) * self.order.batch_size)
 
     def _evaluate(self, step: int, result: TrainResult) -> None:
         metrics = self.evaluate()
@@ -391,19 +408,23 @@ class Trainer:
         text = f"Evaluation loss: {metrics.loss:.4f}, Perplexity: {metrics.perplexity:.4f}"
         text += f", Accuracy: {metrics.accuracy:.4f}" if metrics.accuracy is not None else ""
         rows = len(self.dev)
-        self.reporter.line(text + (f" ({metrics.rows} of {rows} dev rows: whole batches of {self.batch_size})"
+        self.reporter.line(text + (f" ({metrics.rows} of {rows} dev rows: whole batches of {self.order.batch_size})"
                                    if metrics.rows < rows else f" ({rows} dev rows)"))
-        if self.config.save_dir is not None:
+        if self.config.save_dir is not None and self.replicas.writer:
             append_eval_row(self.config.save_dir / EVAL_FILE, step, metrics)
 
     # -- checkpoints and files --
     def _save(self, step: int, result: TrainResult) -> None:
+        if not self.replicas.writer:
+            return
         save_dir = self.config.save_dir
         params = self.program.get_params()
         roles = {p.name: p.role for p in self.program.pef.symbols.params}
         weights = {k: v for k, v in params.items() if roles[k] != "state"}
         optimizer = {k: v for k, v in params.items() if roles[k] == "state"}
-        companions = [p for p in (self.config.checkpoint, Path(self.config.data)) if p is not None and p.is_dir()]
+        data = Path(self.config.data)
+        companions = [p for p in (self.config.checkpoint, data, tokenizer_folder(data))
+                      if p is not None and p.is_dir()]
         folder = ckpt.save_checkpoint(save_dir / ckpt.checkpoint_name(step), weights, self._model_config(),
                                       optimizer, self._trainer_state(step, result), companions)
         result.checkpoints.append(folder)
@@ -417,10 +438,10 @@ class Trainer:
         base = None
         if self.config.checkpoint is not None and (self.config.checkpoint / ckpt.CONFIG).is_file():
             base = _read_json(self.config.checkpoint / ckpt.CONFIG)
-        return ckpt.model_config(model, fields, base, (self.train.metadata or {}).get("eos_id"))
+        return ckpt.model_config(model, fields, base, recorded_tokenizer(self.train.metadata).get("eos_id"))
 
     def _data_state(self) -> dict[str, Any]:
-        return {"path": str(self.config.data), "rows": len(self.train), "batch_size": self.batch_size,
+        return {"path": str(self.config.data), "rows": len(self.train), "batch_size": self.order.batch_size,
                 "shuffle": self.config.shuffle, "seed": self.config.seed}
 
     def _schedule_state(self) -> dict[str, Any]:
@@ -441,27 +462,18 @@ class Trainer:
             "last_loss": last.loss if last else None,
         }
 
-    def _open_metrics(self, first_step: int):
-        """The metrics CSV writer, resumed rows after `first_step` dropped; None without a save folder."""
-        if self.config.save_dir is None:
+    def _open_metrics(self, first_step: int) -> MetricsFile | None:
+        """The metrics CSV, resumed rows after `first_step` dropped (atomically); None without a save folder."""
+        if self.config.save_dir is None or not self.replicas.writer:
             return None
-        path = self.config.save_dir / METRICS_FILE
-        kept = _metric_rows(path, first_step) if first_step else []
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "w", newline="", encoding="utf-8")
-        except OSError as err:
-            raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
-        writer = csv.writer(handle)
-        writer.writerow(METRICS_COLUMNS)
-        writer.writerows(kept)
-        return _CsvFile(handle, writer)
+        return MetricsFile(self.config.save_dir / METRICS_FILE, METRICS_COLUMNS, first_step)
 
     def _summary(self, result: TrainResult) -> dict[str, object]:
         pef, history = self.program.pef, result.history
         summary: dict[str, object] = {
             "model": self.options.get("model"), "target": pef.header.target.name, "data": str(self.config.data),
             "train_rows": len(self.train), "batch_size": self.batch_size,
+            **({"data_parallel_ranks": self.replicas.size} if self.replicas.size > 1 else {}),
             "steps": f"{result.first_step + 1}-{result.last_step} of {result.total_steps}"
             if history else f"none (already at step {result.last_step})",
             "epochs": self.num_epochs, "lr": self.config.lr, "lr_schedule": self.config.lr_schedule,
@@ -491,47 +503,24 @@ NON_MODEL_OPTIONS = frozenset({"model", "target", "n_chips", "num_tiles", "infer
                                "batch_size", "seq_len"})
 
 
-@attrs.define
-class _CsvFile:
-    handle: Any
-    writer: Any
-
-    def writerow(self, row: list[str]) -> None:
-        self.writer.writerow(row)
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-    def close(self) -> None:
-        self.handle.close()
-
-
-def _metric_rows(path: Path, up_to: int) -> list[list[str]]:
-    """Rows of an existing metrics file for steps <= `up_to` (a resumed run rewrites the rest)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    return [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= up_to]
-
-
 def append_eval_row(path: Path, step: int, metrics: EvalMetrics) -> None:
     """Add an evaluation to `path`, dropping rows of later steps (left by a run this one resumes)."""
-    kept = _metric_rows(path, step - 1)
+    kept = kept_rows(path, step - 1)
     accuracy = "" if metrics.accuracy is None else repr(metrics.accuracy)
     row = [str(step), repr(metrics.loss), repr(metrics.perplexity), accuracy, str(metrics.rows)]
-    partial = path.with_name(f".{path.name}.tmp")
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(partial, "w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows([EVAL_COLUMNS, *kept, row])
         os.replace(partial, path)
     except OSError as err:
+        partial.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {path}: {err}") from None
     return data if isinstance(data, dict) else {}

@@ -82,6 +82,33 @@ LONGER_TRAINING = ("rduflow run rduflow-quickstart/pef/train/train.pef --data rd
 LONGER_SAMPLE = ("rduflow run rduflow-quickstart/pef/generate/generate.pef --inference --checkpoint "
                  "rduflow-quickstart/longer/checkpoint-2000 --prompt 'The course of true love' --max-new-tokens 40 "
                  "--temperature 0.5")
+DATA_PARALLEL = ("mpirun -n 2 rduflow run out/gpt2-tiny-dp/gpt2-tiny-dp.pef --data-parallel --checkpoint "
+                 "tests/fixtures/hf/gpt2-tiny --data midsummer-ascii --num-steps 100 --lr 3e-3 --lr-schedule cosine "
+                 "--warmup-steps 10 --log-every 20 --save-dir gpt2-tiny-dp")
+
+
+def check_data_parallel() -> None:
+    """The README's mpirun command, 10 steps, as 2 real ranks: the losses of the -b 8 single-process run."""
+    import csv
+    import os
+    import shutil
+    import subprocess
+
+    import numpy as np
+
+    mpirun = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+    command = shlex.split(DATA_PARALLEL.replace("--num-steps 100", "--num-steps 10"))
+    command[command.index("rduflow"):command.index("rduflow") + 1] = [sys.executable, "-m", "tools.cli"]
+    done = subprocess.run([mpirun, *command[1:]], env={**os.environ, "PYTHONPATH": str(REPO), "HYDRA_LAUNCHER": "fork"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Step [10/10]" in done.stdout
+    with open("gpt2-tiny-dp/per_step_metrics.csv") as dp, open("gpt2-tiny-finetuned/per_step_metrics.csv") as single:
+        rows = [list(csv.DictReader(f))[:10] for f in (dp, single)]
+    assert [r["lr"] for r in rows[0]] == [r["lr"] for r in rows[1]]  # warmup: the same learning rates
+    np.testing.assert_allclose([float(r["loss"]) for r in rows[0]], [float(r["loss"]) for r in rows[1]], rtol=1e-5)
+
+
 #: README command -> what the test does instead: a check, or a shorter command on the same code path
 MAPPING: dict[str, Callable[[], None] | str] = {
     "pip install -e .": check_installed,  # the suite installs nothing
@@ -92,6 +119,7 @@ MAPPING: dict[str, Callable[[], None] | str] = {
     # training longer: 20 steps instead of 2000, and generation from that checkpoint
     LONGER_TRAINING: LONGER_TRAINING.replace("--num-steps 2000", "--num-steps 20"),
     LONGER_SAMPLE: LONGER_SAMPLE.replace("checkpoint-2000", "checkpoint-20"),
+    DATA_PARALLEL: check_data_parallel,  # 10 steps, launched by mpirun outside the test process
 }
 
 #: README command -> patterns its output (stdout and stderr) must match

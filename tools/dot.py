@@ -14,7 +14,7 @@ from ir.errors import ConfigError
 from ir.graph import Graph, Op, Phase, Value
 from ir.printer import Namer
 
-PHASE_COLORS = {None: "#ffffff", Phase.fwd: "#cfe2f3", Phase.bwd: "#fce5cd",
+PHASE_COLORS = {None: "#ffffff", Phase.fwd: "#cfe2f3", Phase.bwd: "#fce5cd", Phase.allreduce: "#f4cccc",
                 Phase.gradnorm: "#d9ead3", Phase.opt: "#d9d2e9"}
 
 

@@ -167,7 +167,7 @@ class Report:
         lines += [f"  {name:<18} {seconds:6.1f} s" for name, seconds in self.times.items()]
         trend = "fell" if self.last_loss < self.first_loss else "did not fall"
         lines += [f"Loss {trend} from {self.first_loss:.4f} (first step) to {self.last_loss:.4f} (last step).",
-                  f'Sample: "{self.prompt}" -> "{self.completion}"',
+                  f'Sample: "{self.prompt}" -> "{printable(self.completion)}"',
                   f"Everything is in {root}/: the corpus, data/ (HDF5), pef/train and pef/generate (PEFs),",
                   f"checkpoints/ ({METRICS}, Hugging Face checkpoints) and logs/ (each step's output)."]
         if self.plot:
@@ -291,3 +291,8 @@ def completion(printed: str) -> str:
     start += len(COMPLETION)
     ends = [end for marker in (COMPLETION, END_OF_COMPLETIONS) if (end := printed.find(f"\n{marker}", start)) >= 0]
     return printed[start:min(ends, default=len(printed))]
+
+
+def printable(text: str) -> str:
+    """`text` on one line: control characters (a newline the model wrote) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -78,6 +78,9 @@ class Expressions:
 
     # --- atoms ----------------------------------------------------------------------
     def _expr_int(self, node, scope):
+        digits = str(node.children[0]).lstrip("0")
+        if len(digits) > 20:
+            raise self.error(f"integer literal of {len(digits)} digits is too large (beyond 64 bits)", node)
         return self.checked_int(int(node.children[0]), node)
 
     def _expr_float(self, node, scope):

@@ -65,10 +65,29 @@ def parse_tree(source: Source, text: str | None = None, start: str = "start",
     """The parse tree of `text` (default: the whole source); `origin` places embedded text."""
     text = source.text if text is None else text
     try:
-        return rdl_parser().parse(text, start=start)
+        tree = rdl_parser().parse(text, start=start)
     except lark.exceptions.UnexpectedInput as err:
         line, col = _position(err, text)
         if origin is not None:
             line, col = origin.line, origin.col + col - 1
         message = f"syntax error: unexpected {_found(err, text)}{_expected(err)}"
         raise FrontendError(message, Location(source.filename, line, col), source.line(line)) from None
+    _check_depth(tree, source, origin)
+    return tree
+
+
+#: the deepest nesting of statements and expressions a model may have (the zoo's is 14): the
+#: lowering recurses along the parse tree
+MAX_DEPTH = 100
+
+
+def _check_depth(tree: lark.Tree, source: Source, origin: Location | None) -> None:
+    """FrontendError at the first node nested deeper than MAX_DEPTH (walked without recursion)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            message = (f"nested too deeply: more than {MAX_DEPTH} levels of blocks, calls and operators "
+                       "(split it with 'let')")
+            raise source.error(message, node, origin)
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, lark.Tree))

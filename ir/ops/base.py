@@ -203,6 +203,9 @@ class OpDef:
     #: loop_nest(op) -> LoopNest, for ops the `tile` pass tiles (matmul, conv): the loop axes
     #: its `tile` attribute sizes and how operands and result follow them
     loop_nest = None
+    #: group(op) -> (name, world size), for collectives: the replica group the op communicates
+    #: over (the verifier checks that a graph gives each group one size)
+    group = None
 
     @classmethod
     def splat(cls, op: Op) -> float | None:

@@ -9,8 +9,10 @@ function taking each buffer as a `noalias` pointer, inlined into the wrapper.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Callable, Iterator, Sequence
 
+import attrs
 import llvmlite.ir as ir
 
 from ir.dtypes import DType
@@ -20,9 +22,25 @@ F16, F32 = ir.HalfType(), ir.FloatType()
 VOIDP = I8.as_pointer()
 
 #: error codes a kernel returns
-ERRORS = {1: "index out of range", 2: "out of memory (a kernel could not allocate its working buffer)"}
+ERRORS = {1: "index out of range", 2: "out of memory (a kernel could not allocate its working buffer)",
+          3: "a load or store outside its buffer (caught by RDUFLOW_JIT_CHECKED)"}
 INDEX_ERROR = 1
 OUT_OF_MEMORY = 2
+OUT_OF_BOUNDS = 3
+
+
+@attrs.frozen
+class _Bounds:
+    """A checked kernel body: the element count of each buffer argument, the status slot an
+    out-of-bounds access sets, and the scratch element it is redirected to."""
+
+    spans: dict
+    status: ir.Value
+    scratch: ir.GlobalVariable
+
+
+#: checked kernel bodies (see `kernel_function`'s `spans`)
+_CHECKED: weakref.WeakKeyDictionary[ir.Function, _Bounds] = weakref.WeakKeyDictionary()
 
 _STORAGE = {DType.f32: F32, DType.f16: F16, DType.bf16: I16, DType.i32: I32,
             DType.i64: I64, DType.bool: I8}
@@ -90,7 +108,27 @@ def to_storage(b: ir.IRBuilder, value: ir.Value, dtype: DType) -> ir.Value:
 
 
 def element_ptr(b: ir.IRBuilder, base: ir.Value, index: ir.Value) -> ir.Value:
-    return b.gep(base, [index], inbounds=True)
+    """The address of element `index` of a buffer; in a checked body, an index outside a buffer
+    argument sets OUT_OF_BOUNDS and gives a scratch element instead."""
+    bounds = _CHECKED.get(b.function)
+    span = bounds.spans.get(base) if bounds is not None else None
+    if span is None:
+        return b.gep(base, [index], inbounds=True)
+    bad = b.icmp_unsigned(">=", index, i64(span))
+    b.store(b.select(bad, ir.Constant(I32, OUT_OF_BOUNDS), b.load(bounds.status)), bounds.status)
+    inside = b.gep(base, [b.select(bad, i64(0), index)])
+    return b.select(bad, b.bitcast(bounds.scratch, base.type), inside)
+
+
+def _scratch(module: ir.Module) -> ir.GlobalVariable:
+    """Where a checked body's out-of-bounds accesses go: 64 bytes that no buffer owns."""
+    existing = module.globals.get("rduflow.scratch")
+    if existing is not None:
+        return existing
+    scratch = ir.GlobalVariable(module, ir.ArrayType(I64, 8), "rduflow.scratch")
+    scratch.linkage = "internal"
+    scratch.initializer = ir.Constant(ir.ArrayType(I64, 8), None)
+    return scratch
 
 
 def load(b: ir.IRBuilder, base: ir.Value, index: ir.Value, dtype: DType) -> ir.Value:
@@ -155,12 +193,13 @@ def affine(b: ir.IRBuilder, offset: int, terms: Sequence[tuple[ir.Value, int]]) 
 Body = Callable[[ir.IRBuilder, list[ir.Value], ir.Value, ir.Value], ir.Value | None]
 
 
-def kernel_function(module: ir.Module, name: str, arg_types: Sequence[ir.Type],
-                    body: Body, noalias: Sequence[bool] | None = None) -> ir.Function:
+def kernel_function(module: ir.Module, name: str, arg_types: Sequence[ir.Type], body: Body,
+                    noalias: Sequence[bool] | None = None, spans: Sequence[int] | None = None) -> ir.Function:
     """Emit an exported kernel `name` whose body sees typed `noalias` buffer pointers.
 
     `body(b, ptrs, lo, hi)` fills in the inner function; it may return an i32 status
-    (0 = ok) or None.
+    (0 = ok) or None. With `spans` (elements per buffer), every load and store through
+    `element_ptr` is bounds-checked and an access outside its buffer returns OUT_OF_BOUNDS.
     """
     ptr_types = [t.as_pointer() for t in arg_types]
     inner_ty = ir.FunctionType(I32, [*ptr_types, I64, I64])
@@ -172,8 +211,15 @@ def kernel_function(module: ir.Module, name: str, arg_types: Sequence[ir.Type],
         if noalias is None or noalias[i]:
             arg.add_attribute("noalias")
     b = ir.IRBuilder(inner.append_basic_block("entry"))
+    if spans is not None:
+        bounds = _CHECKED[inner] = _Bounds(dict(zip(inner.args, spans)), b.alloca(I32), _scratch(module))
+        b.store(ir.Constant(I32, 0), bounds.status)
     status = body(b, list(inner.args[:-2]), inner.args[-2], inner.args[-1])
-    b.ret(status if status is not None else ir.Constant(I32, 0))
+    status = status if status is not None else ir.Constant(I32, 0)
+    if spans is not None:
+        found = b.load(bounds.status)
+        status = b.select(b.icmp_unsigned("!=", found, ir.Constant(I32, 0)), found, status)
+    b.ret(status)
 
     outer = ir.Function(module, ir.FunctionType(I32, [VOIDP.as_pointer(), I64, I64]), name)
     outer.attributes.add("nounwind")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
+import os
 from typing import Any, Callable, Sequence
 
 import attrs
 import msgpack
 
 from backend import kernel_program as kp
+from backend.kernel_program import stage_work
 from runtime.jit.concat import lower_concat, lower_literal
 from runtime.jit.conv import lower_conv2d, lower_conv2d_input_grad, lower_conv2d_weight_grad
 from runtime.jit.dynamic import lower_dynamic_slice, lower_update_slice
@@ -55,26 +56,6 @@ class StagePlan:
     pieces: int = 1
 
 
-def stage_work(stage: Any, buffers: dict[str, kp.Buffer]) -> int:
-    """Element operations a stage performs, to decide whether threads pay off."""
-    out = buffers[stage.out].size
-    if stage.kind == "gemm":
-        return math.prod(stage.batch) * stage.m * stage.n * max(stage.k, 1)
-    if stage.kind in ("conv2d", "conv2d_input_grad"):
-        return out * math.prod(stage.w_shape[1:])
-    if stage.kind == "conv2d_weight_grad":
-        return out * math.prod(stage.g_shape) // max(stage.g_shape[1], 1)
-    if stage.kind in ("pool2d", "pool2d_grad"):
-        return out * math.prod(stage.kernel)
-    if stage.kind == "update_slice":
-        return math.prod(stage.update_shape) + (0 if stage.in_place else out)
-    if stage.kind == "reduce":
-        return math.prod(stage.shape) * len(stage.body.nodes)
-    if stage.kind == "map":
-        return out * len(stage.body.nodes)
-    return out
-
-
 @functools.cache
 def _fields(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in attrs.fields(cls))
@@ -99,10 +80,16 @@ def _anonymous(program: kp.KernelProgram) -> list:
     return [buffers, _plain(program.stages, numbers)]
 
 
-def code_key(program: kp.KernelProgram, noalias: Sequence[bool] | None = None) -> str:
-    """A hash of everything the native code depends on (program content, aliasing, host)."""
+def checked_mode() -> bool:
+    """Whether kernels are compiled with a bounds check on every load and store (RDUFLOW_JIT_CHECKED=1)."""
+    return os.environ.get("RDUFLOW_JIT_CHECKED", "").strip() not in ("", "0")
+
+
+def code_key(program: kp.KernelProgram, noalias: Sequence[bool] | None = None, checked: bool = False) -> str:
+    """A hash of everything the native code depends on (program content, aliasing, checks, host)."""
     aliasing = list(noalias) if noalias is not None and not all(noalias) else None
-    data = msgpack.packb([_anonymous(program), aliasing, host_signature()], use_bin_type=True)
+    extra = ["checked"] if checked else []
+    data = msgpack.packb([_anonymous(program), aliasing, host_signature(), *extra], use_bin_type=True)
     return hashlib.sha256(data).hexdigest()[:32]
 
 
@@ -118,12 +105,13 @@ def optimization_level(plans: list[StagePlan]) -> int:
     return 3 if work >= QUICK_WORK else 1 if work >= TINY_WORK else 0
 
 
-def lower_program(program: kp.KernelProgram, key: str,
-                  noalias: Sequence[bool] | None = None) -> tuple[KernelModule, list[StagePlan]]:
+def lower_program(program: kp.KernelProgram, key: str, noalias: Sequence[bool] | None = None,
+                  checked: bool = False) -> tuple[KernelModule, list[StagePlan]]:
     """The LLVM module of a kernel program and the plan of each stage.
 
-    `noalias[i]` (default: all) promises buffer i shares no memory with the others."""
-    km = KernelModule(program.buffers, noalias)
+    `noalias[i]` (default: all) promises buffer i shares no memory with the others;
+    `checked` bounds-checks every load and store."""
+    km = KernelModule(program.buffers, noalias, checked)
     buffers = {b.name: b for b in program.buffers}
     plans = []
     for i, stage in enumerate(program.stages):

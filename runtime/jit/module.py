@@ -19,8 +19,10 @@ from runtime.jit.layout import Access, Expression, Index
 class KernelModule:
     """LLVM functions sharing one kernel program's buffer list."""
 
-    def __init__(self, buffers: Sequence[kp.Buffer], noalias: Sequence[bool] | None = None):
+    def __init__(self, buffers: Sequence[kp.Buffer], noalias: Sequence[bool] | None = None, checked: bool = False):
+        """`checked`: every load and store is bounds-checked against its buffer's span."""
         self.buffers = {b.name: (i, b) for i, b in enumerate(buffers)}
+        self.spans = tuple(b.span for b in buffers) if checked else None
         self.arg_dtypes = tuple(DType(b.dtype) for b in buffers)
         self.noalias = tuple(noalias) if noalias is not None else (True,) * len(self.arg_dtypes)
         self.module = ir.Module(name="rduflow")
@@ -50,7 +52,7 @@ class KernelModule:
     def function(self, name: str, body: cg.Body) -> ir.Function:
         """An exported kernel function (see `codegen.kernel_function`)."""
         types = [cg.storage_type(d) for d in self.arg_dtypes]
-        return cg.kernel_function(self.module, name, types, body, self.noalias)
+        return cg.kernel_function(self.module, name, types, body, self.noalias, self.spans)
 
     def ir_text(self) -> str:
         return str(self.module)

@@ -319,6 +319,12 @@ def _concat(draw, name):
     return Case([normal(r, p) for p in parts], {"axis": axis - len(base) * draw(st.integers(0, 1))})
 
 
+@case("all_reduce")
+def _all_reduce(draw, name):
+    op = draw(st.sampled_from(["sum", "mean"]))
+    return Case([normal(rng(draw), shape(draw))], {"op": op, "group": "data", "world_size": draw(st.integers(1, 4))})
+
+
 @case("gather")
 def _gather(draw, name):
     r = rng(draw)

@@ -41,6 +41,7 @@ def _compare(name):
 
 #: op name -> builder of a small graph using it (every op but composites and `fused`)
 CASES = {
+    "all_reduce": lambda b: b.all_reduce(_x(b), group="data", world_size=3),
     **{n: _unary(n) for n in ("abs", "neg", "exp", "tanh", "sin", "cos", "erf", "sigmoid", "relu", "gelu", "silu")},
     **{n: _unary(n, positive=True) for n in ("log", "sqrt", "rsqrt")},
     **{n: _binary(n) for n in ("add", "sub", "mul", "div", "maximum", "minimum")},

@@ -11,7 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 from backend_graphs import decompose, fuse_phases, mlp
-from fuzz_pef import check_case, raw_mutation, run, sample_pef, structural_mutation
+from fuzz_pef import ZOO, check_case, raw_mutation, run, run_executed, sample_pef, structural_mutation
 
 from backend.driver import BackendOptions, build_pef, compile_options, compile_program
 from backend.pef import FORMAT_VERSION, MAGIC, load_pef, read_pef, write_pef
@@ -148,3 +148,14 @@ def test_a_single_mutation_each_way():
     assert check_case(original, data, raw_mutation(data, rng), structural=False) == "refused"
     assert check_case(original, data, structural_mutation(data, rng), structural=True) in ("refused", "valid",
                                                                                            "identical")
+
+
+def test_executed_mutants_of_every_zoo_program_break_no_contract():
+    """A few hundred mutants, each read and (if accepted) run under the checked JIT in a worker process."""
+    result = run_executed(200, seed=3)
+    assert result["violations"] == []
+    outcomes = result["outcomes"]
+    assert sum(outcomes.values()) == 200
+    assert {name for name, _ in outcomes} == {f"{m}-{'inference' if i else 'train'}" for m, i in ZOO}
+    assert sum(n for (_, outcome), n in outcomes.items() if outcome == "ran") > 20  # mutants that do run
+    assert len(result["fields"]) > 100

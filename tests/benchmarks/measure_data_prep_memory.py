@@ -41,7 +41,7 @@ def main() -> int:
         print(f"generated {corpus} in {time.perf_counter() - started:.1f} s")
     command = [sys.executable, "-m", "tools.cli", "data-prep", "--input", str(corpus),
                "--output", str(args.workdir / "out"), "--max-seq-length", "2048", "--overwrite",
-               "--packing", "greedy::truncate_right", "--dev-ratio", "0.01", "--num-training-splits", "4",
+               "--packing", "greedy::truncate_right", "--dev-ratio", "0.05",
                *(["--tokenizer", args.tokenizer] if args.tokenizer else []),
                *(["--shuffle"] if args.shuffle else []), *args.extra]
     print(" ".join(command))

@@ -36,8 +36,7 @@ CASES = {"byte": (None, False), "byte+shuffle": (None, True), "gpt2": (str(GPT2)
 def test_bench_data_prep(benchmark, corpus, tmp_path, case):
     tokenizer, shuffle = CASES[case]
     config = PrepConfig(input=corpus, output=tmp_path / "out", max_seq_length=512, tokenizer=tokenizer,
-                        packing="greedy::truncate_right", shuffle=shuffle, dev_ratio=0.05,
-                        num_training_splits=2, overwrite=True)
+                        packing="greedy::truncate_right", shuffle=shuffle, dev_ratio=0.05, overwrite=True)
     cpu_seconds: list[float] = []
 
     def timed() -> dict:
@@ -47,7 +46,9 @@ def test_bench_data_prep(benchmark, corpus, tmp_path, case):
         return result
 
     metadata = benchmark.pedantic(timed, rounds=3, iterations=1, warmup_rounds=0)
-    assert metadata["splits"]["train"]["sequences"] > 0 and metadata["malformed_lines"] == 0
+    stats = metadata["rduflow"]["stats"]
+    assert metadata["number_of_training_files"] == 32 and metadata["number_of_dev_files"] == 1
+    assert stats["sequences"] > 0 and stats["malformed_lines"] == 0
     if benchmark.stats is not None:
         size = corpus.stat().st_size / 1e6
         rate, cpu_rate = size / benchmark.stats.stats.mean, size * len(cpu_seconds) / sum(cpu_seconds)

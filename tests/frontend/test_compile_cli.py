@@ -125,3 +125,20 @@ def test_the_installed_command(tmp_path):
     done = subprocess.run(["rduflow", "compile", "logreg", "--emit", "ir", "--inference"], capture_output=True,
                           text=True, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("graph @logreg {")
+
+
+def test_verify_semantics_without_the_memory_for_a_result_is_a_one_line_error(tmp_path):
+    """A 1e9-element iota (8 GB in the reference interpreter) under a 4 GB address-space limit."""
+    import resource
+    model = tmp_path / "big.rdl"
+    model.write_text("model big\ninput x: f32[2]\noutput y = sum(cast(iota(shape=[1000000000]), dtype=f32)) + sum(x)\n")
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    done = subprocess.run([sys.executable, "-m", "tools.cli", "compile", str(model), "--inference",
+                           "--verify-semantics", "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                          preexec_fn=limit_memory, timeout=600)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == (f"error: --verify-semantics cannot run the input graph on random inputs: 'iota' at "
+                                   f"{model}:3:21: the reference interpreter cannot allocate its result (i32[1000000000])")

@@ -156,3 +156,33 @@ def test_a_bad_override_value_points_at_the_field_declaration():
     with pytest.raises(ConfigError) as info:
         lower_text(HEAD + "output y = x", "model.n=abc")
     assert info.value.render().splitlines()[1:] == ["config { n: int = 4 }", " " * 9 + "^"]
+
+
+@pytest.mark.parametrize("expression, col", [
+    ("-" * 1000 + "1.0", 9 + 98),  # the 99th minus: the program, its statement and 98 minuses above it
+    ("abs(" * 1000 + "1.0" + ")" * 1000, 9 + 4 * 49),  # the 50th call: a call and its arguments are two levels
+    ("+".join(["1"] * 5000), None),
+], ids=["1000-unary-minuses", "1000-nested-calls", "5000-term-sum"])
+def test_deep_expressions_are_a_one_line_error(expression, col):
+    with pytest.raises(FrontendError) as info:
+        lower_text(HEAD + f"let c = {expression}\noutput y = x")
+    assert "nested too deeply: more than 100 levels" in info.value.message
+    assert info.value.location.line == 3
+    assert col is None or info.value.location.col == col
+
+
+def test_deep_blocks_are_a_one_line_error():
+    with pytest.raises(FrontendError, match="nested too deeply") as info:
+        lower_text(HEAD + "if true { " * 5000 + "}" * 5000 + "\noutput y = x")
+    assert info.value.location.line == 3
+
+
+def test_nesting_below_the_limit_still_lowers():
+    graph = lower_text(HEAD + f"let c = {'-' * 90}2.0\noutput y = x * c")
+    assert list(graph.outputs) == ["y"]
+
+
+def test_a_5000_digit_integer_is_a_one_line_error():
+    with pytest.raises(FrontendError, match="integer literal of 5000 digits is too large") as info:
+        lower_text(HEAD + f"let c = {'7' * 5000}\noutput y = x")
+    assert (info.value.location.line, info.value.location.col) == (3, 9)

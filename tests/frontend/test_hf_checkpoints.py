@@ -200,3 +200,36 @@ def test_unreadable_checkpoints(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_hf_checkpoint(tmp_path, {})
+
+
+def test_a_config_json_100000_levels_deep_is_a_one_line_error(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "x": ' + "[" * 100000 + "]" * 100000 + "}")
+    with pytest.raises(ConfigError) as info:
+        read_hf_config(tmp_path)
+    assert info.value.message == "invalid JSON: nested more than 100 levels deep"
+    assert (info.value.location.line, info.value.location.col) == (1, 28 + 100)  # the 100th '[' is level 101
+
+
+@pytest.mark.parametrize("base, key, value, message", [
+    ("gpt2-tiny", "layer_norm_epsilon", float("nan"), "'layer_norm_epsilon': NaN is not a positive finite number"),
+    ("gpt2-tiny", "layer_norm_epsilon", -1e-5, "'layer_norm_epsilon': -1e-05 is not a positive finite number"),
+    ("gpt2-tiny", "n_layer", -1, "'n_layer': -1 is not a positive integer"),
+    ("gpt2-tiny", "n_head", True, "model.n_head: expected int, got true"),
+    ("llama-tiny", "rms_norm_eps", float("inf"), "'rms_norm_eps': Infinity is not a positive finite number"),
+    ("llama-tiny", "num_hidden_layers", 0, "'num_hidden_layers': 0 is not a positive integer"),
+])
+def test_config_values_out_of_range_do_not_compile(tmp_path, base, key, value, message):
+    folder = write_config(tmp_path / "ckpt", base, **{key: value})
+    with pytest.raises(ConfigError) as info:
+        compiled(folder)
+    assert message in str(info.value)
+    assert info.value.location.file.endswith("config.json") and f'"{key}"' in info.value.context
+
+
+def test_a_safetensors_dtype_rduflow_does_not_read(tmp_path):
+    header = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}}).encode()
+    header += b" " * (-len(header) % 8)
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: tensor 'w' has dtype F8_E4M3, which rduflow "
+                                              r"does not read \(it reads BF16, BOOL, F16, F32"):
+        load_hf_checkpoint(tmp_path, {"w": TensorType((4,), f32)})

@@ -137,3 +137,16 @@ def test_a_yaml_file_that_is_not_utf8_cannot_be_read(tmp_path):
     path.write_bytes(b"model:\n  n_layer: \xff\n")
     with pytest.raises(ConfigError, match="cannot read config file .*'utf-8' codec can't decode"):
         load_yaml(path)
+
+
+@pytest.mark.parametrize("text", [
+    "model:\n  n_layer: " + "[" * 5000 + "]" * 5000 + "\n",
+    "model:\n" + "".join("  " * (i + 1) + "a:\n" for i in range(5000)),
+], ids=["flow", "block"])
+def test_a_yaml_config_5000_levels_deep_is_a_one_line_error(tmp_path, text):
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_yaml(path)
+    assert info.value.message == "invalid YAML: nested more than 100 levels deep"
+    assert info.value.location.file == str(path) and info.value.location.line >= 2

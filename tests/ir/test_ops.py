@@ -540,6 +540,14 @@ _iv = sample((3,), i32)
 case("fused", [_i, _iv], {}, (wide(_i) * wide(_iv) + wide(_i), (wide(_i) * wide(_iv) + wide(_i)).sum(1)),
      region=_mul_add_sum)
 
+# --- collectives: every replica of the group is taken to hold the same value ---------------
+for _dtype in FLOATS:
+    _g = sample((2, 3), _dtype)
+    case("all_reduce", [_g], {"group": "data", "world_size": 4}, 4 * wide(_g))
+    case("all_reduce", [_g], {"op": "mean", "group": "data", "world_size": 4}, wide(_g))
+_s = sample((), f32)
+case("all_reduce", [_s], {"group": "data", "world_size": 1}, wide(_s))
+
 ALL_CASES = [c for cases in CASES.values() for c in cases]
 
 
@@ -645,6 +653,12 @@ def test_decomposition_matches_ref(c: Case):
 
 # --- type-rule errors ------------------------------------------------------------------------
 TYPE_ERRORS = [
+    ("all_reduce", [T(i32, 2)], {"group": "data", "world_size": 2}, "reduces float values only, got i32[2]"),
+    ("all_reduce", [T(f32, 2)], {"group": "data rows", "world_size": 2}, "group 'data rows' is not an identifier"),
+    ("all_reduce", [T(f32, 2)], {"group": "data", "world_size": 0}, "group 'data' needs a world_size >= 1, got 0"),
+    ("all_reduce", [T(f32, 2)], {"world_size": 2}, "missing attribute 'group'"),
+    ("all_reduce", [T(f32, 2)], {"group": "data", "world_size": 2, "op": "max"},
+     "attribute 'op' must be one of sum, mean, got 'max'"),
     ("exp", [T(i32, 2)], {}, "expects a float operand, got i32[2]"),
     ("exp", [T(f32, 2), T(f32, 2)], {}, "expects 1 operand(s), got 2"),
     ("log", [T(boolean, 2)], {}, "expects a float operand, got bool[2]"),

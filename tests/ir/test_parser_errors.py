@@ -137,3 +137,32 @@ def test_positions_locate_ops_declarations_outputs_and_updates():
     assert str(positions[graph.params[0].value]) == "p.ir:3:9"
     assert str(positions[("output", "y")]) == "p.ir:5:10"
     assert str(positions[("update", "w")]) == "p.ir:6:10"
+
+
+def _nested_fused(depth: int) -> str:
+    """`depth` fused ops, each one's region holding the next."""
+    inner = "    %r = neg(%a) : f32[2]\n    yield %r\n"
+    for i in range(depth):
+        inner = f"  %f{i} = fused(%a) {{label = \"x\"}} : f32[2] {{\n  ^(%a: f32[2]):\n{inner}  }}\n  yield %f{i}\n"
+    return "graph @g {\n  input %a : f32[2]\n" + inner.rsplit("  yield", 1)[0] + f"  output y = %f{depth - 1}\n}}\n"
+
+
+def test_1000_nested_regions_are_a_one_line_error():
+    err = error(_nested_fused(1000))
+    assert "nested too deeply: more than 64 levels" in err.message
+    assert err.location.file == "m.ir" and err.location.line > 3
+
+
+def test_30_nested_regions_still_parse():
+    graph = parse(_nested_fused(30))
+    assert [op.name for op in graph.ops] == ["fused"]
+
+
+@pytest.mark.parametrize("text, col", [
+    (GOOD.replace("f32[2,3]", f"f32[2,{'9' * 5000}]", 1), 20),
+    (GOOD.replace("f32[2,3]", "f32[2,123456789012345678901]", 1), 20),
+], ids=["5000-digit-dimension", "21-digit-dimension"])
+def test_a_dimension_beyond_64_bits_is_a_one_line_error(text, col):
+    err = error(text)
+    assert "digits is too large (beyond 64 bits)" in err.message
+    assert (err.location.line, err.location.col) == (2, col)

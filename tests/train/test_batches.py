@@ -114,12 +114,12 @@ def test_token_data_go_through_the_validated_reader(tmp_path):
 def test_token_data_from_a_larger_tokenizer_are_refused_before_training(tmp_path):
     from tools.data_prep import PrepConfig, prepare
     (tmp_path / "in.txt").write_text("".join(f"line {i}\n" for i in range(20)))
-    prepare(PrepConfig(input=tmp_path / "in.txt", output=tmp_path / "out", max_seq_length=6))
+    prepare(PrepConfig(input=tmp_path / "in.txt", output=tmp_path / "out", max_seq_length=6, num_training_splits=2))
     with pytest.raises(DataError, match=r"the data's tokenizer has 258 ids, the model's vocabulary only 128 "
                                         r"\(recompile with vocab_size=258"):
         open_rows(tmp_path / "out", "train", TOKENS, {"input_ids": 128})
     rows = open_rows(tmp_path / "out", "train", TOKENS, {"input_ids": 258})
-    assert len(rows) > 0 and rows.metadata["eos_id"] == 256
+    assert len(rows) > 0 and rows.metadata["rduflow"]["tokenizer"]["eos_id"] == 256
     rows.close()
 
 

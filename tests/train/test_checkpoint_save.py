@@ -118,3 +118,19 @@ def test_bad_state_files_are_checkpoint_errors(tmp_path):
     (tmp_path / "c" / "trainer_state.json").write_text("[1, 2")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         ckpt.read_trainer_state(tmp_path / "c")
+
+
+@pytest.mark.parametrize("state, shown", [
+    ({}, "missing"), ({"step": -3}, "-3"), ({"step": "7"}, '"7"'), ({"step": True}, "true"), ({"step": 2.0}, "2.0"),
+], ids=["missing", "negative", "string", "bool", "float"])
+def test_a_trainer_state_step_must_be_a_non_negative_integer(tmp_path, state, shown):
+    ckpt.save_checkpoint(tmp_path / "c", {}, {}, trainer_state=state)
+    with pytest.raises(CheckpointError, match=f"trainer_state.json: 'step' must be a non-negative integer, got {shown}$"):
+        ckpt.read_trainer_state(tmp_path / "c")
+
+
+def test_a_trainer_state_100000_levels_deep_is_a_checkpoint_error(tmp_path):
+    ckpt.save_checkpoint(tmp_path / "c", {}, {}, trainer_state={"step": 1})
+    (tmp_path / "c" / "trainer_state.json").write_text('{"step": 1, "x": ' + "{\"a\": " * 100000 + "1" + "}" * 100001)
+    with pytest.raises(CheckpointError, match=r"not valid JSON \(nested more than 100 levels deep: line 1 column"):
+        ckpt.read_trainer_state(tmp_path / "c")

@@ -10,6 +10,7 @@ from compiler.passes.opt_report import optimization_report
 from compiler.training import TrainingOptions
 from ir.errors import ConfigError
 from ir.printer import print_graph
+from runtime.cost_model import scaling_lines
 from tools import cli
 from tools.backend_options import add_backend_options, backend_options, write_output
 from tools.dot import graph_to_dot, render_svg
@@ -76,6 +77,15 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                        help="SGD: L2 term added to the gradient; AdamW: decoupled decay (default: 0)")
     group.add_argument("--max-grad-norm", type=float, metavar="N",
                        help="clip the global gradient norm to N (default: no clipping)")
+    group.add_argument("--data-parallel", action="store_true",
+                       help="one replica of data-parallel training: gradients all-reduced across the replicas "
+                            "before clipping and the optimizer (run with 'mpirun -n N rduflow run PEF "
+                            "--data-parallel ...')")
+    group.add_argument("-ws", "--world-size", type=cli.positive_int, default=1, metavar="N",
+                       help="with --data-parallel: the number of replicas (default: 1)")
+    group.add_argument("--reduce-on-rdu", action="store_true",
+                       help="with --data-parallel: model the all-reduce over RDU-to-RDU links instead of "
+                            "through the hosts")
     group.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"),
                        help="AdamW's betas (default: 0.9 0.999)")
     group.add_argument("--eps", type=float, default=1e-8, help="AdamW's epsilon (default: 1e-8)")
@@ -83,9 +93,16 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def training_options(args: argparse.Namespace) -> TrainingOptions:
     """TrainingOptions from the flags; ConfigError naming the flag of a bad value."""
+    if args.data_parallel and args.inference:
+        raise ConfigError("--data-parallel makes a training graph; an --inference PEF serves one process")
+    if (args.world_size > 1 or args.reduce_on_rdu) and not args.data_parallel:
+        flag = f"--world-size {args.world_size}" if args.world_size > 1 else "--reduce-on-rdu"
+        raise ConfigError(f"{flag} needs --data-parallel (a data-parallel training graph)")
     return TrainingOptions.parse(lambda field: "--" + field.replace("_", "-"), optimizer=args.optimizer,
                                  momentum=args.momentum, weight_decay=args.weight_decay,
-                                 max_grad_norm=args.max_grad_norm, betas=tuple(args.betas), eps=args.eps)
+                                 max_grad_norm=args.max_grad_norm, betas=tuple(args.betas), eps=args.eps,
+                                 data_parallel=args.data_parallel, world_size=args.world_size,
+                                 reduce_on_rdu=args.reduce_on_rdu)
 
 
 def options_from(args: argparse.Namespace) -> CompileOptions:
@@ -114,4 +131,6 @@ def main(args: argparse.Namespace) -> int:
     if args.stats:  # fusion, tiles and the memory plan, per section (after the backend's report)
         sections = [(s.phase, s.kernels) for s in result.pef.sections]
         print(optimization_report(result.graph, load_target(args.target), sections))
+        if not args.inference:
+            print("\n".join(scaling_lines(result.pef)))
     return 0

@@ -55,9 +55,13 @@ def write_atomically(path: Path, text: str) -> None:
         honour_umask(fd)
         with os.fdopen(fd, "w") as out:
             out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):  # a full disk, a quota: nothing is left behind
+            raise RduflowError(f"cannot write '{path}': {err.strerror or err}") from None
         raise
 
 

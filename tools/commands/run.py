@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -20,9 +21,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from backend.pef import PEF, read_pef
 from backend.targets import load_target
-from ir.errors import ConfigError
+from ir.errors import ConfigError, RduflowError
+from runtime import distributed
 from runtime.checkpoint import weight_files
-from runtime.cost_model import estimate
+from runtime.cost_model import estimate, scaling_lines
 from runtime.profile import print_profile, table_console, write_trace
 from runtime.program import Program, load
 from runtime.schedules import SCHEDULES
@@ -101,6 +103,9 @@ def _add_training_options(group: argparse._ArgumentGroup) -> list[argparse.Actio
             help="evaluate on the dev split every N steps (it is always evaluated at the end)"),
         add("--log-every", type=cli.positive_int, default=1, metavar="N",
             help="print a loss line every N steps (default: 1)"),
+        add("--data-parallel", action="store_true",
+            help="one rank of data-parallel training, launched by 'mpirun -n N' with a PEF compiled with "
+                 "--data-parallel --world-size N; rank 0 logs and saves"),
     ]
 
 
@@ -160,31 +165,63 @@ def _flag(field: str) -> str:
 
 
 def train(args: argparse.Namespace, pef: PEF) -> int:
-    """Train with a training PEF; the loss lines go to stdout, the progress bar to stderr."""
+    """Train with a training PEF; under mpirun with --data-parallel, as one rank of its group."""
     if args.data is None:
         raise ConfigError("--data is required to train (a data-prep folder or an .hdf5 file)")
+    size = distributed.check_launch(pef, args.data_parallel, args.pef, args.data)
+    if size is None:
+        return _train(args, pef, None)
+    replicas = distributed.connect(size, args.pef, args.data)
+    return distributed.run_replica(replicas, lambda: _train(args, pef, replicas),
+                                   lambda err: _report_failure(args, replicas, err))
+
+
+def _report_failure(args: argparse.Namespace, replicas: distributed.Replicas, err: BaseException) -> int:
+    """Print a rank's failure as the CLI would, naming the rank; the exit code."""
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    if isinstance(err, RduflowError):
+        print(f"rank {replicas.rank}: {err.render()}", file=sys.stderr, flush=True)
+        return 1
+    if isinstance(err, KeyboardInterrupt):
+        print(f"rank {replicas.rank}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    print(f"rank {replicas.rank}: rduflow: internal error, please report (rerun with --debug for the traceback)",
+          file=sys.stderr, flush=True)
+    return 3
+
+
+def _train(args: argparse.Namespace, pef: PEF, replicas: distributed.Replicas | None) -> int:
+    """The training run of this process (one rank of `replicas`, if given)."""
     config = TrainConfig.parse(
         label=_flag, data=args.data, checkpoint=args.checkpoint, num_epochs=args.num_epochs,
         num_steps=args.num_steps, lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
         seed=args.seed, shuffle=args.shuffle, save_dir=args.save_dir, save_every=args.save_every,
         keep_last=args.keep_last, resume=args.resume, eval_every=args.eval_every, log_every=args.log_every)
+    if replicas is not None:  # the ranks must agree on every step, evaluation and save they run together
+        replicas.check_same("the training options", config.model_dump(mode="json"))
     target = load_target(args.target) if args.target else None
     profiling = args.profile or args.trace is not None
-    program = _Program(pef, args.seed, args.threads, profiling)
-    reporter = ConsoleReporter(Console(stderr=True))
+    writer = replicas is None or replicas.writer
+    threads = args.threads or (distributed.local_threads() if replicas is not None else None)
+    program = _Program(pef, args.seed, threads, profiling, replicas.comm if replicas is not None else None)
+    reporter = ConsoleReporter(Console(stderr=True)) if writer else QuietReporter()
     if config.save_dir is None:
         reporter.warn("no --save-dir: the trained weights and metrics will not be saved")
-    with Trainer(program, config, reporter) as trainer:
+    ranks = f" x {replicas.size} ranks" if replicas is not None else ""
+    with Trainer(program, config, reporter, replicas) as trainer:
         reporter.line(f"Training {trainer.options.get('model', 'the model')} on {config.data}: {len(trainer.train)} "
-                      f"rows, batch {trainer.batch_size}, {trainer.total_steps} steps ({trainer.num_epochs} "
+                      f"rows, batch {trainer.batch_size}{ranks}, {trainer.total_steps} steps ({trainer.num_epochs} "
                       f"epoch(s))")
         with reporter:
             result = trainer.run()
-    _draw_curves(config.save_dir, result)
-    if profiling:
+    if writer:
+        _draw_curves(config.save_dir, result)
+    if profiling and writer:
         report = estimate(pef, target)
         if args.profile:
             print_profile(program.program.profile, report, table_console(), profile_top(args))
+            print("\n".join(scaling_lines(pef, target)))
         if args.trace is not None:
             write_trace(args.trace, program.program.profile, report)
             print(f"Trace written to {args.trace}")
@@ -205,15 +242,16 @@ class _Program:
     """The training program, its kernels compiled on first use, so that the Trainer checks the data and
     the save folder first; with `profile`, each step records host time per kernel (--profile, --trace)."""
 
-    def __init__(self, pef: PEF, seed: int, threads: int | None, profile: bool):
+    def __init__(self, pef: PEF, seed: int, threads: int | None, profile: bool, communicator=None):
         self.pef = pef
         self.seed, self.threads, self.profile = seed, threads, profile
+        self.communicator = communicator
         self._program: Program | None = None
 
     @property
     def program(self) -> Program:
         if self._program is None:
-            self._program = load(self.pef, seed=self.seed, threads=self.threads)
+            self._program = load(self.pef, seed=self.seed, threads=self.threads, communicator=self.communicator)
         return self._program
 
     def initialize(self, seed: int) -> None:
@@ -230,6 +268,25 @@ class _Program:
 
     def set_params(self, values: Mapping[str, np.ndarray]) -> None:
         self.program.set_params(values)
+
+
+class QuietReporter:
+    """A data-parallel rank other than 0: rank 0 reports for the group."""
+
+    def line(self, text: str) -> None:
+        pass
+
+    def warn(self, text: str) -> None:
+        pass
+
+    def progress(self, done: int, total: int, loss: float) -> None:
+        pass
+
+    def __enter__(self) -> QuietReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 class ConsoleReporter:

@@ -1,0 +1,123 @@
+"""A PEF is untrusted input: crafted files (edited, then signed again) are refused before anything runs."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from crafted import allocation, arena, buffer, craft, kernel, stage
+
+from backend import kernel_program as kp
+from backend.pef import load_pef
+from ir.errors import PEFError
+
+
+def _gather_from_an_empty_table(obj):
+    _, gather = stage(obj, "gather")
+    gather["table_shape"][0] = 0
+    gather["table"]["offset"] = 2**40
+
+
+def _scatter_add_at_the_arena_end(obj):
+    program, scatter = stage(obj, "scatter_add")
+    end = arena(obj, "onchip")["size"]
+    program["buffers"].append({"name": "tz", "role": "temp", "shape": [0, 16], "dtype": "f32",
+                               "tier": "onchip", "offset": end, "strides": [16, 1]})
+    obj["memory"]["allocations"].append({"tensor": f"{program['name']}/tz", "arena": "onchip",
+                                         "offset": end, "nbytes": 0})
+    extra = dict(scatter, out="tz", updates=dict(scatter["updates"], strides=[512, 32, 1]))
+    program["stages"].insert(0, extra)
+    if program["schedule"]["tiles"]:
+        program["schedule"]["tiles"].insert(0, [1, 16])
+
+
+def _update_in_a_larger_range(obj):
+    """The first param's update moved to the end of its arena, with twice the param's bytes."""
+    update = obj["symbols"]["updates"][0]
+    param = next(p for p in obj["symbols"]["params"] if p["name"] == update["param"])
+    place = allocation(obj, param["tensor"])
+    ddr = arena(obj, place["arena"])
+    moved = allocation(obj, update["tensor"])
+    nbytes = -(-2 * place["nbytes"] // 64) * 64
+    moved.update(offset=ddr["size"], nbytes=nbytes)
+    ddr["size"] += nbytes
+    for program in obj["kernels"]:
+        for b in program["buffers"]:
+            if b["name"] == update["tensor"]:
+                b["offset"] = moved["offset"]
+
+
+def _huge_gemm(obj):
+    _, gemm = stage(obj, "gemm")
+    gemm["k"] = 2**40
+    gemm["a"]["strides"][-1] = 0
+    gemm["b"]["strides"][-2] = 0
+
+
+def _huge_reduce(obj):
+    program = kernel(obj, "k20_sum_maximum")
+    reduce = program["stages"][0]
+    reduce["shape"] = [2**61, 8]  # a sum of every element, as before
+    for read in reduce["body"]["reads"]:
+        read["strides"] = [0, 1]
+
+
+def _huge_arena(obj):
+    arena(obj, "ddr")["size"] = 2**36
+
+
+def _wide_constant(obj):
+    node = kernel(obj, "k19_slice_eq_cast")["stages"][0]["body"]["nodes"][1]
+    assert node["dtype"] == "i32"
+    node["value"] = 2**61
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_gather_from_an_empty_table, r"gather.*table.*empty"),
+    (_scatter_add_at_the_arena_end, r"scatter_add.*empty"),
+    (_update_in_a_larger_range, r"update tensor '%\d+' has a range of 64 bytes, its param '@optimizer.step' one "
+                                r"of 4 bytes; they trade places after each step, so they must be the same size"),
+    (_huge_gemm, r"one run of the program \(its kernel 'k2_matmul_add': \d+\) needs \d+ element operations, "
+                 r"more than the limit of 274877906944 \(raise it with RDUFLOW_MAX_WORK\)"),
+    (_huge_reduce, r"its kernel 'k20_sum_maximum': 18446744073709551616\) .*RDUFLOW_MAX_WORK"),
+    (_huge_arena, r"memory: the program \(arenas ddr 68719476736 bytes, onchip \d+ bytes\) needs \d+ bytes, more "
+                  r"than the limit of 17179869184 \(raise it with RDUFLOW_MAX_ARENA_BYTES\)"),
+    (_wide_constant, r"2305843009213693952 does not fit i32"),
+], ids=["gather-empty-table", "scatter-add-empty-out", "update-range", "gemm-k-2**40", "reduce-2**61",
+        "arena-2**36", "i32-const-2**61"])
+def test_a_crafted_pef_is_refused_before_it_runs(edit, message):
+    with pytest.raises(PEFError, match=message):
+        load_pef(craft(edit), "crafted.pef")
+
+
+def test_a_user_may_raise_the_limits(monkeypatch):
+    crafted = craft(_huge_arena)
+    monkeypatch.setenv("RDUFLOW_MAX_ARENA_BYTES", str(2**37))
+    assert dict((a.name, a.size) for a in load_pef(crafted).memory.arenas)["ddr"] == 2**36
+    monkeypatch.setenv("RDUFLOW_MAX_ARENA_BYTES", "lots")
+    with pytest.raises(PEFError, match="RDUFLOW_MAX_ARENA_BYTES must be a positive integer, got 'lots'"):
+        load_pef(crafted)
+
+
+def _int_program(stage: kp.Stage, out_shape: tuple[int, ...]) -> kp.KernelProgram:
+    buffers = (kp.Buffer("x", "input", (4,), "i32"), kp.Buffer("y", "output", out_shape, "i32"))
+    return kp.KernelProgram("k0", "op", None, "", buffers, (stage,))
+
+
+_READ_X = kp.Body((kp.Access("x", 0, (1,)),), (), (kp.Node("arg", "i32", (), 0),))
+
+
+@pytest.mark.parametrize("stage, shape, message", [
+    (kp.ReduceStage("y", (4,), (0,), "add", float("nan"), _READ_X), (), "identity: constant nan does not fit i32"),
+    (kp.ReduceStage("y", (4,), (0,), "add", 2.0**40, _READ_X), (), "constant 1099511627776.0 does not fit i32"),
+    (kp.PadStage("y", kp.Access("x", 0, (1,)), (4,), (1,), (0,), (0,), 1e30), (5,), "value: constant 1e+30"),
+    (kp.LiteralStage("y", (1, 2, 3, -2**31 - 1)), (4,), "constant -2147483649 does not fit i32"),
+    (kp.MapStage("y", kp.Body((), (), (kp.Node("const", "i32", (), 2**31),))), (4,), "2147483648 does not fit"),
+])
+def test_integer_constants_must_fit_their_dtype(stage, shape, message):
+    with pytest.raises(kp.ProgramError, match=re.escape(message)):
+        kp.validate(_int_program(stage, shape))
+
+
+def test_integer_constants_at_their_limits_are_fine():
+    kp.validate(_int_program(kp.LiteralStage("y", (-2**31, 0, 1, 2**31 - 1)), (4,)))
+    kp.validate(_int_program(kp.ReduceStage("y", (4,), (0,), "max", float("-inf"), _READ_X), ()))
