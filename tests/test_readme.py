@@ -83,8 +83,8 @@ LONGER_SAMPLE = ("rduflow run rduflow-quickstart/pef/generate/generate.pef --inf
                  "rduflow-quickstart/longer/checkpoint-2000 --prompt 'The course of true love' --max-new-tokens 40 "
                  "--temperature 0.5")
 DATA_PARALLEL = ("mpirun -n 2 rduflow run out/gpt2-tiny-dp/gpt2-tiny-dp.pef --data-parallel --checkpoint "
-                 "tests/fixtures/hf/gpt2-tiny --data midsummer-ascii --num-steps 100 --lr 3e-3 --lr-schedule cosine "
-                 "--warmup-steps 10 --log-every 20 --save-dir gpt2-tiny-dp")
+                 "tests/fixtures/hf/gpt2-tiny --data out/midsummer-ascii --num-steps 100 --lr 3e-3 --lr-schedule cosine "
+                 "--warmup-steps 10 --log-every 20 --save-dir out/gpt2-tiny-dp")
 
 
 def check_data_parallel() -> None:
@@ -103,7 +103,8 @@ def check_data_parallel() -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Step [10/10]" in done.stdout
-    with open("gpt2-tiny-dp/per_step_metrics.csv") as dp, open("gpt2-tiny-finetuned/per_step_metrics.csv") as single:
+    with open("out/gpt2-tiny-dp/per_step_metrics.csv") as dp, \
+            open("out/gpt2-tiny-finetuned/per_step_metrics.csv") as single:
         rows = [list(csv.DictReader(f))[:10] for f in (dp, single)]
     assert [r["lr"] for r in rows[0]] == [r["lr"] for r in rows[1]]  # warmup: the same learning rates
     np.testing.assert_allclose([float(r["loss"]) for r in rows[0]], [float(r["loss"]) for r in rows[1]], rtol=1e-5)
