@@ -23,9 +23,9 @@ from compiler.config import Setting, load_yaml, parse_overrides, resolve
 from compiler.frontend import Source, lower, parse_module
 from compiler.generation import generation_graphs, share_params
 from compiler.hf_config import read_hf_config
+from compiler.pass_manager.levels import level_pipeline
 from compiler.passes import PassManager
 from compiler.passes.cast_weights import CastWeights
-from compiler.passes.pipelines import level_pipeline
 from compiler.training import TrainingOptions, build_training_graph
 from ir.errors import ConfigError
 from ir.graph import Graph

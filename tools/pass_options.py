@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from compiler.pass_manager.instrument import Bisect, DumpDir, PassStatistics, PrintIR, TimePasses
+from compiler.pass_manager.levels import PIPELINES, level_pipeline
+from compiler.pass_manager.semantics import VerifySemantics
 from compiler.passes import PassManager, load_pass_file, lookup_pass, parse_pipeline
-from compiler.passes.instrument import Bisect, DumpDir, PassStatistics, PrintIR, TimePasses
-from compiler.passes.pipelines import PIPELINES, level_pipeline
-from compiler.passes.semantics import VerifySemantics
 from ir.errors import PassError
 from tools import cli
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import attrs
 
-from compiler.passes.base import Pass, PassContext, register_pass
+from compiler.pass_manager.base import Pass, PassContext
+from compiler.pass_manager.registry import register_pass
 from ir.builder import Builder
 from ir.dtypes import DType
 from ir.graph import Graph, Op, Value

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import attrs
 
-from compiler.passes.base import Pass, PassContext, option, register_pass
+from compiler.pass_manager.base import Pass, PassContext, option
+from compiler.pass_manager.registry import register_pass
 from ir.builder import make_op
 from ir.dtypes import DType
 from ir.errors import PassError

@@ -10,7 +10,8 @@ from typing import Any, Hashable
 
 import attrs
 
-from compiler.passes.base import Pass, PassContext, register_pass
+from compiler.pass_manager.base import Pass, PassContext
+from compiler.pass_manager.registry import register_pass
 from ir.graph import Graph, Op, Region
 from ir.rewrite import Substitution
 

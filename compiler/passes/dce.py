@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import attrs
 
-from compiler.passes.base import Pass, PassContext, register_pass
+from compiler.pass_manager.base import Pass, PassContext
+from compiler.pass_manager.registry import register_pass
 from ir.graph import Graph
 from ir.rewrite import erase_dead
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from compiler.passes.base import Pass, PassContext, option, register_pass
+from compiler.pass_manager.base import Pass, PassContext, option
+from compiler.pass_manager.registry import register_pass
 from ir.builder import Builder
 from ir.graph import Graph, Op, Value
 from ir.interpreter import run_region

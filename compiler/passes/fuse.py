@@ -54,7 +54,8 @@ from typing import Callable
 
 import attrs
 
-from compiler.passes.base import Pass, PassContext, option, register_pass
+from compiler.pass_manager.base import Pass, PassContext, option
+from compiler.pass_manager.registry import register_pass
 from ir.builder import make_op
 from ir.graph import Graph, Op, Region, Value
 from ir.ops import FusionKind, lookup

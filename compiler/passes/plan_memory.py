@@ -50,8 +50,9 @@ import numpy as np
 
 from backend.memory import ALIGN
 from backend.targets import ONCHIP, Target
-from compiler.passes.base import Pass, PassContext, option, register_pass
-from compiler.passes.target_option import resolve_target
+from compiler.pass_manager.base import Pass, PassContext, option
+from compiler.pass_manager.registry import register_pass
+from compiler.pass_manager.target_option import resolve_target
 from ir.errors import Location, PassError
 from ir.graph import Graph, Op, Placement, Value
 from ir.ops import FusionKind, lookup

@@ -34,8 +34,9 @@ import attrs
 import numpy as np
 
 from backend.targets import Target
-from compiler.passes.base import Pass, PassContext, option, register_pass
-from compiler.passes.target_option import resolve_target
+from compiler.pass_manager.base import Pass, PassContext, option
+from compiler.pass_manager.registry import register_pass
+from compiler.pass_manager.target_option import resolve_target
 from ir.errors import PassError
 from ir.graph import Graph, Op
 from ir.ops import lookup

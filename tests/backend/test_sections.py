@@ -18,7 +18,7 @@ from compiler.config import resolve
 from compiler.driver import find_model
 from compiler.frontend import lower, parse_module
 from compiler.passes import PassManager
-from compiler.passes.pipelines import level_pipeline
+from compiler.pass_manager.levels import level_pipeline
 from compiler.training import build_training_graph
 from ir.builder import Builder
 from ir.dtypes import f32

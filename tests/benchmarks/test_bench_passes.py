@@ -7,7 +7,7 @@ from compiler import zoo
 from compiler.config import Setting
 from compiler.frontend import build
 from compiler.passes import PassManager
-from compiler.passes.pipelines import level_pipeline
+from compiler.pass_manager.levels import level_pipeline
 from compiler.training import build_training_graph
 from ir.parser import parse
 from ir.printer import print_graph

@@ -20,7 +20,7 @@ from backend.driver import BackendOptions, build_pef
 from backend.targets import load_target
 from compiler.driver import CompileOptions, compile_model
 from compiler.passes import PassManager
-from compiler.passes.pipelines import level_pipeline
+from compiler.pass_manager.levels import level_pipeline
 from ir.builder import Builder
 from ir.dtypes import f32
 from ir.graph import Graph

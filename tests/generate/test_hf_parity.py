@@ -70,7 +70,7 @@ def test_other_optimization_levels(level):
     """One op per kernel (-O0: nothing on chip, caches still written in place), or fusion and tiling (-O3)."""
     from compiler.driver import CompileOptions, compile_model
     from compiler.passes import PassManager
-    from compiler.passes.pipelines import level_pipeline
+    from compiler.pass_manager.levels import level_pipeline
     from generate_helpers import checkpoint
 
     name = "llama-tiny"

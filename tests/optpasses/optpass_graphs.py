@@ -9,7 +9,7 @@ import numpy as np
 from compiler import zoo
 from compiler.frontend import build
 from compiler.passes import PassManager
-from compiler.passes.semantics import random_inputs
+from compiler.pass_manager.semantics import random_inputs
 from compiler.training import TrainingOptions, build_training_graph
 from ir.builder import Builder
 from ir.dtypes import f32, i32

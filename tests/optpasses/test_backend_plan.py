@@ -76,7 +76,7 @@ def test_generation_entry_points_share_the_params_placement():
     """A model compiled for inference has forward, prefill and decode graphs sharing params: each is
     planned on its own, and the params land at one place in all of them (the PEF checks it)."""
     from compiler.driver import CompileOptions, compile_model
-    from compiler.passes.pipelines import level_pipeline
+    from compiler.pass_manager.levels import level_pipeline
     from compiler.passes import PassManager
 
     result = compile_model(CompileOptions("gpt2", inference=True, target="rdu-mini"),

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler.passes.fuse import fusion_kind, is_generator, kernel_traffic
-from compiler.passes.semantics import compare
+from compiler.pass_manager.semantics import compare
 from ir.builder import Builder
 from ir.dtypes import f32, i32
 from ir.errors import Location

@@ -6,7 +6,7 @@ import re
 from backend.driver import backend_stage
 from backend.targets import load_target
 from compiler.passes.fuse import kernel_traffic
-from compiler.passes.opt_report import KernelStats, kernel_stats, optimization_report
+from compiler.opt_report import KernelStats, kernel_stats, optimization_report
 from compiler.passes.plan_memory import memory_report
 from optpass_graphs import O3, run, zoo_graph
 from tools.cli import main

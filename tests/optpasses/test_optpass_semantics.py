@@ -5,7 +5,7 @@ import pytest
 
 from compiler import zoo
 from compiler.passes import PassManager
-from compiler.passes.semantics import VerifySemantics
+from compiler.pass_manager.semantics import VerifySemantics
 from compiler.training import build_training_graph
 from optpass_graphs import MODES, PREFIX, mlp, transformer_block, zoo_graph
 

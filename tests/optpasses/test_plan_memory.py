@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from backend.targets import ONCHIP, load_target, target_from_obj
 from compiler import zoo
 from compiler.passes.plan_memory import HEURISTICS, Buffer, check_plan, memory_report, peak, place
-from compiler.passes.semantics import compare
+from compiler.pass_manager.semantics import compare
 from ir.builder import Builder
 from ir.dtypes import f32
 from ir.errors import Location, ParseError, PassError, display_path

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from backend.targets import load_target, target_from_obj
 from compiler.passes import PassManager
-from compiler.passes.semantics import compare
+from compiler.pass_manager.semantics import compare
 from compiler.passes.tile import Problem, best_tile, default_tile, score
 from ir.builder import Builder
 from ir.dtypes import f32

@@ -9,8 +9,8 @@ import pytest
 from pass_graphs import classifier
 
 from compiler.passes import Pass, PassManager, register_pass
-from compiler.passes.instrument import Bisect, DumpDir, PassStatistics, PrintIR, TimePasses
-from compiler.passes.semantics import VerifySemantics, index_bounds, random_inputs
+from compiler.pass_manager.instrument import Bisect, DumpDir, PassStatistics, PrintIR, TimePasses
+from compiler.pass_manager.semantics import VerifySemantics, index_bounds, random_inputs
 from ir.errors import PassError
 from ir.graph import Op
 from ir.parser import parse

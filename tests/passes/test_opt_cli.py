@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.passes import PASSES, plugins
+from compiler.pass_manager import registry
+from compiler.passes import PASSES
 from ir.parser import parse
 from ir.printer import print_graph
 from tools.cli import main
@@ -118,9 +119,9 @@ def test_entry_point_plugins(tmp_path, monkeypatch, capsys):
     (tmp_path / "ep_passes.py").write_text(PLUGIN.format(
         cls="EpPass", doc="Registered through an entry point.", name="test-ep-pass", body="pass"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    entry = EntryPoint(name="test-ep-pass", value="ep_passes:EpPass", group=plugins.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(plugins, "entry_points", lambda group: [entry] if group == entry.group else [])
-    monkeypatch.setattr(plugins, "_entry_points_loaded", False)
+    entry = EntryPoint(name="test-ep-pass", value="ep_passes:EpPass", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [entry] if group == entry.group else [])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
     monkeypatch.delitem(PASSES, "test-ep-pass", raising=False)
     assert main(["passes"]) == 0
     out = capsys.readouterr().out

@@ -7,8 +7,8 @@ import attrs
 import pytest
 
 from compiler.passes import Pass, PassManager, format_pipeline, option, parse_pipeline, register_pass
-from compiler.passes.base import PASSES
-from compiler.passes.pipelines import PIPELINES, level_pipeline
+from compiler.pass_manager.registry import PASSES
+from compiler.pass_manager.levels import PIPELINES, level_pipeline
 from ir.errors import PassError
 
 

@@ -9,8 +9,8 @@ from pass_graphs import classifier, fused_graph, training_step
 
 from compiler.passes import PASSES, PassManager
 from compiler.passes.cast_weights import CastWeights
-from compiler.passes.pipelines import PIPELINES, level_pipeline
-from compiler.passes.semantics import VerifySemantics, compare, random_inputs
+from compiler.pass_manager.levels import PIPELINES, level_pipeline
+from compiler.pass_manager.semantics import VerifySemantics, compare, random_inputs
 from ir.builder import Builder, make_op
 from ir.dtypes import f32, i32
 from ir.errors import PassError

@@ -7,7 +7,7 @@ import numpy as np
 
 from compiler.driver import CompileOptions, Compiled, compile_model
 from compiler.passes import PassManager
-from compiler.passes.pipelines import level_pipeline
+from compiler.pass_manager.levels import level_pipeline
 from compiler.training import TrainingOptions
 
 TARGET = "rdu-mini"

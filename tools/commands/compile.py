@@ -6,7 +6,7 @@ import sys
 
 from backend.targets import load_target
 from compiler.driver import CompileOptions, compile_model
-from compiler.passes.opt_report import optimization_report
+from compiler.opt_report import optimization_report
 from compiler.training import TrainingOptions
 from ir.errors import ConfigError
 from ir.printer import print_graph

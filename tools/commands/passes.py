@@ -8,9 +8,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from compiler.pass_manager.levels import PIPELINES, level_pipeline
+from compiler.pass_manager.registry import load_entry_points
 from compiler.passes import PASSES, load_pass_file
-from compiler.passes.pipelines import PIPELINES, level_pipeline
-from compiler.passes.plugins import load_entry_points
 from tools import cli
 
 #: table width when the output is not a terminal (so piped listings do not wrap)

@@ -1,21 +1,19 @@
-"""The pass base class, its options and statistics, and the pass registry.
+"""The pass base class, its options and statistics.
 
 A pass is a small frozen class (attrs or dataclass) whose typed fields are its
 options: `fuse{max-ops=32}` sets the field `max_ops: int`. It declares `name`,
 a one-line docstring, its statistic counters, and `run(graph, ctx) -> Graph`.
-Register it with `@register_pass`; a plugin file does the same.
+Register it with `@register_pass` (`compiler.pass_manager.registry`).
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from collections import Counter
 from typing import Any, ClassVar
 
 import attrs
 
-from ir.errors import PassError
 from ir.graph import Graph
 
 
@@ -63,11 +61,11 @@ class Pass:
     @classmethod
     def options(cls) -> dict[str, Option]:
         """Pipeline option name (dashes) -> its declaration, in field order."""
-        return {opt.name: opt for opt in _options(cls)}
+        return {opt.name: opt for opt in declared_options(cls)}
 
     def spec(self) -> str:
         """The pipeline text of this pass: its name and options that differ from defaults."""
-        changed = [f"{o.name}={o.format(getattr(self, o.field))}" for o in _options(type(self))
+        changed = [f"{o.name}={o.format(getattr(self, o.field))}" for o in declared_options(type(self))
                    if getattr(self, o.field) != o.default]
         return self.name + ("{" + " ".join(changed) + "}" if changed else "")
 
@@ -108,7 +106,7 @@ def _fields(cls: type) -> list[tuple[str, Any, str]]:
     return []
 
 
-def _options(cls: type) -> list[Option]:
+def declared_options(cls: type) -> list[Option]:
     hints = typing.get_type_hints(cls)
     out = []
     for field, default, help_ in _fields(cls):
@@ -124,40 +122,3 @@ def _options(cls: type) -> list[Option]:
 def option(default: Any, help: str) -> Any:
     """An attrs field for a pass option with its help text: `max_ops: int = option(32, "...")`."""
     return attrs.field(default=default, metadata={"help": help})
-
-
-PASSES: dict[str, type[Pass]] = {}
-
-
-def register_pass(cls: type[Pass]) -> type[Pass]:
-    """Class decorator adding a pass to the registry (built-in passes and plugins alike)."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise PassError(f"pass class '{cls.__name__}' has no name")
-    if not (attrs.has(cls) or dataclasses.is_dataclass(cls)):
-        raise PassError(f"pass '{name}' must be an attrs or dataclass class (its fields are its options)")
-    old = PASSES.get(name)
-    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise PassError(f"pass '{name}' is already registered by {old.__module__}.{old.__qualname__}")
-    try:
-        _options(cls)
-    except TypeError as err:
-        raise PassError(str(err)) from None
-    PASSES[name] = cls
-    return cls
-
-
-def lookup_pass(name: str) -> type[Pass]:
-    """The pass class registered as `name`, or PassError naming the closest ones."""
-    from compiler.passes.plugins import load_entry_points
-
-    load_entry_points()
-    if name not in PASSES:
-        raise PassError(f"unknown pass '{name}'{suggest(name, PASSES)}")
-    return PASSES[name]
-
-
-def suggest(name: str, known: typing.Iterable[str]) -> str:
-    """` (did you mean 'x'?)` for the closest known names, or an empty string."""
-    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""

@@ -1,8 +1,8 @@
-"""Passes from outside the tree: `--load-pass FILE.py` and the `rduflow.passes` entry points.
+"""Passes from a user's file: `--load-pass FILE.py`.
 
 A plugin file defines pass classes and registers them with
-`compiler.passes.register_pass`; an entry point names a module (which registers
-its passes on import) or a pass class (registered if it is not yet).
+`compiler.passes.register_pass`. (Installed `rduflow.passes` entry points are read by
+`compiler.pass_manager.registry`.)
 """
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ import hashlib
 import importlib.util
 import sys
 import traceback
-from importlib.metadata import entry_points
 from pathlib import Path
 
 from ir.errors import Location, PassError, RduflowError
-
-ENTRY_POINT_GROUP = "rduflow.passes"
-_entry_points_loaded = False
-
 
 def load_pass_file(path: str | Path) -> None:
     """Import a user file that registers passes; PassError naming the file (and line) if it fails."""
@@ -45,21 +40,3 @@ def load_pass_file(path: str | Path) -> None:
 def _line_in(path: Path, err: Exception) -> int:
     frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == path]
     return frames[-1].lineno if frames else 1
-
-
-def load_entry_points() -> None:
-    """Load the installed `rduflow.passes` entry points (once)."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    from compiler.passes.base import PASSES, Pass, register_pass
-
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        try:
-            loaded = ep.load()
-        except Exception as err:  # noqa: BLE001 - a broken plugin is reported, not a crash
-            raise PassError(f"pass plugin entry point '{ep.name}' ({ep.value}) failed to load: "
-                            f"{type(err).__name__}: {err}") from None
-        if isinstance(loaded, type) and issubclass(loaded, Pass) and PASSES.get(loaded.name) is not loaded:
-            register_pass(loaded)

@@ -3,7 +3,7 @@
     pm = PassManager.parse("canonicalize,cse,dce")
     graph = pm.run(graph)
 
-Instrumentations (see `compiler.passes.instrument`) print IR, time passes, gather
+Instrumentations (see `compiler.pass_manager.instrument`) print IR, time passes, gather
 statistics, check semantics or gate passes (bisect). When a pass raises an
 unexpected exception and `crash_dir` is set, the manager writes a reproducer —
 the pipeline's input IR with the pipeline up to the failing pass in a leading
@@ -20,8 +20,8 @@ from typing import Sequence, TextIO
 
 import attrs
 
-from compiler.passes.base import Pass, PassContext
-from compiler.passes.pipeline import format_pipeline, parse_pipeline
+from compiler.pass_manager.base import Pass, PassContext
+from compiler.pass_manager.pipeline_syntax import format_pipeline, parse_pipeline
 from ir.errors import PassError, RduflowError, VerifyError
 from ir.graph import Graph
 from ir.printer import print_graph

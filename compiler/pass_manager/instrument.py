@@ -14,7 +14,7 @@ from typing import Collection, TextIO
 from rich.console import Console
 from rich.table import Table
 
-from compiler.passes.manager import Instrumentation, PassRecord
+from compiler.pass_manager.manager import Instrumentation, PassRecord
 from ir.graph import Graph
 from ir.printer import print_graph
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 
-from compiler.passes.base import Pass, lookup_pass, suggest
+from compiler.pass_manager.base import Pass
+from compiler.pass_manager.registry import lookup_pass, suggest
 from ir.errors import Location, PassError
 
 #: names and option values; `/` lets a value be a file path (`tile{target=targets/my.yaml}`)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from compiler.passes.manager import Instrumentation, PassRecord
+from compiler.pass_manager.manager import Instrumentation, PassRecord
 from ir.dtypes import DType
 from ir.errors import ExecutionError, PassError
 from ir.graph import Graph, Value

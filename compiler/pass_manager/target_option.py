@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from backend.targets import Target, load_target
-from compiler.passes.base import PassContext
+from compiler.pass_manager.base import PassContext
 from ir.errors import ConfigError, PassError
 
 #: the target when neither the pass option nor the compile gives one (`rduflow compile`'s default)
