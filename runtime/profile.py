@@ -57,6 +57,7 @@ class Profile:
 UNBOUNDED_WIDTH = 10_000
 #: what each `RDU bound` means
 BOUNDS = {"compute": "the PCUs' arithmetic", "onchip": "the PMUs' bandwidth", "offchip": "off-chip memory traffic",
+          "link": "the links the gradient all-reduce crosses between replicas",
           "fill": "filling and draining the section's pipeline",
           "config": "loading the section's configuration onto the chip"}
 
@@ -117,8 +118,10 @@ def print_profile(profile: Profile, report: CostReport, console: Console | None 
     console.print(section_table(profile, report))
     console.print(f"host {profile.step_seconds * 1e3:.3f} ms/step, modeled RDU {report.time_s * 1e6:.2f} us/step "
                   f"on {report.chips} x {report.target}, {report.flops / 1e6:.3f} MFLOP/step")
-    shown = sorted({k.bound for k in report.kernels} | {s.bound for s in report.sections}, key=list(BOUNDS).index)
-    console.print("RDU bound, what limits the modeled time: " + "; ".join(f"{b}: {BOUNDS[b]}" for b in shown))
+    shown = sorted({k.bound for k in report.kernels} | {s.bound for s in report.sections},
+                   key=lambda b: (list(BOUNDS).index(b) if b in BOUNDS else len(BOUNDS), b))
+    console.print("RDU bound, what limits the modeled time: "
+                  + "; ".join(f"{b}: {BOUNDS.get(b, 'see runtime/cost_model.py')}" for b in shown))
 
 
 def trace_events(profile: Profile, report: CostReport) -> list[dict]:

@@ -96,7 +96,7 @@ def test_profile_says_how_many_kernels_it_lists_and_keeps_names_when_redirected(
     assert len(rows) == 20 and all(re.match(r"│ k\d+_\w+ ", row) for row in rows)
     assert re.search(r"^RDU bound, what limits the modeled time: .*config: loading the section's configuration",
                      text, re.MULTILINE) or "│ config" not in text
-    bounds = set(re.findall(r"│ (compute|onchip|offchip|fill|config) +│", text))
+    bounds = set(re.findall(r"│ (compute|onchip|offchip|link|fill|config) +│", text))
     legend = text[text.index("RDU bound, what limits"):]
     assert bounds and all(f"{bound}: " in legend for bound in bounds)
     everything = profile("--profile-top", "0")
