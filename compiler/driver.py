@@ -6,7 +6,9 @@
 `options.emit` stops early: "ir" after the frontend (and the training graph),
 "ir-opt" and "dot" after the passes.
 A MODEL is an `.rdl` file, a zoo name, or a Hugging Face checkpoint folder whose
-`config.json` picks the zoo model and sizes it.
+`config.json` picks the zoo model and sizes it; `options.hf_config` stands for the
+`config.json` of a MODEL that is no folder (a GGUF file: `tools` reads its metadata,
+since the compiler does not import the runtime's readers).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from compiler import zoo
 from compiler.config import Setting, load_yaml, parse_overrides, resolve
 from compiler.frontend import Source, lower, parse_module
 from compiler.generation import generation_graphs, share_params
-from compiler.hf_config import read_hf_config
+from compiler.hf_config import hf_model, read_hf_config
 from compiler.pass_manager.levels import level_pipeline
 from compiler.passes import PassManager
 from compiler.passes.cast_weights import CastWeights
@@ -48,6 +50,8 @@ class CompileOptions:
     pack_sections: bool = True  # False at -O0: one kernel per section
     training: TrainingOptions = attrs.field(factory=TrainingOptions)  # optimizer and clipping (training only)
     weight_dtype: str = "f32"  # inference: the storage type of weight matrices and embeddings (cast-weights)
+    #: a Hugging Face config.json object describing MODEL (a GGUF file's metadata, converted)
+    hf_config: dict[str, Any] | None = None
 
 
 @attrs.define
@@ -60,7 +64,7 @@ class Compiled:
     forward: Graph
     #: the graph after the last stage that ran
     graph: Graph
-    #: the Hugging Face folder MODEL named, if it was one (its weights initialize the params)
+    #: the Hugging Face folder (or GGUF file) MODEL named, if it was one (its weights initialize the params)
     checkpoint: Path | None = None
     #: the compiled program, once the backend stage ran
     pef: PEF | None = None
@@ -78,9 +82,13 @@ class ModelSource:
     checkpoint: Path | None = None
 
 
-def find_model(model: str) -> ModelSource:
-    """An `.rdl` file, a Hugging Face checkpoint folder, or a zoo model, by name."""
+def find_model(model: str, hf_config: dict[str, Any] | None = None) -> ModelSource:
+    """An `.rdl` file, a Hugging Face checkpoint folder, or a zoo model, by name; or the zoo model
+    a given `config.json` object (`hf_config`, read from the file `model`) picks."""
     path = Path(model)
+    if hf_config is not None:
+        hf = hf_model(hf_config, model)
+        return ModelSource(zoo.source(hf.zoo), tuple(hf.settings), path)
     if path.is_dir():
         hf = read_hf_config(path)
         return ModelSource(zoo.source(hf.zoo), tuple(hf.settings), path)
@@ -111,7 +119,7 @@ def compile_model(options: CompileOptions, pass_manager: PassManager | None = No
     """
     if options.weight_dtype != "f32" and not options.inference:
         raise ConfigError(f"--weight-dtype {options.weight_dtype} needs --inference: trained weights stay f32")
-    found = find_model(options.model)
+    found = find_model(options.model, options.hf_config)
     module = parse_module(found.source)
     config = resolve(module.schema, settings(options, found.settings))
     # --- stage 1: frontend ------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A Hugging Face checkpoint's `config.json` as a zoo model and config settings.
 
-`model_type` picks the zoo model (`gpt2`, `llama`); its sizes become settings of
-that model's fields. A setting the zoo model cannot honour (another activation, a
+`model_type` picks the zoo model (`gpt2`, or `llama` for the Llama family: `llama`,
+`qwen2`, `mistral`, `gemma`, told apart by the fields that set their differences);
+its sizes become settings of that model's fields. A setting the zoo model cannot honour (another activation, a
 RoPE scaling, untied GPT-2 embeddings) is an error naming the key, not a silent
 difference in the numbers.
 """
@@ -11,7 +12,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import attrs
 
@@ -31,10 +32,17 @@ class HFModel:
 
 
 class _Reader:
-    """Looks up keys of one config.json and reports problems at their line."""
+    """Looks up keys of one config.json (or an object standing for one) and reports problems at their line."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, data: Mapping[str, Any] | None = None):
         self.path = path
+        self.text = ""
+        self.data = data
+        if data is None:
+            self._read()
+
+    def _read(self) -> None:
+        path = self.path
         try:
             self.text = path.read_text(encoding="utf-8")
             self.data = jsontext.loads(self.text)
@@ -54,6 +62,8 @@ class _Reader:
 
     def error(self, key: str, message: str) -> ConfigError:
         where = self.where(key)
+        if where is None and not self.text:  # no file to point into: name the source
+            return ConfigError(f"{self.path}: '{key}': {message}")
         context = self.text.splitlines()[where.line - 1] if where else None
         return ConfigError(f"'{key}': {message}", where, context)
 
@@ -85,13 +95,53 @@ def _gpt2(r: _Reader) -> dict[str, Any]:
 
 
 def _llama(r: _Reader) -> dict[str, Any]:
+    values = _llama_sizes(r)
+    r.require("hidden_act", ("silu",), "silu")
+    r.require("pretraining_tp", (1,), 1)
+    return values
+
+
+def _qwen2(r: _Reader) -> dict[str, Any]:
+    """Qwen2: Llama with biases on the q, k and v projections (not o), no MLP biases."""
+    values = _llama_sizes(r, attention_bias=True, attention_out_bias=False, mlp_bias=False)
+    r.require("hidden_act", ("silu",), "silu")
+    r.require("use_sliding_window", (False,), False, "; rduflow's Qwen2 attends over the whole sequence")
+    layers = r.get("layer_types", [])
+    if not isinstance(layers, list) or set(layers) - {"full_attention"}:
+        raise r.error("layer_types", "only \"full_attention\" layers are supported")
+    return values
+
+
+def _mistral(r: _Reader) -> dict[str, Any]:
+    """Mistral: Llama with sliding-window attention (`sliding_window`: null or 0 for none)."""
+    values = _llama_sizes(r, attention_bias=False, mlp_bias=False)
+    r.require("hidden_act", ("silu",), "silu")
+    window = r.get("sliding_window", 0)
+    if type(window) is not int or window < 0:
+        raise r.error("sliding_window", f"{json.dumps(window)} is not a window size (null or a positive integer)")
+    values["sliding_window"] = window
+    return values
+
+
+def _gemma(r: _Reader) -> dict[str, Any]:
+    """Gemma: Llama with a GeGLU MLP, embeddings scaled by sqrt(hidden_size), RMSNorm by 1 + weight, tied head."""
+    values = _llama_sizes(r, mlp_bias=False)
+    values.setdefault("tie_word_embeddings", True)
+    key = "hidden_activation" if r.get("hidden_activation") is not None else "hidden_act"
+    r.require(key, ("gelu_pytorch_tanh",), "gelu_pytorch_tanh")
+    values.update(hidden_act="gelu_pytorch_tanh", embedding_multiplier=float(values["hidden_size"]) ** 0.5,
+                  norm_weight_offset=1.0)
+    return values
+
+
+def _llama_sizes(r: _Reader, **fixed: Any) -> dict[str, Any]:
+    """The fields a Llama-family config.json shares, RoPE's included, with `fixed` fields set for the family."""
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "initializer_range",
             "tie_word_embeddings", "attention_bias", "mlp_bias")
-    values = {k: r.data[k] for k in keys if r.data.get(k) is not None}
+    values = {k: r.data[k] for k in keys if r.data.get(k) is not None and k not in fixed}
+    values.update(fixed, model_type=r.get("model_type"))
     values.setdefault("num_key_value_heads", r.get("num_attention_heads"))
-    r.require("hidden_act", ("silu",), "silu")
-    r.require("pretraining_tp", (1,), 1)
     rope_key = "rope_parameters" if r.get("rope_parameters") else "rope_scaling"
     rope = r.get(rope_key) or {}
     if not isinstance(rope, dict):
@@ -105,7 +155,10 @@ def _llama(r: _Reader) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-MODEL_TYPES: dict[str, Callable[[_Reader], dict[str, Any]]] = {"gpt2": _gpt2, "llama": _llama}
+#: model_type -> (zoo model, the config reader of that family)
+MODEL_TYPES: dict[str, tuple[str, Callable[[_Reader], dict[str, Any]]]] = {
+    "gpt2": ("gpt2", _gpt2), "llama": ("llama", _llama), "qwen2": ("llama", _qwen2),
+    "mistral": ("llama", _mistral), "gemma": ("llama", _gemma)}
 #: config.json values that count something (positive integers) ...
 COUNTS = frozenset({"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "hidden_size",
                     "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -129,12 +182,21 @@ def read_hf_config(folder: str | Path) -> HFModel:
     path = Path(folder) / CONFIG
     if not path.is_file():
         raise ConfigError(f"'{folder}' is not a Hugging Face checkpoint folder: it has no {CONFIG}")
-    reader = _Reader(path)
+    return _model(_Reader(path))
+
+
+def hf_model(config: Mapping[str, Any], source: str | Path) -> HFModel:
+    """The zoo model and settings for a `config.json` object taken from `source` (e.g. a GGUF file's metadata)."""
+    return _model(_Reader(Path(source), dict(config)))
+
+
+def _model(reader: _Reader) -> HFModel:
     model_type = reader.get("model_type")
     if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         known = ", ".join(MODEL_TYPES)
         raise reader.error("model_type", f"unsupported model type {json.dumps(model_type)} (supported: {known})")
-    values = MODEL_TYPES[model_type](reader)
+    zoo, read = MODEL_TYPES[model_type]
+    values = read(reader)
     _check_ranges(reader, values)
     locations = {k: reader.where(k) for k in values}
-    return HFModel(model_type, settings_from(values, str(path), locations, reader.text))
+    return HFModel(zoo, settings_from(values, str(reader.path), locations, reader.text or None))

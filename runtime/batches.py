@@ -33,7 +33,7 @@ import numpy as np
 from ir.dtypes import DType
 from ir.errors import DataError, first_line
 from runtime import hdf5_data
-from runtime.hdf5_data import COMPLETION, split_files
+from runtime.hdf5_data import TRAINED, split_files
 
 #: run-time inputs the trainer feeds itself (a data-parallel PEF's `replica_weight`: the replica's share
 #: of the global batch's loss weight); every other input comes from the data
@@ -83,8 +83,9 @@ class TokenRows:
         return {"input_ids": ids, "token_type_ids": types}
 
     def weight(self, batch: dict[str, np.ndarray]) -> float:
-        """Positions a language-model loss counts: those whose target token is a completion token."""
-        return float(np.count_nonzero(batch["token_type_ids"][:, 1:] == COMPLETION))
+        """Positions a language-model loss counts: those whose target token is a completion token
+        or the separator (end-of-sequence) token that closes one."""
+        return float(np.count_nonzero(np.isin(batch["token_type_ids"][:, 1:], TRAINED)))
 
     def close(self) -> None:
         self.data.close()

@@ -22,6 +22,7 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ir.errors import DataError, first_line
+from runtime.gguf_model import is_gguf, tokenizer_config
 from runtime.tokenizer import CONFIG_FILE, _read_config, _token_name
 
 TEMPLATE_FILE = "chat_template.jinja"
@@ -43,9 +44,10 @@ class ChatTemplate:
 
     @classmethod
     def from_folder(cls, path: str | Path) -> ChatTemplate | None:
-        """The template of a checkpoint or tokenizer folder, or None if it declares none."""
+        """The template of a checkpoint or tokenizer folder (or a GGUF file's `tokenizer.chat_template`),
+        or None if it declares none."""
         folder = Path(path)
-        config = _read_config(folder)
+        config = tokenizer_config(folder) if is_gguf(folder) and folder.is_file() else _read_config(folder)
         template = _config_template(config, folder / CONFIG_FILE)
         if template is None and (folder / TEMPLATE_FILE).is_file():
             template = (folder / TEMPLATE_FILE).read_text(encoding="utf-8")

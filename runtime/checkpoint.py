@@ -1,14 +1,15 @@
 """Checkpoints in Hugging Face layout: `model.safetensors` (or a sharded index) in a folder.
 
 `load_hf_checkpoint(folder, expected)` reads the tensors a program's params need,
-by name: GPT-2 keys may lack the `transformer.` prefix (and Llama's the `model.`
+by name, from a folder or a GGUF file (its tensors under their Hugging Face names,
+see `runtime.gguf_model`): GPT-2 keys may lack the `transformer.` prefix (and Llama's the `model.`
 prefix), a tied `lm_head.weight` is ignored when the program has no such param,
 and floating-point tensors are converted to the param's dtype. Missing tensors
 and shape mismatches raise `CheckpointError`; unexpected ones are listed.
 
 `save_checkpoint(folder, weights, config, ...)` writes a checkpoint atomically:
 `config.json` (`model_config`: Hugging Face format for the gpt2 and llama
-families), `model.safetensors` with Hugging Face names (the zoo's params carry
+families, the latter's qwen2, mistral and gemma members in their own format), `model.safetensors` with Hugging Face names (the zoo's params carry
 them; GPT-2 has no `lm_head.weight` of its own, as transformers saves it), and for
 resuming `optimizer.safetensors` (optimizer state by param name) and
 `trainer_state.json`. `list_checkpoints` / `prune_checkpoints` / `remove_partial`
@@ -32,6 +33,8 @@ from ir.dtypes import DType
 from ir.errors import CheckpointError
 from ir.files import honour_umask
 from ir.types import TensorType
+from runtime.gguf import read_gguf
+from runtime.gguf_model import hf_config, hf_tensors, is_gguf
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -50,7 +53,11 @@ class LoadedCheckpoint:
 
 
 def weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of a checkpoint folder: one file, or the shards of an index."""
+    """The safetensors files of a checkpoint folder: one file, or the shards of an index; or a
+    GGUF file itself, once its header is valid."""
+    if is_gguf(folder) and not folder.is_dir():
+        read_gguf(folder)
+        return [folder]
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder '{folder}' does not exist")
     if (folder / WEIGHTS).is_file():
@@ -66,8 +73,11 @@ def weight_files(folder: Path) -> list[Path]:
     return [folder / shard for shard in shards]
 
 
-def read_tensors(folder: str | Path) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint in `folder`, by its stored name."""
+def read_tensors(folder: str | Path) -> Mapping[str, np.ndarray]:
+    """Every tensor of the checkpoint in `folder`, by its stored name (a GGUF file's: by Hugging Face
+    name, each read when asked for)."""
+    if is_gguf(folder) and not Path(folder).is_dir():
+        return hf_tensors(folder)
     tensors: dict[str, np.ndarray] = {}
     for path in weight_files(Path(folder)):
         tensors.update(_load(path))
@@ -148,13 +158,16 @@ COMPANION_FILES = (("tokenizer.json", "tokenizer_config.json", "vocab.json", "me
                    ("generation_config.json",))
 
 #: zoo config field -> Hugging Face config.json key, per model family
+_LLAMA_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "initializer_range",
+                "tie_word_embeddings")
 _HF_KEYS: dict[str, dict[str, str]] = {
     "gpt2": {k: k for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner",
                             "layer_norm_epsilon", "initializer_range")},
-    "llama": {k: k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                             "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
-                             "rms_norm_eps", "initializer_range", "tie_word_embeddings", "attention_bias",
-                             "mlp_bias")},
+    "llama": {k: k for k in (*_LLAMA_SIZES, "attention_bias", "mlp_bias")},
+    "qwen2": {k: k for k in _LLAMA_SIZES},
+    "mistral": {k: k for k in (*_LLAMA_SIZES, "sliding_window")},
+    "gemma": {k: k for k in _LLAMA_SIZES},
 }
 _HF_FIXED: dict[str, dict[str, object]] = {
     "gpt2": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "tie_word_embeddings": True,
@@ -162,23 +175,33 @@ _HF_FIXED: dict[str, dict[str, object]] = {
              "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False, "dtype": "float32"},
     "llama": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
               "attention_dropout": 0.0, "pretraining_tp": 1, "dtype": "float32"},
+    "qwen2": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+              "attention_dropout": 0.0, "use_sliding_window": False, "dtype": "float32"},
+    "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_act": "silu",
+                "attention_dropout": 0.0, "dtype": "float32"},
+    "gemma": {"architectures": ["GemmaForCausalLM"], "model_type": "gemma",
+              "hidden_activation": "gelu_pytorch_tanh", "attention_dropout": 0.0, "dtype": "float32"},
 }
 _GELU = {"tanh": "gelu_new", "none": "gelu"}
 
 
 def hf_families() -> tuple[str, ...]:
-    """Model names whose checkpoints are written in a Hugging Face family's config format."""
-    return tuple(_HF_KEYS)
+    """Zoo model names whose checkpoints are written in a Hugging Face family's config format
+    (the llama model's in the format of its `model_type`)."""
+    return ("gpt2", "llama")
 
 
 def model_config(model: str, options: Mapping[str, object], base: Mapping[str, object] | None = None,
                  eos_id: int | None = None) -> dict[str, object]:
     """`config.json` for a checkpoint of `model` whose config fields are `options` (the PEF's header).
 
-    For `gpt2` and `llama` this is a Hugging Face config that transformers loads; `base`
+    For `gpt2` and the `llama` family (written as its `model_type`: llama, qwen2, mistral or
+    gemma) this is a Hugging Face config that transformers loads; `base`
     (the config.json training started from) keeps its other keys (token ids, versions).
     Any other model gets `{"model_type": model, <its config fields>}`.
     """
+    if model == "llama":  # the zoo's llama model is the whole family: the family's own layout
+        model = str(options.get("model_type", model))
     if model not in _HF_KEYS:
         return {"model_type": model, **{k: options[k] for k in sorted(options)}}
     config: dict[str, object] = dict(base or {})
@@ -188,13 +211,29 @@ def model_config(model: str, options: Mapping[str, object], base: Mapping[str, o
     config.update({hf: options[zoo] for zoo, hf in _HF_KEYS[model].items() if zoo in options})
     if model == "gpt2" and "gelu_approximate" in options:
         config["activation_function"] = _GELU[str(options["gelu_approximate"])]
-    if model == "llama" and "rope_theta" in options:
+    if model == "mistral" and config.get("sliding_window") == 0:
+        config["sliding_window"] = None
+    if model != "gpt2" and "rope_theta" in options:
         rope = config.get("rope_parameters")
         if isinstance(rope, dict):
             config["rope_parameters"] = {**rope, "rope_theta": options["rope_theta"]}
         else:
             config["rope_theta"] = options["rope_theta"]
     return dict(sorted(config.items()))
+
+
+def source_config(checkpoint: Path) -> dict[str, object] | None:
+    """The Hugging Face config a checkpoint came with: its folder's config.json, a GGUF file's metadata."""
+    if is_gguf(checkpoint) and checkpoint.is_file():
+        return hf_config(read_gguf(checkpoint))
+    path = checkpoint / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from None
+    return data if isinstance(data, dict) else {}
 
 
 def checkpoint_name(step: int) -> str:

@@ -39,6 +39,7 @@ from ir.dtypes import DType
 from ir.interpreter import interpret
 from ir.types import TensorType
 from runtime import checkpoint as ckpt
+from runtime.gguf_model import gguf_tokenizer, has_tokenizer, is_gguf
 from runtime.program import Program, param_types
 from runtime.sampling import Sampler, SamplingOptions
 from runtime.tokenizer import MERGES_FILE, TOKENIZER_FILE, VOCAB_FILE, ByteTokenizer, Tokenizer, load_tokenizer
@@ -342,9 +343,11 @@ def _file_prompt(item, source: str, tokenizer: Tokenizer) -> Prompt:
 
 
 def checkpoint_tokenizer(checkpoint: Path | None) -> tuple[Tokenizer, str]:
-    """The checkpoint folder's tokenizer (its tokenizer.json, or GPT-2's vocab.json + merges.txt)
-    and the file it came from; else the built-in byte-level tokenizer ("byte")."""
+    """The checkpoint folder's tokenizer (its tokenizer.json, or GPT-2's vocab.json + merges.txt),
+    or a GGUF file's, and the file it came from; else the built-in byte-level tokenizer ("byte")."""
     if checkpoint is not None:
+        if is_gguf(checkpoint) and checkpoint.is_file() and has_tokenizer(checkpoint):
+            return gguf_tokenizer(checkpoint), str(checkpoint)
         if (checkpoint / TOKENIZER_FILE).is_file():
             return load_tokenizer(checkpoint / TOKENIZER_FILE), str(checkpoint / TOKENIZER_FILE)
         if (checkpoint / VOCAB_FILE).is_file() and (checkpoint / MERGES_FILE).is_file():

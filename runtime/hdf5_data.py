@@ -28,6 +28,8 @@ DATASETS = ("input_ids", "token_type_ids")
 #: the `token_type_ids` of each token: what it is, and so which positions a loss counts
 PROMPT, COMPLETION, PADDING, SEPARATOR = 0, 1, 2, 3
 TOKEN_TYPES = {"prompt": PROMPT, "completion": COMPLETION, "padding": PADDING, "separator": SEPARATOR}
+#: the token types a language-model loss is trained on (generative_data_prep's completion tokens)
+TRAINED = (COMPLETION, SEPARATOR)
 NUM_TOKEN_TYPES = len(TOKEN_TYPES)
 METADATA_FILE = "metadata.yaml"
 TOKENIZER_FOLDER = "tokenizer"

@@ -11,7 +11,7 @@ Two kinds, behind one interface (`Tokenizer`):
   is ``RduflowByteTokenizer``.
 * ``huggingface``: anything the ``tokenizers`` library runs: a ``tokenizer.json``,
   a folder holding one, or a folder with GPT-2 style ``vocab.json`` + ``merges.txt``
-  (byte-level BPE with GPT-2's pre-tokenizer). EOS is the ``eos_token`` of a
+  (byte-level BPE with GPT-2's pre-tokenizer), or a GGUF file's tokenizer (`runtime.gguf_model`). EOS is the ``eos_token`` of a
   ``tokenizer_config.json`` beside it, else the first of `EOS_CANDIDATES` in the
   vocabulary; padding is its ``pad_token``, else EOS (padded positions are marked by
   token type 2, so the pad id is only a filler). Saved as ``tokenizer.json`` plus
@@ -196,6 +196,10 @@ def load_tokenizer(path: str | Path | None) -> Tokenizer:
     if not path.exists():
         raise DataError(f"tokenizer not found: {path}")
     if path.is_file():
+        if path.suffix == ".gguf":
+            from runtime.gguf_model import gguf_tokenizer  # it builds on this module's HFTokenizer
+
+            return gguf_tokenizer(path)
         if path.name == CONFIG_FILE:
             return load_tokenizer(path.parent)
         return _from_tokenizer_json(path)

@@ -33,7 +33,6 @@ import numpy as np
 import pydantic
 
 from backend.pef import PEF, Scalar
-from ir import jsontext
 from ir.errors import CheckpointError, ExecutionError, config_error
 from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \
@@ -435,9 +434,7 @@ class Trainer:
     def _model_config(self) -> dict[str, object]:
         model = str(self.options.get("model", "model"))
         fields = {k: v for k, v in self.options.items() if "." not in k and k not in NON_MODEL_OPTIONS}
-        base = None
-        if self.config.checkpoint is not None and (self.config.checkpoint / ckpt.CONFIG).is_file():
-            base = _read_json(self.config.checkpoint / ckpt.CONFIG)
+        base = ckpt.source_config(self.config.checkpoint) if self.config.checkpoint is not None else None
         return ckpt.model_config(model, fields, base, recorded_tokenizer(self.train.metadata).get("eos_id"))
 
     def _data_state(self) -> dict[str, Any]:
@@ -516,14 +513,6 @@ def append_eval_row(path: Path, step: int, metrics: EvalMetrics) -> None:
     except OSError as err:
         partial.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = jsontext.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from None
-    return data if isinstance(data, dict) else {}
 
 
 def write_summary(path: Path, summary: Mapping[str, object]) -> None:

@@ -18,6 +18,8 @@ from safetensors.numpy import load_file
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 HF_KINDS = ("gpt2-tiny", "llama-tiny")
+#: the Llama family's other members (tests/fixtures/README.md): the same reference files
+FAMILY_KINDS = ("qwen2-tiny", "mistral-tiny", "gemma-tiny")
 
 LR_MLP = 1e-2
 LR_FT = 1e-3
@@ -206,7 +208,7 @@ def test_hf_checkpoint_files(kind):
         assert len(sd) == 3 + 9 * 2
 
 
-@pytest.mark.parametrize("kind", HF_KINDS)
+@pytest.mark.parametrize("kind", HF_KINDS + FAMILY_KINDS)
 def test_hf_expected(kind):
     cfg = json.loads((FIX / "hf" / kind / "config.json").read_text())
     e = npz(FIX / "ref" / kind / "expected.npz")
@@ -230,7 +232,7 @@ def test_hf_expected(kind):
     assert len(set(outs)) == 3
 
 
-@pytest.mark.parametrize("kind", HF_KINDS)
+@pytest.mark.parametrize("kind", HF_KINDS + FAMILY_KINDS)
 def test_hf_finetune_files(kind):
     ref = FIX / "ref" / kind
     init = load_file(str(FIX / "hf" / kind / "model.safetensors"))

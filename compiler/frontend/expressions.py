@@ -178,8 +178,13 @@ def _call(ctx: Context, node, scope):
 # --- operators --------------------------------------------------------------------
 @expression("binop")
 def _binop(ctx: Context, node, scope):
-    left, op, right = node.children
-    return binary(ctx, str(op), ctx.eval(left, scope), ctx.eval(right, scope), op)
+    """`a op b`, or a left-to-right chain `a op b op c ...` (sums and products parse flat, so
+    a long chain nests no deeper than one operator)."""
+    first, *rest = node.children
+    value = ctx.eval(first, scope)
+    for op, operand in zip(rest[::2], rest[1::2]):
+        value = binary(ctx, str(op), value, ctx.eval(operand, scope), op)
+    return value
 
 
 def binary(ctx: Context, op: str, a: Any, b: Any, where) -> Any:

@@ -1,9 +1,10 @@
 """`gemm` stages: batched C = epilogue(A @ B) with a register-tiled, cache-blocked kernel.
 
-The classic BLIS structure: for each column panel (NC) and depth block (KC), B is
-packed into NR-wide slivers; for each row block (MC), A is packed into MR-tall
-slivers; an MR x NR micro-kernel keeps its tile of C in 2*MR vector registers and
-runs over the whole depth block with FMAs. Partial sums over depth blocks accumulate
+The classic BLIS structure: for each column panel (nc) and depth block (kc), B is
+packed into nr-wide slivers; for each row block (mc), A is packed into mr-tall
+slivers; an mr x nr micro-kernel keeps its tile of C in vector registers and runs
+over the whole depth block with FMAs. The shape (`host.Tile`) follows the host: its
+vector width and register count, its cache sizes. Partial sums over depth blocks accumulate
 in C; the last block applies the epilogue (bias, activation, residual) while storing.
 Operands are read through `MatrixOperand`s, so transposed, broadcast-batched and
 implicit (im2col) matrices pack the same way. Work splits across threads by column
@@ -23,18 +24,14 @@ from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
 from runtime.jit.codegen import F32, I64, i64
 from runtime.jit.gemv import emit_gemv, gemv_extent, is_gemv, libc, store_sum
+from runtime.jit.host import UNROLL, Tile
 from runtime.jit.layout import Access, Expression, coalesce
 from runtime.jit.module import KernelModule
 
-MR, NR = 6, 16
-UNROLL = 4
-LANES = 8
-KC, MC, NC = 256, 96, 2048
 #: upper bounds of the packed A block and B panel (reached only when a block spans all of K)
 PACK_A_BYTES, PACK_B_BYTES = 1 << 20, 4 << 20
 #: products with fewer multiply-adds per batch entry use the plain loop nest
 SMALL = 1 << 15
-VEC = ir.VectorType(F32, LANES)
 
 
 class MatrixOperand(Protocol):
@@ -125,28 +122,29 @@ def fold_batch(stage: Gemm) -> Gemm:
     return stage
 
 
-def split_rows(stage: Gemm) -> bool:
+def split_rows(stage: Gemm, tile: Tile) -> bool:
     """Whether threads share the work by row slivers (else by column slivers)."""
-    return math.ceil(stage.m / MR) > math.ceil(stage.n / NR)
+    return math.ceil(stage.m / tile.mr) > math.ceil(stage.n / tile.nr)
 
 
-def parallel_extent(stage: Gemm) -> int:
-    blocks = math.ceil(stage.m / MR) if split_rows(stage) else math.ceil(stage.n / NR)
+def parallel_extent(stage: Gemm, tile: Tile) -> int:
+    blocks = math.ceil(stage.m / tile.mr) if split_rows(stage, tile) else math.ceil(stage.n / tile.nr)
     return math.prod(stage.batch) * blocks
 
 
 class _Emitter:
     """Emits one gemm stage's function body."""
 
-    def __init__(self, stage: Gemm, b: ir.IRBuilder, ptrs: list[ir.Value], out_may_alias: bool):
-        self.s, self.b, self.ptrs = stage, b, ptrs
+    def __init__(self, stage: Gemm, tile: Tile, b: ir.IRBuilder, ptrs: list[ir.Value], out_may_alias: bool):
+        self.s, self.tile, self.b, self.ptrs = stage, tile, b, ptrs
+        self.vec = ir.VectorType(F32, tile.lanes)
         # partial sums live in C between depth blocks only when that is exact and safe
         reads = stage.epilogue.reads if stage.epilogue is not None else ()
         safe = stage.out.dtype == DType.f32 and not out_may_alias and all(r.arg != stage.out.arg for r in reads)
-        self.kc = max(min(KC, stage.k) if safe else stage.k, 1)
+        self.kc = max(min(tile.kc, stage.k) if safe else stage.k, 1)
         # a whole (deep) contraction per block: keep the packed panels within a few MB
-        self.mc = max(MR, min(MC, PACK_A_BYTES // (4 * self.kc) // MR * MR))
-        self.nc = max(NR, min(NC, PACK_B_BYTES // (4 * self.kc) // NR * NR))
+        self.mc = max(tile.mr, min(tile.mc, PACK_A_BYTES // (4 * self.kc) // tile.mr * tile.mr))
+        self.nc = max(tile.nr, min(tile.nc, PACK_B_BYTES // (4 * self.kc) // tile.nr * tile.nr))
 
     def run(self, lo: ir.Value, hi: ir.Value) -> ir.Value:
         """Emit the body; returns the status (`OUT_OF_MEMORY` if a packing buffer could not be had)."""
@@ -154,7 +152,7 @@ class _Emitter:
         malloc = libc(b.module, "aligned_alloc", cg.VOIDP, [I64, I64])
         free = libc(b.module, "free", ir.VoidType(), [cg.VOIDP])
         a_bytes = 4 * self.mc * self.kc
-        b_bytes = 4 * self.kc * min(self.nc, math.ceil(s.n / NR) * NR)
+        b_bytes = 4 * self.kc * min(self.nc, math.ceil(s.n / self.tile.nr) * self.tile.nr)
         packs = [b.call(malloc, [i64(64), i64(-(-size // 64) * 64)]) for size in (a_bytes, b_bytes)]
         null = ir.Constant(cg.VOIDP, None)
         failed = b.or_(*(b.icmp_unsigned("==", p, null) for p in packs))
@@ -166,11 +164,11 @@ class _Emitter:
         return b.select(failed, ir.Constant(cg.I32, cg.OUT_OF_MEMORY), ir.Constant(cg.I32, 0))
 
     def _run(self, lo: ir.Value, hi: ir.Value) -> None:
-        b, s = self.b, self.s
+        b, s, t = self.b, self.s, self.tile
         with b.goto_entry_block():
-            self.tile = b.alloca(F32, MR * NR, name="tile")
-        rows = split_rows(s)
-        unit, dim = (MR, s.m) if rows else (NR, s.n)
+            self.sums = b.alloca(F32, t.mr * t.nr, name="sums")
+        rows = split_rows(s, t)
+        unit, dim = (t.mr, s.m) if rows else (t.nr, s.n)
         blocks = math.ceil(dim / unit)
         first = b.udiv(lo, i64(blocks))
         last = b.udiv(b.add(hi, i64(blocks - 1)), i64(blocks))
@@ -182,7 +180,7 @@ class _Emitter:
             self.batch_gemm(batch, *span)
 
     def batch_gemm(self, batch, m0, m1, n0, n1) -> None:
-        b, s = self.b, self.s
+        b, s, t = self.b, self.s, self.tile
         self.batch = batch
         self.a_base = s.a.base(b, batch)
         self.b_base = s.b.base(b, batch)
@@ -199,53 +197,58 @@ class _Emitter:
                 with cg.loop(b, m0, m1, self.mc, name="ic") as ic:
                     mc = cg.imin(b, i64(self.mc), b.sub(m1, ic))
                     self.pack_a(ic, mc, pc, kc)
-                    with cg.loop(b, 0, nc, NR, name="jr") as jr:
-                        with cg.loop(b, 0, mc, MR, name="ir") as ir_:
+                    with cg.loop(b, 0, nc, t.nr, name="jr") as jr:
+                        with cg.loop(b, 0, mc, t.mr, name="ir") as ir_:
+                            row0, col0 = b.add(ic, ir_), b.add(jc, jr)
+                            self.prefetch_c(row0, col0)
                             self.micro(b.gep(self.apack, [b.mul(ir_, kc)]), b.gep(self.bpack, [b.mul(jr, kc)]), kc)
-                            self.store_tile(b.add(ic, ir_), b.add(jc, jr), cg.imin(b, i64(MR), b.sub(mc, ir_)),
-                                            cg.imin(b, i64(NR), b.sub(nc, jr)), is_first, is_last)
+                            self.store_tile(row0, col0, cg.imin(b, i64(t.mr), b.sub(mc, ir_)),
+                                            cg.imin(b, i64(t.nr), b.sub(nc, jr)), is_first, is_last)
 
     def empty_sum(self, m0, m1, n0, n1) -> None:
         """A contraction over nothing: every sum is zero."""
-        b = self.b
-        for i in range(MR * NR):
-            b.store(ir.Constant(F32, 0.0), b.gep(self.tile, [i64(i)]))
+        b, t = self.b, self.tile
+        for i in range(t.mr * t.nr):
+            b.store(ir.Constant(F32, 0.0), b.gep(self.sums, [i64(i)]))
         true = ir.Constant(cg.I1, 1)
-        with cg.loop(b, n0, n1, NR, name="zj") as j:
-            with cg.loop(b, m0, m1, MR, name="zi") as i:
-                self.store_tile(i, j, cg.imin(b, i64(MR), b.sub(m1, i)), cg.imin(b, i64(NR), b.sub(n1, j)), true, true)
+        with cg.loop(b, n0, n1, t.nr, name="zj") as j:
+            with cg.loop(b, m0, m1, t.mr, name="zi") as i:
+                self.store_tile(i, j, cg.imin(b, i64(t.mr), b.sub(m1, i)), cg.imin(b, i64(t.nr), b.sub(n1, j)),
+                                true, true)
 
     def pack_b(self, pc, kc, jc, nc) -> None:
-        """bpack[jr*kc + p*NR + c] = B[pc+p, jc+jr+c] (zero past the last column)."""
-        b, s = self.b, self.s
-        with cg.loop(b, 0, nc, NR, name="pbj") as jr:
+        """bpack[jr*kc + p*nr + c] = B[pc+p, jc+jr+c] (zero past the last column)."""
+        b, s, nr = self.b, self.s, self.tile.nr
+        with cg.loop(b, 0, nc, nr, name="pbj") as jr:
             dst = b.gep(self.bpack, [b.mul(jr, kc)])
             col0 = b.add(jc, jr)
             load = lambda p, c: s.b.load(b, self.ptrs, self.b_base, b.add(pc, p), c)  # noqa: E731
-            self._pack(dst, kc, NR, col0, b.sub(nc, jr), s.n, load)
+            self._pack(dst, kc, nr, col0, b.sub(nc, jr), s.n, load)
 
     def pack_a(self, ic, mc, pc, kc) -> None:
-        """apack[ir*kc + p*MR + r] = A[ic+ir+r, pc+p] (zero past the last row)."""
-        b, s = self.b, self.s
-        with cg.loop(b, 0, mc, MR, name="pai") as ir_:
+        """apack[ir*kc + p*mr + r] = A[ic+ir+r, pc+p] (zero past the last row)."""
+        b, s, mr = self.b, self.s, self.tile.mr
+        with cg.loop(b, 0, mc, mr, name="pai") as ir_:
             dst = b.gep(self.apack, [b.mul(ir_, kc)])
             row0 = b.add(ic, ir_)
             load = lambda p, r: s.a.load(b, self.ptrs, self.a_base, r, b.add(pc, p))  # noqa: E731
-            self._pack(dst, kc, MR, row0, b.sub(mc, ir_), s.m, load)
+            self._pack(dst, kc, mr, row0, b.sub(mc, ir_), s.m, load)
 
     def _pack(self, dst, kc, width: int, first, remaining, limit: int, load) -> None:
         """dst[p*width + w] = load(p, first + w) for p < kc, w < width; zero where w >= remaining.
 
-        Full slivers load without bounds; the edge sliver clamps its index and selects zero.
+        Full slivers load without bounds, a depth step's `width` elements written out (the
+        vectorizer turns them into vector loads, shuffles and stores); the edge sliver clamps
+        its index and selects zero.
         """
         b = self.b
         full = b.icmp_signed(">=", remaining, i64(width))
         with b.if_else(full) as (then, otherwise):
             with then:
                 with cg.loop(b, 0, kc, name="pk") as p:
-                    with cg.loop(b, 0, width, name="pkw") as w:
-                        value = load(p, b.add(first, w))
-                        b.store(value, b.gep(dst, [b.add(b.mul(p, i64(width)), w)]))
+                    row = b.gep(dst, [b.mul(p, i64(width))])
+                    for w in range(width):
+                        b.store(load(p, b.add(first, i64(w))), b.gep(row, [i64(w)]))
             with otherwise:
                 with cg.loop(b, 0, kc, name="pke") as p:
                     with cg.loop(b, 0, width, name="pkew") as w:
@@ -254,21 +257,35 @@ class _Emitter:
                         value = b.select(inside, load(p, index), ir.Constant(F32, 0.0))
                         b.store(value, b.gep(dst, [b.add(b.mul(p, i64(width)), w)]))
 
+    def prefetch_c(self, row0: ir.Value, col0: ir.Value) -> None:
+        """Ask for the cache lines of C's tile at (row0, col0) while the micro-kernel runs (a wide
+        C's rows are pages apart: without this, each tile waits on memory for its sums)."""
+        b, s, t = self.b, self.s, self.tile
+        prefetch = b.module.globals.get("llvm.prefetch.p0i8") or ir.Function(
+            b.module, ir.FunctionType(ir.VoidType(), [cg.VOIDP, cg.I32, cg.I32, cg.I32]), "llvm.prefetch.p0i8")
+        last_row, last_col = i64(s.m - 1), i64(s.n - 1)
+        for i in range(t.mr):
+            row = cg.imin(b, b.add(row0, i64(i)), last_row)
+            for j in sorted({*range(0, t.nr, 16), t.nr - 1}):  # every 64-byte line the row spans
+                address = s.out.address(b, [*self.batch, row, cg.imin(b, b.add(col0, i64(j)), last_col)])
+                pointer = b.bitcast(cg.element_ptr(b, self.ptrs[s.out.arg], address), cg.VOIDP)
+                b.call(prefetch, [pointer, ir.Constant(cg.I32, 1), ir.Constant(cg.I32, 3), ir.Constant(cg.I32, 1)])
+
     def micro(self, ap: ir.Value, bp: ir.Value, kc: ir.Value) -> None:
-        """tile = sum over p < kc of ap[p*MR + i] * bp[p*NR + j], in 2*MR vector registers."""
-        b = self.b
-        zero = ir.Constant(VEC, [0.0] * LANES)
+        """sums = sum over p < kc of ap[p*mr + i] * bp[p*nr + j], in mr x nr/lanes vector registers."""
+        b, t = self.b, self.tile
+        zero = ir.Constant(self.vec, [0.0] * t.lanes)
         main = b.mul(b.udiv(kc, i64(UNROLL)), i64(UNROLL))
-        accs = self._fma_loop(ap, bp, i64(0), main, UNROLL, [zero] * (2 * MR))
+        accs = self._fma_loop(ap, bp, i64(0), main, UNROLL, [zero] * (t.mr * t.nr // t.lanes))
         accs = self._fma_loop(ap, bp, main, kc, 1, accs)
         for i, acc in enumerate(accs):
-            b.store(acc, b.bitcast(b.gep(self.tile, [i64(i * LANES)]), VEC.as_pointer()), align=4)
+            b.store(acc, b.bitcast(b.gep(self.sums, [i64(i * t.lanes)]), self.vec.as_pointer()), align=4)
 
     def _fma_loop(self, ap, bp, start, stop, unroll: int, init: list[ir.Value]) -> list[ir.Value]:
         """Accumulators after depth steps [start, stop), `unroll` steps per iteration."""
-        b = self.b
-        fma = b.module.globals.get("llvm.fma.v8f32") or ir.Function(
-            b.module, ir.FunctionType(VEC, [VEC, VEC, VEC]), "llvm.fma.v8f32")
+        b, t, vec = self.b, self.tile, self.vec
+        name = f"llvm.fma.v{t.lanes}f32"
+        fma = b.module.globals.get(name) or ir.Function(b.module, ir.FunctionType(vec, [vec] * 3), name)
         pre = b.block
         head, body, done = (b.append_basic_block(f"mk.{n}") for n in ("head", "body", "done"))
         b.branch(head)
@@ -277,24 +294,24 @@ class _Emitter:
         p.add_incoming(start, pre)
         accs = []
         for value in init:
-            acc = b.phi(VEC)
+            acc = b.phi(vec)
             acc.add_incoming(value, pre)
             accs.append(acc)
         b.cbranch(b.icmp_signed("<", p, stop), body, done)
         b.position_at_end(body)
-        vptr = lambda off: b.bitcast(b.gep(bp, [off]), VEC.as_pointer())  # noqa: E731
-        shuffle_mask = ir.Constant(ir.VectorType(cg.I32, LANES), [0] * LANES)
+        shuffle_mask = ir.Constant(ir.VectorType(cg.I32, t.lanes), [0] * t.lanes)
+        vectors = t.nr // t.lanes
         updated = list(accs)
         for u in range(unroll):
             q = b.add(p, i64(u))
-            b0 = b.load(vptr(b.mul(q, i64(NR))), align=4)
-            b1 = b.load(vptr(b.add(b.mul(q, i64(NR)), i64(LANES))), align=4)
-            for i in range(MR):
-                a = b.load(b.gep(ap, [b.add(b.mul(q, i64(MR)), i64(i))]))
-                splat = b.shuffle_vector(b.insert_element(ir.Constant(VEC, ir.Undefined), a, i64(0)),
-                                         ir.Constant(VEC, ir.Undefined), shuffle_mask)
-                updated[2 * i] = b.call(fma, [splat, b0, updated[2 * i]])
-                updated[2 * i + 1] = b.call(fma, [splat, b1, updated[2 * i + 1]])
+            bs = [b.load(b.bitcast(b.gep(bp, [b.add(b.mul(q, i64(t.nr)), i64(v * t.lanes))]), vec.as_pointer()),
+                         align=4) for v in range(vectors)]
+            for i in range(t.mr):
+                a = b.load(b.gep(ap, [b.add(b.mul(q, i64(t.mr)), i64(i))]))
+                splat = b.shuffle_vector(b.insert_element(ir.Constant(vec, ir.Undefined), a, i64(0)),
+                                         ir.Constant(vec, ir.Undefined), shuffle_mask)
+                for v, bv in enumerate(bs):
+                    updated[i * vectors + v] = b.call(fma, [splat, bv, updated[i * vectors + v]])
         p.add_incoming(b.add(p, i64(unroll)), b.block)
         for acc, new in zip(accs, updated):
             acc.add_incoming(new, b.block)
@@ -318,7 +335,7 @@ class _Emitter:
             with cg.loop(b, 0, nr, name="sj") as j:
                 indices = [*self.batch, b.add(row0, i), b.add(col0, j)]
                 address = out.address(b, indices)
-                acc = b.load(b.gep(self.tile, [b.add(b.mul(i, i64(NR)), j)]))
+                acc = b.load(b.gep(self.sums, [b.add(b.mul(i, i64(self.tile.nr)), j)]))
                 if self.kc < s.k:
                     previous = cg.load(b, self.ptrs[out.arg], address, out.dtype)
                     acc = b.select(is_first, acc, b.fadd(acc, previous))
@@ -358,7 +375,7 @@ def lower_gemm(km: KernelModule, name: str, stage: kp.GemmStage) -> int:
 
 
 def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
-    """Emit a gemm as function `name`; returns its parallel extent."""
+    """Emit a gemm as function `name` with the module's tile; returns its parallel extent."""
     stage = fold_batch(simplify(stage))
     if is_small(stage):
         km.function(name, lambda b, ptrs, lo, hi: emit_small(stage, b, ptrs, lo, hi))
@@ -368,8 +385,8 @@ def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
         return gemv_extent(stage)
 
     def body(b: ir.IRBuilder, ptrs, lo, hi):
-        return _Emitter(stage, b, ptrs, not km.noalias[stage.out.arg]).run(lo, hi)
+        return _Emitter(stage, km.tile, b, ptrs, not km.noalias[stage.out.arg]).run(lo, hi)
 
     km.function(name, body)
-    return parallel_extent(stage)
+    return parallel_extent(stage, km.tile)
 

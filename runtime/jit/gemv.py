@@ -1,6 +1,6 @@
 """Matrix-vector products: `gemm` stages with a few rows (the projections of a decode step).
 
-The blocked gemm packs B on every call and computes `MR` rows at a time, so with one
+The blocked gemm packs B on every call and computes a register tile's rows at a time, so with one
 row it moves B twice and wastes most of its arithmetic. With at most `ROWS` rows B is
 streamed once instead, in the layout it has, each thread reading one contiguous region
 of it (two cores reading alternate parts of the same rows get half the bandwidth):

@@ -23,6 +23,7 @@ from runtime.jit.dynamic import lower_dynamic_slice, lower_update_slice
 from runtime.jit.engine import host_signature
 from runtime.jit.gather import lower_gather, lower_scatter_add
 from runtime.jit.gemm import lower_gemm
+from runtime.jit.host import Tile, host_tile
 from runtime.jit.map import lower_map
 from runtime.jit.module import KernelModule
 from runtime.jit.pad import lower_pad
@@ -85,11 +86,13 @@ def checked_mode() -> bool:
     return os.environ.get("RDUFLOW_JIT_CHECKED", "").strip() not in ("", "0")
 
 
-def code_key(program: kp.KernelProgram, noalias: Sequence[bool] | None = None, checked: bool = False) -> str:
-    """A hash of everything the native code depends on (program content, aliasing, checks, host)."""
+def code_key(program: kp.KernelProgram, noalias: Sequence[bool] | None = None, checked: bool = False,
+             tile: Tile | None = None) -> str:
+    """A hash of everything the native code depends on (program content, aliasing, checks, gemm tile, host)."""
     aliasing = list(noalias) if noalias is not None and not all(noalias) else None
     extra = ["checked"] if checked else []
-    data = msgpack.packb([_anonymous(program), aliasing, host_signature(), *extra], use_bin_type=True)
+    shape = list(attrs.astuple(tile or host_tile()))
+    data = msgpack.packb([_anonymous(program), aliasing, host_signature(), *extra, shape], use_bin_type=True)
     return hashlib.sha256(data).hexdigest()[:32]
 
 
@@ -106,12 +109,12 @@ def optimization_level(plans: list[StagePlan]) -> int:
 
 
 def lower_program(program: kp.KernelProgram, key: str, noalias: Sequence[bool] | None = None,
-                  checked: bool = False) -> tuple[KernelModule, list[StagePlan]]:
+                  checked: bool = False, tile: Tile | None = None) -> tuple[KernelModule, list[StagePlan]]:
     """The LLVM module of a kernel program and the plan of each stage.
 
     `noalias[i]` (default: all) promises buffer i shares no memory with the others;
-    `checked` bounds-checks every load and store."""
-    km = KernelModule(program.buffers, noalias, checked)
+    `checked` bounds-checks every load and store; gemms use `tile` (default: the host's)."""
+    km = KernelModule(program.buffers, noalias, checked, tile)
     buffers = {b.name: b for b in program.buffers}
     plans = []
     for i, stage in enumerate(program.stages):

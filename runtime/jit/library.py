@@ -10,6 +10,7 @@ import attrs
 from backend import kernel_program as kp
 from runtime.jit.cache import DiskCache
 from runtime.jit.engine import NativeLibrary
+from runtime.jit.host import Tile
 from runtime.jit.kernel import StagePlan, checked_mode, code_key, lower_program, optimization_level
 from runtime.jit.parallel import KernelFn, default_threads
 
@@ -41,20 +42,23 @@ class JitStats:
 
 
 def compile_program(key: str, program: kp.KernelProgram, noalias: Sequence[bool] | None = None,
-                    checked: bool = False) -> tuple[bytes, list[StagePlan]]:
-    """Object code and stage plans of one kernel program (`checked`: with bounds checks)."""
-    module, plans = lower_program(program, key, noalias, checked)
+                    checked: bool = False, tile: Tile | None = None) -> tuple[bytes, list[StagePlan]]:
+    """Object code and stage plans of one kernel program (`checked`: with bounds checks; its
+    gemms shaped by `tile`, default the host's)."""
+    module, plans = lower_program(program, key, noalias, checked, tile)
     return module.compile(optimization_level(plans)), plans
 
 
 class Jit:
-    """Compiles kernel programs into one native library, through a disk cache."""
+    """Compiles kernel programs into one native library, through a disk cache; gemms take
+    `tile`'s shape (default: the host's; another shape still runs here, as tests force)."""
 
     def __init__(self, cache: DiskCache | None = None, use_cache: bool = True, threads: int | None = None,
-                 checked: bool | None = None):
+                 checked: bool | None = None, tile: Tile | None = None):
         """`checked` (default: RDUFLOW_JIT_CHECKED): compile a bounds check into every load and store."""
         self.checked = checked_mode() if checked is None else checked
         self.cache = (cache or DiskCache()) if use_cache else None
+        self.tile = tile
         self.threads = threads or default_threads()
         self.library = NativeLibrary()
         self.kernels: dict[str, NativeKernel] = {}
@@ -67,7 +71,7 @@ class Jit:
         `noalias[k]` lists, per buffer of program k, whether it is free of overlap with
         the others (default: all are)."""
         flags = list(noalias) if noalias is not None else [None] * len(programs)
-        keys = [code_key(p, f, self.checked) for p, f in zip(programs, flags)]
+        keys = [code_key(p, f, self.checked, self.tile) for p, f in zip(programs, flags)]
         todo: dict[str, tuple[kp.KernelProgram, Sequence[bool] | None]] = {}
         for key, program, f in zip(keys, programs, flags):
             if key in self.kernels or key in todo:
@@ -92,8 +96,8 @@ class Jit:
             return
         start = time.perf_counter()
         with ThreadPoolExecutor(min(self.threads, len(programs))) as pool:
-            checked = [self.checked] * len(programs)
-            results = pool.map(compile_program, programs.keys(), *zip(*programs.values()), checked)
+            checked, tiles = [self.checked] * len(programs), [self.tile] * len(programs)
+            results = pool.map(compile_program, programs.keys(), *zip(*programs.values()), checked, tiles)
             for key, (obj, plans) in zip(programs, results):
                 entries[key] = (obj, plans)
                 if self.cache is not None:

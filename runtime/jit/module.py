@@ -13,18 +13,22 @@ from backend import kernel_program as kp
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit.engine import compile_ir
+from runtime.jit.host import Tile, host_tile
 from runtime.jit.layout import Access, Expression, Index
 
 
 class KernelModule:
-    """LLVM functions sharing one kernel program's buffer list."""
+    """LLVM functions sharing one kernel program's buffer list; its gemms use `tile` (default:
+    the host's)."""
 
-    def __init__(self, buffers: Sequence[kp.Buffer], noalias: Sequence[bool] | None = None, checked: bool = False):
+    def __init__(self, buffers: Sequence[kp.Buffer], noalias: Sequence[bool] | None = None, checked: bool = False,
+                 tile: Tile | None = None):
         """`checked`: every load and store is bounds-checked against its buffer's span."""
         self.buffers = {b.name: (i, b) for i, b in enumerate(buffers)}
         self.spans = tuple(b.span for b in buffers) if checked else None
         self.arg_dtypes = tuple(DType(b.dtype) for b in buffers)
         self.noalias = tuple(noalias) if noalias is not None else (True,) * len(self.arg_dtypes)
+        self.tile = tile or host_tile()
         self.module = ir.Module(name="rduflow")
 
     def buffer(self, name: str) -> kp.Buffer:

@@ -77,7 +77,7 @@ def write_config(folder: Path, base: str, **changes) -> Path:
 
 
 @pytest.mark.parametrize("base, changes, message", [
-    ("gpt2-tiny", {"model_type": "bert"}, "unsupported model type \"bert\" (supported: gpt2, llama)"),
+    ("gpt2-tiny", {"model_type": "bert"}, "unsupported model type \"bert\" (supported: gpt2, llama, qwen2, mistral, gemma)"),
     ("gpt2-tiny", {"activation_function": "relu"}, "'activation_function': \"relu\" is not supported"),
     ("gpt2-tiny", {"tie_word_embeddings": False}, "'tie_word_embeddings': false is not supported"),
     ("llama-tiny", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "RoPE type \"yarn\" is not supported"),

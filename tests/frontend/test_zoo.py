@@ -165,7 +165,8 @@ def max_pool_2x2(x):
 
 
 def lm_metrics(logits, ids, types):
-    pred, targets, mask = logits[:, :-1], ids[:, 1:], types[:, 1:] == 1
+    # trained: completion targets (1) and the separator (end-of-sequence) targets closing them (3)
+    pred, targets, mask = logits[:, :-1], ids[:, 1:], np.isin(types[:, 1:], (1, 3))
     hits = (pred.argmax(-1) == targets) & mask
     return cross_entropy(pred, targets, mask), hits.sum() / max(mask.sum(), 1)
 
@@ -227,7 +228,7 @@ def test_lenet_matches_numpy():
 def lm_inputs(vocab: int, seed: int = 3):
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab, (2, 16)).astype(np.int32)
-    types = rng.integers(0, 3, (2, 16)).astype(np.int32)
+    types = rng.integers(0, 4, (2, 16)).astype(np.int32)  # prompt, completion, padding, separator
     return ids, types
 
 

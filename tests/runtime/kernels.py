@@ -24,8 +24,10 @@ def shared_jit() -> Jit:
 
 
 def run_kernels(graph: Graph, inputs: dict[str, np.ndarray], params: dict[str, np.ndarray] | None = None,
-                seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(outputs, updates) of a decomposed graph, computed by its JIT-compiled kernels."""
+                seed: int = 0, jit: Jit | None = None,
+                parallel: Parallel | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(outputs, updates) of a decomposed graph, computed by its JIT-compiled kernels (by `jit` on
+    `parallel`'s threads, default the shared ones)."""
     names = tensor_names(graph)
     env: dict[str, np.ndarray] = {}
     for value in graph.inputs:
@@ -34,7 +36,8 @@ def run_kernels(graph: Graph, inputs: dict[str, np.ndarray], params: dict[str, n
     for param in graph.params:
         env[names[param.value]] = np.ascontiguousarray(values[param.name])
     programs = lower_graph(graph, names)
-    for program, native in zip(programs, shared_jit().load(programs)):
+    parallel = parallel or _PARALLEL
+    for program, native in zip(programs, (jit or shared_jit()).load(programs)):
         arrays = []
         for buffer in program.buffers:
             if buffer.role != "input":
@@ -42,7 +45,7 @@ def run_kernels(graph: Graph, inputs: dict[str, np.ndarray], params: dict[str, n
             arrays.append(env[buffer.name])
         args = (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
         for stage in native.stages:
-            status = _PARALLEL.run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces)
+            status = parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces)
             assert status == 0, f"kernel {program.name} returned {status}"
     outputs = {k: env[names[v]] for k, v in graph.outputs.items()}
     updates = {k: env[names[v]] for k, v in graph.updates.items()}

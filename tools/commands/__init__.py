@@ -19,7 +19,7 @@ COMMANDS: list[Command] = [
     Command("opt", "tools.commands.opt", "run a pass pipeline on an IR file and print the result"),
     Command("passes", "tools.commands.passes", "list the passes, their options and the -O pipelines"),
     Command("compile", "tools.commands.compile",
-            "compile a model: an .rdl file, a zoo model or a Hugging Face checkpoint folder"),
+            "compile a model: an .rdl file, a zoo model, a Hugging Face checkpoint folder or a .gguf file"),
     Command("pef", "tools.commands.pef", "show what a PEF file holds"),
     Command("targets", "tools.commands.targets", "list the RDU target presets (or describe a target file)"),
     Command("quickstart", "tools.commands.quickstart",

@@ -1,4 +1,8 @@
-"""`rduflow compile MODEL [KEY=VALUE ...]`: compile a model (RDL file, zoo name or checkpoint folder)."""
+"""`rduflow compile MODEL [KEY=VALUE ...]`: compile a model (RDL file, zoo name, checkpoint folder or GGUF file).
+
+A GGUF file's metadata is turned into the `config.json` object the compiler takes here,
+in `tools`: the reader lives in the runtime (which loads the file's weights), and the
+compiler does not import the runtime."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +14,9 @@ from compiler.opt_report import optimization_report
 from compiler.training import TrainingOptions
 from ir.errors import ConfigError
 from ir.printer import print_graph
+from runtime import gguf_model
 from runtime.cost_model import scaling_lines
+from runtime.gguf import read_gguf
 from tools import cli
 from tools.backend_options import add_backend_options, backend_options, write_output
 from tools.dot import graph_to_dot, render_svg
@@ -34,10 +40,11 @@ def _intermixed(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compile",
-        description="Compile MODEL (an .rdl file, a zoo model name, or a Hugging Face checkpoint folder "
-                    "whose config.json picks the zoo model and its sizes). Model config fields are set "
+        description="Compile MODEL (an .rdl file, a zoo model name, a Hugging Face checkpoint folder "
+                    "whose config.json picks the zoo model and its sizes, or a .gguf file whose metadata "
+                    "does the same). Model config fields are set "
                     "with Hydra-style overrides: model.n_layer=2, +model.key=value adds a key.")
-    parser.add_argument("model", metavar="MODEL", help="an .rdl file, a zoo model name or a checkpoint folder")
+    parser.add_argument("model", metavar="MODEL", help="an .rdl file, a zoo model name, a checkpoint folder or a .gguf file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. model.n_layer=12 model.n_embd=768")
     parser.add_argument("--config", metavar="FILE.yaml",
@@ -106,9 +113,11 @@ def training_options(args: argparse.Namespace) -> TrainingOptions:
 
 
 def options_from(args: argparse.Namespace) -> CompileOptions:
+    hf_config = gguf_model.hf_config(read_gguf(args.model)) if gguf_model.is_gguf(args.model) else None
     return CompileOptions(model=args.model, overrides=tuple(args.overrides), config_file=args.config,
                           batch_size=args.batch_size, inference=args.inference, emit=args.emit,
-                          training=training_options(args), weight_dtype=args.weight_dtype, **backend_options(args))
+                          training=training_options(args), weight_dtype=args.weight_dtype, hf_config=hf_config,
+                          **backend_options(args))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -57,8 +57,9 @@ def _defaults(actions: list[argparse.Action]) -> tuple[tuple[str, object, str], 
 
 
 def _add_common_options(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--checkpoint", type=Path, metavar="DIR",
-                       help="initial weights: a Hugging Face checkpoint folder or an rduflow checkpoint")
+    group.add_argument("--checkpoint", type=Path, metavar="DIR|FILE.gguf",
+                       help="initial weights: a Hugging Face checkpoint folder, an rduflow checkpoint or a "
+                            ".gguf file")
     group.add_argument("--seed", type=cli.non_negative_int, default=0, metavar="N",
                        help="seed of the initializers, of the data order and of sampling (default: 0)")
     group.add_argument("--profile", action="store_true",

@@ -38,6 +38,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
 
 from ir.errors import ConfigError, DataError, first_line
 from runtime.chat_template import ChatTemplate
+from runtime.gguf_model import is_gguf
 from runtime.hdf5_data import COMPLETION, DATASETS, METADATA_FILE, PADDING, TOKEN_TYPES, TOKENIZER_FOLDER
 from runtime.tokenizer import Tokenizer, load_tokenizer
 from tools.data_prep.articles import NO_CATEGORY, ArticleTokenizer
@@ -374,7 +375,7 @@ def load_chat_template(config: PrepConfig) -> ChatTemplate | None:
     if config.tokenizer is None:
         raise ConfigError("--apply-chat-template needs a --tokenizer whose folder has a chat template")
     source = Path(config.tokenizer)
-    template = ChatTemplate.from_folder(source if source.is_dir() else source.parent)
+    template = ChatTemplate.from_folder(source if source.is_dir() or is_gguf(source) else source.parent)
     if template is None:
         raise DataError(f"{config.tokenizer}: no chat template (tokenizer_config.json 'chat_template' "
                         "or chat_template.jinja)")

@@ -1,0 +1,90 @@
+"""What the host offers the matrix kernels: its vector registers and its caches.
+
+The vector width and register count come from LLVM's host CPU features (AVX-512: 32
+registers of 16 f32 lanes; AVX/AVX2: 16 of 8; else SSE's 16 of 4), the cache sizes
+from the OS (`/sys/devices/system/cpu/cpu0/cache`), with common sizes where it does
+not tell. `Tile` turns them into the gemm's register tile and cache blocks.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import attrs
+import llvmlite.binding as llvm
+
+#: (level 1 data, level 2, level 3) bytes assumed where the OS does not say
+FALLBACK_CACHES = (32 << 10, 512 << 10, 8 << 20)
+#: depth steps per iteration of the micro-kernel's loop (the depth block is a multiple)
+UNROLL = 4
+#: the widest packed B panel, in columns (beyond it a panel's rows stop fitting a TLB's reach)
+NC_MAX = 4096
+_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+@attrs.frozen
+class Tile:
+    """A gemm micro-kernel's shape and the cache blocks around it: an `mr` x `nr` tile of C in
+    registers of `lanes` f32, summed over depth blocks of `kc`; packed A blocks of `mc` rows,
+    packed B panels of `nc` columns."""
+
+    lanes: int
+    mr: int
+    nr: int
+    kc: int
+    mc: int
+    nc: int
+
+
+def tile_for(lanes: int, registers: int, caches: tuple[int, int, int] = FALLBACK_CACHES) -> Tile:
+    """The tile for `registers` vector registers of `lanes` f32 and (L1d, L2, L3) bytes.
+
+    Two vectors of columns; as many rows as leave registers for their 2 x `mr` accumulators,
+    the two B vectors and a broadcast A element (6 x 16 on AVX2, 14 x 32 on AVX-512). A
+    packed B sliver (`kc` x `nr`) takes half of L1, the packed A block half of L2, the packed
+    B panel half of L3."""
+    l1, l2, l3 = caches
+    nr, mr = 2 * lanes, (registers - 3) // 2
+    kc = max(UNROLL, l1 // 2 // (4 * nr) // UNROLL * UNROLL)
+    mc = max(mr, l2 // 2 // (4 * kc) // mr * mr)
+    nc = max(nr, min(NC_MAX, l3 // 2 // (4 * kc)) // nr * nr)
+    return Tile(lanes, mr, nr, kc, mc, nc)
+
+
+def vector_registers(features: str) -> tuple[int, int]:
+    """(f32 lanes, register count) of the widest vector unit in an LLVM feature string."""
+    enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
+    if "avx512f" in enabled:
+        return 16, 32
+    if "avx" in enabled:
+        return 8, 16
+    return 4, 16
+
+
+def _size(text: str) -> int:
+    """'32K', '1M', '512' as bytes."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+def cache_sizes(directory: Path = _CACHE_DIR) -> tuple[int, int, int]:
+    """(L1 data, L2, L3) bytes of the first CPU; a fallback for each level the OS does not list."""
+    found: dict[int, int] = {}
+    for index in sorted(directory.glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            size = _size((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind in ("Data", "Unified") and size > 0:
+            found.setdefault(level, size)
+    return tuple(found.get(level, fallback) for level, fallback in zip((1, 2, 3), FALLBACK_CACHES))
+
+
+@functools.cache
+def host_tile() -> Tile:
+    """The gemm tile for this host's vector registers and caches."""
+    llvm.initialize_native_target()
+    return tile_for(*vector_registers(llvm.get_host_cpu_features().flatten()), cache_sizes())

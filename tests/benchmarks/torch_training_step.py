@@ -1,0 +1,75 @@
+"""The GPT-2 training step of `test_bench_train.py` in PyTorch (eager, or `torch.compile`d), run as
+its own process by the interpreter that has torch (PyTorch is never a test dependency):
+
+    /work/venv-ref/bin/python tests/benchmarks/torch_training_step.py --vocab 50257 --seq 128 --threads 2
+
+Prints one JSON line: the seconds of each timed step and the last loss. Exits 4 without torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+NO_TORCH = 4
+
+
+def batch(vocab: int, batch_size: int, seq: int) -> dict[str, np.ndarray]:
+    """Token ids and types (a prompt, then the completion the loss counts), the same for both sides."""
+    rng = np.random.default_rng(0)
+    types = np.zeros((batch_size, seq), np.int32)
+    types[:, seq // 4:] = 1
+    return {"input_ids": rng.integers(0, vocab, (batch_size, seq), dtype=np.int32), "token_type_ids": types}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    for name, default in (("--vocab", 128), ("--seq", 64), ("--batch", 4), ("--threads", 1), ("--rounds", 3),
+                          ("--layers", 12), ("--embd", 768), ("--heads", 12)):
+        parser.add_argument(name, type=int, default=default)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    args = parser.parse_args()
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        print(f"no torch: {e}", file=sys.stderr)
+        return NO_TORCH
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=args.layers, n_embd=args.embd, n_head=args.heads, vocab_size=args.vocab,
+                                     n_positions=args.seq, activation_function="gelu_new", resid_pdrop=0.0,
+                                     embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).train()
+    forward = torch.compile(model) if args.compile else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    data = batch(args.vocab, args.batch, args.seq)
+    ids = torch.from_numpy(data["input_ids"]).long()
+    mask = torch.from_numpy(data["token_type_ids"][:, 1:] == 1)
+
+    def step() -> float:
+        logits = forward(ids, use_cache=False).logits[:, :-1]
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                               reduction="none")
+        loss = ce[mask.reshape(-1)].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        optimizer.step()
+        return float(loss.detach())
+
+    step()  # warm up (and compile)
+    seconds = []
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        loss = step()
+        seconds.append(time.perf_counter() - start)
+    print(json.dumps({"seconds": seconds, "loss": loss}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The gemm's host-shaped micro-kernels: the tile chosen from vector registers and cache sizes,
+and, for the AVX2 shape and the AVX-512 shape alike (forced here: LLVM splits its 16-lane
+vectors into pairs on an AVX2 host, slower but exact), results against numpy on awkward
+sizes, 16-bit operands, fused epilogues, convolutions and thread counts, and the assembly
+an AVX-512 CPU would get."""
+from __future__ import annotations
+
+import math
+import re
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+
+from backend import kernel_program as kp
+from backend.lowering import lower_graph
+from compiler.passes import PassManager
+from ir.builder import Builder
+from ir.dtypes import DType, bf16, f16, f32
+from ir.interpreter import interpret
+from ir.types import TensorType
+from kernels import run_kernels
+from runtime.jit import engine
+from runtime.jit.gemm import SMALL
+from runtime.jit.gemv import ROWS
+from runtime.jit.host import UNROLL, Tile, cache_sizes, host_tile, tile_for, vector_registers
+from runtime.jit.kernel import lower_program
+from runtime.jit.library import Jit
+from runtime.jit.parallel import Parallel
+
+RNG = np.random.default_rng(23)
+ZEN3_CACHES = (32 << 10, 512 << 10, 32 << 20)
+ZEN5_CACHES = (48 << 10, 1 << 20, 32 << 20)
+TILES = {
+    "avx2": tile_for(8, 16, ZEN3_CACHES),
+    "avx512": tile_for(16, 32, ZEN5_CACHES),
+    # tiny cache blocks: every edge of every block, on small matrices
+    "avx2-small-blocks": Tile(8, 6, 16, kc=12, mc=18, nc=48),
+    "avx512-small-blocks": Tile(16, 14, 32, kc=8, mc=28, nc=64),
+}
+
+
+@pytest.fixture(scope="module", params=list(TILES))
+def jit(request) -> Jit:
+    """A JIT whose gemms take one tile (no disk cache: every kernel built with that tile)."""
+    return Jit(use_cache=False, tile=TILES[request.param])
+
+
+def test_register_tiles_fit_the_register_file():
+    """Accumulators, B vectors and a broadcast fit the registers, with enough independent
+    accumulators to cover FMA latency on two pipes (>= 8)."""
+    assert (tile_for(8, 16).mr, tile_for(8, 16).nr) == (6, 16)
+    assert (tile_for(16, 32).mr, tile_for(16, 32).nr) == (14, 32)
+    for lanes, registers in ((4, 16), (8, 16), (16, 32)):
+        t = tile_for(lanes, registers)
+        accumulators, vectors = t.mr * t.nr // t.lanes, t.nr // t.lanes
+        assert accumulators + vectors + 1 <= registers and accumulators >= 8
+
+
+def test_cache_blocks_follow_the_cache_sizes():
+    """A B sliver in half of L1, the A block in half of L2, the B panel in half of L3 (at most 4096 columns)."""
+    assert TILES["avx2"] == Tile(8, 6, 16, kc=256, mc=252, nc=4096)
+    assert TILES["avx512"] == Tile(16, 14, 32, kc=192, mc=672, nc=4096)
+    small = tile_for(8, 16, (16 << 10, 128 << 10, 1 << 20))
+    assert (small.kc, small.mc, small.nc) == (128, 126, 1024)
+
+
+@pytest.mark.parametrize("features,expected", [
+    ("+avx,+avx2,+fma,-avx512f", (8, 16)), ("+avx2,+avx512f,+avx512bw", (16, 32)),
+    ("+sse4.2,-avx,-avx2", (4, 16)), ("", (4, 16))])
+def test_vector_registers_from_llvm_features(features, expected):
+    assert vector_registers(features) == expected
+
+
+def test_cache_sizes_from_the_os(tmp_path):
+    for index, (level, kind, size) in enumerate(
+            [(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "1024K"), (3, "Unified", "32M")]):
+        (tmp_path / f"index{index}").mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (tmp_path / f"index{index}" / name).write_text(f"{value}\n")
+    assert cache_sizes(tmp_path) == ZEN5_CACHES
+    (tmp_path / "index3" / "size").write_text("garbage\n")
+    assert cache_sizes(tmp_path) == (48 << 10, 1 << 20, 8 << 20)  # level 3 falls back
+    assert cache_sizes(tmp_path / "missing") == (32 << 10, 512 << 10, 8 << 20)
+
+
+def test_the_host_tile_is_the_one_for_its_features_and_caches():
+    llvm.initialize_native_target()
+    features = llvm.get_host_cpu_features().flatten()
+    assert host_tile() == tile_for(*vector_registers(features), cache_sizes())
+
+
+def matmul_graph(a_shape, b_shape, dtype=f32, **attrs):
+    b = Builder()
+    b.output("c", b.matmul(b.input("a", TensorType(a_shape, dtype)), b.input("b", TensorType(b_shape, dtype)),
+                           **attrs))
+    inputs = {"a": RNG.standard_normal(a_shape).astype(dtype.np), "b": RNG.standard_normal(b_shape).astype(dtype.np)}
+    return b.graph, inputs
+
+
+def blocked(graph) -> kp.GemmStage:
+    """The graph's one gemm stage, asserting it takes the blocked path (not the loop nest or gemv)."""
+    (stage,) = [s for p in lower_graph(graph) for s in p.stages]
+    assert stage.m * stage.n * stage.k >= SMALL and stage.m > ROWS
+    return stage
+
+
+@pytest.mark.parametrize("m,k,n", [
+    (7, 17, 1000), (33, 1000, 17), (1000, 33, 7), (17, 1000, 33), (1000, 1, 33), (1000, 1000, 1),
+    (5, 33, 4100), (700, 300, 50), (131, 257, 97)])
+def test_gemm_matches_numpy_on_awkward_sizes(jit, m, k, n):
+    graph, inputs = matmul_graph((m, k), (k, n))
+    blocked(graph)
+    got = run_kernels(graph, inputs, jit=jit)[0]["c"]
+    exact = inputs["a"].astype(np.float64) @ inputs["b"].astype(np.float64)
+    np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-5 * math.sqrt(k) * 10)
+
+
+@pytest.mark.parametrize("attrs", [{"transpose_a": True}, {"transpose_b": True}])
+def test_gemm_reads_transposed_operands(jit, attrs):
+    a_shape = (301, 77) if attrs.get("transpose_a") else (77, 301)
+    b_shape = (45, 301) if attrs.get("transpose_b") else (301, 45)
+    graph, inputs = matmul_graph(a_shape, b_shape, **attrs)
+    blocked(graph)
+    a, b = (inputs[n].astype(np.float64) for n in "ab")
+    exact = (a.T if attrs.get("transpose_a") else a) @ (b.T if attrs.get("transpose_b") else b)
+    np.testing.assert_allclose(run_kernels(graph, inputs, jit=jit)[0]["c"], exact, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [bf16, f16], ids=str)
+@pytest.mark.parametrize("m,k,n", [(33, 1000, 17), (100, 300, 70)])
+def test_gemm_of_16_bit_operands_sums_in_f32(jit, dtype, m, k, n):
+    """16-bit inputs widen to f32, every sum is f32, and the result rounds once to the 16-bit output."""
+    graph, inputs = matmul_graph((m, k), (k, n), dtype)
+    blocked(graph)
+    got = run_kernels(graph, inputs, jit=jit)[0]["c"]
+    exact = inputs["a"].astype(np.float64) @ inputs["b"].astype(np.float64)
+    assert got.dtype == dtype.np
+    spacing = np.spacing(np.abs(exact).astype(dtype.np)).astype(np.float64)  # one unit of the output's precision
+    assert np.all(np.abs(got.astype(np.float64) - exact) <= spacing + 1e-4 * math.sqrt(k))
+
+
+def fused(graph):
+    return PassManager.parse("decompose,fuse").run(graph)
+
+
+@pytest.mark.parametrize("m,k,n", [(130, 97, 203), (37, 1000, 41)])
+def test_fused_bias_gelu_residual_epilogue(jit, m, k, n):
+    """The epilogue applies once, on the last depth block (k = 1000 spans several)."""
+    b = Builder()
+    x, w = b.input("x", TensorType((m, k), f32)), b.input("w", TensorType((k, n), f32))
+    bias, res = b.input("bias", TensorType((n,), f32)), b.input("res", TensorType((m, n), f32))
+    b.output("y", b.add(b.gelu(b.add(b.matmul(x, w), bias), approximate="none"), res))
+    inputs = {v.name: RNG.standard_normal(v.type.shape).astype(np.float32) for v in b.graph.inputs}
+    want = interpret(b.graph, inputs).outputs["y"]
+    graph = fused(b.graph)
+    assert [s.kind for p in lower_graph(graph) for s in p.stages] == ["gemm"]
+    np.testing.assert_allclose(run_kernels(graph, inputs, jit=jit)[0]["y"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_and_its_gradients(jit):
+    b = Builder()
+    x, w = b.input("x", TensorType((3, 6, 19, 17), f32)), b.input("w", TensorType((10, 3, 3, 3), f32))
+    conv = {"stride": (1, 2), "padding": (1, 1), "dilation": (1, 1), "groups": 2}
+    y = b.conv2d(x, w, **conv)
+    g = b.input("g", y.type)
+    b.output("y", y)
+    b.output("dx", b.conv2d_input_grad(g, w, input_hw=(19, 17), **conv))
+    b.output("dw", b.conv2d_weight_grad(x, g, kernel_hw=(3, 3), **conv))
+    inputs = {v.name: RNG.standard_normal(v.type.shape).astype(np.float32) for v in b.graph.inputs}
+    want = interpret(b.graph, inputs).outputs
+    got = run_kernels(b.graph, inputs, jit=jit)[0]
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_thread_counts_do_not_change_a_bit(jit):
+    """Each sum's depth order is the tile's, never the thread count's."""
+    b = Builder()
+    x, w = b.input("x", TensorType((257, 1000), f32)), b.input("w", TensorType((1000, 203), f32))
+    b.output("h", b.tanh(b.matmul(x, w)))
+    b.output("g", b.matmul(w, b.input("v", TensorType((203, 29), f32))))  # split by columns
+    graph = fused(b.graph)
+    inputs = {v.name: RNG.standard_normal(v.type.shape).astype(np.float32) for v in b.graph.inputs}
+    runs = [run_kernels(graph, inputs, jit=jit, parallel=Parallel(t))[0] for t in (1, 2, 3)]
+    np.testing.assert_allclose(runs[0]["h"], interpret(b.graph, inputs).outputs["h"], rtol=1e-4, atol=1e-4)
+    for other in runs[1:]:
+        for name in runs[0]:
+            np.testing.assert_array_equal(other[name], runs[0][name], err_msg=name)
+
+
+def inner_loop(asm: str) -> list[str]:
+    """The lines of the loop (label to backward branch) with the most FMAs."""
+    lines = asm.splitlines()
+    labels = {line[:-1]: i for i, line in enumerate(lines) if re.fullmatch(r"\.LBB\d+_\d+:", line)}
+    loops = []
+    for i, line in enumerate(lines):
+        jump = re.fullmatch(r"\s+j\w+\s+(\.LBB\d+_\d+)", line)
+        if jump and labels.get(jump.group(1), i) < i:
+            loops.append(lines[labels[jump.group(1)]:i + 1])
+    return max(loops, key=lambda body: sum("vfmadd" in x for x in body))
+
+
+@pytest.mark.parametrize("name,cpu,register", [
+    ("avx2", "haswell", "ymm"), ("avx2", "znver3", "ymm"), ("avx512", "znver5", "zmm"), ("avx512", "skylake-avx512", "zmm")])
+def test_micro_kernel_assembly_keeps_its_tile_in_registers(name, cpu, register):
+    """For the CPU the tile is shaped for: the FMAs of the unrolled depth steps in one loop, on
+    full-width registers, and no stack traffic (spills and reloads) in it."""
+    tile = TILES[name]
+    n = 512
+    buffers = tuple(kp.Buffer(x, role, (n, n), "f32") for x, role in (("a", "input"), ("b", "input"), ("c", "output")))
+    stage = kp.GemmStage("c", (), n, n, n, kp.Access("a", 0, (n, 1)), kp.Access("b", 0, (n, 1)))
+    module, _ = lower_program(kp.KernelProgram("gemm", "matmul", None, "", buffers, (stage,)), "asm", tile=tile)
+    loop = inner_loop(engine.assembly(module.ir_text(), cpu=cpu))
+    fmas = [x for x in loop if "vfmadd" in x]
+    assert len(fmas) == UNROLL * tile.mr * tile.nr // tile.lanes
+    assert all(re.search(rf"%{register}\d+\s*$", x) for x in fmas)
+    assert not [x for x in loop if "(%rsp)" in x]
