@@ -86,7 +86,7 @@ def lower_op(op: Op, index: int, names: dict[Value, str]) -> KernelProgram:
     buffers = [b for b in kernel.buffers.values() if b.role != "temp" or b.name in used]
     return KernelProgram(
         name=kernel.name, op=op.name, phase=op.phase.value if op.phase else None,
-        loc=str(op.locs[0]) if op.locs else "", buffers=tuple(buffers), stages=tuple(s for s, _ in scheduled),
+        loc=op.locs[0].stored if op.locs else "", buffers=tuple(buffers), stages=tuple(s for s, _ in scheduled),
         schedule=Schedule(tuple(t for _, t in scheduled)), cost=KernelCost(lookup(op.name).cost(op).flops))
 
 

@@ -49,6 +49,7 @@ from backend.schema import SchemaError, decode, encode
 from backend.targets import ONCHIP, Target
 from ir.dtypes import DType
 from ir.errors import PEFError
+from ir.files import honour_umask
 from ir.init import Init
 
 MAGIC = "rduflow-pef"
@@ -525,6 +526,7 @@ def write_pef(data: bytes, folder: str | Path, name: str) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
         try:
+            honour_umask(fd)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()

@@ -6,6 +6,7 @@ from typing import Any
 from backend.mapping import Budget, budget
 from backend.pef import FORMAT_VERSION, PEF
 from backend.schema import encode
+from backend.targets import ONCHIP
 
 
 def offchip_traffic(pef: PEF) -> dict[str, int]:
@@ -46,7 +47,7 @@ def info(pef: PEF, file_bytes: int) -> dict[str, Any]:
 
 
 def stats_text(pef: PEF) -> str:
-    """Resources and sections, a few lines (the backend part of `compile --stats`)."""
+    """Resources, sections, traffic and memory, one sentence a line (the backend part of `compile --stats`)."""
     header, target = pef.header, pef.header.target
     limit = _budget(pef)
     phases: dict[str, int] = {}
@@ -55,13 +56,23 @@ def stats_text(pef: PEF) -> str:
     traffic = offchip_traffic(pef)
     lines = [
         f"target {target.name}: {header.n_chips} chip(s) x {header.num_tiles} tile(s) = "
-        f"{limit.pcus} PCUs, {limit.pmus} PMUs",
-        f"kernels {len(pef.kernels)}, sections {len(pef.sections)} ("
-        + ", ".join(f"{k} {v}" for k, v in phases.items()) + ")",
-        f"peak section: {max((s.pcus for s in pef.sections), default=0)} PCUs, "
+        f"{limit.pcus} PCUs and {limit.pmus} PMUs available",
+        f"kernels: {len(pef.kernels)} in {len(pef.sections)} sections ("
+        + ", ".join(f"{k} {v}" for k, v in phases.items()) + "), which run one after another; "
+        f"a section uses at most {max((s.pcus for s in pef.sections), default=0)} PCUs and "
         f"{max((s.pmus for s in pef.sections), default=0)} PMUs",
-        f"modeled off-chip traffic: {traffic['total']:,} bytes (read {traffic['read']:,}, "
+        f"modeled off-chip traffic: {traffic['total']:,} bytes per step (read {traffic['read']:,}, "
         f"written {traffic['written']:,})",
-        "memory: " + ", ".join(f"{a.name} {a.size:,} bytes" for a in pef.memory.arenas),
+        "memory the PEF reserves: " + "; ".join(_arena_text(pef, a.name, a.size) for a in pef.memory.arenas),
     ]
     return "\n".join(lines)
+
+
+def _arena_text(pef: PEF, arena: str, size: int) -> str:
+    """An arena's size; on chip, split into graph tensors and kernel temporaries (placed after them)."""
+    if arena != ONCHIP:
+        return f"{arena} {size:,} bytes (params, optimizer state, inputs, outputs and tensors passed between sections)"
+    temps = [a.offset for a in pef.memory.allocations if a.arena == ONCHIP and "/" in a.tensor]
+    graph = min(temps, default=size)
+    return (f"on chip {size:,} bytes = {graph:,} of graph tensors used within one section + {size - graph:,} of "
+            "kernel temporaries")

@@ -43,7 +43,7 @@ class CompileOptions:
     config_file: str | None = None
     batch_size: int | None = None
     inference: bool = False
-    emit: str | None = None  # "ir": stop after the frontend (and training graph); "ir-opt"/"dot": after the passes
+    emit: str | None = None  # "ir": stop after the frontend (and training graph); "ir-opt"/"dot"/"svg": after the passes
     target: str = "sn40l"  # a preset name or a target YAML file
     n_chips: int = 1
     num_tiles: int | None = None  # tiles per chip (default: all)
@@ -141,7 +141,7 @@ def compile_model(options: CompileOptions, pass_manager: PassManager | None = No
     share_params([result.graph, *result.entries.values()])
     result.graph = manager.run(result.graph)
     result.entries = {name: manager.run(graph) for name, graph in result.entries.items()}
-    if options.emit in ("ir-opt", "dot"):
+    if options.emit in ("ir-opt", "dot", "svg"):
         return result
     # --- stage 4: backend ---------------------------------------------------------------
     recorded = {**config, "weight_dtype": options.weight_dtype} if options.inference \

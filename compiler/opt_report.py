@@ -61,23 +61,30 @@ def optimization_report(graph: Graph, target: Target, sections: Sequence[tuple[s
     per_kernel = [kernel_stats(op, target) for op in graph.ops]
     total = sum(per_kernel, KernelStats())
     lines = [
-        f"fusion: {total.ops} ops in {total.kernels} kernels ({total.fused} fused); {total.onchip_bytes:,} bytes of "
-        f"intermediates stay on chip; modeled kernel traffic {total.traffic:,} bytes "
-        f"({_ratio(total.unfused_traffic, total.traffic)} less than one op per kernel)",
-        f"tiles: {total.tiled} ops tiled; modeled traffic {total.tile_traffic:,} bytes = "
-        f"{_ratio(total.tile_traffic, total.tile_bound)} the lower bound {total.tile_bound:,} "
-        f"(default tiles: {_ratio(total.tile_default, total.tile_bound)})",
+        f"fusion: {total.ops} ops in {total.kernels} kernels ({total.fused} fused); inside fused kernels "
+        f"{total.onchip_bytes:,} bytes of intermediate values (summed over kernels) pass on chip, never through "
+        f"memory; modeled kernel traffic {total.traffic:,} bytes, {_ratio(total.unfused_traffic, total.traffic)} "
+        f"less than the {total.unfused_traffic:,} bytes of one op per kernel",
+        _tiles_text(total),
     ]
     buffers = _buffers(graph)
     if buffers is None:
         lines.append("memory plan: none in the IR (the backend placed every tensor)")
     else:
-        lines.append("memory plan: " + "; ".join(
-            f"{r.tier} arena {r.arena:,} bytes = {r.ratio:.3f}x the peak-live bound {r.lower_bound:,} "
-            f"(no reuse: {r.no_reuse:,})" for r in memory_report(graph)))
+        lines.append("memory plan of the graph's tensors (ranges shared by tensors never live at once): " + "; ".join(
+            f"{r.tier} arena {r.arena:,} bytes = {r.ratio:.3f}x the peak-live bound {r.lower_bound:,} (the most "
+            f"bytes live at once; without reuse {r.no_reuse:,})" for r in memory_report(graph)))
     if sections:
         lines += _section_table(per_kernel, sections, buffers)
     return "\n".join(lines)
+
+
+def _tiles_text(total: KernelStats) -> str:
+    if not total.tiled:
+        return "tiles: no op is tiled (the tile pass runs at -O3)"
+    return (f"tiles: {total.tiled} ops tiled; modeled traffic {total.tile_traffic:,} bytes = "
+            f"{_ratio(total.tile_traffic, total.tile_bound)} the lower bound {total.tile_bound:,} of any tiling "
+            f"(default tiles: {total.tile_default:,} bytes, {_ratio(total.tile_default, total.tile_bound)})")
 
 
 def _buffers(graph: Graph) -> list[Buffer] | None:
@@ -89,9 +96,11 @@ def _buffers(graph: Graph) -> list[Buffer] | None:
 
 def _section_table(per_kernel: list[KernelStats], sections, buffers: list[Buffer] | None) -> list[str]:
     tiers = sorted({b.tier for b in buffers or []})
+    legend = ("per section: kernels, fused kernels, ops, bytes of intermediates kept on chip, tiled traffic over "
+              "its lower bound" + (", and the most bytes of each tier live at once" if tiers else ""))
     head = f"{'section':>7} {'phase':<8} {'kernels':>7} {'fused':>5} {'ops':>5} {'on-chip bytes':>13} " \
            f"{'tile traffic/bound':>18}" + "".join(f" {'live ' + t:>14}" for t in tiers)
-    rows = [head]
+    rows = [legend, head]
     for index, (phase, kernels) in enumerate(sections):
         s = sum((per_kernel[k] for k in kernels), KernelStats())
         live = [_peak_live(buffers, t, min(kernels), max(kernels)) for t in tiers]

@@ -5,6 +5,7 @@ A user's mistake raises a subclass of `RduflowError`; the CLI prints its one-lin
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Callable
 
@@ -20,7 +21,25 @@ class Location:
     col: int
 
     def __str__(self) -> str:
+        """As shown to a user: the file as it opens from the working directory (see `display_path`)."""
+        return f"{display_path(self.file)}:{self.line}:{self.col}"
+
+    @property
+    def stored(self) -> str:
+        """`file:line:col` with the file as recorded (the same from any working directory)."""
         return f"{self.file}:{self.line}:{self.col}"
+
+
+def display_path(file: str) -> str:
+    """A recorded file name as a user opens it from the working directory: an absolute path
+    below it becomes relative (`compiler/zoo/gpt2.rdl` from the repository root); others stay."""
+    if not os.path.isabs(file):
+        return file
+    try:
+        relative = os.path.relpath(file)
+    except ValueError:  # another drive
+        return file
+    return file if relative.startswith("..") else relative
 
 
 class RduflowError(Exception):

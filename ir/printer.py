@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from ir.errors import Location
+from ir.errors import Location, display_path
 from ir.graph import Graph, Op, Region, Value
 from ir.literals import format_literal
 from ir.ops import lookup
@@ -36,7 +36,7 @@ class Namer:
 
 
 def format_locs(locs: tuple[Location, ...]) -> str:
-    parts = ", ".join(f"{json.dumps(loc.file)}:{loc.line}:{loc.col}" for loc in locs)
+    parts = ", ".join(f"{json.dumps(display_path(loc.file))}:{loc.line}:{loc.col}" for loc in locs)
     return f" loc({parts})"
 
 

@@ -31,6 +31,7 @@ from safetensors.numpy import load_file, save_file
 from ir import jsontext
 from ir.dtypes import DType, convert
 from ir.errors import CheckpointError
+from ir.files import honour_umask
 from ir.types import TensorType
 from runtime.gguf import read_gguf
 from runtime.gguf_model import hf_config, hf_tensors, is_gguf
@@ -355,6 +356,7 @@ def _copy_group(names: Sequence[str], sources: Sequence[Path], stage: Path) -> N
 def _write_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
     save_file({name: np.asarray(tensors[name], order="C") for name in sorted(tensors)}, path,
               metadata={"format": "pt"})
+    honour_umask(path)  # the safetensors writer makes it 0600
     _fsync(path)
 
 

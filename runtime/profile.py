@@ -53,6 +53,23 @@ class Profile:
         return sum(self.kernel_seconds())
 
 
+#: a table's width when the output is not a terminal: wide enough never to cut a name
+UNBOUNDED_WIDTH = 10_000
+#: what each `RDU bound` means
+BOUNDS = {"compute": "the PCUs' arithmetic", "onchip": "the PMUs' bandwidth", "offchip": "off-chip memory traffic",
+          "link": "the links the gradient all-reduce crosses between replicas",
+          "fill": "filling and draining the section's pipeline",
+          "config": "loading the section's configuration onto the chip"}
+
+
+def table_console(stderr: bool = False) -> Console:
+    """A console for tables: a terminal's width, else unbounded (a redirected table keeps whole names)."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, highlight=False, width=UNBOUNDED_WIDTH)
+    return console
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
@@ -62,12 +79,16 @@ def _us(seconds: float) -> str:
 
 
 def kernel_table(profile: Profile, report: CostReport, top: int | None = None) -> Table:
-    """Per kernel: host ms (mean per step), modeled RDU us and what bounds it, slowest host first."""
-    table = Table(title=f"Kernels: host vs modeled RDU ({report.target}, {profile.steps} step(s))")
+    """Per kernel: host ms (mean per step), modeled RDU us and what bounds it, slowest host first;
+    the `top` slowest only (None: all), which the title says."""
+    count = len(profile.names)
+    shown = count if top is None else min(top, count)
+    which = f"all {count} kernels" if shown == count else f"top {shown} of {count} kernels by host time"
+    table = Table(title=f"Kernels: host vs modeled RDU ({report.target}, {profile.steps} step(s)): {which}")
     for column in ("kernel", "op", "section", "phase", "host ms", "RDU us", "RDU bound", "MFLOP"):
         table.add_column(column, justify="left" if column in ("kernel", "op", "phase", "RDU bound") else "right")
     host = profile.kernel_seconds()
-    order = sorted(range(len(host)), key=lambda i: -host[i])[:top]
+    order = sorted(range(len(host)), key=lambda i: -host[i])[:shown]
     for i in order:
         k = report.kernels[i]
         table.add_row(k.name, k.op, str(k.section), k.phase or "-", _ms(host[i]), _us(k.time_s), k.bound,
@@ -91,12 +112,16 @@ def section_table(profile: Profile, report: CostReport) -> Table:
 
 
 def print_profile(profile: Profile, report: CostReport, console: Console | None = None, top: int | None = 20) -> None:
-    """The kernel table (the `top` slowest on the host) and the section table."""
-    console = console or Console()
+    """The kernel table (the `top` slowest on the host; None: all), the section table, what the bounds mean."""
+    console = console or table_console()
     console.print(kernel_table(profile, report, top))
     console.print(section_table(profile, report))
     console.print(f"host {profile.step_seconds * 1e3:.3f} ms/step, modeled RDU {report.time_s * 1e6:.2f} us/step "
                   f"on {report.chips} x {report.target}, {report.flops / 1e6:.3f} MFLOP/step")
+    shown = sorted({k.bound for k in report.kernels} | {s.bound for s in report.sections},
+                   key=lambda b: (list(BOUNDS).index(b) if b in BOUNDS else len(BOUNDS), b))
+    console.print("RDU bound, what limits the modeled time: "
+                  + "; ".join(f"{b}: {BOUNDS.get(b, 'see runtime/cost_model.py')}" for b in shown))
 
 
 def trace_events(profile: Profile, report: CostReport) -> list[dict]:

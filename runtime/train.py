@@ -20,7 +20,9 @@ params before it).
 """
 from __future__ import annotations
 
+import csv
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,13 +40,17 @@ from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_b
 from runtime.cost_model import estimate
 from runtime.distributed import Replicas
 from runtime.hdf5_data import recorded_tokenizer, tokenizer_folder
+from runtime.interrupt import deferred_interrupt
 from runtime.program import param_types
-from runtime.save_dir import MetricsFile, SaveDirLock
+from runtime.save_dir import MetricsFile, SaveDirLock, kept_rows
 from runtime.schedules import Schedule, ScheduleName
 
 METRICS_FILE = "per_step_metrics.csv"
 SUMMARY_FILE = "summary.txt"
 METRICS_COLUMNS = ("step", "epoch", "loss", "accuracy", "lr")
+#: the dev-split evaluations, one row per evaluation
+EVAL_FILE = "eval_metrics.csv"
+EVAL_COLUMNS = ("step", "loss", "perplexity", "accuracy", "rows")
 STATE_FORMAT = "rduflow-trainer-state"
 STATE_VERSION = 1
 #: index inputs and the header option (model config field) that bounds their values
@@ -303,14 +309,17 @@ class Trainer:
         result = TrainResult(first, first, self.total_steps)
         metrics = self._open_metrics(first)
         try:
-            for step in range(first, self.total_steps):
-                record = self._step(step, result)
-                result.history.append(record)
-                result.last_step = record.step
-                if metrics is not None:
-                    metrics.writerow(record.row())
-                    metrics.flush()
-                self._after_step(record, result)
+            with deferred_interrupt() as stop:
+                for step in range(first, self.total_steps):
+                    record = self._step(step, result)
+                    result.history.append(record)
+                    result.last_step = record.step
+                    if metrics is not None:
+                        metrics.writerow(record.row())
+                        metrics.flush()
+                    self._after_step(record, result)
+                    if self.replicas.sums([stop.requested])[0]:  # every replica stops after the same step
+                        self._stop(result)
         finally:
             if metrics is not None:
                 metrics.close()
@@ -347,6 +356,17 @@ class Trainer:
             self._evaluate(record.step, result)
         if config.save_every and record.step % config.save_every == 0 and record.step != self.total_steps:
             self._save(record.step, result)
+
+    def _stop(self, result: TrainResult) -> None:
+        """Ctrl-C: save the finished steps (unless just saved), then raise KeyboardInterrupt."""
+        step = result.last_step
+        if self.config.save_dir is None:
+            self.reporter.warn(f"interrupted after step {step}: nothing saved (no --save-dir)")
+        else:
+            if not (result.checkpoints and result.checkpoints[-1].name == ckpt.checkpoint_name(step)):
+                self._save(step, result)
+            self.reporter.line(f"Interrupted after step {step}: continue with --resume")
+        raise KeyboardInterrupt
 
     def _step_line(self, r: StepMetrics) -> str:
         text = f"Epoch [{r.epoch}/{self.num_epochs}], Step [{r.step}/{self.total_steps}], Loss: {r.loss:.4f}"
@@ -385,7 +405,12 @@ class Trainer:
         metrics = self.evaluate()
         result.evaluations.append((step, metrics))
         text = f"Evaluation loss: {metrics.loss:.4f}, Perplexity: {metrics.perplexity:.4f}"
-        self.reporter.line(text + (f", Accuracy: {metrics.accuracy:.4f}" if metrics.accuracy is not None else ""))
+        text += f", Accuracy: {metrics.accuracy:.4f}" if metrics.accuracy is not None else ""
+        rows = len(self.dev)
+        self.reporter.line(text + (f" ({metrics.rows} of {rows} dev rows: whole batches of {self.order.batch_size})"
+                                   if metrics.rows < rows else f" ({rows} dev rows)"))
+        if self.config.save_dir is not None and self.replicas.writer:
+            append_eval_row(self.config.save_dir / EVAL_FILE, step, metrics)
 
     # -- checkpoints and files --
     def _save(self, step: int, result: TrainResult) -> None:
@@ -473,6 +498,21 @@ class Trainer:
 #: header options that describe the compile, not the model's config (nor do dotted ones: `training.optimizer`)
 NON_MODEL_OPTIONS = frozenset({"model", "target", "n_chips", "num_tiles", "inference", "pack_sections",
                                "batch_size", "seq_len"})
+
+
+def append_eval_row(path: Path, step: int, metrics: EvalMetrics) -> None:
+    """Add an evaluation to `path`, dropping rows of later steps (left by a run this one resumes)."""
+    kept = kept_rows(path, step - 1)
+    accuracy = "" if metrics.accuracy is None else repr(metrics.accuracy)
+    row = [str(step), repr(metrics.loss), repr(metrics.perplexity), accuracy, str(metrics.rows)]
+    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(partial, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([EVAL_COLUMNS, *kept, row])
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def write_summary(path: Path, summary: Mapping[str, object]) -> None:

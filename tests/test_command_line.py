@@ -21,4 +21,6 @@ def test_hidden_options_show_only_with_debug(capsys):
     for argv, shown in ((["compile", "--help"], False), (["compile", "--debug", "--help"], True)):
         with pytest.raises(SystemExit):
             main(argv)
-        assert ("--betas" in capsys.readouterr().out) is shown
+        out = capsys.readouterr().out
+        assert ("--crash-dir" in out) is shown  # a debugging option
+        assert "--betas" in out and "--eps" in out  # AdamW's settings are ordinary options

@@ -57,6 +57,14 @@ def test_quickstart_trains_and_generates(tmp_path):
                      "checkpoints/checkpoint-60/model.safetensors", "logs/3-train.log", "logs/5-generate.log"):
         assert (workdir / artifact).is_file(), artifact
     assert "Loss:" in (workdir / "logs/3-train.log").read_text()
+    summary = out[out.index("Quickstart finished in"):]
+    assert "training loss and dev loss by step" in summary  # the curves, drawn in the terminal
+    head, *rerun = summary[summary.index("To repeat the steps by hand"):].splitlines()
+    assert len(rerun) == 5 and rerun[2].endswith(f"--save-dir {workdir}/checkpoints-2")
+    for command in rerun:  # each printed command runs again as printed, in order
+        code, _, err = _rduflow(*shlex.split(command)[1:])
+        assert code == 0, f"{command}: {err}"
+    assert (workdir / "checkpoints-2" / f"checkpoint-{FAST_STEPS}").is_dir()
 
 
 def test_a_failing_step_stops_the_run_with_its_error(tmp_path, capsys):

@@ -35,6 +35,8 @@ README = REPO / "README.md"
 PASS_SECTION = "## Writing a pass"
 SERVE_SECTION = "## Chat and serve (OpenAI API)"  # run by tests/serve/test_readme_serve.py (it starts a server)
 LINKED = ("tests/fixtures", "tools/data")
+#: the folders the README's commands write into (all ignored by git)
+IGNORED = ("out", "rduflow-quickstart")
 
 
 def _pyproject() -> dict:
@@ -63,7 +65,10 @@ def check_installed() -> None:
 def check_test_extras() -> None:
     """`pip install -e '.[test]'`: also every test requirement."""
     check_installed()
-    _check_requirements(_pyproject()["project"]["optional-dependencies"]["test"])
+    extras = _pyproject()["project"]["optional-dependencies"]
+    pulled = [r for text in extras["test"] for extra in Requirement(text).extras if Requirement(text).name == "rduflow"
+              for r in extras[extra]]  # `rduflow[plot]`: the extras the test extra pulls in
+    _check_requirements(extras["test"] + pulled)
 
 
 def check_under_pytest() -> None:
@@ -78,8 +83,8 @@ LONGER_SAMPLE = ("rduflow run rduflow-quickstart/pef/generate/generate.pef --inf
                  "rduflow-quickstart/longer/checkpoint-2000 --prompt 'The course of true love' --max-new-tokens 40 "
                  "--temperature 0.5")
 DATA_PARALLEL = ("mpirun -n 2 rduflow run out/gpt2-tiny-dp/gpt2-tiny-dp.pef --data-parallel --checkpoint "
-                 "tests/fixtures/hf/gpt2-tiny --data midsummer-ascii --num-steps 100 --lr 3e-3 --lr-schedule cosine "
-                 "--warmup-steps 10 --log-every 20 --save-dir gpt2-tiny-dp")
+                 "tests/fixtures/hf/gpt2-tiny --data out/midsummer-ascii --num-steps 100 --lr 3e-3 --lr-schedule cosine "
+                 "--warmup-steps 10 --log-every 20 --save-dir out/gpt2-tiny-dp")
 
 
 def check_data_parallel() -> None:
@@ -98,7 +103,8 @@ def check_data_parallel() -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Step [10/10]" in done.stdout
-    with open("gpt2-tiny-dp/per_step_metrics.csv") as dp, open("gpt2-tiny-finetuned/per_step_metrics.csv") as single:
+    with open("out/gpt2-tiny-dp/per_step_metrics.csv") as dp, \
+            open("out/gpt2-tiny-finetuned/per_step_metrics.csv") as single:
         rows = [list(csv.DictReader(f))[:10] for f in (dp, single)]
     assert [r["lr"] for r in rows[0]] == [r["lr"] for r in rows[1]]  # warmup: the same learning rates
     np.testing.assert_allclose([float(r["loss"]) for r in rows[0]], [float(r["loss"]) for r in rows[1]], rtol=1e-5)
@@ -125,6 +131,7 @@ MAPPING: dict[str, Callable[[], None] | str] = {
     "pip install -e .": check_installed,  # the suite installs nothing
     "pip install -e '.[test]'": check_test_extras,
     "pytest": check_under_pytest,  # the suite does not run itself
+    "mkdir -p out": lambda: Path("out").mkdir(exist_ok=True),
     "rduflow quickstart": "rduflow quickstart --num-steps 20",  # the same five steps, fewer training steps
     # training longer: 20 steps instead of 2000, and generation from that checkpoint
     LONGER_TRAINING: LONGER_TRAINING.replace("--num-steps 2000", "--num-steps 20"),
@@ -150,20 +157,22 @@ EXPECTED: dict[str, list[str]] = {
     "rduflow passes": [r"plan-memory", r"-O3"],
     "rduflow pef info out/gpt2/gpt2.pef": [r"mode +train", r"gradnorm", r"opt"],
     "rduflow pef dump out/gpt2/gpt2.pef --section 0": [r"kernel k0_", r"stage 0: "],
-    "rduflow data-prep --input tools/data/midsummer.txt --output midsummer-ascii --tokenizer "
+    "rduflow data-prep --input tools/data/midsummer.txt --output out/midsummer-ascii --tokenizer "
     "tools/data/ascii_tokenizer.json --max-seq-length 64 --dev-ratio 0.05": [r"training sequences"],
     "rduflow run out/gpt2-tiny-train/gpt2-tiny-train.pef --checkpoint tests/fixtures/hf/gpt2-tiny --data "
-    "midsummer-ascii --num-steps 100 --lr 3e-3 --lr-schedule cosine --warmup-steps 10 --log-every 20 "
-    "--save-dir gpt2-tiny-finetuned": [r"Step \[100/100\], Loss: 3\.\d+", r"Evaluation loss: ",
-                                       r"Saved checkpoint gpt2-tiny-finetuned/checkpoint-100"],
+    "out/midsummer-ascii --num-steps 100 --lr 3e-3 --lr-schedule cosine --warmup-steps 10 --log-every 20 "
+    "--save-dir out/gpt2-tiny-finetuned": [r"Step \[100/100\], Loss: 3\.\d+", r"Evaluation loss: ",
+                                           r"Saved checkpoint out/gpt2-tiny-finetuned/checkpoint-100"],
     "rduflow run out/gpt2-tiny-generate/gpt2-tiny-generate.pef --inference --checkpoint "
-    "gpt2-tiny-finetuned/checkpoint-100 --prompt \"LYSANDER\" --max-new-tokens 40 --temperature 0.7 --top-k 20": [
+    "out/gpt2-tiny-finetuned/checkpoint-100 --prompt \"LYSANDER\" --max-new-tokens 40 --temperature 0.7 --top-k 20": [
         r"Completion: ", r"time to first token", r"tokens/second"],
     "rduflow targets": [r"sn40l", r"sn30"],
     SMOLLM2_TRAINING: [r"Step \[2/2\], Loss: ", r"Saved checkpoint smollm2-rduflow/checkpoint-2\n"],
     SMOLLM2_CHAT: [r"Completion: .*\nCompletion: ", r"tokens/second"],
     "rduflow compile tests/fixtures/hf/gpt2-tiny model.seq_len=64 -b 8 --stats -o out --pef-name gpt2-tiny-stats": [
-        r"kernels \d+, sections \d+"],
+        r"kernels: \d+ in \d+ sections"],
+    "rduflow plot out/gpt2-tiny-finetuned": [r"training loss and dev loss by step"],
+    "rduflow compile mlp --inference --emit dot > out/mlp.dot": [],
 }
 
 
@@ -250,12 +259,17 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
             printed = printed_by[part] = _run(part)
             for pattern in EXPECTED.get(part, []):
                 assert re.search(pattern, printed, re.MULTILINE), f"`{part}` printed no /{pattern}/:\n{printed}"
-    train_ir = (tmp_path / "gpt2-train.ir").read_text()
+    assert {p.name for p in tmp_path.iterdir()} <= {*(Path(p).parts[0] for p in LINKED), *IGNORED}
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert all(f"{name}/" in ignored for name in IGNORED)  # the README's outputs stay out of git status
+    assert (tmp_path / "out" / "mlp.dot").read_text().startswith('digraph "mlp" {')
+    assert (tmp_path / "out" / "gpt2-tiny-finetuned" / "eval_metrics.csv").is_file()
+    train_ir = (tmp_path / "out" / "gpt2-train.ir").read_text()
     assert train_ir.startswith("graph @gpt2 {") and "^bwd:" in train_ir and "^opt:" in train_ir
     assert "loc(" not in train_ir  # --no-locs
-    assert sorted(p.name for p in (tmp_path / "dumps").iterdir())[-1] == "05-fuse.ir"
-    assert "fused(" in (tmp_path / "gpt2-train.opt.ir").read_text()
-    assert (tmp_path / "train-trace.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "out" / "dumps").iterdir())[-1] == "05-fuse.ir"
+    assert "fused(" in (tmp_path / "out" / "gpt2-train.opt.ir").read_text()
+    assert (tmp_path / "out" / "train-trace.json").is_file()
     assert json.loads(printed_by[GREEDY])["token_ids"] == [GREEDY_IDS]
-    finetune = (tmp_path / "gpt2-tiny-finetuned" / "per_step_metrics.csv").read_text().splitlines()
+    finetune = (tmp_path / "out" / "gpt2-tiny-finetuned" / "per_step_metrics.csv").read_text().splitlines()
     assert float(finetune[1].split(",")[2]) == pytest.approx(8.6, abs=0.05)  # the README's starting loss

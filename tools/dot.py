@@ -1,12 +1,16 @@
 """A Graphviz DOT view of a graph: fused regions as clusters, training phases as colors.
 
 Node labels use the value names of the IR text form, so the picture and
-`rduflow opt` output can be read side by side. Render with `dot -Tsvg`.
+`rduflow opt` output can be read side by side. `render_svg` draws it with Graphviz's `dot`
+(`--emit svg`).
 """
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
+from ir.errors import ConfigError
 from ir.graph import Graph, Op, Phase, Value
 from ir.printer import Namer
 
@@ -105,3 +109,20 @@ class _Dot:
 def graph_to_dot(graph: Graph) -> str:
     """The DOT text of `graph` (deterministic)."""
     return _Dot(graph).run()
+
+
+#: how to get Graphviz's `dot`, for the error when it is missing
+INSTALL_GRAPHVIZ = "apt-get install graphviz (Debian, Ubuntu), brew install graphviz (macOS), or https://graphviz.org"
+
+
+def render_svg(dot_text: str) -> str:
+    """The SVG Graphviz's `dot` draws; ConfigError saying how to install it when it is not on PATH."""
+    program = shutil.which("dot")
+    if program is None:
+        raise ConfigError(f"--emit svg needs Graphviz's dot program on PATH: {INSTALL_GRAPHVIZ}; "
+                          "--emit dot prints the DOT text without it")
+    done = subprocess.run([program, "-Tsvg"], input=dot_text, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise ConfigError(f"Graphviz's dot failed (exit code {done.returncode}): "
+                          f"{(done.stderr.strip().splitlines() or ['no message'])[0]}")
+    return done.stdout

@@ -27,6 +27,7 @@ from runtime.checkpoint import checkpoint_name
 from runtime.tokenizer import ByteTokenizer
 from runtime.train import METRICS_FILE as METRICS
 from tools import cli
+from tools.plot import read_curves, terminal_plot
 
 CORPUS = Path(__file__).parent / "data" / "midsummer.txt"
 MARKER = ".rduflow-quickstart"
@@ -119,8 +120,10 @@ class Step:
         return shlex.join(("rduflow", *self.args))
 
 
-def steps(layout: Layout, s: Settings) -> list[Step]:
-    """The five steps, as the command lines a user would type."""
+def steps(layout: Layout, s: Settings, checkpoints: Path | None = None) -> list[Step]:
+    """The five steps, as the command lines a user would type; training saves into `checkpoints`
+    (default: the layout's)."""
+    checkpoints = checkpoints or layout.checkpoints
     model = ("gpt2", *s.model_overrides())
     return [
         Step("data-prep", "tokenize the corpus into HDF5 sequences",
@@ -132,12 +135,12 @@ def steps(layout: Layout, s: Settings) -> list[Step]:
         Step("train", "train it on the corpus",
              ("run", str(layout.pef("train")), "--data", str(layout.data), "--num-steps", str(s.num_steps),
               "--lr", str(s.lr), "--lr-schedule", "cosine", "--warmup-steps", str(s.warmup_steps),
-              "--log-every", str(s.log_every), "--seed", str(s.seed), "--save-dir", str(layout.checkpoints))),
+              "--log-every", str(s.log_every), "--seed", str(s.seed), "--save-dir", str(checkpoints))),
         Step("compile-inference", "compile it for inference (forward only)",
              ("compile", *model, "--inference", "-b", "1", "-o", str(layout.pefs), "--pef-name", "generate")),
         Step("generate", "generate a sample from the trained weights",
              ("run", str(layout.pef("generate")), "--inference",
-              "--checkpoint", str(layout.checkpoints / checkpoint_name(s.num_steps)),
+              "--checkpoint", str(checkpoints / checkpoint_name(s.num_steps)),
               "--prompt", s.prompt, "--max-new-tokens", str(s.max_new_tokens),
               "--temperature", str(s.temperature), "--seed", str(s.seed))),
     ]
@@ -153,6 +156,10 @@ class Report:
     last_loss: float
     prompt: str
     completion: str
+    #: the steps' commands as a user reruns them by hand (training into a new folder)
+    rerun: tuple[str, ...] = ()
+    #: the loss curves drawn in text
+    plot: str = ""
 
     def summary(self) -> str:
         root = self.layout.root
@@ -163,6 +170,11 @@ class Report:
                   f'Sample: "{self.prompt}" -> "{printable(self.completion)}"',
                   f"Everything is in {root}/: the corpus, data/ (HDF5), pef/train and pef/generate (PEFs),",
                   f"checkpoints/ ({METRICS}, Hugging Face checkpoints) and logs/ (each step's output)."]
+        if self.plot:
+            lines += [self.plot.rstrip("\n")]
+        if self.rerun:
+            lines += ["To repeat the steps by hand (training saves into a new folder: checkpoints/ holds this run's):",
+                      *(f"  {command}" for command in self.rerun)]
         return "\n".join(lines)
 
 
@@ -245,7 +257,18 @@ def run_quickstart(workdir: Path, settings: Settings = Settings(), debug: bool =
         times[step.name] = time.perf_counter() - start
         print(f"({step.name}: {times[step.name]:.1f} s)", file=out, flush=True)
     first, last = losses(layout.checkpoints / METRICS)
-    return Report(layout, times, first, last, settings.prompt, completion(printed))
+    rerun = steps(layout, settings, _unused(layout.root / "checkpoints-2"))
+    return Report(layout, times, first, last, settings.prompt, completion(printed), tuple(s.command for s in rerun),
+                  terminal_plot([read_curves(layout.checkpoints)]))
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or the first of `path-2`, `path-3`, ... that does not exist."""
+    number = 2
+    while path.exists():
+        number += 1
+        path = path.with_name(f"{path.name.rsplit('-', 1)[0]}-{number}")
+    return path
 
 
 def losses(metrics: Path) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 from compiler.frontend.source import Source
 
@@ -12,8 +13,9 @@ def names() -> list[str]:
 
 
 def source(name: str) -> Source:
-    """The RDL source of zoo model `name` (KeyError if there is none); locations read `zoo/<name>.rdl`."""
+    """The RDL source of zoo model `name` (KeyError if there is none); its locations record the file's
+    absolute path (shown relative to the working directory when below it, so an editor opens it)."""
     if name not in names():
         raise KeyError(name)
-    text = resources.files(__package__).joinpath(f"{name}.rdl").read_text(encoding="utf-8")
-    return Source(text, f"zoo/{name}.rdl")
+    path = resources.files(__package__).joinpath(f"{name}.rdl")
+    return Source(path.read_text(encoding="utf-8"), str(Path(str(path)).resolve()))

@@ -23,8 +23,8 @@ def test_compile_writes_the_named_pef_and_stats(tmp_path, capsys):
     assert f"PEF file {path} created" in out
     pef = read_pef(path)
     assert len(pef.sections) == len(pef.kernels)
-    assert f"kernels {len(pef.kernels)}, sections {len(pef.kernels)}" in out
-    assert "target rdu-mini: 1 chip(s) x 4 tile(s) = 64 PCUs, 64 PMUs" in out
+    assert f"kernels: {len(pef.kernels)} in {len(pef.kernels)} sections" in out
+    assert "target rdu-mini: 1 chip(s) x 4 tile(s) = 64 PCUs and 64 PMUs available" in out
     assert "modeled off-chip traffic:" in out
     options = {o.name: (o.value, o.recompile) for o in pef.header.options}
     assert options["target"] == ("rdu-mini", True) and options["pack_sections"] == (False, True)

@@ -1,8 +1,11 @@
 """Model config: Hydra overrides, YAML files, precedence, pydantic validation, the compile driver."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from compiler import zoo
 from compiler.config import Field, Schema, Setting, load_yaml, parse_overrides, resolve
 from compiler.driver import CompileOptions, compile_model, find_model
 from ir.errors import ConfigError, FrontendError
@@ -104,8 +107,9 @@ def test_driver_finds_files_zoo_models_and_folders(tmp_path):
     rdl = tmp_path / "m.rdl"
     rdl.write_text("input x: f32[2]\noutput y = x * 2.0")
     assert compile_model(CompileOptions(model=str(rdl), inference=True, emit="ir")).graph.name == "m"
-    assert find_model("gpt2").source.filename == "zoo/gpt2.rdl"
-    assert find_model("tests/fixtures/hf/llama-tiny").source.filename == "zoo/llama.rdl"
+    zoo_folder = Path(zoo.__file__).parent.resolve()
+    assert find_model("gpt2").source.filename == str(zoo_folder / "gpt2.rdl")  # openable from anywhere
+    assert find_model("tests/fixtures/hf/llama-tiny").source.filename == str(zoo_folder / "llama.rdl")
     with pytest.raises(ConfigError, match=r"unknown model 'lama'.*did you mean llama"):
         find_model("lama")
     with pytest.raises(FrontendError, match="cannot read model file"):

@@ -56,7 +56,8 @@ def test_text_output(capsys, pef):
     # ids 92 87 10 10 10 112 10 6 50 21 105 6 as bytes: newlines kept, other control characters escaped
     assert out.startswith("Completion: \\W\n\n\np\n\\x062\\x15i\\x06\n")
     lines = out.splitlines()
-    assert re.fullmatch(r"time to first token \d+\.\d{4} s", lines[-2])
+    assert re.fullmatch(r"time to first token \d+\.\d{4} s \(prefill and first draw; before it, compiling the kernels "
+                        r"and loading the weights took \d+\.\d\d s: a user waited \d+\.\d\d s\)", lines[-2])
     assert re.fullmatch(r"tokens/second \d+\.\d", lines[-1])
 
 

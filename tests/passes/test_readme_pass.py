@@ -32,20 +32,24 @@ def test_readme_pass_example(tmp_path, monkeypatch):
     plugin = next(body for lang, body in blocks if lang == "python")
     ir = next(body for lang, body in blocks if lang == "" and body.startswith("graph @"))
     console = next(body for lang, body in blocks if lang == "console")
-    (tmp_path / "div_to_mul.py").write_text(plugin)
-    (tmp_path / "scale.ir").write_text(ir)
+    plugin_file = re.search(r"Save this as `([^`]+)`", _section())[1]
+    ir_file = re.search(r"this IR as `([^`]+)`", _section())[1]
+    assert plugin_file == "out/div_to_mul.py" and ir_file == "out/scale.ir"  # in the README's ignored folder
+    (tmp_path / "out").mkdir()
+    (tmp_path / plugin_file).write_text(plugin)
+    (tmp_path / ir_file).write_text(ir)
     command, *expected = console.splitlines()
     monkeypatch.chdir(tmp_path)
     code, out, err = _run(command.removeprefix("$ "))
     assert code == 0, err
     assert out == ""
     assert err.rstrip("\n").splitlines() == expected
-    result = (tmp_path / "scale.opt.ir").read_text()
+    result = (tmp_path / "out" / "scale.opt.ir").read_text()
     assert "mul(%x" in result and "value = 4.0" not in result
 
-    code, listed, _ = _run("rduflow passes --load-pass div_to_mul.py")
+    code, listed, _ = _run(f"rduflow passes --load-pass {plugin_file}")
     assert code == 0 and "div-to-mul" in listed and "exact-only: bool = true" in listed
-    code, _, err = _run("rduflow opt scale.ir --load-pass div_to_mul.py -p div-to-mul{exact-only=false} "
-                        "--verify-semantics --pass-statistics -o out.ir")
+    code, _, err = _run(f"rduflow opt {ir_file} --load-pass {plugin_file} -p div-to-mul{{exact-only=false}} "
+                        "--verify-semantics --pass-statistics -o out/out.ir")
     assert code == 0, err
     assert re.search(r"div-to-mul\.rewritten\s*│\s*2\s*│", err)

@@ -1,7 +1,7 @@
 """The "Chat and serve" section of README.md runs as written.
 
 Its commands run in order in a temporary folder standing in for the repository root, with
-`gpt2-tiny-finetuned/checkpoint-100` (made by the README's fine-tuning section) replaced by
+`out/gpt2-tiny-finetuned/checkpoint-100` (made by the README's fine-tuning section) replaced by
 the tiny checkpoint with the same ASCII tokenizer and no chat template. `rduflow serve ... &`
 starts the real command in a subprocess on a free port (the README's 8000 may be taken),
 `curl` lines are sent with httpx to that port, and the ```python block runs against it.
@@ -51,7 +51,7 @@ def test_readme_chat_and_serve(tmp_path, monkeypatch):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).symlink_to(ROOT / path)
     monkeypatch.chdir(tmp_path)
-    make_checkpoint(tmp_path / "gpt2-tiny-finetuned" / "checkpoint-100", template=None)
+    make_checkpoint(tmp_path / "out" / "gpt2-tiny-finetuned" / "checkpoint-100", template=None)
     assert main(["compile", str(GPT2), "--inference", "-b", "1", "-o", "out", "--pef-name", "gpt2-tiny-generate"]) == 0
     blocks = section_blocks()
     assert [language for language, _ in blocks] == ["sh", "sh", "python"]

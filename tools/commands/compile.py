@@ -19,7 +19,7 @@ from runtime.cost_model import scaling_lines
 from runtime.gguf import read_gguf
 from tools import cli
 from tools.backend_options import add_backend_options, backend_options, write_output
-from tools.dot import graph_to_dot
+from tools.dot import graph_to_dot, render_svg
 from tools.pass_options import add_pass_options, pass_manager_from_args
 
 
@@ -39,7 +39,7 @@ def _intermixed(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compile", help="compile a model: an .rdl file, a zoo model, a Hugging Face checkpoint folder or a .gguf file",
+        "compile",
         description="Compile MODEL (an .rdl file, a zoo model name, a Hugging Face checkpoint folder "
                     "whose config.json picks the zoo model and its sizes, or a .gguf file whose metadata "
                     "does the same). Model config fields are set "
@@ -58,9 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "read them into f32 sums (bf16 halves the bytes a decode step streams; "
                              "q8_0/q4_0/q4_1: GGUF's 32-weight blocks, 8.5/4.5/5 bits a weight, for the matrices "
                              "only matmuls read, the rest f16; default: f32)")
-    parser.add_argument("--emit", choices=("ir", "ir-opt", "dot"),
+    parser.add_argument("--emit", choices=("ir", "ir-opt", "dot", "svg"),
                         help="ir: print the IR after the frontend (and autodiff) and stop; ir-opt: the IR "
-                             "after the passes; dot: a Graphviz view of the IR after the passes")
+                             "after the passes; dot: a Graphviz view of the IR after the passes; svg: that view "
+                             "drawn by Graphviz's dot (apt-get install graphviz)")
     parser.add_argument("--no-locs", dest="locs", action="store_false",
                         help="print the IR without source locations")
     parser.add_argument("--entry", choices=("prefill", "decode"),
@@ -94,8 +95,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                        help="with --data-parallel: model the all-reduce over RDU-to-RDU links instead of "
                             "through the hosts")
     group.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), metavar=("B1", "B2"),
-                       help=cli.debug_help("AdamW's betas (default: 0.9 0.999)"))
-    group.add_argument("--eps", type=float, default=1e-8, help=cli.debug_help("AdamW's epsilon (default: 1e-8)"))
+                       help="AdamW's betas (default: 0.9 0.999)")
+    group.add_argument("--eps", type=float, default=1e-8, help="AdamW's epsilon (default: 1e-8)")
 
 
 def training_options(args: argparse.Namespace) -> TrainingOptions:
@@ -132,8 +133,9 @@ def main(args: argparse.Namespace) -> int:
     if args.emit in ("ir", "ir-opt"):
         sys.stdout.write(print_graph(graph, with_locs=args.locs))
         return 0
-    if args.emit == "dot":
-        sys.stdout.write(graph_to_dot(graph))
+    if args.emit in ("dot", "svg"):
+        dot = graph_to_dot(graph)
+        sys.stdout.write(render_svg(dot) if args.emit == "svg" else dot)
         return 0
     write_output(args, result.pef)
     if args.stats:  # fusion, tiles and the memory plan, per section (after the backend's report)

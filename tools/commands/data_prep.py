@@ -13,7 +13,7 @@ from tools.data_prep.config import DEFAULT_MAX_SEQ_LENGTH
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "data-prep", help="tokenize and pack text or jsonl into HDF5 training data",
+        "data-prep",
         description="Tokenize .txt (a line is a completion) or .jsonl (prompt/completion objects, or a list of "
                     "them per line) input, a file or a folder of them, pack the tokens into sequences and "
                     "write train/dev HDF5 files, test jsonl, metadata.yaml and tokenizer/, as SambaNova's "

@@ -8,25 +8,27 @@ import tempfile
 from pathlib import Path
 
 from ir.errors import IRError, RduflowError
+from ir.files import honour_umask
 from ir.parser import parse_with_positions
 from ir.printer import print_graph
 from ir.verifier import verify
 from tools import cli
-from tools.dot import graph_to_dot
+from tools.dot import graph_to_dot, render_svg
 from tools.pass_options import add_pass_options, pass_manager_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "opt", help="run a pass pipeline on an IR file and print the result",
+        "opt",
         description="Read IR text (FILE, or - for stdin), verify it, run the pass pipeline and write "
                     "the resulting IR to stdout or -o. With no pipeline the IR is only verified and "
                     "re-printed. IR dumps, timing and statistics go to stderr.")
     parser.add_argument("file", metavar="FILE.ir", help="IR text file, or - for stdin")
     parser.add_argument("-o", "--output", type=Path, metavar="OUT", help="write here instead of stdout")
-    parser.add_argument("--emit", choices=("ir", "dot"), default="ir",
+    parser.add_argument("--emit", choices=("ir", "dot", "svg"), default="ir",
                         help="ir: the IR text form (default); dot: a Graphviz view with fused regions "
-                             "as clusters and phases as colors")
+                             "as clusters and phases as colors; svg: that view drawn by Graphviz's dot "
+                             "(apt-get install graphviz)")
     parser.add_argument("--no-locs", dest="locs", action="store_false", help="print the IR without locations")
     add_pass_options(parser, pipeline_flags=("-p", "--passes"), default_level=None)
     cli.add_debug_flag(parser)
@@ -50,6 +52,7 @@ def write_atomically(path: Path, text: str) -> None:
     except OSError as err:
         raise RduflowError(f"cannot write '{path}': {err.strerror}") from None
     try:
+        honour_umask(fd)
         with os.fdopen(fd, "w") as out:
             out.write(text)
             out.flush()
@@ -68,7 +71,8 @@ def main(args: argparse.Namespace) -> int:
     graph, positions = parse_with_positions(_read(args.file), filename)
     verify(graph, positions)
     graph = pm.run(graph)
-    text = graph_to_dot(graph) if args.emit == "dot" else print_graph(graph, with_locs=args.locs)
+    text = print_graph(graph, with_locs=args.locs) if args.emit == "ir" else graph_to_dot(graph)
+    text = render_svg(text) if args.emit == "svg" else text
     if args.output is None:
         sys.stdout.write(text)
     else:

@@ -19,7 +19,7 @@ WIDTH = 160
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "passes", help="list the passes, their options and the -O pipelines",
+        "passes",
         description="List every registered pass (built-in, from the rduflow.passes entry points, and "
                     "from --load-pass files) with its options and a one-line description.")
     parser.add_argument("--load-pass", action="append", default=[], metavar="FILE.py", type=Path,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from backend.pef import PEF, read_pef
@@ -13,11 +13,17 @@ from backend.report import info
 from backend.schema import encode
 from backend.text import format_kernel
 from ir.errors import ConfigError
+from runtime.profile import table_console
 from tools import cli
 
 
+#: the indent of wrapped lines, and the width they wrap at (a terminal's, if narrower)
+INDENT = " " * 9
+WRAP = 100
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("pef", help="show what a PEF file holds",
+    parser = subparsers.add_parser("pef",
                                    description="Inspect a compiled program (PEF file).")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = actions.add_parser("info", help="header, symbols, sections with resources, sizes, off-chip traffic",
@@ -52,7 +58,7 @@ def main_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    console = Console(highlight=False)
+    console = table_console()
     t = data["target"]
     console.print(f"PEF {args.pef} ({data['sizes']['file']:,} bytes, format {data['format_version']}, "
                   f"rduflow {data['tool_version']})")
@@ -62,8 +68,7 @@ def main_info(args: argparse.Namespace) -> int:
     if data["source_sha256"]:
         console.print(f"source   sha256 {data['source_sha256']}")
     if data["options"]:
-        console.print("options  " + ", ".join(f"{o['name']}={o['value']}" + (" (recompile)" if o["recompile"] else "")
-                                              for o in data["options"]))
+        console.print(_options(data["options"], console.width))
     console.print(_symbols(data["symbols"]))
     console.print(_sections(data["sections"]))
     sizes, traffic = data["sizes"], data["offchip_traffic"]
@@ -76,6 +81,16 @@ def main_info(args: argparse.Namespace) -> int:
                       "inputs " + ", ".join(f"{s['name']} {_shape(s)}" for s in entry["inputs"]) +
                       "; outputs " + ", ".join(f"{s['name']} {_shape(s)}" for s in entry["outputs"]))
     return 0
+
+
+def _options(options: list[dict], width: int) -> str:
+    """The compile options, wrapped under an indent; those whose change needs no recompile are marked."""
+    text = ", ".join(f"{o['name']}={o['value']}" + ("" if o["recompile"] else " (no recompile)") for o in options)
+    fixed = all(o["recompile"] for o in options)
+    head = "options  changing any of these needs a recompile (run-time inputs, such as lr, do not):" if fixed else \
+        "options  changing these needs a recompile, unless marked (no recompile):"
+    return head + "\n" + textwrap.fill(text, width=min(width, WRAP), initial_indent=INDENT, subsequent_indent=INDENT,
+                                       break_on_hyphens=False, break_long_words=False)
 
 
 def _symbols(symbols: dict) -> Table:

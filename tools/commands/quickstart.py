@@ -11,7 +11,7 @@ from tools.quickstart import Settings, StepFailed, run_quickstart
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "quickstart", help="the whole workflow on a bundled Shakespeare play, in about half a minute",
+        "quickstart",
         description="Prepare a bundled public-domain corpus (A Midsummer Night's Dream), compile a small "
                     "GPT-2 for training, train it (the loss falls), compile it for inference and generate "
                     "a sample. Each step's rduflow command is printed before it runs, so you can repeat "
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the work folder (default: ./rduflow-quickstart); a non-empty folder "
                              "not made by the quickstart is refused, its own is reused")
     parser.add_argument("--num-steps", type=cli.positive_int, default=Settings().num_steps, metavar="N",
-                        help=cli.debug_help(f"training steps (default: {Settings().num_steps})"))
+                        help=f"training steps (default: {Settings().num_steps})")
     cli.add_debug_flag(parser)
     parser.set_defaults(func=main)
 

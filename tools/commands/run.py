@@ -25,27 +25,35 @@ from ir.errors import ConfigError, RduflowError
 from runtime import distributed
 from runtime.checkpoint import weight_files
 from runtime.cost_model import estimate, scaling_lines
-from runtime.profile import print_profile, write_trace
+from runtime.profile import print_profile, table_console, write_trace
 from runtime.program import Program, load
 from runtime.schedules import SCHEDULES
-from runtime.train import TrainConfig, Trainer
+from runtime.train import TrainConfig, Trainer, TrainResult
 from tools import cli
-from tools.generation import add_inference_options, check_mode, run_inference
+from tools.generation import add_inference_options, check_mode, profile_top, run_inference
+from tools.plot import PNG_NAME, png_available, read_curves, result_curves, terminal_plot, write_png
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "run", help="run a PEF: train with a training PEF, generate with an inference PEF",
+        "run",
         description="Run a compiled PEF. A training PEF trains on HDF5 data (a data-prep folder or one "
                     ".hdf5 file whose datasets are named after the PEF's inputs), optionally starting from "
                     "a Hugging Face or rduflow checkpoint, and saves Hugging Face checkpoints. An inference "
-                    "PEF of a model with a KV cache (--inference) completes prompts.")
+                    "PEF of a model with a KV cache completes prompts. The PEF's mode decides which: "
+                    "options of the other mode are refused.")
     parser.add_argument("pef", type=Path, metavar="PEF", help="the compiled program (.pef)")
     _add_common_options(parser.add_argument_group("all modes"))
     training = _add_training_options(parser.add_argument_group("training (a training PEF)"))
-    add_inference_options(parser.add_argument_group("generation (an inference PEF of a model with a KV cache)"))
+    generation = add_inference_options(parser.add_argument_group("generation (an inference PEF of a model with a "
+                                                                 "KV cache)"))
     cli.add_debug_flag(parser)
-    parser.set_defaults(func=main, training_options=tuple((a.dest, a.default, a.option_strings[0]) for a in training))
+    parser.set_defaults(func=main, mode_options={"train": _defaults(training), "inference": _defaults(generation)})
+
+
+def _defaults(actions: list[argparse.Action]) -> tuple[tuple[str, object, str], ...]:
+    """(dest, default, flag) of each option: a run of another mode refuses those given."""
+    return tuple((a.dest, a.default, a.option_strings[0]) for a in actions)
 
 
 def _add_common_options(group: argparse._ArgumentGroup) -> None:
@@ -56,6 +64,9 @@ def _add_common_options(group: argparse._ArgumentGroup) -> None:
                        help="seed of the initializers, of the data order and of sampling (default: 0)")
     group.add_argument("--profile", action="store_true",
                        help="print host time and modeled RDU time per kernel and section")
+    group.add_argument("--profile-top", type=cli.non_negative_int, default=20, metavar="N",
+                       help="with --profile: list the N kernels slowest on the host, 0 for all (default: 20; "
+                            "--json lists all)")
     group.add_argument("--trace", type=Path, metavar="FILE.json",
                        help="write a Chrome/Perfetto trace of the host and the modeled RDU timelines")
     group.add_argument("--target", metavar="NAME|FILE.yaml",
@@ -102,11 +113,17 @@ def _add_training_options(group: argparse._ArgumentGroup) -> list[argparse.Actio
 def main(args: argparse.Namespace) -> int:
     pef = read_pef(args.pef)
     check_mode(args, pef)
-    given = [flag for dest, default, flag in args.training_options if getattr(args, dest) != default]
-    if pef.header.mode != "train" and given:
-        raise ConfigError(f"{given[0]} is a training option, but {args.pef} is an {pef.header.mode} PEF")
+    mode = pef.header.mode
+    for other, options in args.mode_options.items():
+        given = [flag for dest, default, flag in options if getattr(args, dest) != default]
+        if other != mode and given:
+            raise ConfigError(f"{given[0]} is {_MODE_NAMES[other]} option, but {args.pef} is {_MODE_NAMES[mode]} "
+                              f"PEF (its mode, set at compile time, decides what the run does)")
     _check_paths(args)
     return MODES[pef.header.mode](args, pef)
+
+
+_MODE_NAMES = {"train": "a training", "inference": "an inference"}
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -198,16 +215,28 @@ def _train(args: argparse.Namespace, pef: PEF, replicas: distributed.Replicas | 
                       f"rows, batch {trainer.batch_size}{ranks}, {trainer.total_steps} steps ({trainer.num_epochs} "
                       f"epoch(s))")
         with reporter:
-            trainer.run()
+            result = trainer.run()
+    if writer:
+        _draw_curves(config.save_dir, result)
     if profiling and writer:
         report = estimate(pef, target)
         if args.profile:
-            print_profile(program.program.profile, report)
+            print_profile(program.program.profile, report, table_console(), profile_top(args))
             print("\n".join(scaling_lines(pef, target)))
         if args.trace is not None:
             write_trace(args.trace, program.program.profile, report)
             print(f"Trace written to {args.trace}")
     return 0
+
+
+def _draw_curves(save_dir: Path | None, result: TrainResult) -> None:
+    """The loss curves in the terminal; with a save folder, also loss.png beside the metrics (with matplotlib)."""
+    runs = [read_curves(save_dir) if save_dir is not None else result_curves(result)]
+    if len(runs[0].steps) < 2:
+        return
+    print(terminal_plot(runs, colors=sys.stdout.isatty()))
+    if save_dir is not None and png_available():
+        print(f"Loss curves drawn in {write_png(runs, save_dir / PNG_NAME)}")
 
 
 class _Program:

@@ -24,7 +24,7 @@ from tools import cli
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "serve", help="serve a generation PEF over the OpenAI API (continuous batching)",
+        "serve",
         description="Serve an inference PEF of a model with a KV cache over HTTP, as the OpenAI API: "
                     "GET /v1/models, POST /v1/completions, POST /v1/chat/completions (the checkpoint's chat "
                     "template), GET /health, GET /metrics (Prometheus). The PEF's batch rows (-b at compile "

@@ -14,7 +14,7 @@ from tools import cli
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "targets", help="list the RDU target presets (or describe a target file)",
+        "targets",
         description="List the RDU target presets, or describe the targets named (presets or YAML files). "
                     "Pass one to `rduflow compile --target`.")
     parser.add_argument("names", nargs="*", metavar="NAME|FILE.yaml", help="targets to describe (default: all presets)")
