@@ -56,9 +56,9 @@ CASES = [
     ("attribute-bad-dtype", "add(%x, @w)", "cast(%x) {dtype = f64}", "'cast': attribute 'dtype' expects dtype, got 'f64'",
      4, 18),
     ("unknown-dtype", "f32[3] = normal", "f64[3] = normal",
-     "unknown dtype 'f64' (expected one of f32, bf16, f16, i32, i64, bool)", 3, 14),
+     "unknown dtype 'f64' (expected one of f32, bf16, f16, i32, i64, bool, q8_0, q4_0, q4_1)", 3, 14),
     ("unknown-dtype-in-op", ": f32[2,3]\n  output", ": float[2,3]\n  output",
-     "unknown dtype 'float' (expected one of f32, bf16, f16, i32, i64, bool)", 4, 22),
+     "unknown dtype 'float' (expected one of f32, bf16, f16, i32, i64, bool, q8_0, q4_0, q4_1)", 4, 22),
     ("unknown-initializer", "normal(std=0.02)", "gaussian(std=0.02)",
      "unknown initializer 'gaussian' (expected one of zeros, ones, constant, normal, uniform, xavier_uniform, "
      "xavier_normal, glorot_uniform, glorot_normal, kaiming_uniform)", 3, 23),
