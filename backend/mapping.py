@@ -23,7 +23,7 @@ from backend.kernel_program import (
     loop_nest)
 from backend.targets import Target
 from ir.dtypes import DType
-from ir.errors import BackendError, ConfigError
+from ir.errors import BackendError, ConfigError, display_location
 
 
 @attrs.frozen
@@ -186,7 +186,7 @@ def check_fits(program: KernelProgram, needs: Needs, limit: Budget, target: Targ
     """BackendError naming the kernel if it cannot fit even alone."""
     if needs.pcus <= limit.pcus and needs.pmus <= limit.pmus:
         return
-    where = f" ({program.loc})" if program.loc else ""
+    where = f" ({display_location(program.loc)})" if program.loc else ""
     raise BackendError(
         f"kernel '{program.name}'{where} needs {needs.pcus} PCUs and {needs.pmus} PMUs, but the program may use "
         f"{limit.describe(target)}: use more --n-chips or --num-tiles, a larger --target, or smaller tiles")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import attrs
 
 from backend.kernel_program import Access, Affine, Body, KernelProgram, Stage
+from ir.errors import display_location
 
 
 def _dims(shape) -> str:
@@ -64,7 +65,7 @@ def _params(stage: Stage) -> str:
 
 
 def format_kernel(program: KernelProgram, section: int | None = None) -> str:
-    where = ", ".join(x for x in (program.op, program.phase, program.loc) if x)
+    where = ", ".join(x for x in (program.op, program.phase, display_location(program.loc)) if x)
     schedule, cost = program.schedule, program.cost
     head = (f"kernel {program.name} ({where}): {len(program.stages)} stage(s), {schedule.pcus} PCUs, "
             f"{schedule.pmus} PMUs, {cost.flops:,} flops")

@@ -6,6 +6,7 @@ A user's mistake raises a subclass of `RduflowError`; the CLI prints its one-lin
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import re
 from typing import Callable
 
@@ -30,16 +31,33 @@ class Location:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+#: the folder holding rduflow's packages: a relative recorded file name found below it (the zoo
+#: records `compiler/zoo/gpt2.rdl`) is the same in every checkout, so PEFs do not depend on where
+#: rduflow is installed
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
 def display_path(file: str) -> str:
-    """A recorded file name as a user opens it from the working directory: an absolute path
-    below it becomes relative (`compiler/zoo/gpt2.rdl` from the repository root); others stay."""
-    if not os.path.isabs(file):
-        return file
+    """A recorded file name as a user opens it from the working directory: a file of rduflow's own
+    (recorded relative to `SOURCE_ROOT`) or an absolute path is shown relative to the working
+    directory when below it and absolute otherwise; any other name as recorded."""
+    path = Path(file)
+    if not path.is_absolute():
+        if path.exists() or not (SOURCE_ROOT / path).is_file():
+            return file
+        path = SOURCE_ROOT / path
     try:
-        relative = os.path.relpath(file)
+        relative = os.path.relpath(path)
     except ValueError:  # another drive
-        return file
-    return file if relative.startswith("..") else relative
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def display_location(text: str) -> str:
+    """A recorded `file:line:col` (as a PEF stores a kernel's) with its file as `display_path` shows it."""
+    file, sep, rest = text.rpartition(":")
+    file, sep2, line = file.rpartition(":")
+    return f"{display_path(file)}:{line}:{rest}" if sep and sep2 else text
 
 
 class RduflowError(Exception):

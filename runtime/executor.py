@@ -23,7 +23,7 @@ from backend import kernel_program as kp
 from backend.memory import Allocation, temp_symbol
 from backend.pef import PEF
 from ir.dtypes import DType
-from ir.errors import ExecutionError
+from ir.errors import ExecutionError, display_location
 from runtime.jit.codegen import ERRORS
 from runtime.jit.library import Jit, NativeKernel
 from runtime.jit.parallel import Parallel
@@ -166,7 +166,7 @@ class Executor:
             status = self.parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces)
             if status:
                 program = kernel.program
-                where = f" at {program.loc}" if program.loc else ""
+                where = f" at {display_location(program.loc)}" if program.loc else ""
                 raise ExecutionError(f"kernel '{program.name}' ('{program.op}'{where}): "
                                      f"{ERRORS.get(status, f'error {status}')}")
 

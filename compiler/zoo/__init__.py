@@ -5,6 +5,7 @@ from importlib import resources
 from pathlib import Path
 
 from compiler.frontend.source import Source
+from ir.errors import SOURCE_ROOT
 
 
 def names() -> list[str]:
@@ -14,8 +15,9 @@ def names() -> list[str]:
 
 def source(name: str) -> Source:
     """The RDL source of zoo model `name` (KeyError if there is none); its locations record the file's
-    absolute path (shown relative to the working directory when below it, so an editor opens it)."""
+    path below rduflow's source root (`compiler/zoo/gpt2.rdl`, the same in every checkout), which
+    `ir.errors.display_path` shows as an editor opens it from the working directory."""
     if name not in names():
         raise KeyError(name)
     path = resources.files(__package__).joinpath(f"{name}.rdl")
-    return Source(path.read_text(encoding="utf-8"), str(Path(str(path)).resolve()))
+    return Source(path.read_text(encoding="utf-8"), Path(str(path)).resolve().relative_to(SOURCE_ROOT).as_posix())
