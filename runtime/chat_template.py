@@ -23,7 +23,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ir.errors import DataError, first_line
 from runtime.gguf_model import is_gguf, tokenizer_config
-from runtime.tokenizer import CONFIG_FILE, _read_config, _token_name
+from runtime.tokenizer import CONFIG_FILE, read_tokenizer_config, token_name
 
 TEMPLATE_FILE = "chat_template.jinja"
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
@@ -47,13 +47,13 @@ class ChatTemplate:
         """The template of a checkpoint or tokenizer folder (or a GGUF file's `tokenizer.chat_template`),
         or None if it declares none."""
         folder = Path(path)
-        config = tokenizer_config(folder) if is_gguf(folder) and folder.is_file() else _read_config(folder)
+        config = tokenizer_config(folder) if is_gguf(folder) and folder.is_file() else read_tokenizer_config(folder)
         template = _config_template(config, folder / CONFIG_FILE)
         if template is None and (folder / TEMPLATE_FILE).is_file():
             template = (folder / TEMPLATE_FILE).read_text(encoding="utf-8")
         if template is None:
             return None
-        specials = {key: name for key in SPECIAL_TOKEN_KEYS if (name := _token_name(config.get(key)))}
+        specials = {key: name for key in SPECIAL_TOKEN_KEYS if (name := token_name(config.get(key)))}
         return cls(template, specials)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True, **variables: Any) -> str:

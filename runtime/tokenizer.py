@@ -134,12 +134,12 @@ class HFTokenizer(Tokenizer):
         self._config = config
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.eos_token = _pick_eos(backend, config, source)
-        self.pad_token = _token_name(config.get("pad_token")) or self.eos_token
+        self.pad_token = token_name(config.get("pad_token")) or self.eos_token
         if backend.token_to_id(self.pad_token) is None:
             raise DataError(f"{source}: pad_token {self.pad_token!r} is not in the vocabulary")
         self.eos_id = backend.token_to_id(self.eos_token)
         self.pad_id = backend.token_to_id(self.pad_token)
-        bos = _token_name(config.get("bos_token"))
+        bos = token_name(config.get("bos_token"))
         self.bos_id = backend.token_to_id(bos) if bos else None
 
     @property
@@ -211,7 +211,7 @@ def _from_folder(folder: Path) -> Tokenizer:
         return _from_tokenizer_json(folder / TOKENIZER_FILE)
     if (folder / VOCAB_FILE).is_file() and (folder / MERGES_FILE).is_file():
         return _from_vocab_merges(folder)
-    config = _read_config(folder)
+    config = read_tokenizer_config(folder)
     if config.get("tokenizer_class") == BYTE_CLASS:
         return ByteTokenizer()
     raise DataError(f"no tokenizer in {folder}: expected {TOKENIZER_FILE}, "
@@ -225,7 +225,7 @@ def _from_tokenizer_json(file: Path) -> Tokenizer:
         backend = Backend.from_file(str(file))
     except Exception as err:  # the library raises plain Exception for any bad file
         raise DataError(f"{file}: not a Hugging Face tokenizer file ({first_line(err)})") from err
-    return HFTokenizer(backend, _read_config(file.parent), str(file))
+    return HFTokenizer(backend, read_tokenizer_config(file.parent), str(file))
 
 
 def _from_vocab_merges(folder: Path) -> Tokenizer:
@@ -239,15 +239,15 @@ def _from_vocab_merges(folder: Path) -> Tokenizer:
     backend = Backend(model)
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    config = _read_config(folder)
-    specials = [t for t in (_token_name(config.get(k)) for k in ("eos_token", "pad_token")) if t]
+    config = read_tokenizer_config(folder)
+    specials = [t for t in (token_name(config.get(k)) for k in ("eos_token", "pad_token")) if t]
     specials += EOS_CANDIDATES
     backend.add_special_tokens([t for t in dict.fromkeys(specials) if model.token_to_id(t) is not None])
     return HFTokenizer(backend, config, str(folder))
 
 
 def _pick_eos(backend: Any, config: dict[str, Any], source: str) -> str:
-    configured = _token_name(config.get("eos_token"))
+    configured = token_name(config.get("eos_token"))
     if configured is not None:
         if backend.token_to_id(configured) is None:
             raise DataError(f"{source}: eos_token {configured!r} is not in the vocabulary")
@@ -259,14 +259,15 @@ def _pick_eos(backend: Any, config: dict[str, Any], source: str) -> str:
                     f"{', '.join(EOS_CANDIDATES)}); set eos_token in {CONFIG_FILE}")
 
 
-def _token_name(value: Any) -> str | None:
+def token_name(value: Any) -> str | None:
     """A special token as `tokenizer_config.json` gives it: a string or {"content": ...}."""
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) and value else None
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def read_tokenizer_config(folder: Path) -> dict[str, Any]:
+    """A folder's `tokenizer_config.json` as a dict ({} when there is none)."""
     file = folder / CONFIG_FILE
     if not file.is_file():
         return {}
