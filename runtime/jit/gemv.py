@@ -263,21 +263,29 @@ def _emit_dots(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> None:
     with b.goto_entry_block():
         acc = b.alloca(F32, ROWS, name="acc")
     slots = [b.gep(acc, [i64(i)]) for i in range(stage.m)]
+    with _unit_columns(stage, plan, b, lo, hi) as (batch, a_base, b_base, column):
+        for slot in slots:
+            b.store(ir.Constant(F32, 0.0), slot)
+        with cg.loop(b, 0, stage.k, name="dot") as p:
+            value = stage.b.load(b, ptrs, b_base, p, column)
+            for i, slot in enumerate(slots):
+                product = b.fmul(stage.a.load(b, ptrs, a_base, i64(i), p), value, flags=_FAST)
+                b.store(b.fadd(b.load(slot), product, flags=_FAST), slot)
+        for i, slot in enumerate(slots):
+            store_sum(stage, b, ptrs, batch, i64(i), column, b.load(slot))
+
+
+@contextlib.contextmanager
+def _unit_columns(stage, plan: Split, b: ir.IRBuilder, lo, hi) -> Iterator[tuple[ir.Value, ...]]:
+    """The loops over units `lo..hi` (entry, block of columns) and the block's columns; yields
+    (batch index, a's base, B's base, column) inside the column loop."""
     with cg.loop(b, lo, hi, name="unit") as unit:
         entry, block = cg.unravel(b, unit, (plan.entries, plan.chunks))
         batch = cg.unravel(b, entry, stage.batch)
         a_base, b_base = stage.a.base(b, batch), stage.b.base(b, batch)
         j0 = b.mul(block, i64(BLOCK))
         with cg.loop(b, j0, cg.imin(b, b.add(j0, i64(BLOCK)), i64(stage.n)), name="col") as column:
-            for slot in slots:
-                b.store(ir.Constant(F32, 0.0), slot)
-            with cg.loop(b, 0, stage.k, name="dot") as p:
-                value = stage.b.load(b, ptrs, b_base, p, column)
-                for i, slot in enumerate(slots):
-                    product = b.fmul(stage.a.load(b, ptrs, a_base, i64(i), p), value, flags=_FAST)
-                    b.store(b.fadd(b.load(slot), product, flags=_FAST), slot)
-            for i, slot in enumerate(slots):
-                store_sum(stage, b, ptrs, batch, i64(i), column, b.load(slot))
+            yield batch, a_base, b_base, column
 
 
 def reads_blocks(stage) -> bool:
@@ -298,33 +306,28 @@ def _emit_block_dots(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> None:
     a_row = stage.a.access.strides[-2]
     blocks = stage.k // BLOCK_SIZE
     pairs = blocks // 2 * 2
-    with cg.loop(b, lo, hi, name="unit") as unit:
-        entry, block = cg.unravel(b, unit, (plan.entries, plan.chunks))
-        batch = cg.unravel(b, entry, stage.batch)
-        a_base, b_base = stage.a.base(b, batch), stage.b.base(b, batch)
-        j0 = b.mul(block, i64(BLOCK))
-        with cg.loop(b, j0, cg.imin(b, b.add(j0, i64(BLOCK)), i64(stage.n)), name="col") as column:
-            for acc in (a for row in accs for a in row):
-                b.store(ir.Constant(_HALF, None), acc)
-            first = b.udiv(b.add(b_base, b.mul(column, i64(stage.b.access.strides[-1]))), i64(BLOCK_SIZE))
+    with _unit_columns(stage, plan, b, lo, hi) as (batch, a_base, b_base, column):
+        for acc in (a for row in accs for a in row):
+            b.store(ir.Constant(_HALF, None), acc)
+        first = b.udiv(b.add(b_base, b.mul(column, i64(stage.b.access.strides[-1]))), i64(BLOCK_SIZE))
 
-            def add_block(kb: ir.Value, parity: int) -> None:
-                weights = _widen_block(b, b.gep(b_ptr, [b.mul(b.add(first, kb), i64(dtype.itemsize))]), dtype)
-                for i, row in enumerate(accs):
-                    at = b.add(a_base, b.add(i64(i * a_row), b.mul(kb, i64(BLOCK_SIZE))))
-                    for h, part in enumerate(weights):
-                        x = b.load(b.bitcast(b.gep(a_ptr, [b.add(at, i64(16 * h))]), _HALF.as_pointer()), align=4)
-                        acc = row[2 * parity + h]
-                        b.store(b.fadd(b.load(acc), b.fmul(x, part, flags=_FAST), flags=_FAST), acc)
-            with cg.loop(b, 0, pairs, 2, name="blk") as kb:
-                add_block(kb, 0)
-                add_block(b.add(kb, i64(1)), 1)
-            with cg.loop(b, pairs, blocks, name="last") as kb:
-                add_block(kb, 0)
+        def add_block(kb: ir.Value, parity: int) -> None:
+            weights = _widen_block(b, b.gep(b_ptr, [b.mul(b.add(first, kb), i64(dtype.itemsize))]), dtype)
             for i, row in enumerate(accs):
-                sums = [b.load(acc) for acc in row]
-                total = b.fadd(b.fadd(sums[0], sums[2]), b.fadd(sums[1], sums[3]))
-                store_sum(stage, b, ptrs, batch, i64(i), column, _tree_sum(b, total))
+                at = b.add(a_base, b.add(i64(i * a_row), b.mul(kb, i64(BLOCK_SIZE))))
+                for h, part in enumerate(weights):
+                    x = b.load(b.bitcast(b.gep(a_ptr, [b.add(at, i64(16 * h))]), _HALF.as_pointer()), align=4)
+                    acc = row[2 * parity + h]
+                    b.store(b.fadd(b.load(acc), b.fmul(x, part, flags=_FAST), flags=_FAST), acc)
+        with cg.loop(b, 0, pairs, 2, name="blk") as kb:
+            add_block(kb, 0)
+            add_block(b.add(kb, i64(1)), 1)
+        with cg.loop(b, pairs, blocks, name="last") as kb:
+            add_block(kb, 0)
+        for i, row in enumerate(accs):
+            sums = [b.load(acc) for acc in row]
+            total = b.fadd(b.fadd(sums[0], sums[2]), b.fadd(sums[1], sums[3]))
+            store_sum(stage, b, ptrs, batch, i64(i), column, _tree_sum(b, total))
 
 
 def _widen_block(b: ir.IRBuilder, block: ir.Value, dtype: DType) -> tuple[ir.Value, ir.Value]:
