@@ -5,9 +5,10 @@ import json
 
 import numpy as np
 import pytest
+from planned_backend import build_pef
 from rich.console import Console
 
-from backend.driver import BackendOptions, build_pef
+from backend.driver import BackendOptions
 from backend.pef.targets import load_target
 from ir.builder import Builder
 from ir.dtypes import f32, i32
