@@ -8,7 +8,7 @@ inside the test suite, or would take too long, is in `MAPPING`: the README's exa
 and what this test does instead. `EXPECTED` holds what some commands must print.
 
 The "Writing a pass" section (```python, IR and ```console blocks) is run by
-tests/passes/test_readme_pass.py; any other kind of block here is an error, so no
+tests/compiler/pass_manager/test_readme_pass.py; any other kind of block here is an error, so no
 command in the README goes untested.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tools.cli import main
 REPO = Path(__file__).parents[1]
 README = REPO / "README.md"
 PASS_SECTION = "## Writing a pass"
-SERVE_SECTION = "## Chat and serve (OpenAI API)"  # run by tests/serve/test_readme_serve.py (it starts a server)
+SERVE_SECTION = "## Chat and serve (OpenAI API)"  # run by tests/tools/serve/test_readme_serve.py (it starts a server)
 LINKED = ("tests/fixtures", "tools/data")
 #: the folders the README's commands write into (all ignored by git)
 IGNORED = ("out", "rduflow-quickstart", "models")

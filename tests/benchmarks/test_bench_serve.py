@@ -11,9 +11,7 @@ tokens over the round's wall time (HTTP, prefill and queueing included).
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import openai
@@ -25,10 +23,8 @@ from runtime.program import load
 from runtime.sampling import SamplingOptions
 from runtime.serving import Engine
 from runtime.tokenizer import ByteTokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from serve_helpers import live_server  # noqa: E402
-from tools.serve import Model  # noqa: E402
+from serve_helpers import live_server
+from tools.serve import Model
 
 pytestmark = pytest.mark.slow
 
