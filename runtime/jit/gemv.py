@@ -228,11 +228,12 @@ def _accumulate(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, bases, depth, j0
     for i in range(stage.m):
         with cg.loop(b, 0, width, name=f"z{i}") as j:
             b.store(zero, b.gep(acc, [b.add(i64(i * plan.width), j)]))
+    rows_pass = _blocks_pass if column_blocks(stage, plan) else _rows_pass
     whole = b.add(p0, b.mul(b.udiv(b.sub(p1, p0), i64(DEPTH)), i64(DEPTH)))
     with cg.loop(b, p0, whole, DEPTH, name="p") as p:
-        _rows_pass(stage, plan, b, ptrs, acc, bases, j0, width, [b.add(p, i64(d)) for d in range(DEPTH)])
+        rows_pass(stage, plan, b, ptrs, acc, bases, j0, width, [b.add(p, i64(d)) for d in range(DEPTH)])
     with cg.loop(b, whole, p1, name="pr") as p:
-        _rows_pass(stage, plan, b, ptrs, acc, bases, j0, width, [p])
+        rows_pass(stage, plan, b, ptrs, acc, bases, j0, width, [p])
 
 
 def _rows_pass(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, bases, j0, width, depths: list) -> None:
@@ -251,10 +252,51 @@ def _rows_pass(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, bases, j0, width,
 
 
 def _store_rows(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, batch, j0, width) -> None:
+    """Each row's sums into out; sums `_blocks_pass` made lie in `_order` within each block of columns."""
+    if column_blocks(stage, plan):
+        order = _order(stage.b.access.dtype)
+        for i in range(stage.m):
+            with cg.loop(b, 0, b.udiv(width, i64(BLOCK_SIZE)), name=f"sb{i}") as jb:
+                first = b.mul(jb, i64(BLOCK_SIZE))
+                for lane, column in enumerate(order):
+                    value = b.load(b.gep(acc, [b.add(i64(i * plan.width + lane), first)]))
+                    store_sum(stage, b, ptrs, batch, i64(i), b.add(j0, b.add(first, i64(column))), value)
+        return
     for i in range(stage.m):
         with cg.loop(b, 0, width, name=f"s{i}") as j:
             value = b.load(b.gep(acc, [b.add(i64(i * plan.width), j)]))
             store_sum(stage, b, ptrs, batch, i64(i), b.add(j0, j), value)
+
+
+def column_blocks(stage, plan: Split) -> bool:
+    """B in blocks along its contiguous columns (GPT-2's Conv1D weights [K, N]), every chunk of
+    columns whole blocks: the rows pass widens a block of 32 columns at a time."""
+    access = stage.b.access
+    return (plan.along_rows and access.dtype.is_blocked and access.strides[-1] == 1
+            and all(x % BLOCK_SIZE == 0 for x in (access.offset, *access.strides[:-1], stage.n, plan.width)))
+
+
+def _blocks_pass(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, bases, j0, width, depths: list) -> None:
+    """`_rows_pass` a block of B's columns at a time: acc[i, block, lane] += a[i, p] * B[p, column]
+    for the column of `_order`'s lane (the sums stay in that order until `_store_rows`)."""
+    a_base, b_base = bases
+    dtype, row = stage.b.access.dtype, stage.b.access.strides[-2]
+    b_ptr = ptrs[stage.b.access.arg]
+    scales = [[_splat(b, stage.a.load(b, ptrs, a_base, i64(i), p)) for p in depths] for i in range(stage.m)]
+    with cg.loop(b, 0, b.udiv(width, i64(BLOCK_SIZE)), name="jb") as jb:
+        column = b.add(j0, b.mul(jb, i64(BLOCK_SIZE)))
+        slots = [[b.bitcast(b.gep(acc, [b.add(i64(i * plan.width + 8 * r), b.mul(jb, i64(BLOCK_SIZE)))]),
+                            _VECTOR.as_pointer()) for r in range(4)] for i in range(stage.m)]
+        totals = [[b.load(slot, align=4) for slot in row_slots] for row_slots in slots]
+        for d, p in enumerate(depths):  # one block of weights at a time, into every row's sums
+            start = b.udiv(b.add(b_base, b.add(b.mul(p, i64(row)), column)), i64(BLOCK_SIZE))
+            weights = _widen_block(b, b.gep(b_ptr, [b.mul(start, i64(dtype.itemsize))]), dtype)
+            for i in range(stage.m):
+                totals[i] = [b.fadd(t, b.fmul(scales[i][d], w, flags=_FAST), flags=_FAST)
+                             for t, w in zip(totals[i], weights)]
+        for row_slots, values in zip(slots, totals):
+            for slot, value in zip(row_slots, values):
+                b.store(value, slot, align=4)
 
 
 def _emit_dots(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> None:

@@ -94,11 +94,16 @@ def test_llama_layout_blocks_along_the_depth(dtype, m, k, n):
 
 
 @pytest.mark.parametrize("dtype", BLOCKED)
-@pytest.mark.parametrize("m, k, n", [(1, 97, 64), (2, 1536, 768), (4, 13, 4096 + 32), (33, 100, 96)])
+@pytest.mark.parametrize("m, k, n", [(1, 97, 64), (2, 1536, 768), (4, 13, 4096 + 32), (33, 100, 96),
+                                     (1, 3072, 768), (3, 21, 8192), (1, 768, 2304)])
 def test_conv1d_layout_blocks_along_the_columns(dtype, m, k, n):
-    """B stored [k, n] (GPT-2's Conv1D weights): blocks run along the output axis, split depths too."""
+    """B stored [k, n] (GPT-2's Conv1D weights): blocks run along the output axis, split depths too;
+    chunks of whole blocks of columns take the vectorized rows pass (4128 columns: chunks of 2064 do not)."""
     prog = program(m, k, n, False, dtype)
-    assert not gemv.reads_blocks(gemm_of(prog))
+    gemm = gemm_of(prog)
+    assert not gemv.reads_blocks(gemm)
+    if m <= gemv.ROWS:
+        assert gemv.column_blocks(gemm, gemv.split(gemm)) == (n != 4096 + 32)
     check(prog, seed=m * k)
 
 
