@@ -13,7 +13,7 @@ Stages compute the same bits whatever their pieces (each stage's code guarantees
 the results do not depend on the number of threads.
 
 A stage returning a nonzero status stops the run after that stage; `run` returns the status and
-the stage's index. With `times`, the thread of role 0 records when each stage finished
+the stage's index. With `times`, the thread finishing each stage's last piece records when
 (CLOCK_MONOTONIC nanoseconds).
 """
 from __future__ import annotations
@@ -82,7 +82,8 @@ class StageList:
 
 
 def runner() -> KernelFn:
-    """The native runner: runner(context, lo, hi) walks the table as roles lo..hi-1."""
+    """The native runner: runner(context, lo, hi) walks the table hi - lo times (one per thread's share
+    of `Parallel.run`'s range; a thread given two walks the second with nothing left to claim)."""
     return _loaded()[0]
 
 
@@ -103,13 +104,13 @@ def _module() -> ir.Module:
     fields = [b.load(b.gep(context, [i64(i)])) for i in range(4)]
     table, state, times = (b.bitcast(fields[i], I64.as_pointer()) for i in (0, 2, 3))
     count = b.ptrtoint(fields[1], I64)
-    with counted_loop(b, lo, hi, name="role") as role:
-        _walk(b, table, count, state, times, role)
+    with counted_loop(b, lo, hi, name="role"):
+        _walk(b, table, count, state, times)
     b.ret(ir.Constant(I32, 0))
     return module
 
 
-def _walk(b: ir.IRBuilder, table, count, state, times, role) -> None:
+def _walk(b: ir.IRBuilder, table, count, state, times) -> None:
     """Each stage in turn: claim and run pieces, wait for the stage to finish, stop after a failure."""
     status_slot = b.gep(state, [i64(0)])
     stop = b.append_basic_block("stop")
@@ -119,10 +120,8 @@ def _walk(b: ir.IRBuilder, table, count, state, times, role) -> None:
         args, extent, parts = b.inttoptr(record[1], VOIDP), record[2], record[3]
         claim = b.gep(state, [b.mul(b.add(s, i64(1)), i64(LINE))])
         done = b.gep(claim, [i64(1)])
-        _run_pieces(b, fn, args, extent, parts, claim, done, status_slot, state, s)
+        _run_pieces(b, fn, args, extent, parts, claim, done, status_slot, state, s, times)
         _wait(b, done, parts)
-        with b.if_then(b.and_(b.icmp_signed("==", role, i64(0)), b.icmp_unsigned("!=", b.ptrtoint(times, I64), i64(0)))):
-            b.store(_now(b), b.gep(times, [s]))
         next_stage = b.append_basic_block("stage.next")
         b.cbranch(b.icmp_signed("!=", b.load_atomic(status_slot, "acquire", 8), i64(0)), stop, next_stage)
         b.position_at_end(next_stage)
@@ -133,8 +132,9 @@ def _walk(b: ir.IRBuilder, table, count, state, times, role) -> None:
     b.position_at_end(after)
 
 
-def _run_pieces(b: ir.IRBuilder, fn, args, extent, parts, claim, done, status_slot, state, s) -> None:
-    """Claim pieces of the stage until none is left; run each, record a failure, count it done."""
+def _run_pieces(b: ir.IRBuilder, fn, args, extent, parts, claim, done, status_slot, state, s, times) -> None:
+    """Claim pieces of the stage until none is left; run each, record a failure, count it done;
+    the thread finishing the stage's last piece records the time (if `times`)."""
     head = b.append_basic_block("piece.head")
     body = b.append_basic_block("piece.body")
     out = b.append_basic_block("piece.out")
@@ -150,7 +150,10 @@ def _run_pieces(b: ir.IRBuilder, fn, args, extent, parts, claim, done, status_sl
         pair = b.cmpxchg(status_slot, i64(0), b.sext(status, I64), "acq_rel", "monotonic")
         with b.if_then(b.extract_value(pair, 1)):
             b.store(s, b.gep(state, [i64(1)]))
-    b.atomic_rmw("add", done, i64(1), "release")
+    before = b.atomic_rmw("add", done, i64(1), "acq_rel")
+    last = b.icmp_signed("==", b.add(before, i64(1)), parts)
+    with b.if_then(b.and_(last, b.icmp_unsigned("!=", b.ptrtoint(times, I64), i64(0)))):
+        b.store(_now(b), b.gep(times, [s]))
     b.branch(head)
     b.position_at_end(out)
 
