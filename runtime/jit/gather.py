@@ -12,7 +12,7 @@ import math
 
 import llvmlite.ir as ir
 
-from backend import kernel_program as kp
+from backend.pef.stages import GatherStage, ScatterAddStage
 from runtime.jit import codegen as cg
 from runtime.jit.codegen import I32, i64
 from runtime.jit.layout import Access
@@ -28,7 +28,7 @@ def _checked_index(b: ir.IRBuilder, raw: ir.Value, extent: int, status) -> ir.Va
     return b.select(bad, i64(0), index)
 
 
-def lower_gather(km: KernelModule, name: str, stage: kp.GatherStage) -> int:
+def lower_gather(km: KernelModule, name: str, stage: GatherStage) -> int:
     """out[o..., i..., r...] = table[o..., indices[i...], r...]; parallel over out axis 0."""
     table, indices, out = km.access(stage.table), km.access(stage.indices), km.whole(stage.out)
     axis, ishape = stage.axis, tuple(stage.indices_shape)
@@ -77,7 +77,7 @@ def _copy_block(b: ir.IRBuilder, ptrs, source: Access, source_index, target: Acc
         b.store(byte, cg.element_ptr(b, ptrs[target.arg], b.add(to, i64(offset))))
 
 
-def lower_scatter_add(km: KernelModule, name: str, stage: kp.ScatterAddStage) -> int:
+def lower_scatter_add(km: KernelModule, name: str, stage: ScatterAddStage) -> int:
     """out = zeros; out[o..., indices[i...], r...] += updates[o..., i..., r...].
 
     Work splits over the leading table axes (or, for axis 0, the trailing ones), so

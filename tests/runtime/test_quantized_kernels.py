@@ -12,8 +12,11 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as ggml_dequantize
 from gguf.quants import quantize as ggml_quantize
 
-from backend import kernel_program as kp
-from backend.reference import run_kernel
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Buffer, row_major
+from backend.pef.reference import run_kernel
+from backend.pef.stages import GatherStage
+from backend.pef.validate import validate
 from ir.dtypes import DType, as_blocks, convert, dequantize, quantize
 from runtime.jit import gemv
 from runtime.jit.codegen import INDEX_ERROR
@@ -48,13 +51,13 @@ def test_nibble_order_and_offsets_are_ggml_s():
     np.testing.assert_array_equal(dequantize(q8)[0], np.arange(-16, 16) * 0.5)
 
 
-def operands(prog: kp.KernelProgram, seed: int) -> dict[str, np.ndarray]:
+def operands(prog: KernelProgram, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {buf.name: convert(rng.standard_normal(buf.shape).astype(np.float32), DType(buf.dtype))
             for buf in prog.buffers if buf.role == "input"}
 
 
-def reference(prog: kp.KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def reference(prog: KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(float64 a @ dequantized B, bound on the f32 summation error)."""
     (stage,) = prog.stages
     a, b = inputs["a"].astype(np.float64), dequantize(inputs["b"]).astype(np.float64)
@@ -63,7 +66,7 @@ def reference(prog: kp.KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np
     return a @ b, 2 * stage.k * 2.0 ** -24 * (np.abs(a) @ np.abs(b)) + 1e-30
 
 
-def check(prog: kp.KernelProgram, seed: int, threads=(1, 2, 3)) -> np.ndarray:
+def check(prog: KernelProgram, seed: int, threads=(1, 2, 3)) -> np.ndarray:
     inputs = operands(prog, seed)
     results = [call(prog, inputs, threads=t) for t in threads]
     exact, bound = reference(prog, inputs)
@@ -130,19 +133,19 @@ def test_the_kernel_program_reference_reads_blocks_as_the_jit_does(dtype):
         np.testing.assert_allclose(call(prog, inputs), run_kernel(prog, inputs)["out"], rtol=1e-5, atol=1e-5)
 
 
-def gather_program(table_shape: tuple[int, ...], ids_shape: tuple[int, ...], axis: int, dtype: DType) -> kp.KernelProgram:
+def gather_program(table_shape: tuple[int, ...], ids_shape: tuple[int, ...], axis: int, dtype: DType) -> KernelProgram:
     """out = take(table, ids, axis), the table and out in blocks along their last axis."""
     out_shape = (*table_shape[:axis], *ids_shape, *table_shape[axis + 1:])
-    buffers = (kp.Buffer("table", "input", table_shape, str(dtype)), kp.Buffer("ids", "input", ids_shape, "i32"),
-               kp.Buffer("out", "output", out_shape, str(dtype)))
-    stage = kp.GatherStage("out", kp.Access("table", 0, kp.row_major(table_shape)), table_shape,
-                           kp.Access("ids", 0, kp.row_major(ids_shape)), ids_shape, axis)
-    prog = kp.KernelProgram("gather", "gather", None, "", buffers, (stage,))
-    kp.validate(prog)
+    buffers = (Buffer("table", "input", table_shape, str(dtype)), Buffer("ids", "input", ids_shape, "i32"),
+               Buffer("out", "output", out_shape, str(dtype)))
+    stage = GatherStage("out", Access("table", 0, row_major(table_shape)), table_shape,
+                        Access("ids", 0, row_major(ids_shape)), ids_shape, axis)
+    prog = KernelProgram("gather", "gather", None, "", buffers, (stage,))
+    validate(prog)
     return prog
 
 
-def gather(prog: kp.KernelProgram, table: np.ndarray, ids: np.ndarray, threads: int) -> tuple[int, np.ndarray]:
+def gather(prog: KernelProgram, table: np.ndarray, ids: np.ndarray, threads: int) -> tuple[int, np.ndarray]:
     """(status, out) of the gather run on `threads` threads."""
     (native,) = JIT.load([prog])
     (stage,) = native.stages

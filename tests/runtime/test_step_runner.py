@@ -8,7 +8,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from backend import kernel_program as kp
+from backend.pef.program import KernelProgram
 from runtime.jit.codegen import INDEX_ERROR
 from runtime.jit.parallel import Parallel
 from runtime.jit.step import Stage, StageList, pieces
@@ -17,7 +17,7 @@ from test_quantized_kernels import gather_program
 from ir.dtypes import DType, quantize
 
 
-def stages_of(prog: kp.KernelProgram, arrays: list[np.ndarray]) -> list[Stage]:
+def stages_of(prog: KernelProgram, arrays: list[np.ndarray]) -> list[Stage]:
     """The program's stages over `arrays` (one per buffer, in order)."""
     (native,) = JIT.load([prog])
     args = (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
