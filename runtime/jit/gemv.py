@@ -48,7 +48,7 @@ from ir.dtypes import BLOCK as QUANT_BLOCK
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
-from runtime.jit.codegen import F32, I1, I8, I32, I64, VOIDP, i64
+from runtime.jit.codegen import F32, I1, I32, I64, VOIDP, i64
 
 #: the most rows a stage may have to take this path
 ROWS = 4

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from backend.pef.program import KernelProgram
+from ir.dtypes import DType, quantize
 from runtime.jit.codegen import INDEX_ERROR
 from runtime.jit.parallel import Parallel
 from runtime.jit.step import Stage, StageList, pieces
 from test_gemv_paths import JIT, program
 from test_quantized_kernels import gather_program
-from ir.dtypes import DType, quantize
 
 
 def stages_of(prog: KernelProgram, arrays: list[np.ndarray]) -> list[Stage]:
