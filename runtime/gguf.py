@@ -30,7 +30,6 @@ from gguf.quants import dequantize
 
 from ir.errors import CheckpointError
 
-SUFFIX = ".gguf"
 #: versions 2 and 3 share the layout read here (version 1 had 32-bit counts)
 VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
