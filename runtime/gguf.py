@@ -126,6 +126,21 @@ class GGUFFile:
         self.metadata = metadata
         self.tensors = tensors
 
+    def error(self, message: str) -> CheckpointError:
+        """A CheckpointError naming this file."""
+        return CheckpointError(f"{self.path}: {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        """A metadata value of the given Python type; `default` when absent (an error if none is given)."""
+        if key not in self.metadata:
+            if default is ...:
+                raise self.error(f"metadata '{key}' is missing")
+            return default
+        value = self.metadata[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            raise self.error(f"metadata '{key}' is {value!r}, expected {getattr(kind, '__name__', kind)}")
+        return value
+
     def raw(self, name: str) -> np.ndarray:
         """The tensor's stored bytes (a view of the mapped file)."""
         info = self.tensors[name]
