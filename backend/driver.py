@@ -105,7 +105,7 @@ def compile_program(graph: Graph, options: BackendOptions) -> bytes:
 
 
 def build_pef(graph: Graph, options: BackendOptions) -> PEF:
-    """The PEF record of a graph (see `backend/pef.py`)."""
+    """The PEF record of a graph (see `backend/pef/file.py`)."""
     check_lowerable(graph)
     target = options.target
     limit = budget(target, options.n_chips, options.num_tiles)

@@ -31,19 +31,19 @@ from ir.dtypes import DType
 from ir.scalar import COMPARISONS
 
 if TYPE_CHECKING:
-    from backend.pef.program import KernelProgram
     from backend.pef.stages import Stage
 
 
-def validate(program: KernelProgram) -> None:
-    """Check cross-field rules (names, shapes, dtypes, in-bounds accesses); ProgramError if broken."""
+def validate(program) -> None:
+    """Check a `KernelProgram`'s cross-field rules (names, shapes, dtypes, in-bounds accesses);
+    ProgramError if one is broken."""
     Checker(program).run()
 
 
 class Checker:
     """The generic rules, and the helpers a stage declaration's `check` calls."""
 
-    def __init__(self, program: KernelProgram):
+    def __init__(self, program):
         self.program = program
         self.buffers: dict[str, Buffer] = {}
         self.written: set[str] = set()
