@@ -1,4 +1,4 @@
-"""A GGUF file as a Hugging Face checkpoint: its config, its tensors by HF names, its tokenizer.
+"""A GGUF file as a Hugging Face checkpoint: its config and its tensors by HF names.
 
 llama.cpp converts a Hugging Face checkpoint into GGUF by renaming its tensors,
 moving its `config.json` into `<arch>.*` metadata and its tokenizer into
@@ -10,9 +10,10 @@ zoo runs, so that a `.gguf` file is a model and a checkpoint wherever a folder i
 * `hf_tensors(file)`: the tensors under their Hugging Face names, dequantized when
   read; Llama's q/k projections un-permuted (llama.cpp reorders their rows for its
   rotary layout; the inverse is the one transformers' GGUF loader applies); Gemma's
-  norm weights less the 1 llama.cpp adds to them;
-* `has_tokenizer(file)` and `gguf_tokenizer(file)`: its tokenizer, which
-  `runtime.gguf_tokenizer` reads from the `tokenizer.*` metadata.
+  norm weights less the 1 llama.cpp adds to them.
+
+Its tokenizer (the `tokenizer.*` metadata) is `runtime.gguf_tokenizer`'s, loaded as any
+other by `runtime.tokenizer.load_tokenizer`.
 """
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ import numpy as np
 
 from ir.dtypes import DType, as_blocks
 from runtime.gguf import GGUFFile, read_gguf
-from runtime.gguf_tokenizer import has_tokenizer  # noqa: F401 - with `gguf_tokenizer`: the checkpoint's tokenizer
-from runtime.tokenizer import Tokenizer, load_tokenizer
 
 #: GGUF architecture -> the Hugging Face model_type it came from (Mistral's GGUFs say "llama")
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma": "gemma"}
@@ -174,9 +173,3 @@ class HFTensors(Mapping):
 def hf_tensors(path: str | Path) -> HFTensors:
     """The tensors of the GGUF file at `path` by Hugging Face name (dequantized when read)."""
     return HFTensors(read_gguf(path))
-
-
-# --- the tokenizer (read by `runtime.gguf_tokenizer`) -------------------------------------------
-def gguf_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer the GGUF file at `path` carries (as `load_tokenizer(path)` gives it)."""
-    return load_tokenizer(path)
