@@ -16,14 +16,14 @@ from typing import Any
 
 import attrs
 
-from backend.kernel_program import KernelProgram, Schedule
 from backend.lowering import check_lowerable, lower_op, tensor_names
 from backend.mapping import budget, check_fits, kernel_needs, schedule_tiles
 from backend.memory import bind, mark_in_place, offchip_tensors, plan_memory
-from backend.pef import (PEF, CompileOption, Entry, Header, ParamSymbol, Section, Symbols, TensorSymbol, UpdateSymbol,
-                         check_entries)
+from backend.pef.file import (
+    CompileOption, Entry, Header, PEF, ParamSymbol, Section, Symbols, TensorSymbol, UpdateSymbol, check_entries)
+from backend.pef.program import KernelProgram, Schedule
+from backend.pef.targets import ONCHIP, Target, load_target
 from backend.sections import Group, group
-from backend.targets import ONCHIP, Target, load_target
 from ir.graph import Graph, Value
 
 #: compile options that do not change the program (everything else needs a recompile)
@@ -105,7 +105,7 @@ def compile_program(graph: Graph, options: BackendOptions) -> bytes:
 
 
 def build_pef(graph: Graph, options: BackendOptions) -> PEF:
-    """The PEF record of a graph (see `backend/pef.py`)."""
+    """The PEF record of a graph (see `backend/pef/file.py`)."""
     check_lowerable(graph)
     target = options.target
     limit = budget(target, options.n_chips, options.num_tiles)

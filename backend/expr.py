@@ -14,16 +14,11 @@ from typing import Callable, Union
 
 import attrs
 
-from backend.kernel_program import Access, Affine, Body, Node, row_major
+from backend.pef.records import Access, Affine, Body, Node, canonical, row_major
 from ir.dtypes import DType
 from ir.scalar import Expr
 
 Leaf = Union[Access, Affine]
-
-
-def canonical(shape: tuple[int, ...], strides: tuple[int, ...]) -> tuple[int, ...]:
-    """Strides with those of size-1 axes zeroed (they never move), so equal reads compare equal."""
-    return tuple(0 if d == 1 else s for d, s in zip(shape, strides))
 
 
 def contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -7,8 +7,8 @@ becomes the stages of one kernel. The registry says how each op lowers:
   reads; no stage, no memory;
 * `scalar` (elementwise and broadcast ops): extend the expression tree;
 * `generate` (iota, full, causal_mask): an expression of the loop index;
-* `stage` (reduce, gemm, conv2d, pool2d, gather, concat, ...): a stage of its
-  own, whose output is a temporary or a kernel output;
+* `stage`: a stage of its own (its declaration's `lower`, `backend.pef.stages`),
+  whose output is a temporary or a kernel output;
 * any other operand-less op (a literal tensor) is evaluated here into a
   `literal` stage.
 
@@ -26,11 +26,10 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from backend.expr import Lazy, body, canonical, contiguous, join
-from backend.kernel_program import (
-    Access, Affine, AllReduceStage, Body, Buffer, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage,
-    DynamicSliceStage, GatherStage, GemmStage, KernelCost, KernelProgram, LiteralStage, MapStage, Node, PadStage,
-    Pool2dGradStage, Pool2dStage, ReduceStage, ScatterAddStage, Schedule, Stage, UpdateSliceStage)
+from backend.expr import Lazy, body, contiguous, join
+from backend.pef.program import KernelCost, KernelProgram, Schedule
+from backend.pef.records import Access, Affine, Body, Buffer, Node
+from backend.pef.stages import STAGE_OF_OP, LiteralStage, MapStage, Stage
 from ir.dtypes import DType
 from ir.errors import BackendError
 from ir.graph import Graph, Op, Value
@@ -142,6 +141,10 @@ class _Kernel:
             self.emit(MapStage(self.target(value), body(lazy)), value)
         return self.env[value].bare_access()
 
+    def body_of(self, value: Value) -> Body:
+        """The value as an expression body over its own shape (a reduce stage's input)."""
+        return body(self.env[value])
+
     def operand_access(self, value: Value, widened: bool = False) -> Access:
         """A strided read of the whole value (materializing expressions first); `widened`: a
         widening cast of a read stays a read of the narrow buffer (for stages whose loads
@@ -162,11 +165,10 @@ class _Kernel:
         elif opdef.generate is not None:
             self.lower_generate(op, opdef)
         elif opdef.stage is not None:
-            params = dict(opdef.stage(op))
-            builder = getattr(self, f"stage_{params.pop('kind')}", None)
-            if builder is None:
-                raise self.error("its stage kind has no lowering", op)
-            builder(op, **params)
+            declaration = STAGE_OF_OP.get(op.name)
+            if declaration is None:
+                raise self.error("no stage kind declares this op", op)
+            self.emit(declaration.lower(self, op, **opdef.stage(op)), op.result)
         elif not op.operands:
             self.lower_literal(op, opdef)
         else:
@@ -207,102 +209,6 @@ class _Kernel:
         values = tuple(kind(v) for v in np.asarray(value).astype(np.float64 if kind is float else np.int64).ravel())
         self.emit(LiteralStage(self.target(op.result), values), op.result)
 
-    # --- stages (one method per stage kind a declaration may ask for) ------------------
-    def stage_reduce(self, op: Op, combine: str, identity: float, axes) -> None:
-        lazy = self.env[op.operands[0]]
-        stage = ReduceStage(self.target(op.result), lazy.shape, tuple(axes), combine, float(identity), body(lazy))
-        self.emit(stage, op.result)
-
-    def stage_gemm(self, op: Op, transpose_a: bool, transpose_b: bool) -> None:
-        out = op.result.type.shape
-        batch, (m, n) = out[:-2], out[-2:]
-        a, b = op.operands
-        k = a.type.shape[-2] if transpose_a else a.type.shape[-1]
-        stage = GemmStage(self.target(op.result), batch, m, n, k,
-                          self.batched(a, batch, transpose_a), self.batched(b, batch, transpose_b))
-        self.emit(stage, op.result)
-
-    def batched(self, value: Value, batch: tuple[int, ...], transpose: bool) -> Access:
-        """A matrix operand's read over (batch..., rows, cols): batch axes broadcast, maybe transposed."""
-        access = self.operand_access(value, widened=True)
-        strides = access.strides
-        if transpose:
-            strides = strides[:-2] + (strides[-1], strides[-2])
-        lead = (0,) * (len(batch) - (len(strides) - 2)) + strides[:-2]
-        return Access(access.buffer, access.offset, canonical(batch, lead) + strides[-2:])
-
-    def stage_conv2d(self, op: Op, stride, padding, dilation, groups) -> None:
-        x, w = op.operands
-        stage = Conv2dStage(self.target(op.result), self.operand_access(x), self.operand_access(w),
-                            x.type.shape, w.type.shape, stride, padding, dilation, groups)
-        self.emit(stage, op.result)
-
-    def stage_pool2d(self, op: Op, mode: str, kernel, stride, padding) -> None:
-        (x,) = op.operands
-        stage = Pool2dStage(self.target(op.result), self.operand_access(x), x.type.shape, mode, kernel, stride, padding)
-        self.emit(stage, op.result)
-
-    def stage_gather(self, op: Op, axis: int) -> None:
-        table, indices = op.operands
-        stage = GatherStage(self.target(op.result), self.operand_access(table), table.type.shape,
-                            self.operand_access(indices), indices.type.shape, axis)
-        self.emit(stage, op.result)
-
-    def stage_concat(self, op: Op, axis: int) -> None:
-        parts = tuple(self.operand_access(v) for v in op.operands)
-        stage = ConcatStage(self.target(op.result), parts, tuple(v.type.shape for v in op.operands), axis)
-        self.emit(stage, op.result)
-
-    def stage_scatter_add(self, op: Op, axis: int) -> None:
-        updates, indices = op.operands
-        stage = ScatterAddStage(self.target(op.result), self.operand_access(updates), self.operand_access(indices),
-                                indices.type.shape, axis)
-        self.emit(stage, op.result)
-
-    def stage_pad(self, op: Op, low, high, interior, value: float) -> None:
-        (x,) = op.operands
-        stage = PadStage(self.target(op.result), self.operand_access(x), x.type.shape, low, high, interior, value)
-        self.emit(stage, op.result)
-
-    def stage_conv2d_input_grad(self, op: Op, stride, padding, dilation, groups) -> None:
-        g, w = op.operands
-        stage = Conv2dInputGradStage(self.target(op.result), self.operand_access(g), self.operand_access(w),
-                                     g.type.shape, w.type.shape, stride, padding, dilation, groups)
-        self.emit(stage, op.result)
-
-    def stage_conv2d_weight_grad(self, op: Op, stride, padding, dilation, groups) -> None:
-        x, g = op.operands
-        stage = Conv2dWeightGradStage(self.target(op.result), self.operand_access(x), self.operand_access(g),
-                                      x.type.shape, g.type.shape, stride, padding, dilation, groups)
-        self.emit(stage, op.result)
-
-    def stage_pool2d_grad(self, op: Op, mode: str, kernel, stride, padding) -> None:
-        """Operands: (x, g) when the gradient needs the input (max), else (g,)."""
-        *x, g = op.operands
-        stage = Pool2dGradStage(self.target(op.result), mode, self.operand_access(x[0]) if x else None,
-                                self.operand_access(g), g.type.shape, kernel, stride, padding)
-        self.emit(stage, op.result)
-
-    def stage_dynamic_slice(self, op: Op, axis: int) -> None:
-        x, starts = op.operands
-        stage = DynamicSliceStage(self.target(op.result), self.operand_access(x), x.type.shape,
-                                  self.operand_access(starts), axis)
-        self.emit(stage, op.result)
-
-    def stage_update_slice(self, op: Op, axis: int) -> None:
-        """Not in place yet: the backend driver marks it when the memory plan shares the operand's range."""
-        operand, update, starts = op.operands
-        stage = UpdateSliceStage(self.target(op.result), self.operand_access(operand), self.operand_access(update),
-                                 update.type.shape, self.operand_access(starts), axis)
-        self.emit(stage, op.result)
-
-    def stage_all_reduce(self, op: Op, reduce: str, group: str, world_size: int) -> None:
-        """A kernel of its own: the runtime runs it on the host, through the communicator."""
-        if self.op.region is not None and len(self.op.region.ops) > 1:
-            raise self.error("a collective is a kernel of its own: it cannot be fused with other ops", op)
-        (x,) = op.operands
-        self.emit(AllReduceStage(self.target(op.result), self.operand_access(x), reduce, group, world_size), op.result)
-
     # --- results ---------------------------------------------------------------------
     def finish(self, results: list[Value], symbols: list[str]) -> None:
         """Write every kernel output not yet written (copying a value already in memory)."""
@@ -313,22 +219,8 @@ class _Kernel:
 
 
 # --- epilogue folding -------------------------------------------------------------------
-def stage_accesses(stage: Stage) -> list[Access]:
-    """Every read of a stage, bodies and epilogues included."""
-    out: list[Access] = []
-    for field in attrs.fields(type(stage)):
-        value = getattr(stage, field.name)
-        items = value if isinstance(value, tuple) else (value,)
-        for item in items:
-            if isinstance(item, Access):
-                out.append(item)
-            elif isinstance(item, Body):
-                out.extend(item.reads)
-    return out
-
-
 def stage_buffers(stage: Stage) -> set[str]:
-    return {a.buffer for a in stage_accesses(stage)} | {stage.out}
+    return {a.buffer for a in stage.reads()} | {stage.out}
 
 
 def fold_epilogues(scheduled: list[tuple[Stage, tuple]], buffers: dict[str, Buffer]) -> list[tuple[Stage, tuple]]:
@@ -339,7 +231,7 @@ def fold_epilogues(scheduled: list[tuple[Stage, tuple]], buffers: dict[str, Buff
     for i, stage in enumerate(stages):
         if stage is None or getattr(stage, "epilogue", False) is not None or buffers[stage.out].role != "temp":
             continue
-        readers = [j for j, s in enumerate(stages) if s is not None and stage.out in {a.buffer for a in stage_accesses(s)}]
+        readers = [j for j, s in enumerate(stages) if s is not None and stage.out in {a.buffer for a in s.reads()}]
         if len(readers) != 1 or not isinstance(stages[readers[0]], MapStage):
             continue
         user = stages[readers[0]]

@@ -4,7 +4,7 @@
 * Needs: a kernel's minimum PCUs (one chain of PCUs per stage, one PCU
   pipeline stage per expression node) and its PMUs (one scratchpad per operand
   stream at least; more when a double-buffered tile of it is larger than a PMU).
-* Tiles: per stage, over its loop nest (`kernel_program.loop_nest`), from the op's
+* Tiles: per stage, over its loop nest (each stage declaration's `loop_nest`), from the op's
   `tile` attribute when the `tile` pass set one, else `lanes` x `lanes` blocks of the
   two inner result axes and a `lanes`-deep contraction.
 * Balancing: in a section, kernels run as one pipeline, so the spare PCUs go to
@@ -17,11 +17,10 @@ import math
 
 import attrs
 
-from backend.kernel_program import (
-    Access, Body, ConcatStage, Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage, GatherStage, GemmStage,
-    KernelProgram, LiteralStage, MapStage, Pool2dGradStage, Pool2dStage, ReduceStage, ScatterAddStage, Stage,
-    loop_nest)
-from backend.targets import Target
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Body
+from backend.pef.stages import Stage, strided_elements
+from backend.pef.targets import Target
 from ir.dtypes import DType
 from ir.errors import BackendError, ConfigError, display_location
 
@@ -76,21 +75,14 @@ def default_tile(extents: tuple[int, ...], reduced: tuple[int, ...], lanes: int)
 
 def reduced_axes(program: KernelProgram, stage: Stage) -> tuple[int, ...]:
     """The contracted axes of a stage's loop nest."""
-    if isinstance(stage, ReduceStage):
-        return tuple(sorted(stage.axes))
-    rank = len(loop_nest(program, stage))
-    if isinstance(stage, GemmStage):
-        return (rank - 1,)
-    if isinstance(stage, (Conv2dStage, Conv2dInputGradStage, Conv2dWeightGradStage)):
-        return (rank - 3, rank - 2, rank - 1)
-    return ()
+    return stage.contracted(len(program.loop_nest(stage)))
 
 
 def schedule_tiles(program: KernelProgram, target: Target) -> tuple[tuple[int, ...], ...]:
     """Each stage's tile: the one its op was given (clipped to the extents), else the default."""
     tiles = []
     for i, stage in enumerate(program.stages):
-        nest = loop_nest(program, stage)
+        nest = program.loop_nest(stage)
         given = program.schedule.tiles[i] if i < len(program.schedule.tiles) else ()
         if len(given) == len(nest) and given:
             tiles.append(tuple(max(1, min(t, d)) for t, d in zip(given, nest)))
@@ -108,45 +100,7 @@ def _nodes(body: Body | None) -> int:
 def _stage_pcus(stage: Stage, target: Target) -> int:
     """PCUs chained for one stage: its expression nodes spread over PCU pipeline stages."""
     nodes = _nodes(getattr(stage, "body", None)) + _nodes(getattr(stage, "epilogue", None))
-    core = 0 if isinstance(stage, (MapStage, LiteralStage, GatherStage, ConcatStage, ScatterAddStage)) else 1
-    return max(1, math.ceil((nodes + core) / target.pcu.stages))
-
-
-def _span(out: int, kernel: int, stride: int, dilation: int) -> int:
-    """Input rows a window op's tile of `out` rows and `kernel` taps reads."""
-    return stride * (out - 1) + dilation * (kernel - 1) + 1
-
-
-def _tile_elements(stage: Stage, tile: tuple[int, ...], access: Access) -> int:
-    """Elements of `access`'s tensor one tile touches (axes it does not move along count once)."""
-    if isinstance(stage, GemmStage):
-        *batch, tm, tn, tk = tile
-        rows, cols = (tm, tk) if access is stage.a else (tk, tn)
-        return math.prod(t for t, s in zip(batch, access.strides) if s) * rows * cols
-    if isinstance(stage, Conv2dStage) and access is stage.x:
-        n, _, oh, ow, c, kh, kw = tile
-        return n * c * _span(oh, kh, stage.stride[0], stage.dilation[0]) * _span(ow, kw, stage.stride[1], stage.dilation[1])
-    if isinstance(stage, Conv2dStage):
-        return math.prod(tile[1:2] + tile[4:])
-    if isinstance(stage, Conv2dInputGradStage):
-        n, c, h, w, o, kh, kw = tile
-        if access is stage.w:
-            return o * c * kh * kw
-        return n * o * math.ceil((h + stage.dilation[0] * (kh - 1)) / stage.stride[0]) * \
-            math.ceil((w + stage.dilation[1] * (kw - 1)) / stage.stride[1])
-    if isinstance(stage, Conv2dWeightGradStage):
-        o, c, kh, kw, n, oh, ow = tile
-        if access is stage.g:
-            return n * o * oh * ow
-        return n * c * _span(oh, kh, stage.stride[0], stage.dilation[0]) * _span(ow, kw, stage.stride[1], stage.dilation[1])
-    if isinstance(stage, (Pool2dStage, Pool2dGradStage)):
-        n, c, h, w = tile
-        return n * c * (h + stage.kernel[0]) * (w + stage.kernel[1])
-    return _strided_elements(tile, access)
-
-
-def _strided_elements(tile: tuple[int, ...], access: Access) -> int:
-    return math.prod(t for t, s in zip(tile, access.strides) if s)
+    return max(1, math.ceil((nodes + stage.has_core) / target.pcu.stages))
 
 
 def working_set(program: KernelProgram, stage: Stage, tile: tuple[int, ...]) -> list[int]:
@@ -162,10 +116,10 @@ def working_set(program: KernelProgram, stage: Stage, tile: tuple[int, ...]) -> 
         value = getattr(stage, field.name)
         for item in value if isinstance(value, tuple) else (value,):
             if isinstance(item, Access):
-                streams.append(nbytes(item, _tile_elements(stage, tile, item)))
+                streams.append(nbytes(item, stage.tile_elements(tile, item)))
             elif isinstance(item, Body):
                 inner = result_tile if field.name == "epilogue" else tile
-                streams += [nbytes(r, _strided_elements(inner, r)) for r in item.reads]
+                streams += [nbytes(r, strided_elements(inner, r)) for r in item.reads]
     item = 4 if reduced else DType(program.buffer(stage.out).dtype).itemsize
     return streams + [math.prod(result_tile) * item]
 
@@ -177,7 +131,7 @@ def kernel_needs(program: KernelProgram, target: Target) -> Needs:
     pmus = 0
     for stage, tile in zip(program.stages, program.schedule.tiles):
         pmus += sum(max(1, math.ceil(2 * nbytes / target.pmu.bytes)) for nbytes in working_set(program, stage, tile))
-    biggest = max((math.prod(loop_nest(program, s)) for s in program.stages), default=1)
+    biggest = max((math.prod(program.loop_nest(s)) for s in program.stages), default=1)
     useful = max(pcus, pcus * math.ceil(biggest / (target.pcu.lanes * target.pcu.stages)))
     return Needs(pcus, max(pmus, 1), program.cost.flops, useful)
 

@@ -11,53 +11,16 @@ When the graph carries the `plan-memory` pass's plan (`Value.mem` on every
 input, param and top-level result; `mem(ddr:4096)` in IR text) and it fits the
 target, graph tensors keep the tier and offset it gives — ranges shared by
 tensors that are never live at once — and only kernel temporaries are placed
-here, after it.
-`lifetimes` and `overlapping` let a reader check such a plan.
+here, after it. The plan's records are the PEF's (`backend.pef.memory_plan`).
 """
 from __future__ import annotations
 
-import math
-
 import attrs
 
-from backend.kernel_program import KernelCost, KernelProgram, UpdateSliceStage
-from backend.targets import ONCHIP, Target
-from ir.dtypes import DType
+from backend.pef.memory_plan import ALIGN, Allocation, Arena, MemoryPlan, temp_symbol
+from backend.pef.program import KernelCost, KernelProgram
+from backend.pef.targets import ONCHIP, Target
 from ir.errors import BackendError
-
-ALIGN = 64
-
-
-@attrs.frozen
-class Arena:
-    """One memory tier's region: the on-chip scratchpads or an off-chip tier."""
-
-    name: str
-    size: int = attrs.field(validator=attrs.validators.ge(0))
-
-
-@attrs.frozen
-class Allocation:
-    """A tensor's byte range in an arena."""
-
-    tensor: str
-    arena: str
-    offset: int = attrs.field(validator=attrs.validators.ge(0))
-    nbytes: int = attrs.field(validator=attrs.validators.ge(0))
-
-
-@attrs.frozen
-class MemoryPlan:
-    arenas: tuple[Arena, ...] = attrs.field(converter=tuple)
-    allocations: tuple[Allocation, ...] = attrs.field(converter=tuple)
-
-    def lookup(self) -> dict[str, Allocation]:
-        return {a.tensor: a for a in self.allocations}
-
-
-def temp_symbol(program: KernelProgram, buffer: str) -> str:
-    """The plan's name of a kernel temporary."""
-    return f"{program.name}/{buffer}"
 
 
 def offchip_tensors(programs: list[KernelProgram], section_of: list[int], persistent: set[str]) -> set[str]:
@@ -100,50 +63,6 @@ def plan_memory(programs: list[KernelProgram], tensors: list[tuple[str, int]], o
     return MemoryPlan(tuple(arenas), tuple(allocations))
 
 
-def lifetimes(programs: list[KernelProgram], kept: set[str], whole: set[str] = frozenset()) -> dict[str, tuple[int, int]]:
-    """When each tensor's range is in use, in half steps: kernel k reads at 2k and writes at
-    2k + 1, so a result may take the range of an input its kernel reads last (the plan-memory
-    pass does that for elementwise kernels only). Tensors no kernel writes (inputs, params)
-    start at 0; `kept` ones last to the end; `whole` ones (an update the runtime swaps with its
-    param) hold their range all run; a temporary lives in its kernel. A tensor no kernel
-    touches is absent: it holds its range for the whole run."""
-    live: dict[str, list[int]] = {}
-    for k, program in enumerate(programs):
-        for buffer in program.buffers:
-            if buffer.role == "temp":
-                live[temp_symbol(program, buffer.name)] = [2 * k, 2 * k + 1]
-            elif buffer.role == "output":
-                live.setdefault(buffer.name, [2 * k + 1, 2 * k + 1])
-            else:
-                span = live.setdefault(buffer.name, [0, 0])
-                span[1] = max(span[1], 2 * k)
-    for name in kept:
-        live.setdefault(name, [0, 0])[1] = 2 * len(programs) + 1
-    for name in whole:
-        live[name] = [0, 2 * len(programs) + 1]
-    return {name: (a, b) for name, (a, b) in live.items()}
-
-
-def overlapping(allocations: tuple[Allocation, ...], live: dict[str, tuple[int, int]]) -> tuple[Allocation, Allocation] | None:
-    """Two allocations sharing bytes of an arena while both are live (see `lifetimes`), if any."""
-    whole = (0, 1 << 62)
-    arenas: dict[str, list[Allocation]] = {}
-    for a in allocations:
-        if a.nbytes:
-            arenas.setdefault(a.arena, []).append(a)
-    for ranked in arenas.values():
-        ranked.sort(key=lambda a: (a.offset, a.nbytes, a.tensor))
-        for i, a in enumerate(ranked):
-            (a0, a1) = live.get(a.tensor, whole)
-            for b in ranked[i + 1:]:
-                if b.offset >= a.offset + a.nbytes:
-                    break
-                (b0, b1) = live.get(b.tensor, whole)
-                if a0 <= b1 and b0 <= a1:
-                    return a, b
-    return None
-
-
 def _tier_with_room(symbol: str, nbytes: int, used: dict[str, int], target: Target, chips: int) -> str:
     for tier in target.offchip:
         if used[tier.name] + nbytes + ALIGN <= tier.capacity * chips:
@@ -172,18 +91,15 @@ def bind(program: KernelProgram, plan: dict[str, Allocation]) -> KernelProgram:
 
 
 def mark_in_place(program: KernelProgram) -> KernelProgram:
-    """A bound program whose `update_slice` stages write over their operand's own range marked
-    `in_place` (they then write only the update's rows), with the bytes they no longer move."""
+    """A bound program whose stages take the form their placement allows (a stage writing over its
+    operand's own range works in place), with the bytes they no longer move."""
+    buffers = {b.name: b for b in program.buffers}
     stages, read, written = [], dict(program.cost.bytes_read), dict(program.cost.bytes_written)
     for stage in program.stages:
-        if isinstance(stage, UpdateSliceStage) and not stage.in_place:
-            out, operand = program.buffer(stage.out), program.buffer(stage.operand.buffer)
-            if (out.tier, out.offset) == (operand.tier, operand.offset) and not stage.operand.offset \
-                    and tuple(stage.operand.strides) == out.strides:
-                stage = attrs.evolve(stage, in_place=True)
-                update = math.prod(stage.update_shape) * DType(out.dtype).itemsize
-                read[operand.tier] -= operand.nbytes
-                written[out.tier] -= out.nbytes - update
+        stage, less_read, less_written = stage.placed(buffers)
+        for tier, nbytes in less_read.items():
+            read[tier] -= nbytes
+        for tier, nbytes in less_written.items():
+            written[tier] -= nbytes
         stages.append(stage)
     return attrs.evolve(program, stages=tuple(stages), cost=KernelCost(program.cost.flops, read, written))
-

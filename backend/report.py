@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from backend.mapping import Budget, budget
-from backend.pef import FORMAT_VERSION, PEF
-from backend.schema import encode
-from backend.targets import ONCHIP
+from backend.pef.file import FORMAT_VERSION, PEF
+from backend.pef.schema import encode
+from backend.pef.targets import ONCHIP
 
 
 def offchip_traffic(pef: PEF) -> dict[str, int]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import attrs
 
-from backend.kernel_program import KernelProgram
 from backend.mapping import Budget, Needs, balance
+from backend.pef.program import KernelProgram
 
 
 @attrs.frozen

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import attrs
 
-from backend.kernel_program import Access, Affine, Body, KernelProgram, Stage
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Affine, Body
+from backend.pef.stages import Stage
 from ir.errors import display_location
 
 

@@ -216,6 +216,8 @@ def validate(type_name: str, value: Any) -> Any:
     """`value` as `type_name`, or ValueError saying what was expected."""
     if isinstance(value, bool) and type_name in ("int", "float"):
         raise ValueError(f"expected {type_name}, got {str(value).lower()}")
+    if value is not None and not isinstance(value, (int, float, str)):  # a dtype, a list, ...
+        raise ValueError(f"expected {type_name}, got {value}")
     try:
         value = _adapter(type_name).validate_python(value)
     except pydantic.ValidationError as err:

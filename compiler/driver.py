@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from backend.driver import backend_stage
-from backend.pef import PEF
+from backend.pef.file import PEF
 from compiler import zoo
 from compiler.config import Setting, load_yaml, parse_overrides, resolve
 from compiler.frontend import Source, lower, parse_module

@@ -11,7 +11,7 @@ from typing import Sequence
 import attrs
 import numpy as np
 
-from backend.targets import Target
+from backend.pef.targets import Target
 from compiler.passes.fuse import is_generator, op_traffic
 from compiler.passes.plan_memory import Buffer, memory_report, planned_buffers
 from compiler.passes.tile import Problem, default_tile, score

@@ -33,9 +33,9 @@ from typing import Literal
 
 import attrs
 
-from backend import kernel_program as kp
-from backend.pef import PEF, Section
-from backend.targets import ONCHIP, Target
+from backend.pef.file import PEF, Section
+from backend.pef.program import KernelProgram
+from backend.pef.targets import ONCHIP, Target
 
 #: seconds to load a section's configuration onto the chip (modeling assumption)
 SECTION_LOAD_S = 2e-6
@@ -138,7 +138,7 @@ class CostReport:
         return out
 
 
-def _dtype(program: kp.KernelProgram) -> str:
+def _dtype(program: KernelProgram) -> str:
     outputs = program.with_role("output") or list(program.buffers)
     return outputs[0].dtype if outputs else "f32"
 
@@ -148,17 +148,17 @@ def _rate(target: Target, dtype: str) -> float:
     return table.get(dtype, min(table.values()))
 
 
-def _tiles(program: kp.KernelProgram) -> int:
+def _tiles(program: KernelProgram) -> int:
     """Tiles of the kernel's largest loop nest: how many steps its pipeline stage takes."""
     counts = [1]
     for stage, tile in zip(program.stages, program.schedule.tiles):
-        nest = kp.loop_nest(program, stage)
+        nest = program.loop_nest(stage)
         if len(tile) == len(nest):
             counts.append(math.prod(math.ceil(d / max(t, 1)) for d, t in zip(nest, tile)))
     return max(counts)
 
 
-def estimate_kernel(index: int, program: kp.KernelProgram, section: int, target: Target,
+def estimate_kernel(index: int, program: KernelProgram, section: int, target: Target,
                     chips: int, budget_pcus: int, budget_pmus: int) -> KernelEstimate:
     pcus = min(max(program.schedule.pcus, 1), budget_pcus)
     pmus = min(max(program.schedule.pmus, 1), budget_pmus)
@@ -229,9 +229,9 @@ def _option(pef: PEF, name: str):
     return next((o.value for o in pef.header.options if o.name == name), None)
 
 
-def _with_links(estimate: KernelEstimate, program: kp.KernelProgram, target: Target, on_rdu: bool) -> KernelEstimate:
+def _with_links(estimate: KernelEstimate, program: KernelProgram, target: Target, on_rdu: bool) -> KernelEstimate:
     """A collective kernel's estimate with its time on the links."""
-    stages = [s for s in program.stages if s.kind in kp.HOST_STAGES]
+    stages = [s for s in program.stages if s.on_host]
     if not stages:
         return estimate
     seconds = sum(all_reduce_seconds(program.buffer(s.out).nbytes, s.world_size, target, on_rdu) for s in stages)

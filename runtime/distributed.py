@@ -34,7 +34,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from backend.pef import PEF
+from backend.pef.file import PEF
 from ir.errors import ExecutionError
 from runtime.jit.parallel import default_threads
 

@@ -6,8 +6,8 @@ base pointers of its buffers) is built once at load time. Params and optimizer
 state stay resident: a param and the tensor holding its update swap places after
 each step (two argument arrays per kernel, one per parity), so a training step
 copies nothing; an update that cannot swap (it is also an input, a param, or
-updates two params) is copied instead. A collective kernel (an `all_reduce` stage, one of
-`kp.HOST_STAGES`) has no native code: it runs here, on the host, through the communicator.
+updates two params) is copied instead. A collective kernel (a stage its declaration marks
+`on_host`) has no native code: it runs here, on the host, through the communicator.
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from typing import Sequence
 import attrs
 import numpy as np
 
-from backend import kernel_program as kp
-from backend.memory import Allocation, temp_symbol
-from backend.pef import PEF
+from backend.pef.file import PEF
+from backend.pef.memory_plan import Allocation, temp_symbol
+from backend.pef.program import KernelProgram
+from backend.pef.records import Buffer
 from ir.dtypes import DType
 from ir.errors import ExecutionError, display_location
 from runtime.jit.codegen import ERRORS
@@ -34,13 +35,13 @@ class BoundKernel:
     """A kernel program with its native code and its argument arrays (per parity)."""
 
     index: int
-    program: kp.KernelProgram
+    program: KernelProgram
     section: int
     native: NativeKernel | None  # None: a host stage (a collective)
     args: tuple[ctypes.Array, ctypes.Array]
 
 
-def _tensor_of(program: kp.KernelProgram, buffer: kp.Buffer) -> str:
+def _tensor_of(program: KernelProgram, buffer: Buffer) -> str:
     return temp_symbol(program, buffer.name) if buffer.role == "temp" else buffer.name
 
 
@@ -86,15 +87,15 @@ def _arena(name: str, size: int) -> np.ndarray:
         raise ExecutionError(f"cannot allocate the {size}-byte memory arena '{name}' on this host") from None
 
 
-def _on_host(program: kp.KernelProgram) -> bool:
-    return any(stage.kind in kp.HOST_STAGES for stage in program.stages)
+def _on_host(program: KernelProgram) -> bool:
+    return any(stage.on_host for stage in program.stages)
 
 
 def _check_collectives(pef: PEF, communicator) -> None:
     """ExecutionError unless the communicator's group is the one every collective of `pef` was compiled for."""
     for program in pef.kernels:
         for stage in program.stages:
-            if stage.kind not in kp.HOST_STAGES:
+            if not stage.on_host:
                 continue
             if communicator is None:
                 raise ExecutionError(f"kernel '{program.name}' is a collective over {stage.world_size} replicas: "
@@ -146,13 +147,13 @@ class Executor:
         raw = self.arenas[a.arena][a.offset:a.offset + dtype.nbytes(math.prod(shape))]
         return raw.view(dtype.np).reshape(dtype.storage_shape(shape))
 
-    def _noalias(self, program: kp.KernelProgram) -> list[bool] | None:
+    def _noalias(self, program: KernelProgram) -> list[bool] | None:
         """Per buffer, whether its memory overlaps no other buffer of the kernel (None: none do)."""
         places = [self.location(_tensor_of(program, b), 0) for b in program.buffers]
         flags = [not any(i != j and _overlap(a, b) for j, b in enumerate(places)) for i, a in enumerate(places)]
         return None if all(flags) else flags
 
-    def _args(self, program: kp.KernelProgram, parity: int) -> ctypes.Array:
+    def _args(self, program: KernelProgram, parity: int) -> ctypes.Array:
         pointers = [self.address(_tensor_of(program, b), parity) for b in program.buffers]
         return (ctypes.c_void_p * max(len(pointers), 1))(*pointers)
 
@@ -170,8 +171,8 @@ class Executor:
                 raise ExecutionError(f"kernel '{program.name}' ('{program.op}'{where}): "
                                      f"{ERRORS.get(status, f'error {status}')}")
 
-    def run_collective(self, program: kp.KernelProgram) -> None:
-        """An `all_reduce` kernel through the communicator (its only stage; see `kp.AllReduceStage`)."""
+    def run_collective(self, program: KernelProgram) -> None:
+        """A collective kernel through the communicator (its only stage: `AllReduceStage`)."""
         (stage,) = program.stages
         out = program.buffer(stage.out)
         source = program.buffer(stage.x.buffer)

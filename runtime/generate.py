@@ -31,7 +31,7 @@ from typing import Callable, Collection, Mapping, Protocol, Sequence
 import attrs
 import numpy as np
 
-from backend.pef import PEF
+from backend.pef.file import PEF
 from ir import jsontext
 from ir.errors import CheckpointError, DataError, ExecutionError
 from ir.graph import Graph

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from backend.pef import PEF
+from backend.pef.file import PEF
 from ir.errors import ExecutionError
 from runtime.cost_model import CostReport
 

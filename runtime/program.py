@@ -18,7 +18,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from backend.pef import PEF, ParamSymbol, TensorSymbol, load_pef, read_pef
+from backend.pef.file import PEF, ParamSymbol, TensorSymbol, load_pef, read_pef
 from ir.dtypes import DType, convert
 from ir.errors import ExecutionError
 from ir.init import Init

@@ -32,7 +32,7 @@ import attrs
 import numpy as np
 import pydantic
 
-from backend.pef import PEF, Scalar
+from backend.pef.file import PEF, Scalar
 from ir.errors import CheckpointError, ExecutionError, config_error
 from runtime import checkpoint as ckpt
 from runtime.batches import HYPERPARAMETERS, BatchOrder, InputSpec, Rows, eval_batches, has_split, \

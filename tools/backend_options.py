@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from backend.pef import PEF, write_pef
+from backend.pef.file import PEF, write_pef
+from backend.pef.targets import preset_names
 from backend.report import stats_text
-from backend.targets import preset_names
 from tools.cli import positive_int
 
 

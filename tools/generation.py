@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from backend.pef import PEF
-from backend.targets import load_target
+from backend.pef.file import PEF
+from backend.pef.targets import load_target
 from ir.errors import ConfigError, RduflowError
 from runtime.chat_template import ChatTemplate
 from runtime.cost_model import estimate

@@ -1,7 +1,7 @@
 """The `target` option of target-dependent passes (tile, plan-memory)."""
 from __future__ import annotations
 
-from backend.targets import Target, load_target
+from backend.pef.targets import Target, load_target
 from compiler.pass_manager.base import PassContext
 from ir.errors import ConfigError, PassError
 

@@ -48,8 +48,8 @@ from typing import Callable, Iterable
 import attrs
 import numpy as np
 
-from backend.memory import ALIGN
-from backend.targets import ONCHIP, Target
+from backend.pef.memory_plan import ALIGN
+from backend.pef.targets import ONCHIP, Target
 from compiler.pass_manager.base import Pass, PassContext, option
 from compiler.pass_manager.registry import register_pass
 from compiler.pass_manager.target_option import resolve_target

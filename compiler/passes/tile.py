@@ -33,7 +33,7 @@ import math
 import attrs
 import numpy as np
 
-from backend.targets import Target
+from backend.pef.targets import Target
 from compiler.pass_manager.base import Pass, PassContext, option
 from compiler.pass_manager.registry import register_pass
 from compiler.pass_manager.target_option import resolve_target

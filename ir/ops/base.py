@@ -185,7 +185,7 @@ class OpDef:
     scalar = None
     #: decompose(b, op) -> result Values built from simpler ops, for composite ops
     decompose = None
-    # --- backend lowering hooks (stage kinds: see backend/kernel_program.py) ------------
+    # --- backend lowering hooks (stage kinds: see backend/pef/stages/) ------------
     #: view(attrs, shape, offset, strides) -> (offset, strides) | None, for injective ops
     #: re-indexing one operand: given the operand's element offset and strides (per axis of
     #: `shape`) into flat storage, those of the result; None if not expressible as strides
@@ -193,8 +193,8 @@ class OpDef:
     #: generate(e, attrs, index) -> Expr, for operand-less ops computed from the result's
     #: loop index; index(axis) is that index along `axis` as an i64 Expr
     generate = None
-    #: stage(op) -> {"kind": <stage kind>, **parameters}, for ops lowered to a stage of
-    #: their own (reduce, gemm, conv2d, pool2d, gather, scatter_add, concat, ...)
+    #: stage(op) -> {**parameters}, for ops lowered to a stage of their own: the stage
+    #: declaration that lists the op among its `ops` builds it from these parameters
     stage = None
     #: canonicalize(b, op) -> a simpler equivalent of the op's results (existing Values or
     #: ones built with b), or None; the canonicalize pass applies it (an identity reshape is

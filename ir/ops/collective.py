@@ -62,6 +62,6 @@ class AllReduce(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "all_reduce", "reduce": op.attrs["op"], "group": op.attrs["group"],
+        return {"reduce": op.attrs["op"], "group": op.attrs["group"],
                 "world_size": op.attrs["world_size"]}
 

@@ -77,7 +77,7 @@ class DynamicSlice(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "dynamic_slice", "axis": op.attrs["axis"]}
+        return {"axis": op.attrs["axis"]}
 
 
 @register
@@ -133,4 +133,4 @@ class DynamicUpdateSlice(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "update_slice", "axis": op.attrs["axis"]}
+        return {"axis": op.attrs["axis"]}

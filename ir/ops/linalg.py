@@ -71,7 +71,7 @@ class Matmul(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "gemm", "transpose_a": op.attrs["transpose_a"], "transpose_b": op.attrs["transpose_b"]}
+        return {"transpose_a": op.attrs["transpose_a"], "transpose_b": op.attrs["transpose_b"]}
 
     @classmethod
     def loop_nest(cls, op):

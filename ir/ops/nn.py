@@ -272,7 +272,7 @@ class Conv2d(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "conv2d", **_conv_attrs(op)}
+        return {**_conv_attrs(op)}
 
     @classmethod
     def loop_nest(cls, op):
@@ -319,7 +319,7 @@ class Pool2d(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "pool2d", "mode": cls.mode, "kernel": op.attrs["kernel"],
+        return {"mode": cls.mode, "kernel": op.attrs["kernel"],
                 "stride": cls.stride(op.attrs), "padding": op.attrs["padding"]}
 
 
@@ -436,7 +436,7 @@ class Conv2dInputGrad(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "conv2d_input_grad", **_conv_attrs(op)}
+        return {**_conv_attrs(op)}
 
     @classmethod
     def loop_nest(cls, op):
@@ -498,7 +498,7 @@ class Conv2dWeightGrad(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "conv2d_weight_grad", **_conv_attrs(op)}
+        return {**_conv_attrs(op)}
 
     @classmethod
     def loop_nest(cls, op):
@@ -542,7 +542,7 @@ class Pool2dGrad(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "pool2d_grad", "mode": cls.mode, "kernel": op.attrs["kernel"],
+        return {"mode": cls.mode, "kernel": op.attrs["kernel"],
                 "stride": Pool2d.stride(op.attrs), "padding": op.attrs["padding"]}
 
 

@@ -52,7 +52,7 @@ class Reduce(OpDef):
     @classmethod
     def stage(cls, op):
         axes = normalize_axes(op.attrs["axes"], op.operands[0].type.rank)
-        return {"kind": "reduce", "combine": cls.combine, "identity": cls.identity, "axes": axes}
+        return {"combine": cls.combine, "identity": cls.identity, "axes": axes}
 
 
 def _np_axes(attrs, x):
@@ -165,7 +165,7 @@ class Argmax(OpDef):
     @classmethod
     def stage(cls, op):
         axes = normalize_axes((op.attrs["axis"],), op.operands[0].type.rank)
-        return {"kind": "reduce", "combine": "argmax", "identity": -np.inf, "axes": axes}
+        return {"combine": "argmax", "identity": -np.inf, "axes": axes}
 
 
 class Softmaxlike(OpDef):

@@ -262,7 +262,7 @@ class Concat(Injective):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "concat", "axis": op.attrs["axis"] % op.result.type.rank}
+        return {"axis": op.attrs["axis"] % op.result.type.rank}
 
     @classmethod
     def canonicalize(cls, b, op):
@@ -308,7 +308,7 @@ class Gather(Injective):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "gather", "axis": op.attrs["axis"] % op.operands[0].type.rank}
+        return {"axis": op.attrs["axis"] % op.operands[0].type.rank}
 
     @classmethod
     def canonicalize(cls, b, op):
@@ -367,7 +367,7 @@ class Pad(Injective):
     @classmethod
     def stage(cls, op):
         rank = op.operands[0].type.rank
-        return {"kind": "pad", "low": op.attrs["low"], "high": op.attrs["high"],
+        return {"low": op.attrs["low"], "high": op.attrs["high"],
                 "interior": cls.interior(op.attrs, rank), "value": op.attrs["value"]}
 
 
@@ -424,4 +424,4 @@ class ScatterAdd(OpDef):
 
     @classmethod
     def stage(cls, op):
-        return {"kind": "scatter_add", "axis": op.attrs["axis"] % op.result.type.rank}
+        return {"axis": op.attrs["axis"] % op.result.type.rank}

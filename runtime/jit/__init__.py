@@ -1,4 +1,4 @@
-"""The JIT: kernel programs (backend/kernel_program.py) to native host code with llvmlite.
+"""The JIT: kernel programs (`backend.pef.program`) to native host code with llvmlite.
 
 * `kernel.py`: a program's stages lowered into one LLVM module (one exported function
   per stage, `i32 f(void **buffers, i64 lo, i64 hi)`), and its content-hash code key;

@@ -7,14 +7,15 @@ import attrs
 import llvmlite.ir as ir
 import numpy as np
 
-from backend import kernel_program as kp
+from backend.pef.records import Node
+from backend.pef.stages import ConcatStage, LiteralStage
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit.layout import Expression
 from runtime.jit.map import nest, simplify
 from runtime.jit.module import KernelModule
 
-def lower_concat(km: KernelModule, name: str, stage: kp.ConcatStage) -> int:
+def lower_concat(km: KernelModule, name: str, stage: ConcatStage) -> int:
     """Emit the stage as function `name`; parallel over output axis 0 unless that is the concat axis."""
     out = km.whole(stage.out)
     axis = stage.axis
@@ -25,7 +26,7 @@ def lower_concat(km: KernelModule, name: str, stage: kp.ConcatStage) -> int:
     def body(b: ir.IRBuilder, ptrs, lo, hi):
         for part, part_shape, start in zip(stage.parts, stage.shapes, starts):
             read = km.access(part)
-            copy = Expression((kp.Node("arg", read.dtype.value, (), 0),), (read,), ())
+            copy = Expression((Node("arg", read.dtype.value, (), 0),), (read,), ())
             target = attrs.evolve(out, offset=int(start) * out.strides[axis])
             if parallel:
                 nest(b, part_shape, lo, hi, lambda idx, c=copy, t=target: t.store(b, c.emit(b, ptrs, idx), ptrs, idx))
@@ -48,7 +49,7 @@ def _storage_bits(values, dtype: DType) -> tuple[ir.Type, list[int | float]]:
     return cg.storage_type(dtype), array.tolist()
 
 
-def lower_literal(km: KernelModule, name: str, stage: kp.LiteralStage) -> int:
+def lower_literal(km: KernelModule, name: str, stage: LiteralStage) -> int:
     """Copy a constant array (a global of the module) into the output."""
     buffer = km.buffer(stage.out)
     dtype = DType(buffer.dtype)

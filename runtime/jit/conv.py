@@ -14,7 +14,7 @@ from typing import Sequence
 import attrs
 import llvmlite.ir as ir
 
-from backend import kernel_program as kp
+from backend.pef.stages import Conv2dInputGradStage, Conv2dStage, Conv2dWeightGradStage
 from runtime.jit import codegen as cg
 from runtime.jit.codegen import F32, i64
 from runtime.jit.gemm import Gemm, emit_gemm
@@ -67,7 +67,7 @@ class Decomposed:
         return b.select(inside, value, ir.Constant(F32, 0.0))
 
 
-def conv_gemm(stage: kp.Conv2dStage, x: Access, w: Access, out: Access) -> Gemm:
+def conv_gemm(stage: Conv2dStage, x: Access, w: Access, out: Access) -> Gemm:
     """The conv as a gemm batched over (n, g); the epilogue is bound separately."""
     n, c, h, wd = stage.x_shape
     o, cg_, kh, kw = stage.w_shape
@@ -121,7 +121,7 @@ def _epilogue_leaf(leaf: Access | Index, og: int, oh: int, ow: int) -> Access | 
     return SplitColumn(merged.with_strides((*merged.strides, sh - ow * sw)), ow)
 
 
-def lower_conv2d(km: KernelModule, name: str, stage: kp.Conv2dStage) -> int:
+def lower_conv2d(km: KernelModule, name: str, stage: Conv2dStage) -> int:
     """Emit the stage as function `name`; returns its parallel extent."""
     x, w = km.access(stage.x), km.access(stage.w)
     gemm = conv_gemm(stage, x, w, km.whole(stage.out))
@@ -180,7 +180,7 @@ class TransposedWindow:
         return b.select(inside, value, ir.Constant(F32, 0.0))
 
 
-def lower_conv2d_input_grad(km: KernelModule, name: str, stage: kp.Conv2dInputGradStage) -> int:
+def lower_conv2d_input_grad(km: KernelModule, name: str, stage: Conv2dInputGradStage) -> int:
     """dx[n, g, c, (h, w)] = sum over (o, kh, kw) of w[g, o, c, kh, kw] * window(g)[(o, kh, kw), (h, w)]."""
     g_acc, w = km.access(stage.g), km.access(stage.w)
     n, _, h, wd = km.buffer(stage.out).shape
@@ -196,7 +196,7 @@ def lower_conv2d_input_grad(km: KernelModule, name: str, stage: kp.Conv2dInputGr
     return emit_gemm(km, name, Gemm((n, groups), cgr, h * wd, og * kh * kw, weights, window, out))
 
 
-def lower_conv2d_weight_grad(km: KernelModule, name: str, stage: kp.Conv2dWeightGradStage) -> int:
+def lower_conv2d_weight_grad(km: KernelModule, name: str, stage: Conv2dWeightGradStage) -> int:
     """dw[g, o, (c, kh, kw)] = sum over (n, oh, ow) of g[n, g, o, (oh, ow)] * im2col(x)[(n, oh, ow), (c, kh, kw)]."""
     x, g_acc = km.access(stage.x), km.access(stage.g)
     o, cgr, kh, kw = km.buffer(stage.out).shape

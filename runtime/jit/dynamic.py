@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from backend import kernel_program as kp
+from backend.pef.stages import DynamicSliceStage, UpdateSliceStage
 from runtime.jit import codegen as cg
 from runtime.jit.layout import Access
 from runtime.jit.map import nest
@@ -28,7 +28,7 @@ def _position(b: ir.IRBuilder, ptrs, starts: Access, idx: list[ir.Value], axis: 
     return position, inside
 
 
-def lower_dynamic_slice(km: KernelModule, name: str, stage: kp.DynamicSliceStage) -> int:
+def lower_dynamic_slice(km: KernelModule, name: str, stage: DynamicSliceStage) -> int:
     """out[b, ..., j, ...] = x[b, ..., starts[b] + j, ...], zero outside the axis."""
     x, starts, out = km.access(stage.x), km.access(stage.starts), km.whole(stage.out)
     shape, axis = tuple(km.buffer(stage.out).shape), stage.axis
@@ -46,7 +46,7 @@ def lower_dynamic_slice(km: KernelModule, name: str, stage: kp.DynamicSliceStage
     return shape[0]
 
 
-def lower_update_slice(km: KernelModule, name: str, stage: kp.UpdateSliceStage) -> int:
+def lower_update_slice(km: KernelModule, name: str, stage: UpdateSliceStage) -> int:
     """out = operand (unless in place), then each update row written at its row's start."""
     operand, update, starts = km.access(stage.operand), km.access(stage.update), km.access(stage.starts)
     out = km.whole(stage.out)

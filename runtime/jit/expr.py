@@ -9,8 +9,8 @@ from typing import Callable, Sequence
 
 import llvmlite.ir as ir
 
+from backend.pef.records import Node
 from ir.dtypes import DType
-from backend.kernel_program import Node
 from ir.scalar import PRIMITIVES
 from runtime.jit import mathlib
 from runtime.jit.codegen import F32, I1, compute_type, constant, intrinsic, round_to

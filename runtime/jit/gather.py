@@ -9,7 +9,7 @@ import math
 
 import llvmlite.ir as ir
 
-from backend import kernel_program as kp
+from backend.pef.stages import GatherStage, ScatterAddStage
 from runtime.jit import codegen as cg
 from runtime.jit.codegen import I32, i64
 from runtime.jit.map import nest
@@ -24,7 +24,7 @@ def _checked_index(b: ir.IRBuilder, raw: ir.Value, extent: int, status) -> ir.Va
     return b.select(bad, i64(0), index)
 
 
-def lower_gather(km: KernelModule, name: str, stage: kp.GatherStage) -> int:
+def lower_gather(km: KernelModule, name: str, stage: GatherStage) -> int:
     """out[o..., i..., r...] = table[o..., indices[i...], r...]; parallel over out axis 0."""
     table, indices, out = km.access(stage.table), km.access(stage.indices), km.whole(stage.out)
     axis, ishape = stage.axis, tuple(stage.indices_shape)
@@ -50,7 +50,7 @@ def lower_gather(km: KernelModule, name: str, stage: kp.GatherStage) -> int:
     return out_shape[0]
 
 
-def lower_scatter_add(km: KernelModule, name: str, stage: kp.ScatterAddStage) -> int:
+def lower_scatter_add(km: KernelModule, name: str, stage: ScatterAddStage) -> int:
     """out = zeros; out[o..., indices[i...], r...] += updates[o..., i..., r...].
 
     Work splits over the leading table axes (or, for axis 0, the trailing ones), so

@@ -18,7 +18,7 @@ from typing import Protocol, Sequence
 import attrs
 import llvmlite.ir as ir
 
-from backend import kernel_program as kp
+from backend.pef.stages import GemmStage
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
@@ -366,7 +366,7 @@ def emit_small(stage: Gemm, b: ir.IRBuilder, ptrs, lo, hi) -> None:
             store_sum(stage, b, ptrs, batch, i, j, b.load(acc))
 
 
-def lower_gemm(km: KernelModule, name: str, stage: kp.GemmStage) -> int:
+def lower_gemm(km: KernelModule, name: str, stage: GemmStage) -> int:
     """Emit the stage as function `name`; returns its parallel extent."""
     epilogue = km.expression(stage.epilogue) if stage.epilogue is not None else None
     gemm = Gemm(tuple(stage.batch), stage.m, stage.n, stage.k, Strided(km.access(stage.a)),

@@ -15,8 +15,8 @@ from typing import Any, Callable, Sequence
 import attrs
 import msgpack
 
-from backend import kernel_program as kp
-from backend.kernel_program import stage_work
+from backend.pef import stages
+from backend.pef.program import KernelProgram
 from runtime.jit.concat import lower_concat, lower_literal
 from runtime.jit.conv import lower_conv2d, lower_conv2d_input_grad, lower_conv2d_weight_grad
 from runtime.jit.dynamic import lower_dynamic_slice, lower_update_slice
@@ -30,19 +30,28 @@ from runtime.jit.pad import lower_pad
 from runtime.jit.pool import lower_pool2d, lower_pool2d_grad
 from runtime.jit.reduce import lower_reduce
 
-#: stage kind -> lowering(km, function name, stage) -> parallel extent
-LOWERINGS: dict[str, Callable[[KernelModule, str, Any], int]] = {
-    "map": lower_map, "reduce": lower_reduce, "gemm": lower_gemm, "conv2d": lower_conv2d,
-    "pool2d": lower_pool2d, "gather": lower_gather, "scatter_add": lower_scatter_add,
-    "concat": lower_concat, "literal": lower_literal, "pad": lower_pad,
-    "conv2d_input_grad": lower_conv2d_input_grad, "conv2d_weight_grad": lower_conv2d_weight_grad,
-    "pool2d_grad": lower_pool2d_grad, "dynamic_slice": lower_dynamic_slice, "update_slice": lower_update_slice,
+@attrs.frozen
+class Lowering:
+    """How the JIT runs one stage kind: `lower(km, function name, stage) -> parallel extent`;
+    `packs`: every piece of its range packs its own operand panels (so it is cut into few pieces)."""
+
+    lower: Callable[[KernelModule, str, Any], int]
+    packs: bool = False
+
+
+#: stage declaration -> its native lowering (stages the declaration marks `on_host` run in the executor)
+LOWERINGS: dict[type[stages.StageKind], Lowering] = {
+    stages.MapStage: Lowering(lower_map), stages.ReduceStage: Lowering(lower_reduce),
+    stages.GemmStage: Lowering(lower_gemm, packs=True), stages.Conv2dStage: Lowering(lower_conv2d, packs=True),
+    stages.Pool2dStage: Lowering(lower_pool2d), stages.GatherStage: Lowering(lower_gather),
+    stages.ScatterAddStage: Lowering(lower_scatter_add), stages.ConcatStage: Lowering(lower_concat),
+    stages.LiteralStage: Lowering(lower_literal), stages.PadStage: Lowering(lower_pad),
+    stages.Conv2dInputGradStage: Lowering(lower_conv2d_input_grad, packs=True),
+    stages.Conv2dWeightGradStage: Lowering(lower_conv2d_weight_grad, packs=True),
+    stages.Pool2dGradStage: Lowering(lower_pool2d_grad), stages.DynamicSliceStage: Lowering(lower_dynamic_slice),
+    stages.UpdateSliceStage: Lowering(lower_update_slice),
 }
-
-
-#: stage kinds whose every piece of range packs its own operand panels
-PACKING_STAGES = frozenset({"gemm", "conv2d", "conv2d_input_grad", "conv2d_weight_grad"})
-#: pieces per thread of other stages, handed out on demand (a busy core takes fewer)
+#: pieces per thread of stages that do not pack, handed out on demand (a busy core takes fewer)
 PIECES = 4
 
 
@@ -74,7 +83,7 @@ def _plain(value: Any, numbers: dict[str, int], key: str = "") -> Any:
     return value
 
 
-def _anonymous(program: kp.KernelProgram) -> list:
+def _anonymous(program: KernelProgram) -> list:
     """The program's code-relevant content: buffer names replaced by numbers, no offsets."""
     numbers = {b.name: i for i, b in enumerate(program.buffers)}
     buffers = [[b.role, list(b.shape), b.dtype, list(b.strides)] for b in program.buffers]
@@ -86,7 +95,7 @@ def checked_mode() -> bool:
     return os.environ.get("RDUFLOW_JIT_CHECKED", "").strip() not in ("", "0")
 
 
-def code_key(program: kp.KernelProgram, noalias: Sequence[bool] | None = None, checked: bool = False,
+def code_key(program: KernelProgram, noalias: Sequence[bool] | None = None, checked: bool = False,
              tile: Tile | None = None) -> str:
     """A hash of everything the native code depends on (program content, aliasing, checks, gemm tile, host)."""
     aliasing = list(noalias) if noalias is not None and not all(noalias) else None
@@ -108,7 +117,7 @@ def optimization_level(plans: list[StagePlan]) -> int:
     return 3 if work >= QUICK_WORK else 1 if work >= TINY_WORK else 0
 
 
-def lower_program(program: kp.KernelProgram, key: str, noalias: Sequence[bool] | None = None,
+def lower_program(program: KernelProgram, key: str, noalias: Sequence[bool] | None = None,
                   checked: bool = False, tile: Tile | None = None) -> tuple[KernelModule, list[StagePlan]]:
     """The LLVM module of a kernel program and the plan of each stage.
 
@@ -119,7 +128,7 @@ def lower_program(program: kp.KernelProgram, key: str, noalias: Sequence[bool] |
     plans = []
     for i, stage in enumerate(program.stages):
         symbol = f"rdu_{key}_s{i}"
-        extent = LOWERINGS[stage.kind](km, symbol, stage)
-        pieces = 1 if stage.kind in PACKING_STAGES else PIECES
-        plans.append(StagePlan(symbol, extent, stage_work(stage, buffers), pieces))
+        lowering = LOWERINGS[type(stage)]
+        extent = lowering.lower(km, symbol, stage)
+        plans.append(StagePlan(symbol, extent, stage.work(buffers), 1 if lowering.packs else PIECES))
     return km, plans

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import attrs
 
-from backend import kernel_program as kp
+from backend.pef.program import KernelProgram
 from runtime.jit.cache import DiskCache
 from runtime.jit.engine import NativeLibrary
 from runtime.jit.host import Tile
@@ -41,7 +41,7 @@ class JitStats:
     load_seconds: float = 0.0
 
 
-def compile_program(key: str, program: kp.KernelProgram, noalias: Sequence[bool] | None = None,
+def compile_program(key: str, program: KernelProgram, noalias: Sequence[bool] | None = None,
                     checked: bool = False, tile: Tile | None = None) -> tuple[bytes, list[StagePlan]]:
     """Object code and stage plans of one kernel program (`checked`: with bounds checks; its
     gemms shaped by `tile`, default the host's)."""
@@ -64,7 +64,7 @@ class Jit:
         self.kernels: dict[str, NativeKernel] = {}
         self.stats = JitStats()
 
-    def load(self, programs: Sequence[kp.KernelProgram],
+    def load(self, programs: Sequence[KernelProgram],
              noalias: Sequence[Sequence[bool] | None] | None = None) -> list[NativeKernel]:
         """Native code for every program (identical programs share one unit).
 
@@ -72,7 +72,7 @@ class Jit:
         the others (default: all are)."""
         flags = list(noalias) if noalias is not None else [None] * len(programs)
         keys = [code_key(p, f, self.checked, self.tile) for p, f in zip(programs, flags)]
-        todo: dict[str, tuple[kp.KernelProgram, Sequence[bool] | None]] = {}
+        todo: dict[str, tuple[KernelProgram, Sequence[bool] | None]] = {}
         for key, program, f in zip(keys, programs, flags):
             if key in self.kernels or key in todo:
                 self.stats.shared += 1

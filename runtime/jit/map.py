@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import llvmlite.ir as ir
 
-from backend import kernel_program as kp
+from backend.pef.stages import MapStage
 from runtime.jit import codegen as cg
 from runtime.jit.layout import Access, Expression, coalesce
 from runtime.jit.module import KernelModule
@@ -37,7 +37,7 @@ def nest(b: ir.IRBuilder, shape: Sequence[int], lo: ir.Value, hi: ir.Value,
         nest(b, shape, lo, hi, body, indices + (i,))
 
 
-def lower_map(km: KernelModule, name: str, stage: kp.MapStage) -> int:
+def lower_map(km: KernelModule, name: str, stage: MapStage) -> int:
     """Emit the stage as function `name`; returns its parallel extent."""
     shape, out, expression = simplify(km.buffer(stage.out).shape, km.whole(stage.out),
                                       km.expression(stage.body))

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import llvmlite.ir as ir
 
-from backend import kernel_program as kp
+from backend.pef.records import Access, Affine, Body, Buffer
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit.engine import compile_ir
@@ -21,7 +21,7 @@ class KernelModule:
     """LLVM functions sharing one kernel program's buffer list; its gemms use `tile` (default:
     the host's)."""
 
-    def __init__(self, buffers: Sequence[kp.Buffer], noalias: Sequence[bool] | None = None, checked: bool = False,
+    def __init__(self, buffers: Sequence[Buffer], noalias: Sequence[bool] | None = None, checked: bool = False,
                  tile: Tile | None = None):
         """`checked`: every load and store is bounds-checked against its buffer's span."""
         self.buffers = {b.name: (i, b) for i, b in enumerate(buffers)}
@@ -32,10 +32,10 @@ class KernelModule:
         self.tile = tile or host_tile()
         self.module = ir.Module(name="rduflow")
 
-    def buffer(self, name: str) -> kp.Buffer:
+    def buffer(self, name: str) -> Buffer:
         return self.buffers[name][1]
 
-    def access(self, access: kp.Access) -> Access:
+    def access(self, access: Access) -> Access:
         """A schema access as a typed access of a function argument."""
         index, buffer = self.buffers[access.buffer]
         return Access(index, DType(buffer.dtype), access.offset, tuple(access.strides))
@@ -46,10 +46,10 @@ class KernelModule:
         return Access(index, DType(buffer.dtype), 0, tuple(buffer.strides))
 
     @staticmethod
-    def index(affine: kp.Affine) -> Index:
+    def index(affine: Affine) -> Index:
         return Index(DType.i64, affine.offset, tuple(affine.coeffs))
 
-    def expression(self, body: kp.Body) -> Expression:
+    def expression(self, body: Body) -> Expression:
         """A body with its reads bound to arguments."""
         return Expression(tuple(body.nodes), tuple(self.access(r) for r in body.reads),
                           tuple(self.index(a) for a in body.indices))

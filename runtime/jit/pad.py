@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from backend import kernel_program as kp
+from backend.pef.stages import PadStage
 from runtime.jit import codegen as cg
 from runtime.jit.codegen import i64
 from runtime.jit.map import nest
 from runtime.jit.module import KernelModule
 
 
-def lower_pad(km: KernelModule, name: str, stage: kp.PadStage) -> int:
+def lower_pad(km: KernelModule, name: str, stage: PadStage) -> int:
     """out[i] = x[(i - low) / (interior + 1)] where that lands on an element, else `value`."""
     x, out = km.access(stage.x), km.whole(stage.out)
     shape = tuple(km.buffer(stage.out).shape) or (1,)

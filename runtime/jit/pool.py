@@ -5,13 +5,13 @@ import math
 
 import llvmlite.ir as ir
 
-from backend import kernel_program as kp
+from backend.pef.stages import Pool2dGradStage, Pool2dStage
 from runtime.jit import codegen as cg
 from runtime.jit.codegen import F32, i64
 from runtime.jit.module import KernelModule
 
 
-def lower_pool2d(km: KernelModule, name: str, stage: kp.Pool2dStage) -> int:
+def lower_pool2d(km: KernelModule, name: str, stage: Pool2dStage) -> int:
     """Emit the stage as function `name`; returns its parallel extent (N*C)."""
     x = km.access(stage.x)
     out = km.whole(stage.out)
@@ -63,7 +63,7 @@ def _window(b: ir.IRBuilder, y, z, kernel, stride, padding, h: int, w: int):
             yield b.select(inside, row, i64(0)), b.select(inside, col, i64(0)), inside
 
 
-def lower_pool2d_grad(km: KernelModule, name: str, stage: kp.Pool2dGradStage) -> int:
+def lower_pool2d_grad(km: KernelModule, name: str, stage: Pool2dGradStage) -> int:
     """dx = zeros; each g[n, c, oh, ow] goes to the window's first maximum (max) or is
     spread evenly over the window (avg). Parallel over (n, c) planes."""
     g = km.access(stage.g)

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import llvmlite.ir as ir
 
-from backend import kernel_program as kp
+from backend.pef.records import row_major
+from backend.pef.stages import ReduceStage
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit.codegen import I32, I64, i64
@@ -29,7 +30,7 @@ REDUCED, KEPT = 1, 0
 def _out_strides(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
     """Strides, over the loop nest, of a row-major output over the kept axes."""
     kept = [d for i, d in enumerate(shape) if i not in axes]
-    kept_strides = iter(kp.row_major(kept))
+    kept_strides = iter(row_major(kept))
     return tuple(0 if i in axes else next(kept_strides) for i in range(len(shape)))
 
 
@@ -174,7 +175,7 @@ class _Reduction:
                 self._store(b.load(b.gep(bests if self.combine == "argmax" else accs, [j])))
 
 
-def lower_reduce(km: KernelModule, name: str, stage: kp.ReduceStage) -> int:
+def lower_reduce(km: KernelModule, name: str, stage: ReduceStage) -> int:
     """Emit the stage as function `name`; returns its parallel extent."""
     shape, axes = tuple(stage.shape), tuple(stage.axes)
     out = km.whole(stage.out)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.kernel_program import KernelProgram, validate
+from backend.pef.program import KernelProgram
+from backend.pef.validate import validate
 from backend.lowering import lower_graph, tensor_names
-from backend.reference import run_kernel
+from backend.pef.reference import run_kernel
 from ir.graph import Graph
 from ir.interpreter import interpret
 from backend_graphs import symbol_inputs

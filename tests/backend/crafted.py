@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 
 from zoo_programs import compiled  # noqa: E402
 
-from backend.pef import FORMAT_VERSION, MAGIC  # noqa: E402
+from backend.pef.file import FORMAT_VERSION, MAGIC
 
 
 @functools.cache

@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from backend_graphs import decompose, fuse_phases, mlp  # noqa: E402
 
 from backend.driver import BackendOptions, build_pef  # noqa: E402
-from backend.pef import FORMAT_VERSION, PEF, load_pef  # noqa: E402
-from backend.targets import load_target  # noqa: E402
+from backend.pef.file import FORMAT_VERSION, PEF, load_pef
+from backend.pef.targets import load_target
 from ir.errors import PEFError  # noqa: E402
 
 _ODD_VALUES = [None, True, False, 0, 1, -1, 2**31, 2**63 - 1, -2**63, 0.5, -1e300, float("nan"),

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from backend.pef import read_pef
+from backend.pef.file import read_pef
 from tools.cli import main
 
 

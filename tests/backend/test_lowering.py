@@ -8,8 +8,8 @@ from backend_harness import assert_matches_interpreter, random_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.kernel_program import GemmStage, MapStage, ReduceStage
 from backend.lowering import lower_graph
+from backend.pef.stages import GemmStage, MapStage, ReduceStage
 from ir.builder import Builder
 from ir.dtypes import DType, f32, i32
 from ir.errors import BackendError, Location

@@ -14,8 +14,8 @@ from backend_graphs import decompose, fuse_phases, mlp
 from fuzz_pef import ZOO, check_case, raw_mutation, run, run_executed, sample_pef, structural_mutation
 
 from backend.driver import BackendOptions, build_pef, compile_options, compile_program
-from backend.pef import FORMAT_VERSION, MAGIC, load_pef, read_pef, write_pef
-from backend.targets import load_target
+from backend.pef.file import FORMAT_VERSION, MAGIC, load_pef, read_pef, write_pef
+from backend.pef.targets import load_target
 from ir.errors import PEFError
 
 ROOT = Path(__file__).resolve().parents[2]

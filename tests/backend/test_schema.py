@@ -8,8 +8,10 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from backend.kernel_program import Access, Body, Buffer, KernelCost, MapStage, Node, Stage
-from backend.schema import INT_LIMIT, SchemaError, decode, decoder, encode
+from backend.pef.program import KernelCost
+from backend.pef.records import Access, Body, Buffer, Node
+from backend.pef.schema import INT_LIMIT, SchemaError, decode, decoder, encode
+from backend.pef.stages import MapStage, Stage
 
 
 def _lists(data):
@@ -83,7 +85,7 @@ def test_errors_deep_in_a_record_name_the_path():
     assert _error(Stage, data) == "body.nodes[1].args[1]: expected an int, got str '1'"
     data = encode(STAGE)
     data["kind"] = ["map"]
-    assert _error(Stage, data).startswith("kind: unknown kind ['map'] (expected one of map, reduce, gemm")
+    assert _error(Stage, data).startswith("kind: unknown kind ['map'] (expected one of all_reduce, concat, conv2d, ")
 
 
 def test_maps_check_their_keys_and_values():
@@ -112,7 +114,7 @@ def test_literals_tell_types_apart():
 
 def test_each_record_class_compiles_once():
     assert decoder(Buffer) is decoder(Buffer)
-    assert decoder(Buffer).__code__.co_filename == "<schema decoder of backend.kernel_program.Buffer>"
+    assert decoder(Buffer).__code__.co_filename == "<schema decoder of backend.pef.records.Buffer>"
 
 
 _ITEMS = st.one_of(st.integers(-2 * INT_LIMIT, 2 * INT_LIMIT), st.booleans(), st.floats(allow_nan=False),

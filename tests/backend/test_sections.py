@@ -8,17 +8,17 @@ import pytest
 from backend_graphs import decompose, fuse_phases, mlp
 
 from backend.driver import BackendOptions, build_pef
-from backend.kernel_program import Schedule
 from backend.lowering import lower_graph
 from backend.mapping import Needs, balance, budget, default_tile, kernel_needs, schedule_tiles, working_set
-from backend.memory import temp_symbol
+from backend.pef.memory_plan import temp_symbol
+from backend.pef.program import Schedule
+from backend.pef.targets import ONCHIP, load_target, target_from_obj
 from backend.report import offchip_traffic
-from backend.targets import ONCHIP, load_target, target_from_obj
 from compiler.config import resolve
 from compiler.driver import find_model
 from compiler.frontend import lower, parse_module
-from compiler.passes import PassManager
 from compiler.pass_manager.levels import level_pipeline
+from compiler.passes import PassManager
 from compiler.training import build_training_graph
 from ir.builder import Builder
 from ir.dtypes import f32

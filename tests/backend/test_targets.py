@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from backend.targets import load_target, preset_names, target_from_obj
+from backend.pef.targets import load_target, preset_names, target_from_obj
 from ir.errors import ConfigError
 
 

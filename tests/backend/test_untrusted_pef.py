@@ -6,8 +6,11 @@ import re
 import pytest
 from crafted import allocation, arena, buffer, craft, kernel, stage
 
-from backend import kernel_program as kp
-from backend.pef import load_pef
+from backend.pef.file import load_pef
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Body, Buffer, Node, ProgramError
+from backend.pef.stages import LiteralStage, MapStage, PadStage, ReduceStage, Stage
+from backend.pef.validate import validate
 from ir.errors import PEFError
 
 
@@ -98,26 +101,26 @@ def test_a_user_may_raise_the_limits(monkeypatch):
         load_pef(crafted)
 
 
-def _int_program(stage: kp.Stage, out_shape: tuple[int, ...]) -> kp.KernelProgram:
-    buffers = (kp.Buffer("x", "input", (4,), "i32"), kp.Buffer("y", "output", out_shape, "i32"))
-    return kp.KernelProgram("k0", "op", None, "", buffers, (stage,))
+def _int_program(stage: Stage, out_shape: tuple[int, ...]) -> KernelProgram:
+    buffers = (Buffer("x", "input", (4,), "i32"), Buffer("y", "output", out_shape, "i32"))
+    return KernelProgram("k0", "op", None, "", buffers, (stage,))
 
 
-_READ_X = kp.Body((kp.Access("x", 0, (1,)),), (), (kp.Node("arg", "i32", (), 0),))
+_READ_X = Body((Access("x", 0, (1,)),), (), (Node("arg", "i32", (), 0),))
 
 
 @pytest.mark.parametrize("stage, shape, message", [
-    (kp.ReduceStage("y", (4,), (0,), "add", float("nan"), _READ_X), (), "identity: constant nan does not fit i32"),
-    (kp.ReduceStage("y", (4,), (0,), "add", 2.0**40, _READ_X), (), "constant 1099511627776.0 does not fit i32"),
-    (kp.PadStage("y", kp.Access("x", 0, (1,)), (4,), (1,), (0,), (0,), 1e30), (5,), "value: constant 1e+30"),
-    (kp.LiteralStage("y", (1, 2, 3, -2**31 - 1)), (4,), "constant -2147483649 does not fit i32"),
-    (kp.MapStage("y", kp.Body((), (), (kp.Node("const", "i32", (), 2**31),))), (4,), "2147483648 does not fit"),
+    (ReduceStage("y", (4,), (0,), "add", float("nan"), _READ_X), (), "identity: constant nan does not fit i32"),
+    (ReduceStage("y", (4,), (0,), "add", 2.0**40, _READ_X), (), "constant 1099511627776.0 does not fit i32"),
+    (PadStage("y", Access("x", 0, (1,)), (4,), (1,), (0,), (0,), 1e30), (5,), "value: constant 1e+30"),
+    (LiteralStage("y", (1, 2, 3, -2**31 - 1)), (4,), "constant -2147483649 does not fit i32"),
+    (MapStage("y", Body((), (), (Node("const", "i32", (), 2**31),))), (4,), "2147483648 does not fit"),
 ])
 def test_integer_constants_must_fit_their_dtype(stage, shape, message):
-    with pytest.raises(kp.ProgramError, match=re.escape(message)):
-        kp.validate(_int_program(stage, shape))
+    with pytest.raises(ProgramError, match=re.escape(message)):
+        validate(_int_program(stage, shape))
 
 
 def test_integer_constants_at_their_limits_are_fine():
-    kp.validate(_int_program(kp.LiteralStage("y", (-2**31, 0, 1, 2**31 - 1)), (4,)))
-    kp.validate(_int_program(kp.ReduceStage("y", (4,), (0,), "max", float("-inf"), _READ_X), ()))
+    validate(_int_program(LiteralStage("y", (-2**31, 0, 1, 2**31 - 1)), (4,)))
+    validate(_int_program(ReduceStage("y", (4,), (0,), "max", float("-inf"), _READ_X), ()))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from backend.driver import BackendOptions, build_pef
-from backend.pef import load_pef
-from backend.targets import load_target
+from backend.pef.file import load_pef
+from backend.pef.targets import load_target
 from compiler import zoo
 from compiler.config import Setting
 from compiler.frontend import build
-from compiler.passes import PassManager
 from compiler.pass_manager.levels import level_pipeline
+from compiler.passes import PassManager
 from compiler.training import build_training_graph
 from ir.parser import parse
 from ir.printer import print_graph

@@ -27,7 +27,9 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from backend import kernel_program as kp
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Buffer
+from backend.pef.stages import GemmStage
 from runtime.jit import codegen as cg
 from runtime.jit.engine import NativeLibrary, compile_ir
 from runtime.jit.host import host_tile
@@ -46,11 +48,11 @@ CHAINS = 12
 RNG = np.random.default_rng(0)
 
 
-def gemm_program(n: int) -> kp.KernelProgram:
-    buffers = (kp.Buffer("a", "input", (n, n), "f32"), kp.Buffer("b", "input", (n, n), "f32"),
-               kp.Buffer("c", "output", (n, n), "f32"))
-    stage = kp.GemmStage("c", (), n, n, n, kp.Access("a", 0, (n, 1)), kp.Access("b", 0, (n, 1)))
-    return kp.KernelProgram("gemm", "matmul", None, "", buffers, (stage,))
+def gemm_program(n: int) -> KernelProgram:
+    buffers = (Buffer("a", "input", (n, n), "f32"), Buffer("b", "input", (n, n), "f32"),
+               Buffer("c", "output", (n, n), "f32"))
+    stage = GemmStage("c", (), n, n, n, Access("a", 0, (n, 1)), Access("b", 0, (n, 1)))
+    return KernelProgram("gemm", "matmul", None, "", buffers, (stage,))
 
 
 def fma_peak_per_core(lanes: int, iterations: int = 1 << 22, tries: int = 30) -> float:

@@ -14,7 +14,9 @@ import itertools
 import numpy as np
 import pytest
 
-from backend import kernel_program as kp
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Buffer
+from backend.pef.stages import GemmStage
 from ir.dtypes import DType, bf16, f32
 from runtime.jit.library import Jit
 from runtime.jit.parallel import Parallel
@@ -35,13 +37,13 @@ def weights(k: int, n: int, transposed: bool, dtype: DType) -> list[np.ndarray]:
     return [w.copy() for _ in range(max(2, -(-CYCLE_BYTES // w.nbytes)))]
 
 
-def gemv_program(k: int, n: int, transposed: bool, dtype: DType) -> kp.KernelProgram:
-    buffers = (kp.Buffer("x", "input", (1, k), "f32"),
-               kp.Buffer("w", "input", (n, k) if transposed else (k, n), str(dtype)),
-               kp.Buffer("y", "output", (1, n), "f32"))
-    w = kp.Access("w", 0, (1, k) if transposed else (n, 1))
-    stage = kp.GemmStage("y", (), 1, n, k, kp.Access("x", 0, (k, 1)), w)
-    return kp.KernelProgram("gemv", "matmul", None, "", buffers, (stage,))
+def gemv_program(k: int, n: int, transposed: bool, dtype: DType) -> KernelProgram:
+    buffers = (Buffer("x", "input", (1, k), "f32"),
+               Buffer("w", "input", (n, k) if transposed else (k, n), str(dtype)),
+               Buffer("y", "output", (1, n), "f32"))
+    w = Access("w", 0, (1, k) if transposed else (n, 1))
+    stage = GemmStage("y", (), 1, n, k, Access("x", 0, (k, 1)), w)
+    return KernelProgram("gemv", "matmul", None, "", buffers, (stage,))
 
 
 def record(benchmark, nbytes: int) -> None:

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from backend.driver import BackendOptions, build_pef
-from backend.targets import load_target
+from backend.pef.targets import load_target
 from compiler.driver import CompileOptions, compile_model
-from compiler.passes import PassManager
 from compiler.pass_manager.levels import level_pipeline
+from compiler.passes import PassManager
 from ir.builder import Builder
 from ir.dtypes import f32
 from ir.graph import Graph

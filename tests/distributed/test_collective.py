@@ -8,7 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend import kernel_program as kp
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Body, Buffer, Node, ProgramError
+from backend.pef.stages import AllReduceStage, MapStage
+from backend.pef.validate import validate
 from compiler.driver import CompileOptions, compile_model
 from compiler.training import TrainingOptions, build_training_graph
 from ir.builder import Builder
@@ -111,7 +114,7 @@ def test_training_graph_checks_its_options():
 def test_compile_records_the_world_size_and_verifies_semantics(tmp_path, capsys):
     assert main(["compile", "logreg", "--data-parallel", "-ws", "4", "--verify-semantics", "-o", str(tmp_path),
                  "--pef-name", "dp"]) == 0
-    from backend.pef import read_pef
+    from backend.pef.file import read_pef
     pef = read_pef(tmp_path / "dp" / "dp.pef")
     assert pef.header.option("training.world_size") == 4
     assert pef.header.option("training.data_parallel") is True
@@ -122,15 +125,15 @@ def test_compile_records_the_world_size_and_verifies_semantics(tmp_path, capsys)
 
 
 def test_kernel_validation_keeps_a_collective_alone():
-    x = kp.Buffer("%x", "input", (4,), "f32")
-    y = kp.Buffer("%y", "output", (4,), "f32")
-    z = kp.Buffer("%z", "output", (4,), "f32")
-    read = kp.Access("%x", 0, (1,))
-    stage = kp.AllReduceStage("%y", read, "sum", "data", 2)
-    copy = kp.MapStage("%z", kp.Body((read,), (), (kp.Node("arg", "f32", (), 0),)))
-    kp.validate(kp.KernelProgram("k0", "all_reduce", "allreduce", "", (x, y), (stage,)))
-    with pytest.raises(kp.ProgramError, match="an all_reduce stage must be its kernel's only stage"):
-        kp.validate(kp.KernelProgram("k0", "all_reduce", "allreduce", "", (x, y, z), (stage, copy)))
+    x = Buffer("%x", "input", (4,), "f32")
+    y = Buffer("%y", "output", (4,), "f32")
+    z = Buffer("%z", "output", (4,), "f32")
+    read = Access("%x", 0, (1,))
+    stage = AllReduceStage("%y", read, "sum", "data", 2)
+    copy = MapStage("%z", Body((read,), (), (Node("arg", "f32", (), 0),)))
+    validate(KernelProgram("k0", "all_reduce", "allreduce", "", (x, y), (stage,)))
+    with pytest.raises(ProgramError, match="an all_reduce stage must be its kernel's only stage"):
+        validate(KernelProgram("k0", "all_reduce", "allreduce", "", (x, y, z), (stage, copy)))
 
 
 @pytest.fixture(scope="module")

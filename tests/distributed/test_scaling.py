@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from backend.targets import Link, Links, load_target
+from backend.pef.targets import Link, Links, load_target
 from compiler.driver import CompileOptions, compile_model
 from compiler.training import TrainingOptions
 from ir.errors import ConfigError

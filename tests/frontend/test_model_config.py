@@ -8,6 +8,7 @@ import pytest
 from compiler import zoo
 from compiler.config import Field, Schema, Setting, load_yaml, parse_overrides, resolve
 from compiler.driver import CompileOptions, compile_model, find_model
+from compiler.frontend import Source, build
 from ir.errors import ConfigError, FrontendError, display_path
 
 SCHEMA = Schema((
@@ -151,3 +152,11 @@ def test_a_yaml_config_5000_levels_deep_is_a_one_line_error(tmp_path, text):
         load_yaml(path)
     assert info.value.message == "invalid YAML: nested more than 100 levels deep"
     assert info.value.location.file == str(path) and info.value.location.line >= 2
+
+
+def test_a_dtype_as_an_int_default_is_a_located_error(tmp_path):
+    """A config default that names a dtype (`hidden: int = f32`) is the user's error, not a crash."""
+    source = Source("model m\nconfig {\n  hidden: int = f32\n}\ninput x: f32[hidden]\noutput y = x\n", "m.rdl")
+    with pytest.raises(ConfigError, match="default of 'hidden': expected int, got f32") as info:
+        build(source)
+    assert info.value.location.line == 3

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.kernel_program import GemmStage
 from backend.lowering import lower_graph
+from backend.pef.stages import GemmStage
 from ir.builder import Builder
 from ir.dtypes import DType, bf16, f32
 from ir.graph import Graph
 from ir.interpreter import interpret
 from ir.types import TensorType
-from runtime.jit.gemv import BLOCK, CHUNK, ROWS, is_gemv
 from runtime.jit.gemm import Gemm, Strided, simplify
+from runtime.jit.gemv import BLOCK, CHUNK, ROWS, is_gemv
 from runtime.jit.module import KernelModule
 
 _spec = importlib.util.spec_from_file_location("runtime_kernels", Path(__file__).parents[1] / "runtime" / "kernels.py")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.kernel_program import UpdateSliceStage
+from backend.pef.stages import UpdateSliceStage
 from generate_helpers import program_steps
 from runtime.executor import swap_pairs
 

@@ -11,7 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from backend.pef import FORMAT_VERSION, MAGIC, load_pef
+from backend.pef.file import FORMAT_VERSION, MAGIC, load_pef
 from compiler.driver import CompileOptions, compile_model
 from ir.errors import PEFError
 

@@ -6,8 +6,8 @@ import pytest
 
 from backend.driver import backend_stage
 from backend.lowering import tensor_names
-from backend.pef import load_pef
-from backend.targets import ONCHIP
+from backend.pef.file import load_pef
+from backend.pef.targets import ONCHIP
 from compiler.passes.plan_memory import memory_report
 from ir.errors import PEFError
 from optpass_graphs import O3, PREFIX, run, zoo_graph

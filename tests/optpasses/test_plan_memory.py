@@ -8,7 +8,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.targets import ONCHIP, load_target, target_from_obj
+from backend.pef.targets import ONCHIP, load_target, target_from_obj
 from compiler import zoo
 from compiler.passes.plan_memory import HEURISTICS, Buffer, check_plan, memory_report, peak, place
 from compiler.pass_manager.semantics import compare

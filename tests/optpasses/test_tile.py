@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.targets import load_target, target_from_obj
+from backend.pef.targets import load_target, target_from_obj
 from compiler.passes import PassManager
 from compiler.pass_manager.semantics import compare
 from compiler.passes.tile import Problem, best_tile, default_tile, score

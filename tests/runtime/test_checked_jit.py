@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from zoo_programs import compiled, inputs_for
 
-from backend.pef import PEF
+from backend.pef.file import PEF
 from ir.errors import ExecutionError
 from runtime.jit.kernel import checked_mode, code_key
 from runtime.jit.library import Jit

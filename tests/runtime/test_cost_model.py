@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from backend import kernel_program as kp
 from backend.driver import BackendOptions, build_pef
-from backend.pef import Section
-from backend.targets import load_target
+from backend.pef.file import Section
+from backend.pef.program import KernelCost, KernelProgram, Schedule
+from backend.pef.records import Access, Body, Buffer, Node
+from backend.pef.stages import MapStage
+from backend.pef.targets import load_target
 from ir.builder import Builder
 from ir.dtypes import f32
 from ir.graph import Graph
@@ -16,11 +18,11 @@ from runtime.cost_model import SECTION_LOAD_S, estimate, estimate_kernel, estima
 MINI = load_target("rdu-mini")  # 1 GHz; f32: 96 flop/cycle/PCU; PMU: 64 B/cycle; DDR: 50 GB/s
 
 
-def kernel(flops: int, read: dict, written: dict, pcus: int, pmus: int, tiles=((8, 8),), shape=(64, 64)) -> kp.KernelProgram:
-    body = kp.Body((kp.Access("x", 0, (64, 1)),), (), (kp.Node("arg", "f32", (), 0), kp.Node("neg", "f32", (0,))))
-    return kp.KernelProgram(
-        "k", "neg", "fwd", "", (kp.Buffer("x", "input", shape, "f32"), kp.Buffer("y", "output", shape, "f32")),
-        (kp.MapStage("y", body),), kp.Schedule(tiles, pcus, pmus), kp.KernelCost(flops, read, written))
+def kernel(flops: int, read: dict, written: dict, pcus: int, pmus: int, tiles=((8, 8),), shape=(64, 64)) -> KernelProgram:
+    body = Body((Access("x", 0, (64, 1)),), (), (Node("arg", "f32", (), 0), Node("neg", "f32", (0,))))
+    return KernelProgram(
+        "k", "neg", "fwd", "", (Buffer("x", "input", shape, "f32"), Buffer("y", "output", shape, "f32")),
+        (MapStage("y", body),), Schedule(tiles, pcus, pmus), KernelCost(flops, read, written))
 
 
 def test_compute_bound_kernel():

@@ -12,7 +12,9 @@ import llvmlite.binding as llvm
 import numpy as np
 import pytest
 
-from backend import kernel_program as kp
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Buffer
+from backend.pef.stages import GemmStage
 from backend.lowering import lower_graph
 from compiler.passes import PassManager
 from ir.builder import Builder
@@ -98,7 +100,7 @@ def matmul_graph(a_shape, b_shape, dtype=f32, **attrs):
     return b.graph, inputs
 
 
-def blocked(graph) -> kp.GemmStage:
+def blocked(graph) -> GemmStage:
     """The graph's one gemm stage, asserting it takes the blocked path (not the loop nest or gemv)."""
     (stage,) = [s for p in lower_graph(graph) for s in p.stages]
     assert stage.m * stage.n * stage.k >= SMALL and stage.m > ROWS
@@ -208,9 +210,9 @@ def test_micro_kernel_assembly_keeps_its_tile_in_registers(name, cpu, register):
     full-width registers, and no stack traffic (spills and reloads) in it."""
     tile = TILES[name]
     n = 512
-    buffers = tuple(kp.Buffer(x, role, (n, n), "f32") for x, role in (("a", "input"), ("b", "input"), ("c", "output")))
-    stage = kp.GemmStage("c", (), n, n, n, kp.Access("a", 0, (n, 1)), kp.Access("b", 0, (n, 1)))
-    module, _ = lower_program(kp.KernelProgram("gemm", "matmul", None, "", buffers, (stage,)), "asm", tile=tile)
+    buffers = tuple(Buffer(x, role, (n, n), "f32") for x, role in (("a", "input"), ("b", "input"), ("c", "output")))
+    stage = GemmStage("c", (), n, n, n, Access("a", 0, (n, 1)), Access("b", 0, (n, 1)))
+    module, _ = lower_program(KernelProgram("gemm", "matmul", None, "", buffers, (stage,)), "asm", tile=tile)
     loop = inner_loop(engine.assembly(module.ir_text(), cpu=cpu))
     fmas = [x for x in loop if "vfmadd" in x]
     assert len(fmas) == UNROLL * tile.mr * tile.nr // tile.lanes

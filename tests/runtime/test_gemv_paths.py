@@ -14,7 +14,10 @@ import threading
 import numpy as np
 import pytest
 
-from backend import kernel_program as kp
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Body, Buffer, Node, row_major
+from backend.pef.stages import GemmStage
+from backend.pef.validate import validate
 from ir.dtypes import DType, bf16, f16, f32
 from runtime.jit import gemv
 from runtime.jit.codegen import ERRORS, OUT_OF_MEMORY
@@ -27,42 +30,42 @@ JIT = Jit(use_cache=False)
 
 
 def program(m: int, k: int, n: int, transposed: bool, dtype: DType = f32, batch: tuple[int, ...] = (),
-            shared_b: bool = False, epilogue: bool = False, out_dtype: DType = f32) -> kp.KernelProgram:
+            shared_b: bool = False, epilogue: bool = False, out_dtype: DType = f32) -> KernelProgram:
     """out[batch, m, n] = a[batch, m, k] @ B (stored [n, k] if `transposed`), B per batch entry
     unless `shared_b`; the epilogue is relu(acc + bias[n]) + residual[batch, m, n]."""
     b_shape = (n, k) if transposed else (k, n)
     b_batch = () if shared_b else batch
-    buffers = [kp.Buffer("a", "input", (*batch, m, k), "f32"),
-               kp.Buffer("b", "input", (*b_batch, *b_shape), str(dtype)),
-               kp.Buffer("out", "output", (*batch, m, n), str(out_dtype))]
-    a_strides = kp.row_major((*batch, m, k))
-    b_strides = kp.row_major((*b_batch, *b_shape))
+    buffers = [Buffer("a", "input", (*batch, m, k), "f32"),
+               Buffer("b", "input", (*b_batch, *b_shape), str(dtype)),
+               Buffer("out", "output", (*batch, m, n), str(out_dtype))]
+    a_strides = row_major((*batch, m, k))
+    b_strides = row_major((*b_batch, *b_shape))
     b_access = (*((0,) * len(batch) if shared_b else b_strides[:-2]),
                 *((1, k) if transposed else (n, 1)))
     body = None
     if epilogue:
-        buffers += [kp.Buffer("bias", "input", (n,), "f32"), kp.Buffer("res", "input", (*batch, m, n), "f32")]
-        nodes = [kp.Node("acc", "f32"), kp.Node("arg", "f32", (), 0), kp.Node("add", "f32", (0, 1)),
-                 kp.Node("const", "f32", (), 0.0), kp.Node("max", "f32", (2, 3)), kp.Node("arg", "f32", (), 1),
-                 kp.Node("add", "f32", (4, 5))]
+        buffers += [Buffer("bias", "input", (n,), "f32"), Buffer("res", "input", (*batch, m, n), "f32")]
+        nodes = [Node("acc", "f32"), Node("arg", "f32", (), 0), Node("add", "f32", (0, 1)),
+                 Node("const", "f32", (), 0.0), Node("max", "f32", (2, 3)), Node("arg", "f32", (), 1),
+                 Node("add", "f32", (4, 5))]
         if out_dtype != f32:
-            nodes.append(kp.Node("cast", str(out_dtype), (6,)))
-        reads = (kp.Access("bias", 0, (0,) * (len(batch) + 1) + (1,)),
-                 kp.Access("res", 0, kp.row_major((*batch, m, n))))
-        body = kp.Body(reads, (), nodes)
-    stage = kp.GemmStage("out", batch, m, n, k, kp.Access("a", 0, a_strides), kp.Access("b", 0, b_access), body)
-    prog = kp.KernelProgram("gemv", "matmul", None, "", tuple(buffers), (stage,))
-    kp.validate(prog)
+            nodes.append(Node("cast", str(out_dtype), (6,)))
+        reads = (Access("bias", 0, (0,) * (len(batch) + 1) + (1,)),
+                 Access("res", 0, row_major((*batch, m, n))))
+        body = Body(reads, (), nodes)
+    stage = GemmStage("out", batch, m, n, k, Access("a", 0, a_strides), Access("b", 0, b_access), body)
+    prog = KernelProgram("gemv", "matmul", None, "", tuple(buffers), (stage,))
+    validate(prog)
     return prog
 
 
-def operands(prog: kp.KernelProgram, seed: int) -> dict[str, np.ndarray]:
+def operands(prog: KernelProgram, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {buf.name: rng.standard_normal(buf.shape).astype(np.float32).astype(DType(buf.dtype).np)
             for buf in prog.buffers if buf.role == "input"}
 
 
-def reference(prog: kp.KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def reference(prog: KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(exact float64 result, bound on the f32 summation error) from the operands as stored."""
     (stage,) = prog.stages
     a = inputs["a"].astype(np.float64)
@@ -79,7 +82,7 @@ def reference(prog: kp.KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np
     return exact, bound
 
 
-def gemm_of(prog: kp.KernelProgram) -> Gemm:
+def gemm_of(prog: KernelProgram) -> Gemm:
     """The program's stage as the JIT dispatches it (batch axes coalesced and folded into rows)."""
     (stage,) = prog.stages
     km = KernelModule(prog.buffers)
@@ -88,12 +91,12 @@ def gemm_of(prog: kp.KernelProgram) -> Gemm:
                                     Strided(km.access(stage.b)), km.whole(stage.out), epilogue)))
 
 
-def takes_gemv(prog: kp.KernelProgram) -> gemv.Split | None:
+def takes_gemv(prog: KernelProgram) -> gemv.Split | None:
     gemm = gemm_of(prog)
     return gemv.split(gemm) if gemv.is_gemv(gemm) else None
 
 
-def call(prog: kp.KernelProgram, inputs: dict[str, np.ndarray], cuts=None, threads: int = 1) -> np.ndarray:
+def call(prog: KernelProgram, inputs: dict[str, np.ndarray], cuts=None, threads: int = 1) -> np.ndarray:
     """The stage's output, its range called in `cuts` (bounds, in that order) or by `threads` threads."""
     (native,) = JIT.load([prog])
     (stage,) = native.stages
@@ -109,11 +112,11 @@ def call(prog: kp.KernelProgram, inputs: dict[str, np.ndarray], cuts=None, threa
     return out
 
 
-def extent(prog: kp.KernelProgram) -> int:
+def extent(prog: KernelProgram) -> int:
     return JIT.load([prog])[0].stages[0].plan.extent
 
 
-def check(prog: kp.KernelProgram, seed: int = 0) -> np.ndarray:
+def check(prog: KernelProgram, seed: int = 0) -> np.ndarray:
     """Run whole and in cuts; the two agree bit for bit and with the exact sums."""
     inputs = operands(prog, seed)
     got = call(prog, inputs)
@@ -238,7 +241,7 @@ import ctypes
 import llvmlite.binding as llvm
 import numpy as np
 from backend.driver import BackendOptions, build_pef
-from backend.targets import load_target
+from backend.pef.targets import load_target
 from ir.builder import Builder
 from ir.dtypes import f32
 from ir.errors import ExecutionError

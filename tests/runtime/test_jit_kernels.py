@@ -10,7 +10,9 @@ import re
 import numpy as np
 import pytest
 
-from backend import kernel_program as kp
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Body, Buffer, Node
+from backend.pef.stages import MapStage
 from backend.lowering import lower_graph
 from compiler.passes import PassManager
 from ir.builder import Builder
@@ -372,12 +374,12 @@ def test_identical_kernels_share_native_code():
 
 
 def test_kernel_program_buffers_need_not_be_named_alike():
-    body = kp.Body((kp.Access("p", 0, (1,)),), (), (kp.Node("arg", "f32", (), 0), kp.Node("neg", "f32", (0,))))
-    one = kp.KernelProgram("k", "neg", None, "", (kp.Buffer("p", "input", (8,), "f32"),
-                                                   kp.Buffer("q", "output", (8,), "f32")), (kp.MapStage("q", body),))
-    other = kp.KernelProgram("j", "neg", None, "", (kp.Buffer("r", "input", (8,), "f32"),
-                                                     kp.Buffer("s", "output", (8,), "f32")),
-                             (kp.MapStage("s", kp.Body((kp.Access("r", 0, (1,)),), (), body.nodes)),))
+    body = Body((Access("p", 0, (1,)),), (), (Node("arg", "f32", (), 0), Node("neg", "f32", (0,))))
+    one = KernelProgram("k", "neg", None, "", (Buffer("p", "input", (8,), "f32"),
+                                                   Buffer("q", "output", (8,), "f32")), (MapStage("q", body),))
+    other = KernelProgram("j", "neg", None, "", (Buffer("r", "input", (8,), "f32"),
+                                                     Buffer("s", "output", (8,), "f32")),
+                             (MapStage("s", Body((Access("r", 0, (1,)),), (), body.nodes)),))
     assert code_key(one) == code_key(other)
 
 

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from backend.driver import BackendOptions, build_pef
-from backend.targets import load_target
+from backend.pef.targets import load_target
 from ir.builder import Builder
 from ir.dtypes import f32, i32
 from ir.errors import ExecutionError, Location, PEFError

@@ -9,8 +9,8 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as ggml_dequantize
 from gguf.quants import quantize as ggml_quantize
 
-from backend import kernel_program as kp
-from backend.reference import run_kernel
+from backend.pef.program import KernelProgram
+from backend.pef.reference import run_kernel
 from ir.dtypes import DType, as_blocks, convert, dequantize, quantize
 from runtime.jit import gemv
 from test_gemv_paths import call, extent, gemm_of, program, takes_gemv
@@ -43,13 +43,13 @@ def test_nibble_order_and_offsets_are_ggml_s():
     np.testing.assert_array_equal(dequantize(q8)[0], np.arange(-16, 16) * 0.5)
 
 
-def operands(prog: kp.KernelProgram, seed: int) -> dict[str, np.ndarray]:
+def operands(prog: KernelProgram, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {buf.name: convert(rng.standard_normal(buf.shape).astype(np.float32), DType(buf.dtype))
             for buf in prog.buffers if buf.role == "input"}
 
 
-def reference(prog: kp.KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def reference(prog: KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(float64 a @ dequantized B, bound on the f32 summation error)."""
     (stage,) = prog.stages
     a, b = inputs["a"].astype(np.float64), dequantize(inputs["b"]).astype(np.float64)
@@ -58,7 +58,7 @@ def reference(prog: kp.KernelProgram, inputs: dict[str, np.ndarray]) -> tuple[np
     return a @ b, 2 * stage.k * 2.0 ** -24 * (np.abs(a) @ np.abs(b)) + 1e-30
 
 
-def check(prog: kp.KernelProgram, seed: int, threads=(1, 2, 3)) -> np.ndarray:
+def check(prog: KernelProgram, seed: int, threads=(1, 2, 3)) -> np.ndarray:
     inputs = operands(prog, seed)
     results = [call(prog, inputs, threads=t) for t in threads]
     exact, bound = reference(prog, inputs)

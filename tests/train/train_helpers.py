@@ -7,7 +7,7 @@ from typing import Mapping
 import h5py
 import numpy as np
 
-from backend.pef import PEF
+from backend.pef.file import PEF
 from compiler.driver import CompileOptions, compile_model
 from compiler.training import TrainingOptions
 from ir.graph import Graph

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backend.targets import load_target
+from backend.pef.targets import load_target
 from compiler.driver import CompileOptions, compile_model
 from compiler.opt_report import optimization_report
 from compiler.training import TrainingOptions

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from backend.pef import PEF, read_pef
+from backend.pef.file import PEF, read_pef
+from backend.pef.schema import encode
 from backend.report import info
-from backend.schema import encode
 from backend.text import format_kernel
 from ir.errors import ConfigError
 from runtime.profile import table_console

@@ -19,8 +19,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from backend.pef import PEF, read_pef
-from backend.targets import load_target
+from backend.pef.file import PEF, read_pef
+from backend.pef.targets import load_target
 from ir.errors import ConfigError, RduflowError
 from runtime import distributed
 from runtime.checkpoint import weight_files

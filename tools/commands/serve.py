@@ -12,7 +12,7 @@ import os
 import socket
 from pathlib import Path
 
-from backend.pef import read_pef
+from backend.pef.file import read_pef
 from ir.errors import ConfigError
 from runtime.chat_template import ChatTemplate
 from runtime.checkpoint import weight_files

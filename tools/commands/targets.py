@@ -8,7 +8,7 @@ import shutil
 from rich.console import Console
 from rich.table import Table
 
-from backend.targets import Target, load_target, preset_names
+from backend.pef.targets import Target, load_target, preset_names
 from tools import cli
 
 

@@ -11,8 +11,8 @@ of a `PEF` record:
 * `symbols`: graph inputs and outputs, params and optimizer state (shape,
   dtype, role, initializer), and which tensor updates which param;
 * `sections`: kernel ranges with their phase, PCUs/PMUs and modeled off-chip traffic;
-* `kernels`: the kernel programs (`backend/kernel_program.py`), tiers and offsets bound;
-* `memory`: the memory plan (`backend/memory.py`);
+* `kernels`: the kernel programs (`backend.pef.program`), tiers and offsets bound;
+* `memory`: the memory plan (`backend.pef.memory_plan`);
 * `entries` (format 2): further entry points, each a named program of its own
   (symbols, sections, kernels, memory plan) over the main program's params: a
   generation PEF's `prefill` and `decode` steps beside its `forward` pass. An
@@ -43,10 +43,12 @@ from typing import Iterator, Literal
 import attrs
 import msgpack
 
-from backend.kernel_program import KernelProgram, ProgramError, program_work, validate
-from backend.memory import ALIGN, Allocation, MemoryPlan, lifetimes, overlapping, temp_symbol
-from backend.schema import SchemaError, decode, encode
-from backend.targets import ONCHIP, Target
+from backend.pef.memory_plan import ALIGN, Allocation, MemoryPlan, lifetimes, overlapping, temp_symbol
+from backend.pef.program import KernelProgram
+from backend.pef.records import ProgramError
+from backend.pef.schema import SchemaError, decode, encode
+from backend.pef.targets import ONCHIP, Target
+from backend.pef.validate import validate
 from ir.dtypes import DType
 from ir.errors import PEFError
 from ir.files import honour_umask
@@ -259,10 +261,10 @@ def check_limits(pef: PEF) -> None:
         raise _over("arena", sum(sizes.values()), "memory: the program (arenas " + ", ".join(
             f"{name} {size} bytes" for name, size in sorted(sizes.items())) + ")")
     for name, kernels in (("the program", pef.kernels), *((f"entry '{e.name}'", e.kernels) for e in pef.entries)):
-        work = sum(program_work(k) for k in kernels)
+        work = sum(k.work() for k in kernels)
         if work > limit("work"):
-            heaviest = max(kernels, key=program_work)
-            raise _over("work", work, f"one run of {name} (its kernel '{heaviest.name}': {program_work(heaviest)})")
+            heaviest = max(kernels, key=KernelProgram.work)
+            raise _over("work", work, f"one run of {name} (its kernel '{heaviest.name}': {heaviest.work()})")
 
 
 _ENTRY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

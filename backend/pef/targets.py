@@ -6,7 +6,7 @@ bandwidth, the clock, the off-chip memory tiers (HBM, DDR: capacity, bandwidth),
 the chips per node, and the links data-parallel training reduces gradients over
 (`Links`: RDU to RDU in a node, node to node, RDU to its host; a target that
 does not give them gets `Links()`'s defaults, which are assumptions). Presets (`rdu-mini`, `sn10`, `sn30`, `sn40l`) live as YAML
-in `backend/presets/`, each citing its public figures; `load_target` also reads
+in `backend/pef/presets/`, each citing its public figures; `load_target` also reads
 a custom YAML file. Bad fields are `ConfigError`s naming the file and field.
 """
 from __future__ import annotations
