@@ -5,7 +5,8 @@ The calling thread publishes it in a shared block of words; the team's threads, 
 natively (the GIL released) for a little while after each job, see it at once, and every
 thread (the caller too) takes pieces through one atomic ticket until none is left. The
 caller then waits for the pieces taken by others. A thread that stays idle past the spin
-parks on a pthread condition that a publishing caller signals, so an idle team costs no CPU.
+parks on a pthread condition that a publishing caller signals, so an idle team costs no CPU;
+a caller waiting long for others' pieces sleeps too (its core may be what they wait for).
 The team's threads never return to Python: they never wait for the GIL.
 
 The ticket holds the job's generation in its high 32 bits and the next piece in the low
@@ -26,13 +27,12 @@ from runtime.jit.engine import NativeLibrary, compile_ir
 I32, I64 = ir.IntType(32), ir.IntType(64)
 VOIDP = ir.IntType(8).as_pointer()
 #: the shared block's words
-TICKET, FN, ARGS, EXTENT, COUNT, FINISHED, STATUS, PARKED, MUTEX, CONDITION, WORDS = range(11)
+TICKET, FN, ARGS, EXTENT, COUNT, FINISHED, STATUS, PARKED, WAITING, MUTEX, CONDITION, DONE, WORDS = range(13)
 #: bytes set aside for a pthread mutex or condition (more than any libc's)
 PTHREAD_BYTES = 128
-#: polls of an idle team thread before it parks (tens of microseconds with the CPU's pause hint)
+#: polls of an idle team thread, or of the caller waiting for others' pieces, before it sleeps
+#: (about a hundred microseconds with the CPU's pause hint)
 SPIN = 1 << 14
-#: polls of the waiting caller between yields of its core
-YIELD_EVERY = 1 << 8
 KERNEL = ir.FunctionType(I32, [VOIDP, I64, I64])
 
 
@@ -64,6 +64,32 @@ def _pthread(b: ir.IRBuilder, block: ir.Value, name: str, *words: int) -> None:
     b.call(fn, [b.inttoptr(b.load(_word(b, block, w)), VOIDP) for w in words])
 
 
+def _signal(b: ir.IRBuilder, block: ir.Value, condition: int) -> None:
+    """Wake every thread sleeping on `condition`."""
+    _pthread(b, block, "mutex_lock", MUTEX)
+    _pthread(b, block, "cond_broadcast", condition)
+    _pthread(b, block, "mutex_unlock", MUTEX)
+
+
+def _sleep_until(b: ir.IRBuilder, block: ir.Value, counter: int, condition: int, ready) -> None:
+    """Sleep on `condition` until `ready(b)`, counted in word `counter` meanwhile. The count and
+    the check are sequentially consistent, as are the other side's change and its look at the
+    count (then its `_signal`): no wake-up is lost."""
+    fn = b.function
+    _pthread(b, block, "mutex_lock", MUTEX)
+    b.atomic_rmw("add", _word(b, block, counter), ir.Constant(I64, 1), "seq_cst")
+    check, sleep, awake = (fn.append_basic_block(n) for n in ("check", "sleep", "awake"))
+    b.branch(check)
+    b.position_at_end(check)
+    b.cbranch(ready(b), awake, sleep)
+    b.position_at_end(sleep)
+    _pthread(b, block, "cond_wait", condition, MUTEX)
+    b.branch(check)
+    b.position_at_end(awake)
+    b.atomic_rmw("sub", _word(b, block, counter), ir.Constant(I64, 1), "seq_cst")
+    _pthread(b, block, "mutex_unlock", MUTEX)
+
+
 def _generation(b: ir.IRBuilder, block: ir.Value, ordering: str = "acquire") -> ir.Value:
     return b.lshr(b.load_atomic(_word(b, block, TICKET), ordering, 8), ir.Constant(I64, 32))
 
@@ -78,13 +104,11 @@ def _emit_publish(module: ir.Module) -> ir.Function:
         b.store(value, _word(b, block, index))
     b.store(ir.Constant(I64, 0), _word(b, block, FINISHED))
     b.store(ir.Constant(I64, 0), _word(b, block, STATUS))
-    # sequentially consistent, as is the parking thread's count-then-check: no wake-up is lost
+    # sequentially consistent, as is a parking thread's count-then-check (`_sleep_until`)
     b.store_atomic(b.shl(generation, ir.Constant(I64, 32)), _word(b, block, TICKET), "seq_cst", 8)
     parked = b.load_atomic(_word(b, block, PARKED), "seq_cst", 8)
     with b.if_then(b.icmp_unsigned("!=", parked, ir.Constant(I64, 0))):
-        _pthread(b, block, "mutex_lock", MUTEX)
-        _pthread(b, block, "cond_broadcast", CONDITION)
-        _pthread(b, block, "mutex_unlock", MUTEX)
+        _signal(b, block, CONDITION)
     b.ret(generation)
     return fn
 
@@ -116,15 +140,19 @@ def _emit_work(module: ir.Module) -> ir.Function:
     status = b.sext(b.call(kernel, [b.inttoptr(b.load(_word(b, block, ARGS)), VOIDP), lo, hi]), I64)
     with b.if_then(b.icmp_signed("!=", status, ir.Constant(I64, 0))):
         b.cmpxchg(_word(b, block, STATUS), ir.Constant(I64, 0), status, "monotonic", "monotonic")
-    b.atomic_rmw("add", _word(b, block, FINISHED), ir.Constant(I64, 1), "release")
+    finished = b.add(b.atomic_rmw("add", _word(b, block, FINISHED), ir.Constant(I64, 1), "seq_cst"), ir.Constant(I64, 1))
+    waiting = b.load_atomic(_word(b, block, WAITING), "seq_cst", 8)
+    last = b.icmp_unsigned("==", finished, count)
+    with b.if_then(b.and_(last, b.icmp_unsigned("!=", waiting, ir.Constant(I64, 0)))):
+        _signal(b, block, DONE)
     b.branch(take)
     b.position_at_end(done)
     b.ret_void()
     return fn
 
 
-def _spin_until(b: ir.IRBuilder, fn: ir.Function, ready, limit: int | None, on_poll=None) -> ir.Value:
-    """Poll `ready(b)` with the pause hint, at most `limit` times (None: until ready); whether ready."""
+def _spin_until(b: ir.IRBuilder, fn: ir.Function, ready, limit: int) -> ir.Value:
+    """Poll `ready(b)` with the pause hint, at most `limit` times; whether it became true."""
     entry = b.block
     head, wait, out = (fn.append_basic_block(n) for n in ("poll", "wait", "out"))
     b.branch(head)
@@ -135,20 +163,13 @@ def _spin_until(b: ir.IRBuilder, fn: ir.Function, ready, limit: int | None, on_p
     b.cbranch(is_ready, out, wait)
     b.position_at_end(wait)
     _relax(b)
-    if on_poll is not None:
-        on_poll(b, polls)
     more = b.add(polls, ir.Constant(I64, 1))
-    tail = b.block
-    polls.add_incoming(more, tail)
-    if limit is None:
-        b.branch(head)
-    else:
-        b.cbranch(b.icmp_unsigned("<", more, ir.Constant(I64, limit)), head, out)
+    polls.add_incoming(more, wait)
+    b.cbranch(b.icmp_unsigned("<", more, ir.Constant(I64, limit)), head, out)
     b.position_at_end(out)
     result = b.phi(ir.IntType(1))
     result.add_incoming(is_ready, head)
-    if limit is not None:
-        result.add_incoming(ir.Constant(ir.IntType(1), 0), tail)
+    result.add_incoming(ir.Constant(ir.IntType(1), 0), wait)
     return result
 
 
@@ -165,18 +186,8 @@ def _emit_serve(module: ir.Module, work: ir.Function) -> None:
     seen.add_incoming(first, entry)
     found = _spin_until(b, fn, lambda b: b.icmp_unsigned("!=", _generation(b, block), seen), SPIN)
     with b.if_then(b.not_(found)):
-        _pthread(b, block, "mutex_lock", MUTEX)
-        b.atomic_rmw("add", _word(b, block, PARKED), ir.Constant(I64, 1), "seq_cst")
-        check, sleep, awake = (fn.append_basic_block(n) for n in ("check", "sleep", "awake"))
-        b.branch(check)
-        b.position_at_end(check)
-        b.cbranch(b.icmp_unsigned("==", _generation(b, block, "seq_cst"), seen), sleep, awake)
-        b.position_at_end(sleep)
-        _pthread(b, block, "cond_wait", CONDITION, MUTEX)
-        b.branch(check)
-        b.position_at_end(awake)
-        b.atomic_rmw("sub", _word(b, block, PARKED), ir.Constant(I64, 1), "seq_cst")
-        _pthread(b, block, "mutex_unlock", MUTEX)
+        _sleep_until(b, block, PARKED, CONDITION,
+                     lambda b: b.icmp_unsigned("!=", _generation(b, block, "seq_cst"), seen))
     generation = _generation(b, block)
     b.call(work, [block, generation])
     seen.add_incoming(generation, b.block)
@@ -184,22 +195,18 @@ def _emit_serve(module: ir.Module, work: ir.Function) -> None:
 
 
 def _emit_finish(module: ir.Module, work: ir.Function) -> None:
-    """finish(block, generation) -> status: take pieces, then wait for those others took."""
+    """finish(block, generation) -> status: take pieces, then wait for those others took
+    (spinning `SPIN` polls, then asleep on the block's DONE condition)."""
     fn, b = _function(module, "team_finish", I32, [I64.as_pointer(), I64])
     block, generation = fn.args
     b.call(work, [block, generation])
-    sched_yield = ir.Function(module, ir.FunctionType(I32, []), "sched_yield")
 
     def finished(b: ir.IRBuilder) -> ir.Value:
-        return b.icmp_unsigned("==", b.load_atomic(_word(b, block, FINISHED), "acquire", 8),
+        return b.icmp_unsigned("==", b.load_atomic(_word(b, block, FINISHED), "seq_cst", 8),
                                b.load(_word(b, block, COUNT)))
 
-    def yield_now_and_then(b: ir.IRBuilder, polls: ir.Value) -> None:
-        every = b.icmp_unsigned("==", b.and_(polls, ir.Constant(I64, YIELD_EVERY - 1)), ir.Constant(I64, YIELD_EVERY - 1))
-        with b.if_then(every):
-            b.call(sched_yield, [])
-
-    _spin_until(b, fn, finished, None, yield_now_and_then)
+    with b.if_then(b.not_(_spin_until(b, fn, finished, SPIN))):
+        _sleep_until(b, block, WAITING, DONE, finished)
     b.ret(b.trunc(b.load(_word(b, block, STATUS)), I32))
 
 
@@ -229,11 +236,11 @@ class Team:
     def __init__(self, helpers: int):
         _, self._run, serve, libc = _native()
         self._block = (ctypes.c_int64 * WORDS)()
-        self._sync = [ctypes.create_string_buffer(PTHREAD_BYTES) for _ in range(2)]
-        mutex, condition = self._sync
-        if libc.pthread_mutex_init(mutex, None) or libc.pthread_cond_init(condition, None):
-            raise OSError("could not initialize the thread team's mutex and condition")
-        self._block[MUTEX], self._block[CONDITION] = (ctypes.addressof(x) for x in self._sync)
+        self._sync = [ctypes.create_string_buffer(PTHREAD_BYTES) for _ in range(3)]
+        mutex, *conditions = self._sync
+        if libc.pthread_mutex_init(mutex, None) or any(libc.pthread_cond_init(c, None) for c in conditions):
+            raise OSError("could not initialize the thread team's mutex and conditions")
+        self._block[MUTEX], self._block[CONDITION], self._block[DONE] = (ctypes.addressof(x) for x in self._sync)
         self._lock = threading.Lock()  # one job at a time
         for i in range(helpers):
             thread = threading.Thread(target=serve, args=(self._block,), name=f"rduflow-{i}", daemon=True)

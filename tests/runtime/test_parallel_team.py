@@ -22,7 +22,9 @@ I32, I64 = ir.IntType(32), ir.IntType(64)
 @pytest.fixture(scope="module")
 def count_kernel() -> KernelFn:
     """fn(args, lo, hi): counts[i] += 1 for i in [lo, hi) (args[0] = counts, int64), status 0;
-    where args[1] is not null, it returns 7 for a range holding index args[1]'s value."""
+    where args[1] is not null, it returns 7 for a range holding index args[1]'s value; where
+    args[2] is not null, it first sleeps that many microseconds (a range starting at 0, a
+    sixteenth of them)."""
     module = ir.Module("count")
     voidp = ir.IntType(8).as_pointer()
     fn = ir.Function(module, ir.FunctionType(I32, [voidp, I64, I64]), "count")
@@ -30,6 +32,11 @@ def count_kernel() -> KernelFn:
     args, lo, hi = fn.args
     slots = b.bitcast(args, I64.as_pointer().as_pointer())
     counts, failing = b.load(slots), b.load(b.gep(slots, [ir.Constant(I64, 1)]))
+    nap = b.ptrtoint(b.load(b.gep(slots, [ir.Constant(I64, 2)])), I64)
+    usleep = ir.Function(module, ir.FunctionType(I32, [I32]), "usleep")
+    with b.if_then(b.icmp_unsigned("!=", nap, ir.Constant(I64, 0))):
+        first = b.icmp_signed("==", lo, ir.Constant(I64, 0))
+        b.call(usleep, [b.trunc(b.select(first, b.lshr(nap, ir.Constant(I64, 4)), nap), I32)])
     entry, body, done = b.block, fn.append_basic_block("body"), fn.append_basic_block("done")
     b.cbranch(b.icmp_signed("<", lo, hi), body, done)
     b.position_at_end(body)
@@ -51,8 +58,8 @@ def count_kernel() -> KernelFn:
     return KernelFn(library.address("count"))
 
 
-def _args(counts: np.ndarray, failing: np.ndarray | None = None):
-    return (ctypes.c_void_p * 2)(counts.ctypes.data, failing.ctypes.data if failing is not None else None)
+def _args(counts: np.ndarray, failing: np.ndarray | None = None, nap_us: int | None = None):
+    return (ctypes.c_void_p * 3)(counts.ctypes.data, failing.ctypes.data if failing is not None else None, nap_us)
 
 
 @pytest.mark.parametrize("helpers", [1, 3])
@@ -72,6 +79,18 @@ def test_jobs_after_the_team_parked(count_kernel):
         counts = np.zeros(64, np.int64)
         assert team.run(count_kernel, _args(counts), 64, 4) == 0
         np.testing.assert_array_equal(counts, np.ones(64, np.int64))
+
+
+def test_a_caller_sleeps_through_long_pieces_of_others(count_kernel):
+    """A piece of milliseconds on the team's thread outlasts the caller's spin: the caller
+    sleeps until it is done."""
+    team = Team(1)
+    for _ in range(5):
+        counts = np.zeros(2, np.int64)
+        assert team.run(count_kernel, _args(counts), 2, 2) == 0  # the team thread is awake
+        counts[:] = 0
+        assert team.run(count_kernel, _args(counts, nap_us=3000), 2, 2) == 0
+        np.testing.assert_array_equal(counts, np.ones(2, np.int64))
 
 
 def test_a_nonzero_status_comes_back(count_kernel):
