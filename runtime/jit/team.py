@@ -31,8 +31,9 @@ TICKET, FN, ARGS, EXTENT, COUNT, FINISHED, STATUS, PARKED, WAITING, MUTEX, CONDI
 #: bytes set aside for a pthread mutex or condition (more than any libc's)
 PTHREAD_BYTES = 128
 #: polls of an idle team thread, or of the caller waiting for others' pieces, before it sleeps
-#: (about a hundred microseconds with the CPU's pause hint)
-SPIN = 1 << 14
+#: (some tens of microseconds with the CPU's pause hint: between the stages of a step,
+#: not across idle time)
+SPIN = 1 << 12
 KERNEL = ir.FunctionType(I32, [VOIDP, I64, I64])
 
 
