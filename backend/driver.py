@@ -5,7 +5,8 @@
 
 Steps: lower each top-level op to a kernel program; give each its tiles and
 resource needs; group kernels into sections (one each at -O0, packed
-otherwise); plan memory (off-chip for what crosses sections); bind buffers to
+otherwise); take the graph's memory plan (the `plan-memory` pass's, which must
+fit the target) and place kernel temporaries on chip after it; bind buffers to
 the plan; record symbols, sections and traffic in the PEF.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import attrs
 
 from backend.lowering import check_lowerable, lower_op, tensor_names
 from backend.mapping import budget, check_fits, kernel_needs, schedule_tiles
-from backend.memory import bind, mark_in_place, offchip_tensors, plan_memory
+from backend.memory import bind, check_planned, mark_in_place, memory_plan
 from backend.pef.file import (
     CompileOption, Entry, Header, PEF, ParamSymbol, Section, Symbols, TensorSymbol, UpdateSymbol, check_entries)
 from backend.pef.program import KernelProgram, Schedule
@@ -100,7 +101,7 @@ def with_entries(main: PEF, entries: dict[str, PEF]) -> PEF:
 
 
 def compile_program(graph: Graph, options: BackendOptions) -> bytes:
-    """The PEF bytes of a decomposed (and optionally fused) graph."""
+    """The PEF bytes of a decomposed (and optionally fused) graph with a memory plan for the target."""
     return build_pef(graph, options).to_bytes()
 
 
@@ -108,6 +109,7 @@ def build_pef(graph: Graph, options: BackendOptions) -> PEF:
     """The PEF record of a graph (see `backend/pef/file.py`)."""
     check_lowerable(graph)
     target = options.target
+    check_planned(graph, target)
     limit = budget(target, options.n_chips, options.num_tiles)
     names = tensor_names(graph)
     kernels = [_scheduled(lower_op(op, i, names), target) for i, op in enumerate(graph.ops)]
@@ -115,36 +117,19 @@ def build_pef(graph: Graph, options: BackendOptions) -> PEF:
     for kernel, need in zip(kernels, needs):
         check_fits(kernel, need, limit, target)
     groups = group(kernels, needs, limit, options.pack)
-    section_of = [0] * len(kernels)
-    for s, g in enumerate(groups):
+    for g in groups:
         for k, pcus in zip(g.kernels, g.pcus):
-            section_of[k] = s
             kernels[k] = attrs.evolve(kernels[k], schedule=attrs.evolve(kernels[k].schedule, pcus=pcus, pmus=needs[k].pmus))
     symbols = _symbols(graph, names)
-    persistent = {s.tensor for s in (*symbols.inputs, *symbols.params, *symbols.outputs)} \
-        | {u.tensor for u in symbols.updates}
     tensors = [(s.tensor, s.nbytes) for s in (*symbols.params, *symbols.inputs)]
     tensors += [(b.name, b.nbytes) for k in kernels for b in k.with_role("output")]
-    plan = plan_memory(kernels, tensors, offchip_tensors(kernels, section_of, persistent), target, limit.chips,
-                       ir_plan(graph, names, target))
+    plan = memory_plan(kernels, tensors, names, target)
     where = plan.lookup()
     kernels = [mark_in_place(bind(k, where)) for k in kernels]
     header = Header(options.tool_version, target, options.mode, limit.chips, limit.tiles, options.options,
                     options.source_sha256)
     sections = [_section(i, g, kernels) for i, g in enumerate(groups)]
     return PEF(header, symbols, tuple(sections), tuple(kernels), plan)
-
-
-def ir_plan(graph: Graph, names: dict[Value, str], target: Target) -> dict[str, tuple[str, int]] | None:
-    """The plan-memory pass's placements (`Value.mem`: symbol -> (tier, offset)) if every graph tensor
-    has one and they fit `target`'s tiers (a plan made for another target is not used)."""
-    values = [*graph.inputs, *(p.value for p in graph.params), *(v for op in graph.ops for v in op.results)]
-    if any(v.mem is None for v in values):
-        return None
-    room = {t.name: t.capacity for t in target.offchip} | {ONCHIP: target.sram_bytes}
-    if any(v.mem.tier not in room or v.mem.offset + v.type.nbytes > room[v.mem.tier] for v in values):
-        return None
-    return {names[v]: (v.mem.tier, v.mem.offset) for v in values}
 
 
 def _scheduled(program: KernelProgram, target: Target) -> KernelProgram:

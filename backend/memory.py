@@ -1,17 +1,14 @@
-"""The memory plan: one arena per memory tier, one byte offset per tensor.
+"""The graph's memory plan as the backend takes it, kernel temporaries, and binding buffers.
 
-A tensor lives off-chip when it must outlive its section: graph inputs,
-params and optimizer state, outputs and param updates, and values used by a
-later section. The others — values produced and used within one section, and
-kernel temporaries — live on-chip. Off-chip tensors go to the target's fastest
-tier with room (HBM before DDR). This plan gives every tensor its own
-64-byte-aligned range (no reuse), which is simple and always correct.
-
-When the graph carries the `plan-memory` pass's plan (`Value.mem` on every
-input, param and top-level result; `mem(ddr:4096)` in IR text) and it fits the
-target, graph tensors keep the tier and offset it gives — ranges shared by
-tensors that are never live at once — and only kernel temporaries are placed
-here, after it. The plan's records are the PEF's (`backend.pef.memory_plan`).
+The `plan-memory` pass plans the graph's tensors (graph inputs, params and the
+results of top-level ops): one arena per memory tier, an offset for each, ranges
+shared by tensors never live at once, written into the IR as `Value.mem`
+(`mem(ddr:4096)` in IR text). The backend keeps every graph tensor where that
+plan puts it; a graph without a plan, or with one that does not fit the target
+(made for another target, or gone stale under a later pass), is refused
+(`check_planned`: the compiler runs the pass for the target first). Kernel
+temporaries live on chip, each its own 64-byte-aligned range after the graph's
+on-chip tensors. The plan's records are the PEF's (`backend.pef.memory_plan`).
 """
 from __future__ import annotations
 
@@ -21,55 +18,56 @@ from backend.pef.memory_plan import ALIGN, Allocation, Arena, MemoryPlan, temp_s
 from backend.pef.program import KernelCost, KernelProgram
 from backend.pef.targets import ONCHIP, Target
 from ir.errors import BackendError
+from ir.graph import Graph, Value
 
 
-def offchip_tensors(programs: list[KernelProgram], section_of: list[int], persistent: set[str]) -> set[str]:
-    """Tensors that must live off-chip: `persistent` ones and those crossing sections."""
-    producer = {b.name: i for i, p in enumerate(programs) for b in p.with_role("output")}
-    crossing = set(persistent)
-    for i, program in enumerate(programs):
-        for buffer in program.with_role("input"):
-            source = producer.get(buffer.name)
-            if source is None or section_of[source] != section_of[i]:
-                crossing.add(buffer.name)
-    return crossing
+def plan_problem(graph: Graph, target: Target) -> str | None:
+    """Why the graph's memory plan cannot be used on `target` (a tensor without a place, or
+    placed beyond the target's tiers), or None if it can."""
+    room = {t.name: t.capacity for t in target.offchip} | {ONCHIP: target.sram_bytes}
+    planned = [*((f"param '{p.name}'", p.value) for p in graph.params),
+               *((f"input '{v.name}'", v) for v in graph.inputs),
+               *((f"the result of '{op.name}'", v) for op in graph.ops for v in op.results)]
+    for what, value in planned:
+        if value.mem is None:
+            return f"{what} has no place in the memory plan"
+        tier, end = value.mem.tier, value.mem.offset + value.type.nbytes
+        if tier not in room:
+            return f"{what} is planned in '{tier}', a memory tier target '{target.name}' does not have"
+        if end > room[tier]:
+            return f"{what} is planned up to byte {end} of '{tier}', which has {room[tier]} on target '{target.name}'"
+    return None
 
 
-def plan_memory(programs: list[KernelProgram], tensors: list[tuple[str, int]], offchip: set[str],
-                target: Target, chips: int, placed: dict[str, tuple[str, int]] | None = None) -> MemoryPlan:
-    """Allocate `tensors` ((symbol, nbytes), in order) and every kernel temporary; a tensor in
-    `placed` (symbol -> (tier, offset), the IR's plan) keeps its place."""
+def check_planned(graph: Graph, target: Target) -> None:
+    """BackendError unless the graph carries a memory plan that fits `target` (see `plan_problem`)."""
+    problem = plan_problem(graph, target)
+    if problem is not None:
+        raise BackendError(f"{problem}: run the 'plan-memory' pass for target '{target.name}' before the backend")
+
+
+def memory_plan(programs: list[KernelProgram], tensors: list[tuple[str, int]], names: dict[Value, str],
+                target: Target) -> MemoryPlan:
+    """The PEF's plan: `tensors` ((symbol, nbytes), in order) where the graph's plan puts them
+    (`names`: each value's symbol), then every kernel temporary on chip after them."""
+    where = {names[value]: (value.mem.tier, value.mem.offset) for value in names if value.mem is not None}
     used = {tier.name: 0 for tier in target.offchip} | {ONCHIP: 0}
     allocations = []
-
-    def place(symbol: str, nbytes: int, arena: str) -> None:
-        offset = -(-used[arena] // ALIGN) * ALIGN
-        allocations.append(Allocation(symbol, arena, offset, nbytes))
-        used[arena] = offset + nbytes
-
-    def keep(symbol: str, nbytes: int, arena: str, offset: int) -> None:
-        allocations.append(Allocation(symbol, arena, offset, nbytes))
-        used[arena] = max(used[arena], offset + nbytes)
-
     for symbol, nbytes in tensors:
-        if placed and symbol in placed:
-            keep(symbol, nbytes, *placed[symbol])
-            continue
-        place(symbol, nbytes, _tier_with_room(symbol, nbytes, used, target, chips) if symbol in offchip else ONCHIP)
+        tier, offset = where[symbol]
+        allocations.append(Allocation(symbol, tier, offset, nbytes))
+        used[tier] = max(used[tier], offset + nbytes)
     for program in programs:
         for buffer in program.with_role("temp"):
-            place(temp_symbol(program, buffer.name), buffer.nbytes, ONCHIP)
-    arenas = [Arena(name, -(-size // ALIGN) * ALIGN) for name, size in used.items() if size or name == ONCHIP]
+            offset = _aligned(used[ONCHIP])
+            allocations.append(Allocation(temp_symbol(program, buffer.name), ONCHIP, offset, buffer.nbytes))
+            used[ONCHIP] = offset + buffer.nbytes
+    arenas = [Arena(name, _aligned(size)) for name, size in used.items() if size or name == ONCHIP]
     return MemoryPlan(tuple(arenas), tuple(allocations))
 
 
-def _tier_with_room(symbol: str, nbytes: int, used: dict[str, int], target: Target, chips: int) -> str:
-    for tier in target.offchip:
-        if used[tier.name] + nbytes + ALIGN <= tier.capacity * chips:
-            return tier.name
-    total = sum(t.capacity for t in target.offchip) * chips
-    raise BackendError(f"tensor '{symbol}' ({nbytes} bytes) does not fit in off-chip memory: "
-                       f"{sum(used.values())} bytes are placed of {total} on {chips} chip(s) of '{target.name}'")
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
 
 
 def bind(program: KernelProgram, plan: dict[str, Allocation]) -> KernelProgram:

@@ -20,6 +20,7 @@ import attrs
 
 from backend.driver import backend_stage
 from backend.pef.file import PEF
+from backend.pef.targets import load_target
 from compiler import zoo
 from compiler.config import Setting, load_yaml, parse_overrides, resolve
 from compiler.frontend import Source, lower, parse_module
@@ -28,6 +29,7 @@ from compiler.hf_config import hf_model, read_hf_config
 from compiler.pass_manager.levels import level_pipeline
 from compiler.passes import PassManager
 from compiler.passes.cast_weights import CastWeights
+from compiler.passes.plan_memory import with_memory_plan
 from compiler.training import TrainingOptions, build_training_graph
 from ir.errors import ConfigError
 from ir.graph import Graph
@@ -143,7 +145,10 @@ def compile_model(options: CompileOptions, pass_manager: PassManager | None = No
     result.entries = {name: manager.run(graph) for name, graph in result.entries.items()}
     if options.emit in ("ir-opt", "dot", "svg"):
         return result
-    # --- stage 4: backend ---------------------------------------------------------------
+    # --- stage 4: backend (on graphs planned for the target: a --pipeline may lack plan-memory) ---
+    target = load_target(options.target)
+    for graph in (result.graph, *result.entries.values()):
+        with_memory_plan(graph, target, pack=options.pack_sections)
     recorded = {**config, "weight_dtype": options.weight_dtype} if options.inference \
         else {**config, "training": options.training.model_dump()}
     result.pef = backend_stage(result.graph, target=options.target, n_chips=options.n_chips,

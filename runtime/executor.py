@@ -6,8 +6,9 @@ base pointers of its buffers) is built once at load time. Params and optimizer
 state stay resident: a param and the tensor holding its update swap places after
 each step (two argument arrays per kernel, one per parity), so a training step
 copies nothing; an update that cannot swap (it is also an input, a param, or
-updates two params) is copied instead. A collective kernel (a stage its declaration marks
-`on_host`) has no native code: it runs here, on the host, through the communicator.
+updates two params) is copied instead. A step runs each stretch of native kernels as one
+`StageList` (one native call, no hand-off between stages); a collective kernel (a stage its
+declaration marks `on_host`) has no native code: it runs here, on the host, through the communicator.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from ir.errors import ExecutionError, display_location
 from runtime.jit.codegen import ERRORS
 from runtime.jit.library import Jit, NativeKernel
 from runtime.jit.parallel import Parallel
+from runtime.jit.step import Stage, StageList
 
 
 @attrs.define
@@ -128,6 +130,7 @@ class Executor:
         natives = [None if _on_host(p) else next(loaded) for p in pef.kernels]
         self.kernels = [BoundKernel(i, p, section_of[i], n, (self._args(p, 0), self._args(p, 1)))
                         for i, (p, n) in enumerate(zip(pef.kernels, natives))]
+        self._runs: dict[tuple, list[BoundKernel | _Stretch]] = {}
 
     # --- memory -------------------------------------------------------------------------
     def location(self, tensor: str, parity: int | None = None) -> Allocation:
@@ -158,19 +161,6 @@ class Executor:
         return (ctypes.c_void_p * max(len(pointers), 1))(*pointers)
 
     # --- running ----------------------------------------------------------------------------
-    def run_kernel(self, kernel: BoundKernel) -> None:
-        if kernel.native is None:
-            self.run_collective(kernel.program)
-            return
-        args = kernel.args[self.parity]
-        for stage in kernel.native.stages:
-            status = self.parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces)
-            if status:
-                program = kernel.program
-                where = f" at {display_location(program.loc)}" if program.loc else ""
-                raise ExecutionError(f"kernel '{program.name}' ('{program.op}'{where}): "
-                                     f"{ERRORS.get(status, f'error {status}')}")
-
     def run_collective(self, program: KernelProgram) -> None:
         """A collective kernel through the communicator (its only stage: `AllReduceStage`)."""
         (stage,) = program.stages
@@ -187,16 +177,35 @@ class Executor:
         each kernel's host seconds (0 for a kernel not run).
 
         Outputs are readable until `commit_updates()` makes the updates current."""
-        for kernel in self.kernels:
-            if phases is not None and kernel.program.phase not in phases:
-                if timings is not None:
-                    timings.append(0.0)
-            elif timings is None:
-                self.run_kernel(kernel)
-            else:
+        seconds = [0.0] * len(self.kernels)
+        for part in self._plan(phases):
+            if isinstance(part, BoundKernel):
                 start = time.perf_counter()
-                self.run_kernel(kernel)
-                timings.append(time.perf_counter() - start)
+                self.run_collective(part.program)
+                seconds[part.index] = time.perf_counter() - start
+            else:
+                part.run(seconds, timings is not None)
+        if timings is not None:
+            timings.extend(seconds)
+
+    def _plan(self, phases: frozenset[str | None] | None) -> list[BoundKernel | _Stretch]:
+        """The kernels of `phases` at the current parity: stretches of native kernels, and collectives."""
+        key = (phases, self.parity)
+        if key not in self._runs:
+            chosen = [k for k in self.kernels if phases is None or k.program.phase in phases]
+            plan: list[BoundKernel | _Stretch] = []
+            for kernel in chosen:
+                if kernel.native is None:
+                    plan.append(kernel)
+                elif plan and isinstance(plan[-1], _Stretch):
+                    plan[-1].kernels.append(kernel)
+                else:
+                    plan.append(_Stretch([kernel]))
+            for part in plan:
+                if isinstance(part, _Stretch):
+                    part.load(self.parallel, self.parity)
+            self._runs[key] = plan
+        return self._runs[key]
 
     def commit_updates(self) -> None:
         """Make each param's update its current value (swap places, or copy)."""
@@ -205,3 +214,38 @@ class Executor:
             self.arenas[a.arena][a.offset:a.offset + b.nbytes] = self.arenas[b.arena][b.offset:b.offset + b.nbytes]
         if self.swaps:
             self.parity ^= 1
+
+
+def _failed(kernel: BoundKernel, status: int) -> ExecutionError:
+    program = kernel.program
+    where = f" at {display_location(program.loc)}" if program.loc else ""
+    return ExecutionError(f"kernel '{program.name}' ('{program.op}'{where}): {ERRORS.get(status, f'error {status}')}")
+
+
+@attrs.define
+class _Stretch:
+    """Consecutive native kernels of a step, run as one `StageList`."""
+
+    kernels: list[BoundKernel]
+    stages: StageList | None = None
+    owners: list[BoundKernel] = attrs.field(factory=list)  # the kernel of each stage
+
+    def load(self, parallel: Parallel, parity: int) -> None:
+        stages = []
+        for kernel in self.kernels:
+            for stage in kernel.native.stages:
+                plan = stage.plan
+                stages.append(Stage(stage.fn, kernel.args[parity], plan.extent, plan.work, plan.pieces))
+                self.owners.append(kernel)
+        self.stages = StageList(stages, parallel)
+
+    def run(self, seconds: list[float], timed: bool) -> None:
+        """Every stage; with `timed`, each kernel's seconds from the end of the stage before its first."""
+        start = time.monotonic_ns()
+        status, failed = self.stages.run(timed)
+        if status:
+            raise _failed(self.owners[failed], status)
+        if timed:
+            for owner, end in zip(self.owners, self.stages.times):
+                seconds[owner.index] += (int(end) - start) * 1e-9
+                start = int(end)

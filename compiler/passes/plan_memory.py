@@ -3,7 +3,9 @@
 What is placed: graph inputs, params and the results of top-level ops (kernels);
 values inside fused kernels are the backend's kernel temporaries. The plan is
 written into the IR — `Value.mem`, printed as `mem(ddr:4096)` on each op and
-declaration — and the backend takes it from there.
+declaration — and the backend takes it from there: this is the one planner (the
+backend only adds kernel temporaries on chip, and refuses a graph without a plan
+that fits its target; `with_memory_plan` gives a graph one before the backend).
 
 Liveness over the schedule (top-level op order): a result is live from its op
 to its last use; inputs from the start; params, outputs and param updates to
@@ -48,6 +50,7 @@ from typing import Callable, Iterable
 import attrs
 import numpy as np
 
+from backend.memory import plan_problem
 from backend.pef.memory_plan import ALIGN
 from backend.pef.targets import ONCHIP, Target
 from compiler.pass_manager.base import Pass, PassContext, option
@@ -121,10 +124,15 @@ class PlanMemory(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> Graph:
         """Sets `Value.mem` on inputs, params and top-level results."""
+        buffers = self.plan(graph, resolve_target(self.target, ctx))
+        self._count(ctx, graph, buffers)
+        return graph
+
+    def plan(self, graph: Graph, target: Target) -> list[Buffer]:
+        """Plan `graph`'s tensors for `target` (setting `Value.mem`); the placed buffers."""
         if self.heuristic != "best" and self.heuristic not in HEURISTICS:
             raise PassError(f"option 'heuristic' must be best or one of {', '.join(HEURISTICS)}, "
                             f"got '{self.heuristic}'")
-        target = resolve_target(self.target, ctx)
         limit = target.pmu.bytes if self.onchip_max_bytes < 0 else self.onchip_max_bytes
         if self.in_place:
             dependents_first(graph)
@@ -139,8 +147,7 @@ class PlanMemory(Pass):
         for buffer in buffers:
             for value in buffer.values:
                 value.mem = Placement(buffer.tier, buffer.offset)
-        self._count(ctx, graph, buffers)
-        return graph
+        return buffers
 
     def _count(self, ctx: PassContext, graph: Graph, buffers: list[Buffer]) -> None:
         ctx.count("tensors", sum(len(b.values) for b in buffers))
@@ -151,6 +158,15 @@ class PlanMemory(Pass):
             ctx.count(f"{side}-arena-bytes", report.arena)
             ctx.count(f"{side}-lower-bound", report.lower_bound)
             ctx.count("no-reuse-bytes", report.no_reuse)
+
+
+def with_memory_plan(graph: Graph, target: Target, *, pack: bool = True) -> Graph:
+    """`graph` with a memory plan the backend can use on `target`: its own if it has one that fits
+    (see `backend.memory.plan_problem`), else this pass's with its defaults — everything off-chip
+    when `pack` is False (one kernel per section, as at -O0, so nothing stays on chip between kernels)."""
+    if plan_problem(graph, target) is not None:
+        PlanMemory(onchip_max_bytes=-1 if pack else 0).plan(graph, target)
+    return graph
 
 
 # --- liveness ------------------------------------------------------------------------------

@@ -263,7 +263,7 @@ class OpDef:
         """Run the op on arrays (`interpret` runs regions, for ops that own one)."""
         out = cls.ref(op.attrs, *args)
         outs = out if isinstance(out, tuple) else (out,)
-        return [np.asarray(o, dtype=r.type.dtype.np).reshape(r.type.shape)
+        return [np.asarray(o, dtype=r.type.dtype.np).reshape(r.type.dtype.storage_shape(r.type.shape))
                 for o, r in zip(outs, op.results)]
 
     @classmethod

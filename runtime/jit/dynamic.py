@@ -3,7 +3,9 @@
 A position outside the axis reads as zero (`dynamic_slice`) or is not written
 (`update_slice`), so no access ever leaves its buffer. An `in_place` update slice
 (a KV-cache write whose output the memory plan put over the cache itself) writes
-only the update's rows; otherwise the operand is copied first. Both run in
+only the update's rows; otherwise the operand is copied first, unless at run time it is
+the output itself, in the same layout (an update whose size-1 axes the plan gave other
+strides, so it was not marked in place). Both run in
 parallel over axis 0: each row touches only its own part of the output.
 """
 from __future__ import annotations
@@ -52,9 +54,14 @@ def lower_update_slice(km: KernelModule, name: str, stage: UpdateSliceStage) -> 
     out = km.whole(stage.out)
     shape, axis = tuple(km.buffer(stage.out).shape), stage.axis
 
+    same_layout = not operand.offset and all(
+        size == 1 or s == t for size, s, t in zip(shape, operand.strides, out.strides))
+
     def body(b: ir.IRBuilder, ptrs, lo, hi):
         if not stage.in_place:
-            nest(b, shape, lo, hi, lambda idx: out.store(b, operand.load(b, ptrs, idx), ptrs, idx))
+            copy = b.icmp_unsigned("!=", ptrs[operand.arg], ptrs[out.arg]) if same_layout else ir.Constant(cg.I1, 1)
+            with b.if_then(copy):
+                nest(b, shape, lo, hi, lambda idx: out.store(b, operand.load(b, ptrs, idx), ptrs, idx))
 
         def element(idx):
             position, inside = _position(b, ptrs, starts, idx, axis, shape[axis])

@@ -2,6 +2,9 @@
 
 An index outside the table makes the kernel return `INDEX_ERROR` (the read is
 clamped so memory stays safe); the executor turns that into an ExecutionError.
+A table in blocks (q8_0, q4_0, q4_1: an embedding stored quantized) is gathered along an
+axis before its blocked last one, a whole block at a time: the rows keep their bytes, and
+the cast that follows dequantizes them as every other read of blocks does.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import llvmlite.ir as ir
 from backend.pef.stages import GatherStage, ScatterAddStage
 from runtime.jit import codegen as cg
 from runtime.jit.codegen import I32, i64
+from runtime.jit.layout import Access
 from runtime.jit.map import nest
 from runtime.jit.module import KernelModule
 
@@ -32,6 +36,11 @@ def lower_gather(km: KernelModule, name: str, stage: GatherStage) -> int:
     rank, nidx = len(out_shape), len(ishape)
     out_shape = out_shape or (1,)  # a scalar: one iteration, no index
 
+    blocked = table.dtype.is_blocked
+    if blocked and (table.dtype != out.dtype or axis + nidx >= rank or out_shape[-1] % table.dtype.block):
+        raise ValueError(f"gather of a {table.dtype} table must keep its blocked last axis whole")
+    loops = (*out_shape[:-1], out_shape[-1] // table.dtype.block) if blocked else out_shape
+
     def body(b: ir.IRBuilder, ptrs, lo, hi):
         with b.goto_entry_block():
             status = b.alloca(I32)
@@ -41,13 +50,31 @@ def lower_gather(km: KernelModule, name: str, stage: GatherStage) -> int:
             idx = idx[:rank]
             position = indices.load(b, ptrs, idx[axis:axis + nidx])
             row = _checked_index(b, position, stage.table_shape[axis], status)
-            out.store(b, table.load(b, ptrs, [*idx[:axis], row, *idx[axis + nidx:]]), ptrs, idx)
+            source = [*idx[:axis], row, *idx[axis + nidx:]]
+            if not blocked:
+                out.store(b, table.load(b, ptrs, source), ptrs, idx)
+                return
+            first = i64(table.dtype.block)
+            source[-1], idx = b.mul(source[-1], first), [*idx[:-1], b.mul(idx[-1], first)]
+            _copy_block(b, ptrs, table, source, out, idx)
 
-        nest(b, out_shape, lo, hi, element)
+        nest(b, loops, lo, hi, element)
         return b.load(status)
 
     km.function(name, body)
     return out_shape[0]
+
+
+def _copy_block(b: ir.IRBuilder, ptrs, source: Access, source_index, target: Access, target_index) -> None:
+    """The bytes of the block holding element `source_index` of `source` into the one of `target`."""
+    size = source.dtype.itemsize
+
+    def start(access: Access, index) -> ir.Value:
+        return b.mul(b.udiv(access.address(b, index), i64(access.dtype.block)), i64(size))
+    at, to = start(source, source_index), start(target, target_index)
+    for offset in range(size):
+        byte = b.load(cg.element_ptr(b, ptrs[source.arg], b.add(at, i64(offset))))
+        b.store(byte, cg.element_ptr(b, ptrs[target.arg], b.add(to, i64(offset))))
 
 
 def lower_scatter_add(km: KernelModule, name: str, stage: ScatterAddStage) -> int:

@@ -20,10 +20,12 @@ of it (two cores reading alternate parts of the same rows get half the bandwidth
   any number of threads.
 
 B in blocks (q8_0, q4_0, q4_1 stored [N, K], K contiguous: Llama's Linear weights) with a
-contiguous f32 `a` takes a dot-product path of its own, a block at a time: the block's 32 codes
-are loaded as one vector, widened to f32 and scaled (each weight the value `ir.dtypes` defines),
-multiplied by 32 elements of each row of `a` into vector accumulators (even and odd blocks
-apart), which are added up in a fixed tree at the end of the column. Other blocked layouts read element by element.
+contiguous f32 `a` takes a dot-product path of its own, a block at a time: the block's codes are
+loaded as 32-bit words and widened with in-lane shifts and masks (cheaper than byte-to-word
+conversions, which cross vector lanes), so each f32 vector holds elements of the block in a fixed
+interleaved order; the rows of `a` are copied once in that order onto the stack. Each weight is
+the value `ir.dtypes` defines, multiplied by its element of `a` into four vector accumulators per
+row, added up in a fixed tree at the end of the column. Other blocked layouts read element by element.
 
 A split run finds its buffer in the stage's table of `RUNS` runs, keyed by the output
 pointer (a spin lock guards it; a run holds its entry from its first unit to its last,
@@ -46,7 +48,7 @@ from ir.dtypes import BLOCK as QUANT_BLOCK
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
-from runtime.jit.codegen import F32, I1, I8, I32, I64, VOIDP, i64
+from runtime.jit.codegen import F32, I1, I32, I64, VOIDP, i64
 
 #: the most rows a stage may have to take this path
 ROWS = 4
@@ -69,9 +71,8 @@ SPLIT_BELOW = 8
 #: concurrent runs of one split stage its table tracks (a unit waits for a free entry)
 RUNS = 16
 _FAST = ("reassoc", "contract")
-#: elements per block of a block-quantized B; vectors of half a block's f32 values and bytes
+#: elements per block of a block-quantized B
 BLOCK_SIZE = QUANT_BLOCK
-_HALF, _BYTES = ir.VectorType(F32, BLOCK_SIZE // 2), ir.VectorType(I8, BLOCK_SIZE // 2)
 _ENTRY = ir.LiteralStructType([VOIDP, F32.as_pointer(), I64, I1])  # key, partial sums, units done, failed
 _KEY, _PARTS, _DONE, _FAILED = range(4)
 
@@ -227,11 +228,12 @@ def _accumulate(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, bases, depth, j0
     for i in range(stage.m):
         with cg.loop(b, 0, width, name=f"z{i}") as j:
             b.store(zero, b.gep(acc, [b.add(i64(i * plan.width), j)]))
+    rows_pass = _blocks_pass if column_blocks(stage, plan) else _rows_pass
     whole = b.add(p0, b.mul(b.udiv(b.sub(p1, p0), i64(DEPTH)), i64(DEPTH)))
     with cg.loop(b, p0, whole, DEPTH, name="p") as p:
-        _rows_pass(stage, plan, b, ptrs, acc, bases, j0, width, [b.add(p, i64(d)) for d in range(DEPTH)])
+        rows_pass(stage, plan, b, ptrs, acc, bases, j0, width, [b.add(p, i64(d)) for d in range(DEPTH)])
     with cg.loop(b, whole, p1, name="pr") as p:
-        _rows_pass(stage, plan, b, ptrs, acc, bases, j0, width, [p])
+        rows_pass(stage, plan, b, ptrs, acc, bases, j0, width, [p])
 
 
 def _rows_pass(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, bases, j0, width, depths: list) -> None:
@@ -250,10 +252,51 @@ def _rows_pass(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, bases, j0, width,
 
 
 def _store_rows(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, batch, j0, width) -> None:
+    """Each row's sums into out; sums `_blocks_pass` made lie in `_order` within each block of columns."""
+    if column_blocks(stage, plan):
+        order = _order(stage.b.access.dtype)
+        for i in range(stage.m):
+            with cg.loop(b, 0, b.udiv(width, i64(BLOCK_SIZE)), name=f"sb{i}") as jb:
+                first = b.mul(jb, i64(BLOCK_SIZE))
+                for lane, column in enumerate(order):
+                    value = b.load(b.gep(acc, [b.add(i64(i * plan.width + lane), first)]))
+                    store_sum(stage, b, ptrs, batch, i64(i), b.add(j0, b.add(first, i64(column))), value)
+        return
     for i in range(stage.m):
         with cg.loop(b, 0, width, name=f"s{i}") as j:
             value = b.load(b.gep(acc, [b.add(i64(i * plan.width), j)]))
             store_sum(stage, b, ptrs, batch, i64(i), b.add(j0, j), value)
+
+
+def column_blocks(stage, plan: Split) -> bool:
+    """B in blocks along its contiguous columns (GPT-2's Conv1D weights [K, N]), every chunk of
+    columns whole blocks: the rows pass widens a block of 32 columns at a time."""
+    access = stage.b.access
+    return (plan.along_rows and access.dtype.is_blocked and access.strides[-1] == 1
+            and all(x % BLOCK_SIZE == 0 for x in (access.offset, *access.strides[:-1], stage.n, plan.width)))
+
+
+def _blocks_pass(stage, plan: Split, b: ir.IRBuilder, ptrs, acc, bases, j0, width, depths: list) -> None:
+    """`_rows_pass` a block of B's columns at a time: acc[i, block, lane] += a[i, p] * B[p, column]
+    for the column of `_order`'s lane (the sums stay in that order until `_store_rows`)."""
+    a_base, b_base = bases
+    dtype, row = stage.b.access.dtype, stage.b.access.strides[-2]
+    b_ptr = ptrs[stage.b.access.arg]
+    scales = [[_splat(b, stage.a.load(b, ptrs, a_base, i64(i), p)) for p in depths] for i in range(stage.m)]
+    with cg.loop(b, 0, b.udiv(width, i64(BLOCK_SIZE)), name="jb") as jb:
+        column = b.add(j0, b.mul(jb, i64(BLOCK_SIZE)))
+        slots = [[b.bitcast(b.gep(acc, [b.add(i64(i * plan.width + 8 * r), b.mul(jb, i64(BLOCK_SIZE)))]),
+                            _VECTOR.as_pointer()) for r in range(4)] for i in range(stage.m)]
+        totals = [[b.load(slot, align=4) for slot in row_slots] for row_slots in slots]
+        for d, p in enumerate(depths):  # one block of weights at a time, into every row's sums
+            start = b.udiv(b.add(b_base, b.add(b.mul(p, i64(row)), column)), i64(BLOCK_SIZE))
+            weights = _widen_block(b, b.gep(b_ptr, [b.mul(start, i64(dtype.itemsize))]), dtype)
+            for i in range(stage.m):
+                totals[i] = [b.fadd(t, b.fmul(scales[i][d], w, flags=_FAST), flags=_FAST)
+                             for t, w in zip(totals[i], weights)]
+        for row_slots, values in zip(slots, totals):
+            for slot, value in zip(row_slots, values):
+                b.store(value, slot, align=4)
 
 
 def _emit_dots(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> None:
@@ -289,72 +332,118 @@ def _unit_columns(stage, plan: Split, b: ir.IRBuilder, lo, hi) -> Iterator[tuple
 
 
 def reads_blocks(stage) -> bool:
-    """B in whole blocks along its contiguous depth (every column starts a block), `a` contiguous f32."""
+    """B in whole blocks along its contiguous depth (every column starts a block), `a` contiguous f32
+    and small enough to copy onto the stack."""
     access, a = stage.b.access, stage.a.access
     whole = all(x % BLOCK_SIZE == 0 for x in (access.offset, stage.k, *access.strides[:-2], access.strides[-1]))
     return (access.dtype.is_blocked and access.strides[-2] == 1 and whole and a.dtype == DType.f32
-            and a.strides[-1] == 1)
+            and a.strides[-1] == 1 and stage.m * stage.k <= PERMUTED)
+
+
+#: the most elements of `a` (rows x depth) a block-dot call copies into its stack in block order
+PERMUTED = 1 << 15
+_VECTOR = ir.VectorType(F32, 8)
+_WORDS = ir.VectorType(I32, 8)
+
+
+def _order(dtype: DType) -> list[int]:
+    """The element of a block each lane of `_widen_block`'s four 8-lane vectors holds, in order."""
+    if dtype == DType.q8_0:  # byte 4i + r of the codes, r-th vector
+        return [4 * i + r for r in range(4) for i in range(8)]
+    return [4 * i + r + 16 * high for r in range(4) for high in (0, 1) for i in range(4)]
 
 
 def _emit_block_dots(stage, plan: Split, b: ir.IRBuilder, ptrs, lo, hi) -> None:
-    """Units (entry, block of columns) as `_emit_dots`, each column a block of B at a time; the sums
-    of even and odd blocks, first and second halves, kept apart (four short chains per row)."""
+    """Units (entry, block of columns) as `_emit_dots`, a block of B at a time. The codes are widened
+    with in-lane shifts, so the lanes hold the block's elements in `_order`; the rows of `a` are
+    first copied in that order onto the stack (once per call, or per unit if batch entries differ).
+    Four vector accumulators per row, one per vector of a block, added in a fixed tree at the end."""
     dtype = stage.b.access.dtype
+    order = _order(dtype)
+    k, a_row = stage.k, stage.a.access.strides[-2]
     with b.goto_entry_block():
-        accs = [[b.alloca(_HALF, name=f"acc{i}") for i in range(4)] for _ in range(stage.m)]
+        accs = [[b.alloca(_VECTOR, name=f"acc{i}") for i in range(4)] for _ in range(stage.m)]
+        copy = b.alloca(F32, stage.m * k, name="a.ordered")
     a_ptr, b_ptr = ptrs[stage.a.access.arg], ptrs[stage.b.access.arg]
-    a_row = stage.a.access.strides[-2]
-    blocks = stage.k // BLOCK_SIZE
-    pairs = blocks // 2 * 2
-    with _unit_columns(stage, plan, b, lo, hi) as (batch, a_base, b_base, column):
-        for acc in (a for row in accs for a in row):
-            b.store(ir.Constant(_HALF, None), acc)
-        first = b.udiv(b.add(b_base, b.mul(column, i64(stage.b.access.strides[-1]))), i64(BLOCK_SIZE))
 
-        def add_block(kb: ir.Value, parity: int) -> None:
-            weights = _widen_block(b, b.gep(b_ptr, [b.mul(b.add(first, kb), i64(dtype.itemsize))]), dtype)
+    def reorder(a_base: ir.Value) -> None:
+        """copy[i, block, lane] = a[i, block * 32 + order[lane]]."""
+        with cg.loop(b, 0, k // BLOCK_SIZE, name="reorder") as kb:
+            for i in range(stage.m):
+                source = b.add(a_base, b.add(i64(i * a_row), b.mul(kb, i64(BLOCK_SIZE))))
+                target = b.add(i64(i * k), b.mul(kb, i64(BLOCK_SIZE)))
+                for lane, element in enumerate(order):
+                    value = b.load(b.gep(a_ptr, [b.add(source, i64(element))]))
+                    b.store(value, b.gep(copy, [b.add(target, i64(lane))]))
+
+    shared = plan.entries == 1
+    if shared:
+        with b.if_then(b.icmp_signed("<", lo, hi)):
+            reorder(stage.a.base(b, cg.unravel(b, i64(0), stage.batch)))
+    with cg.loop(b, lo, hi, name="unit") as unit:
+        entry, block = cg.unravel(b, unit, (plan.entries, plan.chunks))
+        batch = cg.unravel(b, entry, stage.batch)
+        b_base = stage.b.base(b, batch)
+        if not shared:
+            reorder(stage.a.base(b, batch))
+        j0 = b.mul(block, i64(BLOCK))
+        with cg.loop(b, j0, cg.imin(b, b.add(j0, i64(BLOCK)), i64(stage.n)), name="col") as column:
+            for acc in (a for row in accs for a in row):
+                b.store(ir.Constant(_VECTOR, None), acc)
+            first = b.udiv(b.add(b_base, b.mul(column, i64(stage.b.access.strides[-1]))), i64(BLOCK_SIZE))
+            with cg.loop(b, 0, k // BLOCK_SIZE, name="blk") as kb:
+                weights = _widen_block(b, b.gep(b_ptr, [b.mul(b.add(first, kb), i64(dtype.itemsize))]), dtype)
+                for i, row in enumerate(accs):
+                    at = b.add(i64(i * k), b.mul(kb, i64(BLOCK_SIZE)))
+                    for r, (part, acc) in enumerate(zip(weights, row)):
+                        x = b.load(b.bitcast(b.gep(copy, [b.add(at, i64(8 * r))]), _VECTOR.as_pointer()), align=4)
+                        b.store(b.fadd(b.load(acc), b.fmul(x, part, flags=_FAST), flags=_FAST), acc)
             for i, row in enumerate(accs):
-                at = b.add(a_base, b.add(i64(i * a_row), b.mul(kb, i64(BLOCK_SIZE))))
-                for h, part in enumerate(weights):
-                    x = b.load(b.bitcast(b.gep(a_ptr, [b.add(at, i64(16 * h))]), _HALF.as_pointer()), align=4)
-                    acc = row[2 * parity + h]
-                    b.store(b.fadd(b.load(acc), b.fmul(x, part, flags=_FAST), flags=_FAST), acc)
-        with cg.loop(b, 0, pairs, 2, name="blk") as kb:
-            add_block(kb, 0)
-            add_block(b.add(kb, i64(1)), 1)
-        with cg.loop(b, pairs, blocks, name="last") as kb:
-            add_block(kb, 0)
-        for i, row in enumerate(accs):
-            sums = [b.load(acc) for acc in row]
-            total = b.fadd(b.fadd(sums[0], sums[2]), b.fadd(sums[1], sums[3]))
-            store_sum(stage, b, ptrs, batch, i64(i), column, _tree_sum(b, total))
+                sums = [b.load(acc) for acc in row]
+                total = b.fadd(b.fadd(sums[0], sums[2]), b.fadd(sums[1], sums[3]))
+                store_sum(stage, b, ptrs, batch, i64(i), column, _tree_sum(b, total))
 
 
-def _widen_block(b: ir.IRBuilder, block: ir.Value, dtype: DType) -> tuple[ir.Value, ir.Value]:
-    """Values 0..15 and 16..31 of the block at byte pointer `block`, as `cg.load_blocked` computes each."""
+def _widen_block(b: ir.IRBuilder, block: ir.Value, dtype: DType) -> list[ir.Value]:
+    """The block at byte pointer `block` as four 8-lane f32 vectors in `_order`, each value as
+    `cg.load_blocked` computes it (d * q for q8_0, d * (q - 8) for q4_0, d * q + m for q4_1: the
+    products are exact, so the fused form rounds as the separate one)."""
     def half(offset: int) -> ir.Value:
-        scalar = b.fpext(b.load(b.bitcast(b.gep(block, [i64(offset)]), cg.F16.as_pointer()), align=1), F32)
-        return _splat(b, scalar)
+        """The f16 at `offset` in every lane (moved into a zeroed vector first: converting it in
+        place would merge into whatever register holds stale lanes, an accumulator's included)."""
+        bits = b.zext(b.load(b.bitcast(b.gep(block, [i64(offset)]), cg.I16.as_pointer()), align=1), I32)
+        vector = b.insert_element(ir.Constant(_WORDS, None), bits, ir.Constant(I32, 0))
+        halves = b.bitcast(b.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(I32, 4), [0, 1, 2, 3])),
+                           ir.VectorType(cg.F16, 8))
+        return b.shuffle_vector(b.fpext(halves, _VECTOR), ir.Constant(_VECTOR, ir.Undefined),
+                                ir.Constant(_WORDS, None))
 
-    def codes(offset: int) -> ir.Value:
-        return b.load(b.bitcast(b.gep(block, [i64(offset)]), _BYTES.as_pointer()), align=1)
+    def words(offset: int, count: int) -> ir.Value:
+        vector = ir.VectorType(I32, count)
+        return b.load(b.bitcast(b.gep(block, [i64(offset)]), vector.as_pointer()), align=1)
+
+    def same(value: int) -> ir.Constant:
+        return ir.Constant(_WORDS, [value] * 8)
 
     scale = half(0)
-    if dtype == DType.q8_0:
-        return tuple(b.fmul(scale, b.sitofp(codes(offset), _HALF)) for offset in (2, 18))
-    packed = codes(2 if dtype == DType.q4_0 else 4)
-    nibbles = (b.and_(packed, ir.Constant(_BYTES, [15] * 16)), b.lshr(packed, ir.Constant(_BYTES, [4] * 16)))
-    values = [b.uitofp(n, _HALF) for n in nibbles]
+    if dtype == DType.q8_0:  # byte r of each word, sign-extended by shifting it to the top and back
+        raw = words(2, 8)
+        codes = [b.ashr(b.shl(raw, same(24 - 8 * r)) if r < 3 else raw, same(24)) for r in range(4)]
+        return [b.fmul(scale, b.sitofp(c, _VECTOR)) for c in codes]
+    packed = words(2 if dtype == DType.q4_0 else 4, 4)
+    both = b.shuffle_vector(packed, packed, ir.Constant(_WORDS, [0, 1, 2, 3, 0, 1, 2, 3]))
+    codes = [b.and_(b.lshr(both, ir.Constant(_WORDS, [8 * r] * 4 + [8 * r + 4] * 4)), same(15)) for r in range(4)]
+    values = [b.sitofp(c, _VECTOR) for c in codes]
     if dtype == DType.q4_0:
         eight = _splat(b, ir.Constant(F32, 8.0))
-        return tuple(b.fmul(scale, b.fsub(v, eight)) for v in values)
+        return [b.fmul(scale, b.fsub(v, eight)) for v in values]
     low = half(2)
-    return tuple(b.fadd(b.fmul(scale, v), low) for v in values)
+    return [b.fadd(b.fmul(scale, v, flags=("contract",)), low, flags=("contract",)) for v in values]
 
 
 def _splat(b: ir.IRBuilder, scalar: ir.Value) -> ir.Value:
-    one = b.insert_element(ir.Constant(_HALF, ir.Undefined), scalar, ir.Constant(I32, 0))
-    return b.shuffle_vector(one, ir.Constant(_HALF, ir.Undefined), ir.Constant(ir.VectorType(I32, 16), None))
+    one = b.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(_VECTOR, ir.Undefined), ir.Constant(_WORDS, None))
 
 
 def _tree_sum(b: ir.IRBuilder, vector: ir.Value) -> ir.Value:

@@ -35,11 +35,12 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 
 from backend_graphs import decompose, fuse_phases, mlp  # noqa: E402
+from planned_backend import build_pef  # noqa: E402
 
-from backend.driver import BackendOptions, build_pef  # noqa: E402
+from backend.driver import BackendOptions  # noqa: E402
 from backend.pef.file import FORMAT_VERSION, PEF, load_pef
 from backend.pef.targets import load_target
 from ir.errors import PEFError  # noqa: E402

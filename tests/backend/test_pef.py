@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from backend_graphs import decompose, fuse_phases, mlp
 from fuzz_pef import ZOO, check_case, raw_mutation, run, run_executed, sample_pef, structural_mutation
+from planned_backend import build_pef, compile_program
 
-from backend.driver import BackendOptions, build_pef, compile_options, compile_program
+from backend.driver import BackendOptions, compile_options
 from backend.pef.file import FORMAT_VERSION, MAGIC, load_pef, read_pef, write_pef
 from backend.pef.targets import load_target
 from ir.errors import PEFError
@@ -46,8 +47,8 @@ def test_two_compiles_are_byte_identical():
 
 def test_bytes_do_not_depend_on_the_process():
     """Another interpreter with another string-hash seed writes the same bytes."""
-    script = ("import sys, hashlib; sys.path.insert(0, 'tests/backend'); from test_pef import _options; "
-              "from backend_graphs import decompose, mlp; from backend.driver import compile_program; "
+    script = ("import sys, hashlib; sys.path[:0] = ['tests/backend', 'tests']; from test_pef import _options; "
+              "from backend_graphs import decompose, mlp; from planned_backend import compile_program; "
               "print(hashlib.sha256(compile_program(decompose(mlp()), _options())).hexdigest())")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -127,7 +128,7 @@ def _tampered(edit) -> bytes:
     (lambda o: o["memory"]["allocations"][1].update(offset=0), "overlap"),
     (lambda o: o["symbols"]["params"][0].update(init="launch_missiles"), "unknown initializer"),
     (lambda o: o["header"]["target"]["pcu"].update(lanes="32"), r"header.target.pcu.lanes: Input should be"),
-    (lambda o: o["kernels"].reverse(), "is not an earlier tensor"),
+    (lambda o: o["kernels"].insert(0, o["kernels"].pop(1)), "is not an earlier tensor"),
 ])
 def test_the_validator_names_the_problem(edit, message):
     with pytest.raises(PEFError, match=message):

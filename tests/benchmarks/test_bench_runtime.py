@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from planned_backend import build_pef
 
-from backend.driver import BackendOptions, build_pef
+from backend.driver import BackendOptions
 from backend.pef.targets import load_target
 from compiler.driver import CompileOptions, compile_model
 from compiler.pass_manager.levels import level_pipeline

@@ -41,14 +41,16 @@ def test_native_logits_equal_the_interpreter_on_the_blocks(compiled, weight_dtyp
         assert 0 < error < QUANTIZATION_ATOL[weight_dtype]
 
 
-def test_matrices_in_blocks_gathered_embeddings_16_bit(compiled, weight_dtype):
+def test_matrices_and_tied_embeddings_in_blocks_gathered_only_ones_16_bit(compiled, weight_dtype):
     llama = compiled["llama-tiny"].pef
     dtypes = {p.name: p.dtype for p in llama.symbols.params}
     assert dtypes["model.layers.0.self_attn.q_proj.weight"] == dtypes["lm_head.weight"] == weight_dtype
-    assert dtypes["model.embed_tokens.weight"] == "f16"  # a gather reads it
+    assert dtypes["model.embed_tokens.weight"] == "f16"  # only a gather reads it (the head is untied)
     assert dtypes["model.norm.weight"] == "f32"
     gpt2 = {p.name: p.dtype for p in compiled["gpt2-tiny"].pef.symbols.params}
-    assert gpt2["transformer.h.0.mlp.c_fc.weight"] == weight_dtype and gpt2["transformer.wte.weight"] == "f16"
+    assert gpt2["transformer.h.0.mlp.c_fc.weight"] == weight_dtype
+    assert gpt2["transformer.wte.weight"] == "q8_0"  # tied: the LM head and the lookup read 8-bit blocks
+    assert gpt2["transformer.wpe.weight"] == "f16"
     assert {o.name: o.value for o in llama.header.options}["weight_dtype"] == weight_dtype
 
 

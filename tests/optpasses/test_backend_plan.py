@@ -4,13 +4,17 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from backend.driver import backend_stage
+from backend import driver
 from backend.lowering import tensor_names
 from backend.pef.file import load_pef
 from backend.pef.targets import ONCHIP
-from compiler.passes.plan_memory import memory_report
-from ir.errors import PEFError
+from compiler.driver import CompileOptions, compile_model
+from compiler.pass_manager.levels import level_pipeline
+from compiler.passes import PassManager
+from compiler.passes.plan_memory import check_plan, memory_report
+from ir.errors import BackendError, PEFError
 from optpass_graphs import O3, PREFIX, run, zoo_graph
+from planned_backend import backend_stage
 
 
 @pytest.fixture(scope="module")
@@ -59,28 +63,46 @@ def test_kernels_carry_the_tiles_the_tile_pass_chose(compiled):
     assert len(tiles) == 39 and scheduled == tiles
 
 
-def test_a_stale_plan_is_not_used():
+def test_the_backend_refuses_a_stale_plan():
     graph, _ = run(f"{PREFIX},plan-memory{{target=rdu-mini}},fuse", zoo_graph("mlp", "train"))
-    pef = load_pef(backend_stage(graph, target="rdu-mini").to_bytes())
-    no_reuse = sum(a.nbytes for a in pef.memory.allocations if a.arena == "ddr")
-    assert next(a.size for a in pef.memory.arenas if a.name == "ddr") >= no_reuse
+    with pytest.raises(BackendError, match=r"the result of 'fused' has no place in the memory plan: "
+                                           r"run the 'plan-memory' pass for target 'rdu-mini' before the backend"):
+        driver.backend_stage(graph, target="rdu-mini")
 
 
-def test_a_plan_for_another_target_is_not_used():
+def test_the_backend_refuses_a_plan_for_another_target():
     graph, _ = run(f"{PREFIX},plan-memory{{target=sn40l}}", zoo_graph("mlp", "train"))
-    pef = load_pef(backend_stage(graph, target="rdu-mini").to_bytes())
-    assert {a.name for a in pef.memory.arenas} == {"ddr", ONCHIP}
+    with pytest.raises(BackendError, match=r"is planned in 'hbm', a memory tier target 'rdu-mini' does not have"):
+        driver.backend_stage(graph, target="rdu-mini")
 
 
-def test_generation_entry_points_share_the_params_placement():
+@pytest.mark.parametrize("pipeline", [PREFIX, f"{PREFIX},plan-memory{{target=sn40l}}",
+                                      f"{PREFIX},plan-memory{{target=rdu-mini}},fuse"],
+                         ids=["no-plan", "other-target", "stale"])
+def test_the_compiler_plans_a_graph_reaching_the_backend_without_a_plan_for_its_target(pipeline):
+    """A --passes pipeline without plan-memory (or one planning for another target, or a plan gone stale
+    under a later pass) compiles: the driver runs the pass for the target, with reuse."""
+    result = compile_model(CompileOptions("mlp", target="rdu-mini"), PassManager.parse(pipeline))
+    assert check_plan(result.graph) == []
+    values = [*result.graph.inputs, *(p.value for p in result.graph.params),
+              *(v for op in result.graph.ops for v in op.results)]
+    assert {v.mem.tier for v in values} == {"ddr", ONCHIP}
+    pef = load_pef(result.pef.to_bytes())
+    ddr = next(r for r in memory_report(result.graph) if r.tier == "ddr")
+    assert next(a.size for a in pef.memory.arenas if a.name == "ddr") == ddr.arena < ddr.no_reuse
+
+
+def test_the_compiler_keeps_everything_off_chip_when_kernels_get_a_section_each():
+    result = compile_model(CompileOptions("mlp", target="rdu-mini", pack_sections=False), PassManager.parse(PREFIX))
+    assert {v.mem.tier for op in result.graph.ops for v in op.results} == {"ddr"}
+
+
+@pytest.mark.parametrize("pipeline", [level_pipeline("O3"), PREFIX], ids=["O3", "no-plan"])
+def test_generation_entry_points_share_the_params_placement(pipeline):
     """A model compiled for inference has forward, prefill and decode graphs sharing params: each is
-    planned on its own, and the params land at one place in all of them (the PEF checks it)."""
-    from compiler.driver import CompileOptions, compile_model
-    from compiler.pass_manager.levels import level_pipeline
-    from compiler.passes import PassManager
-
-    result = compile_model(CompileOptions("gpt2", inference=True, target="rdu-mini"),
-                           PassManager.parse(level_pipeline("O3")))
+    planned on its own (by the pipeline, or by the driver when it has no plan-memory), and the
+    params land at one place in all of them (the PEF checks it)."""
+    result = compile_model(CompileOptions("gpt2", inference=True, target="rdu-mini"), PassManager.parse(pipeline))
     pef = load_pef(result.pef.to_bytes())
     assert pef.entries
     graphs = [result.graph, *result.entries.values()]

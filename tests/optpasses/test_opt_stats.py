@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import re
 
-from backend.driver import backend_stage
 from backend.pef.targets import load_target
 from compiler.passes.fuse import kernel_traffic
 from compiler.opt_report import KernelStats, kernel_stats, optimization_report
 from compiler.passes.plan_memory import memory_report
 from optpass_graphs import O3, run, zoo_graph
+from planned_backend import backend_stage
 from tools.cli import main
 
 

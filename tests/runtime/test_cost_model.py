@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import pytest
+from planned_backend import build_pef
 
-from backend.driver import BackendOptions, build_pef
+from backend.driver import BackendOptions
 from backend.pef.file import Section
 from backend.pef.program import KernelCost, KernelProgram, Schedule
 from backend.pef.records import Access, Body, Buffer, Node

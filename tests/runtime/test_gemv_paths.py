@@ -242,6 +242,7 @@ import llvmlite.binding as llvm
 import numpy as np
 from backend.driver import BackendOptions, build_pef
 from backend.pef.targets import load_target
+from compiler.passes.plan_memory import with_memory_plan
 from ir.builder import Builder
 from ir.dtypes import f32
 from ir.errors import ExecutionError
@@ -257,7 +258,9 @@ llvm.add_symbol("aligned_alloc", ctypes.cast(NULL, ctypes.c_void_p).value)
 b = Builder(Graph("oom"))
 x = b.input("x", TensorType(({m}, {k}), f32))
 b.output("y", b.matmul(x, b.param("w", TensorType(({k}, {n}), f32), Init("normal"))))
-program = load(build_pef(b.graph, BackendOptions(load_target("rdu-mini"), mode="inference")), jit=Jit(use_cache=False))
+target = load_target("rdu-mini")
+program = load(build_pef(with_memory_plan(b.graph, target), BackendOptions(target, mode="inference")),
+               jit=Jit(use_cache=False))
 for _ in range(2):
     try:
         program.run({{"x": np.ones(({m}, {k}), np.float32)}})

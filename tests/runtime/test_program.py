@@ -5,10 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from planned_backend import build_pef
 from rich.console import Console
 
-from backend.driver import BackendOptions, build_pef
+from backend.driver import BackendOptions
 from backend.pef.targets import load_target
+from compiler.passes import PassManager
 from ir.builder import Builder
 from ir.dtypes import f32, i32
 from ir.errors import ExecutionError, Location, PEFError
@@ -60,8 +62,8 @@ def graph() -> Graph:
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["packed", "one-kernel-sections"])
-def pef_bytes(graph, request) -> bytes:
-    return build_pef(graph, BackendOptions(load_target("rdu-mini"), pack=request.param)).to_bytes()
+def pef_bytes(request) -> bytes:
+    return build_pef(mlp_graph(), BackendOptions(load_target("rdu-mini"), pack=request.param)).to_bytes()
 
 
 def inputs(step: int = 0) -> dict[str, np.ndarray]:
@@ -84,8 +86,16 @@ def test_steps_match_interpreter_with_params_updated_in_place(graph, pef_bytes):
     np.testing.assert_array_equal(program.params["b1"], np.full(16, 2, np.float32))  # the copied update
 
 
-def test_updates_trade_places_instead_of_copying(pef_bytes):
-    program = load(pef_bytes)
+def test_updates_written_in_place_need_no_swap(pef_bytes):
+    executor = load(pef_bytes).executor
+    assert {p for p, _ in executor.copies} == {"@b1"}
+    assert not {"@w1", "@w2"} & set(executor.swaps)
+
+
+def test_updates_trade_places_instead_of_copying():
+    """Planned without in-place writes, an update has a range of its own and trades places with its param."""
+    graph = PassManager.parse("plan-memory{target=rdu-mini,in-place=false}").run(mlp_graph())
+    program = load(build_pef(graph, BackendOptions(load_target("rdu-mini"))))
     executor = program.executor
     assert {p for p, _ in executor.copies} == {"@b1"}
     assert set(executor.swaps) >= {"@w1", "@w2"}

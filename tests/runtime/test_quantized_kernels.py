@@ -1,7 +1,10 @@
 """Block-quantized weights (q8_0, q4_0, q4_1) in the JIT: the dequantizing load against the
 `gguf` package's reference, and gemv/gemm stages reading blocks against float64 sums of the
-dequantized weights, awkward sizes, bit for bit the same on 1, 2 and 3 threads and any cut."""
+dequantized weights, awkward sizes, bit for bit the same on 1, 2 and 3 threads and any cut; gathers
+of rows of blocks (a tied embedding) byte for byte."""
 from __future__ import annotations
+
+import ctypes
 
 import numpy as np
 import pytest
@@ -10,10 +13,15 @@ from gguf.quants import dequantize as ggml_dequantize
 from gguf.quants import quantize as ggml_quantize
 
 from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Buffer, row_major
 from backend.pef.reference import run_kernel
+from backend.pef.stages import GatherStage
+from backend.pef.validate import validate
 from ir.dtypes import DType, as_blocks, convert, dequantize, quantize
 from runtime.jit import gemv
-from test_gemv_paths import call, extent, gemm_of, program, takes_gemv
+from runtime.jit.codegen import INDEX_ERROR
+from runtime.jit.parallel import Parallel
+from test_gemv_paths import JIT, call, extent, gemm_of, program, takes_gemv
 
 BLOCKED = [DType.q8_0, DType.q4_0, DType.q4_1]
 
@@ -89,11 +97,16 @@ def test_llama_layout_blocks_along_the_depth(dtype, m, k, n):
 
 
 @pytest.mark.parametrize("dtype", BLOCKED)
-@pytest.mark.parametrize("m, k, n", [(1, 97, 64), (2, 1536, 768), (4, 13, 4096 + 32), (33, 100, 96)])
+@pytest.mark.parametrize("m, k, n", [(1, 97, 64), (2, 1536, 768), (4, 13, 4096 + 32), (33, 100, 96),
+                                     (1, 3072, 768), (3, 21, 8192), (1, 768, 2304)])
 def test_conv1d_layout_blocks_along_the_columns(dtype, m, k, n):
-    """B stored [k, n] (GPT-2's Conv1D weights): blocks run along the output axis, split depths too."""
+    """B stored [k, n] (GPT-2's Conv1D weights): blocks run along the output axis, split depths too;
+    chunks of whole blocks of columns take the vectorized rows pass (4128 columns: chunks of 2064 do not)."""
     prog = program(m, k, n, False, dtype)
-    assert not gemv.reads_blocks(gemm_of(prog))
+    gemm = gemm_of(prog)
+    assert not gemv.reads_blocks(gemm)
+    if m <= gemv.ROWS:
+        assert gemv.column_blocks(gemm, gemv.split(gemm)) == (n != 4096 + 32)
     check(prog, seed=m * k)
 
 
@@ -118,3 +131,45 @@ def test_the_kernel_program_reference_reads_blocks_as_the_jit_does(dtype):
         prog = program(m, 96, 64, transposed, dtype, epilogue=True)
         inputs = operands(prog, m)
         np.testing.assert_allclose(call(prog, inputs), run_kernel(prog, inputs)["out"], rtol=1e-5, atol=1e-5)
+
+
+def gather_program(table_shape: tuple[int, ...], ids_shape: tuple[int, ...], axis: int, dtype: DType) -> KernelProgram:
+    """out = take(table, ids, axis), the table and out in blocks along their last axis."""
+    out_shape = (*table_shape[:axis], *ids_shape, *table_shape[axis + 1:])
+    buffers = (Buffer("table", "input", table_shape, str(dtype)), Buffer("ids", "input", ids_shape, "i32"),
+               Buffer("out", "output", out_shape, str(dtype)))
+    stage = GatherStage("out", Access("table", 0, row_major(table_shape)), table_shape,
+                        Access("ids", 0, row_major(ids_shape)), ids_shape, axis)
+    prog = KernelProgram("gather", "gather", None, "", buffers, (stage,))
+    validate(prog)
+    return prog
+
+
+def gather(prog: KernelProgram, table: np.ndarray, ids: np.ndarray, threads: int) -> tuple[int, np.ndarray]:
+    """(status, out) of the gather run on `threads` threads."""
+    (native,) = JIT.load([prog])
+    (stage,) = native.stages
+    out_buf = prog.buffer("out")
+    out = np.zeros(DType(out_buf.dtype).storage_shape(out_buf.shape), DType(out_buf.dtype).np)
+    args = (ctypes.c_void_p * 3)(table.ctypes.data, ids.ctypes.data, out.ctypes.data)
+    return Parallel(threads).run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces), out
+
+
+@pytest.mark.parametrize("dtype", BLOCKED)
+@pytest.mark.parametrize("table_shape, ids_shape, axis", [((7, 96), (2, 5), 0), ((3, 11, 64), (4,), 1),
+                                                          ((49, 32), (1, 1), 0), ((5, 2, 160), (3, 2), 0)])
+def test_a_gather_of_blocks_copies_the_rows_bytes(dtype, table_shape, ids_shape, axis):
+    """An embedding in blocks (a tied LM head): the gathered rows are the table's blocks, byte for
+    byte, on 1, 2 and 3 threads, and dequantize to the rows of the dequantized table."""
+    rng = np.random.default_rng(len(table_shape) + axis)
+    table = quantize(rng.standard_normal(table_shape).astype(np.float32), dtype)
+    ids = rng.integers(0, table_shape[axis], ids_shape).astype(np.int32)
+    prog = gather_program(table_shape, ids_shape, axis, dtype)
+    for threads in (1, 2, 3):
+        status, out = gather(prog, table, ids, threads)
+        assert status == 0
+        np.testing.assert_array_equal(out.view(np.uint8), np.take(table, ids, axis=axis).view(np.uint8))
+        np.testing.assert_array_equal(dequantize(out), np.take(dequantize(table), ids, axis=axis))
+    bad = ids.copy()
+    bad.flat[-1] = table_shape[axis]
+    assert gather(prog, table, bad, 2)[0] == INDEX_ERROR
