@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from backend.lowering import check_lowerable, lower_op, tensor_names
+from backend.lowering import lower_graph, tensor_names
 from backend.mapping import budget, check_fits, kernel_needs, schedule_tiles
 from backend.memory import bind, check_planned, mark_in_place, memory_plan
 from backend.pef.file import (
@@ -107,12 +107,11 @@ def compile_program(graph: Graph, options: BackendOptions) -> bytes:
 
 def build_pef(graph: Graph, options: BackendOptions) -> PEF:
     """The PEF record of a graph (see `backend/pef/file.py`)."""
-    check_lowerable(graph)
     target = options.target
+    names = tensor_names(graph)
+    kernels = [_scheduled(k, target) for k in lower_graph(graph, names)]
     check_planned(graph, target)
     limit = budget(target, options.n_chips, options.num_tiles)
-    names = tensor_names(graph)
-    kernels = [_scheduled(lower_op(op, i, names), target) for i, op in enumerate(graph.ops)]
     needs = [kernel_needs(k, target) for k in kernels]
     for kernel, need in zip(kernels, needs):
         check_fits(kernel, need, limit, target)

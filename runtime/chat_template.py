@@ -22,7 +22,8 @@ from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ir.errors import DataError, first_line
-from runtime.gguf_model import is_gguf, tokenizer_config
+from runtime.gguf_model import is_gguf
+from runtime.gguf_tokenizer import tokenizer_config
 from runtime.tokenizer import CONFIG_FILE, read_tokenizer_config, token_name
 
 TEMPLATE_FILE = "chat_template.jinja"

@@ -199,12 +199,6 @@ _HF_FIXED: dict[str, dict[str, object]] = {
 _GELU = {"tanh": "gelu_new", "none": "gelu"}
 
 
-def hf_families() -> tuple[str, ...]:
-    """Zoo model names whose checkpoints are written in a Hugging Face family's config format
-    (the llama model's in the format of its `model_type`)."""
-    return ("gpt2", "llama")
-
-
 def model_config(model: str, options: Mapping[str, object], base: Mapping[str, object] | None = None,
                  eos_id: int | None = None) -> dict[str, object]:
     """`config.json` for a checkpoint of `model` whose config fields are `options` (the PEF's header).

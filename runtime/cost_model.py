@@ -130,13 +130,6 @@ class CostReport:
         """Modeled seconds of the gradient all-reduce sections (data parallel)."""
         return sum(s.time_s for s in self.sections if s.phase == "allreduce")
 
-    def by_phase(self) -> dict[str, float]:
-        """Modeled seconds per training phase (`-` for untagged sections)."""
-        out: dict[str, float] = {}
-        for s in self.sections:
-            out[s.phase or "-"] = out.get(s.phase or "-", 0.0) + s.time_s
-        return out
-
 
 def _dtype(program: KernelProgram) -> str:
     outputs = program.with_role("output") or list(program.buffers)

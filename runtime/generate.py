@@ -17,7 +17,7 @@ cache is full. `runtime.serving` schedules requests on the same rows
 continuously (`prefill_rows`, `decode_rows`). Sampling (`runtime.sampling`)
 happens on the host between steps: sampling options are run-time choices.
 
-`ProgramSteps` runs the entry points of a loaded PEF; `InterpretedSteps` runs
+`ProgramSteps` runs the entry points of a loaded PEF; the tests' `InterpretedSteps` runs
 the same prefill and decode graphs with the reference interpreter (the oracle
 of the tests).
 """
@@ -34,12 +34,11 @@ import numpy as np
 from backend.pef.file import PEF
 from ir import jsontext
 from ir.errors import CheckpointError, DataError, ExecutionError
-from ir.graph import Graph
 from ir.dtypes import DType
-from ir.interpreter import interpret
 from ir.types import TensorType
 from runtime import checkpoint as ckpt
-from runtime.gguf_model import gguf_tokenizer, has_tokenizer, is_gguf
+from runtime.gguf_model import is_gguf
+from runtime.gguf_tokenizer import has_tokenizer
 from runtime.program import Program, param_types
 from runtime.sampling import Sampler, SamplingOptions
 from runtime.tokenizer import MERGES_FILE, TOKENIZER_FILE, VOCAB_FILE, ByteTokenizer, Tokenizer, load_tokenizer
@@ -142,27 +141,6 @@ class ProgramSteps:
     def decode(self, input_ids, positions):
         inputs = {"input_ids": input_ids, "positions": positions}
         return self.programs[DECODE].run(inputs, profile=self.profile)["logits"]
-
-
-class InterpretedSteps:
-    """The prefill and decode graphs run by the reference interpreter; `params` include the caches."""
-
-    def __init__(self, prefill: Graph, decode: Graph, params: Mapping[str, np.ndarray], max_seq_length: int):
-        self.graphs = {PREFILL: prefill, DECODE: decode}
-        self.params = dict(params)
-        inputs = {v.name: v.type for v in prefill.inputs}
-        self.limits = limits_of(inputs, prefill.outputs["logits"].type, max_seq_length)
-
-    def run(self, name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        result = interpret(self.graphs[name], inputs, self.params)
-        self.params.update(result.updates)
-        return result.outputs["logits"]
-
-    def prefill(self, input_ids, positions, lengths):
-        return self.run(PREFILL, {"input_ids": input_ids, "positions": positions, "lengths": lengths})
-
-    def decode(self, input_ids, positions):
-        return self.run(DECODE, {"input_ids": input_ids, "positions": positions})
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -347,7 +325,7 @@ def checkpoint_tokenizer(checkpoint: Path | None) -> tuple[Tokenizer, str]:
     or a GGUF file's, and the file it came from; else the built-in byte-level tokenizer ("byte")."""
     if checkpoint is not None:
         if is_gguf(checkpoint) and checkpoint.is_file() and has_tokenizer(checkpoint):
-            return gguf_tokenizer(checkpoint), str(checkpoint)
+            return load_tokenizer(checkpoint), str(checkpoint)
         if (checkpoint / TOKENIZER_FILE).is_file():
             return load_tokenizer(checkpoint / TOKENIZER_FILE), str(checkpoint / TOKENIZER_FILE)
         if (checkpoint / VOCAB_FILE).is_file() and (checkpoint / MERGES_FILE).is_file():

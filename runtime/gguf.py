@@ -30,7 +30,6 @@ from gguf.quants import dequantize
 
 from ir.errors import CheckpointError
 
-SUFFIX = ".gguf"
 #: versions 2 and 3 share the layout read here (version 1 had 32-bit counts)
 VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
@@ -126,6 +125,21 @@ class GGUFFile:
         self.version = version
         self.metadata = metadata
         self.tensors = tensors
+
+    def error(self, message: str) -> CheckpointError:
+        """A CheckpointError naming this file."""
+        return CheckpointError(f"{self.path}: {message}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        """A metadata value of the given Python type; `default` when absent (an error if none is given)."""
+        if key not in self.metadata:
+            if default is ...:
+                raise self.error(f"metadata '{key}' is missing")
+            return default
+        value = self.metadata[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            raise self.error(f"metadata '{key}' is {value!r}, expected {getattr(kind, '__name__', kind)}")
+        return value
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor's stored bytes (a view of the mapped file)."""

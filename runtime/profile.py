@@ -28,7 +28,6 @@ class Profile:
         self.names = [k.name for k in pef.kernels]
         self.ops = [k.op for k in pef.kernels]
         self.section_of = {k: s.index for s in pef.sections for k in s.kernels}
-        self.phase_of = {s.index: s.phase for s in pef.sections}
         self.totals = [0.0] * len(self.names)
         self.steps = 0
 

@@ -11,8 +11,8 @@ Two kinds, behind one interface (`Tokenizer`):
   is ``RduflowByteTokenizer``.
 * ``huggingface``: anything the ``tokenizers`` library runs: a ``tokenizer.json``,
   a folder holding one, or a folder with GPT-2 style ``vocab.json`` + ``merges.txt``
-  (byte-level BPE with GPT-2's pre-tokenizer), or a GGUF file's tokenizer (`runtime.gguf_model`). EOS is the ``eos_token`` of a
-  ``tokenizer_config.json`` beside it, else the first of `EOS_CANDIDATES` in the
+  (byte-level BPE with GPT-2's pre-tokenizer), or a GGUF file's tokenizer
+  (`runtime.gguf_tokenizer`). EOS is the ``eos_token`` of a ``tokenizer_config.json`` beside it, else the first of `EOS_CANDIDATES` in the
   vocabulary; padding is its ``pad_token``, else EOS (padded positions are marked by
   token type 2, so the pad id is only a filler). Saved as ``tokenizer.json`` plus
   ``tokenizer_config.json``, as Hugging Face does.
@@ -197,9 +197,7 @@ def load_tokenizer(path: str | Path | None) -> Tokenizer:
         raise DataError(f"tokenizer not found: {path}")
     if path.is_file():
         if path.suffix == ".gguf":
-            from runtime.gguf_model import gguf_tokenizer  # it builds on this module's HFTokenizer
-
-            return gguf_tokenizer(path)
+            return _from_gguf(path)
         if path.name == CONFIG_FILE:
             return load_tokenizer(path.parent)
         return _from_tokenizer_json(path)
@@ -226,6 +224,12 @@ def _from_tokenizer_json(file: Path) -> Tokenizer:
     except Exception as err:  # the library raises plain Exception for any bad file
         raise DataError(f"{file}: not a Hugging Face tokenizer file ({first_line(err)})") from err
     return HFTokenizer(backend, read_tokenizer_config(file.parent), str(file))
+
+
+def _from_gguf(file: Path) -> Tokenizer:
+    from runtime import gguf_tokenizer
+
+    return HFTokenizer(gguf_tokenizer.bpe(file), gguf_tokenizer.tokenizer_config(file), str(file))
 
 
 def _from_vocab_merges(folder: Path) -> Tokenizer:

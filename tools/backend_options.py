@@ -14,7 +14,7 @@ from typing import Any
 from backend.pef.file import PEF, write_pef
 from backend.pef.targets import preset_names
 from backend.report import stats_text
-from tools.cli import positive_int
+from tools.arguments import positive_int
 
 
 def add_backend_options(parser: argparse.ArgumentParser) -> None:

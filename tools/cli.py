@@ -16,32 +16,11 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Iterable
 
 from ir.errors import RduflowError
+from tools import arguments
 from tools.commands import COMMANDS
 
-#: whether `--debug` was given: hidden options show in help only then (set by `main`)
-DEBUG = False
 
-
-def debug_help(text: str) -> str:
-    """Help text for an experimental option: shown only with `--debug`."""
-    return text if DEBUG else argparse.SUPPRESS
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return int(text)
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got '{text}'")
-    return int(text)
-
-
-def tool_version() -> str:
+def _tool_version() -> str:
     try:
         return version("rduflow")
     except PackageNotFoundError:  # running from a source tree that is not installed
@@ -67,7 +46,7 @@ def build_parser(loaded: Iterable[str] | None = None) -> argparse.ArgumentParser
         prog="rduflow",
         description="A dataflow compiler toolchain for a simulated RDU.",
     )
-    parser.add_argument("--version", action="version", version=f"rduflow {tool_version()}")
+    parser.add_argument("--version", action="version", version=f"rduflow {_tool_version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and experimental options")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
@@ -107,16 +86,9 @@ def _reject_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, u
     parser.error(message)
 
 
-def add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    """Every subcommand accepts `--debug` after its name too."""
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks and experimental options")
-
-
 def main(argv: list[str] | None = None) -> int:
-    global DEBUG
     argv = sys.argv[1:] if argv is None else list(argv)
-    DEBUG = "--debug" in argv
+    arguments.DEBUG = "--debug" in argv
     parser = build_parser([_command(argv)])
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -143,7 +115,5 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
-if __name__ == "__main__":  # `python -m tools.cli`: run the importable module, whose DEBUG the commands read
-    from tools.cli import main as entry_point
-
-    sys.exit(entry_point())
+if __name__ == "__main__":  # `python -m tools.cli`
+    sys.exit(main())

@@ -14,7 +14,7 @@ from compiler.pass_manager.levels import PIPELINES, level_pipeline
 from compiler.pass_manager.semantics import VerifySemantics
 from compiler.passes import PassManager, load_pass_file, lookup_pass, parse_pipeline
 from ir.errors import PassError
-from tools import cli
+from tools import arguments
 
 
 def _pass_names(text: str) -> list[str]:
@@ -55,9 +55,9 @@ def add_pass_options(parser: argparse.ArgumentParser, *, pipeline_flags: tuple[s
     dumps.add_argument("--bisect-limit", type=int, metavar="N",
                        help="run only the first N pass executions (opt-bisect), saying which run")
     dumps.add_argument("--verify-semantics-seed", type=int, default=0, metavar="N",
-                       help=cli.debug_help("seed of the --verify-semantics inputs and params (default: 0)"))
+                       help=arguments.debug_help("seed of the --verify-semantics inputs and params (default: 0)"))
     dumps.add_argument("--crash-dir", type=Path, default=Path("."), metavar="DIR",
-                       help=cli.debug_help("where a crashing pass's reproducer is written (default: .)"))
+                       help=arguments.debug_help("where a crashing pass's reproducer is written (default: .)"))
 
 
 def pipeline_text(args: argparse.Namespace) -> str:

@@ -17,15 +17,10 @@ computes: its operands' or body's, i32 for argmax); the epilogue's value is what
 """
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
-import msgpack
 
-from backend.pef.records import Buffer, ProgramError, nonneg, nonneg_values, one_of
-from backend.pef.schema import SchemaError, decode, encode
+from backend.pef.records import Buffer, nonneg, nonneg_values, one_of
 from backend.pef.stages import Stage
-from backend.pef.validate import validate
 
 PHASES = ("fwd", "bwd", "allreduce", "gradnorm", "opt")
 
@@ -79,27 +74,4 @@ class KernelProgram:
         buffers = {b.name: b for b in self.buffers}
         return sum(stage.work(buffers) for stage in self.stages)
 
-    def to_obj(self) -> dict[str, Any]:
-        return encode(self)
-
-    @classmethod
-    def from_obj(cls, data: Any, path: str = "") -> KernelProgram:
-        """Decode and validate; SchemaError (a ValueError) names the bad field."""
-        program = decode(cls, data, path)
-        try:
-            validate(program)
-        except ProgramError as err:
-            raise SchemaError(path, str(err)) from None
-        return program
-
-    def to_msgpack(self) -> bytes:
-        return msgpack.packb(self.to_obj(), use_bin_type=True)
-
-    @classmethod
-    def from_msgpack(cls, data: bytes) -> KernelProgram:
-        try:
-            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
-        except Exception as err:  # noqa: BLE001 - msgpack raises many types for bad bytes
-            raise SchemaError("", f"not a msgpack kernel program ({type(err).__name__})") from None
-        return cls.from_obj(obj)
 

@@ -1,7 +1,6 @@
 """Kernel programs compiled (or fetched from the disk cache) and loaded as callable stages."""
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -37,8 +36,6 @@ class JitStats:
     compiled: int = 0
     cached: int = 0
     shared: int = 0
-    compile_seconds: float = 0.0
-    load_seconds: float = 0.0
 
 
 def compile_program(key: str, program: KernelProgram, noalias: Sequence[bool] | None = None,
@@ -80,13 +77,11 @@ class Jit:
                 todo[key] = (program, f)
         entries = {key: self.cache.get(key) if self.cache is not None else None for key in todo}
         self._compile({k: v for k, v in todo.items() if entries[k] is None}, entries)
-        start = time.perf_counter()
         for key in todo:
             obj, plans = entries[key]
             self.library.add_object(obj)
             self.kernels[key] = NativeKernel(key, tuple(
                 NativeStage(p, KernelFn(self.library.address(p.symbol))) for p in plans), self.library)
-        self.stats.load_seconds += time.perf_counter() - start
         return [self.kernels[k] for k in keys]
 
     def _compile(self, programs: dict[str, tuple], entries: dict) -> None:
@@ -94,7 +89,6 @@ class Jit:
         self.stats.cached += len(entries) - len(programs)
         if not programs:
             return
-        start = time.perf_counter()
         with ThreadPoolExecutor(min(self.threads, len(programs))) as pool:
             checked, tiles = [self.checked] * len(programs), [self.tile] * len(programs)
             results = pool.map(compile_program, programs.keys(), *zip(*programs.values()), checked, tiles)
@@ -105,4 +99,3 @@ class Jit:
         if self.cache is not None:
             self.cache.prune()
         self.stats.compiled += len(programs)
-        self.stats.compile_seconds += time.perf_counter() - start

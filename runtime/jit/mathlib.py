@@ -166,7 +166,6 @@ _BODIES: dict[str, Callable[[_Ops, ir.Value], ir.Value]] = {
     "exp": _exp, "log": _log, "tanh": _tanh, "erf": _erf,
     "sin": lambda o, x: _sincos(o, x, False), "cos": lambda o, x: _sincos(o, x, True),
 }
-FUNCTIONS = frozenset(_BODIES) | {"pow"}
 
 
 def call(b: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:

@@ -9,7 +9,8 @@ from typing import Sequence
 
 import llvmlite.ir as ir
 
-from backend.pef.records import Access, Affine, Body, Buffer
+from backend.pef.records import Access as SchemaAccess
+from backend.pef.records import Affine, Body, Buffer
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit.engine import compile_ir
@@ -35,7 +36,7 @@ class KernelModule:
     def buffer(self, name: str) -> Buffer:
         return self.buffers[name][1]
 
-    def access(self, access: Access) -> Access:
+    def access(self, access: SchemaAccess) -> Access:
         """A schema access as a typed access of a function argument."""
         index, buffer = self.buffers[access.buffer]
         return Access(index, DType(buffer.dtype), access.offset, tuple(access.strides))

@@ -13,7 +13,8 @@ itself. Any other exception is a bug.
     python tests/backend/fuzz_pef.py execute [N] [SEED]   # N executed mutants (default 10000)
 
 Executed mutants go further: every zoo model (logreg, mlp, lenet, gpt2, llama), compiled
-for training and for inference, has one field of its decoded payload changed at a time
+for training and for inference, and two programs of other kinds (gpt2 for inference with
+q8_0 weights, mlp trained data-parallel over 2 replicas, run with a stand-in group), has one field of its decoded payload changed at a time
 (the field drawn evenly among every field path of the schema, `kernels[].stages[].a.strides[]`
 and the like, then one instance of it), re-signed, read, and — if the reader accepts it —
 run once (and each entry point once) with kernels compiled in the checked mode
@@ -31,11 +32,12 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import msgpack
 import numpy as np
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # this folder and the shared helpers
 
 from backend_graphs import decompose, fuse_phases, mlp  # noqa: E402
 from planned_backend import build_pef  # noqa: E402
@@ -147,7 +149,24 @@ def run(n: int, seed: int = 0) -> collections.Counter:
 
 
 # --- executed mutants -------------------------------------------------------------------
-ZOO = tuple((model, inference) for model in ("logreg", "mlp", "lenet", "gpt2", "llama") for inference in (False, True))
+class Variant(NamedTuple):
+    """One program of the corpus: `rduflow compile MODEL -O1 --target rdu-mini` with these options."""
+
+    model: str
+    inference: bool
+    weight_dtype: str = "f32"
+    #: above 1: a data-parallel training program for that many replicas
+    world_size: int = 1
+
+    @property
+    def label(self) -> str:
+        kinds = [self.weight_dtype] * (self.weight_dtype != "f32") + ["data-parallel"] * (self.world_size > 1)
+        return "-".join([self.model, *kinds, "inference" if self.inference else "train"])
+
+
+ZOO = (*(Variant(model, inference) for model in ("logreg", "mlp", "lenet", "gpt2", "llama")
+         for inference in (False, True)),
+       Variant("gpt2", True, weight_dtype="q8_0"), Variant("mlp", False, world_size=2))
 #: limits the worker reads PEFs under (a user may lower them; they keep a case short)
 WORKER_LIMITS = {"RDUFLOW_MAX_WORK": str(2**27), "RDUFLOW_MAX_ARENA_BYTES": str(2**28)}
 #: seconds one executed case may take (a compile of the mutated kernel included)
@@ -182,17 +201,14 @@ def _lists(obj):
 
 
 class _Model:
-    """One zoo program's payload and its field paths, grouped by pattern."""
+    """One corpus program's payload and its field paths, grouped by pattern."""
 
-    @staticmethod
-    def label(index: int) -> str:
-        model, inference = ZOO[index]
-        return f"{model}-{'inference' if inference else 'train'}"
-
-    def __init__(self, model: str, inference: bool):
+    def __init__(self, variant: Variant):
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
         from zoo_programs import compiled
-        self.payload = _payload(compiled(model, "O1", inference).pef.to_bytes())
+        self.variant = variant
+        self.payload = _payload(compiled(variant.model, "O1", variant.inference, weight_dtype=variant.weight_dtype,
+                                         world_size=variant.world_size).pef.to_bytes())
         by_pattern: dict[str, list[tuple]] = collections.defaultdict(list)
         for path in _paths(_lists(msgpack.unpackb(self.payload, raw=False))):
             by_pattern[_pattern(path)].append(path)
@@ -248,9 +264,11 @@ def _inputs(symbols, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return out
 
 
-def execute(mutated: bytes, jit, rng: np.random.Generator) -> str:
-    """'refused', 'ran' or 'user-error' (a clean run-time error); Violation for a broken contract."""
+def execute(mutated: bytes, jit, rng: np.random.Generator, world_size: int = 1) -> str:
+    """'refused', 'ran' or 'user-error' (a clean run-time error); Violation for a broken contract.
+    A data-parallel program (`world_size` above 1) runs in a stand-in group of that size."""
     from ir.errors import RduflowError
+    from replicated import Replicated
     from runtime.program import Program
     try:
         pef = load_pef(mutated, "fuzz.pef")
@@ -259,7 +277,7 @@ def execute(mutated: bytes, jit, rng: np.random.Generator) -> str:
             raise Violation(f"a refusal that does not name the file: {err}") from None
         return "refused"
     try:
-        program = Program(pef, jit=jit, threads=1)
+        program = Program(pef, jit=jit, threads=1, communicator=Replicated(world_size) if world_size > 1 else None)
         program.run(_inputs(pef.symbols, rng))
         for name in pef.entry_names:
             program.entry(name).run(_inputs(pef.entry(name).symbols, rng))
@@ -281,11 +299,11 @@ def _worker(connection, seed: int) -> None:
         if task is None:
             return
         index, case = task
-        model = models.get(index) or models.setdefault(index, _Model(*ZOO[index]))
+        model = models.get(index) or models.setdefault(index, _Model(ZOO[index]))
         rng = np.random.default_rng([seed, case])
         mutated, fields = model.mutant(rng)
         try:
-            outcome, detail = execute(mutated, jit, rng), ""
+            outcome, detail = execute(mutated, jit, rng, model.variant.world_size), ""
         except Violation as err:
             outcome, detail = "violation", str(err)
         except Exception as err:  # noqa: BLE001 - an internal error is what the fuzzer looks for
@@ -341,10 +359,10 @@ def run_executed(n: int, seed: int = 0, progress=None) -> dict:
         for case in range(n):
             index = case % len(ZOO)
             outcome, changed, detail = pool.run(index, case)
-            outcomes[(_Model.label(index), outcome)] += 1
+            outcomes[(ZOO[index].label, outcome)] += 1
             fields.update(changed)
             if outcome not in ("refused", "ran", "user-error"):
-                violations.append(f"{_Model.label(index)} case {case} (seed {seed}) {outcome}: {changed} {detail}")
+                violations.append(f"{ZOO[index].label} case {case} (seed {seed}) {outcome}: {changed} {detail}")
                 if progress is not None:
                     print("VIOLATION", violations[-1], flush=True)
             if progress is not None and (case + 1) % progress == 0:

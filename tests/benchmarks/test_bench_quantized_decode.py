@@ -102,11 +102,12 @@ def perplexity(logits: np.ndarray, targets: np.ndarray) -> float:
 @pytest.mark.skipif(not os.environ.get("RDUFLOW_GGUF"), reason="RDUFLOW_GGUF names no GGUF file")
 def test_real_model_accuracy():
     from runtime.gguf import read_gguf
-    from runtime.gguf_model import gguf_tokenizer, hf_config
+    from runtime.gguf_model import hf_config
+    from runtime.tokenizer import load_tokenizer
 
     path = Path(os.environ["RDUFLOW_GGUF"])
     config = hf_config(read_gguf(path))
-    ids = gguf_tokenizer(path).encode((ROOT / "tools" / "data" / "midsummer.txt").read_text())[:TEXT_TOKENS]
+    ids = load_tokenizer(path).encode((ROOT / "tools" / "data" / "midsummer.txt").read_text())[:TEXT_TOKENS]
     results = {}
     for dtype in DTYPES:
         steps = steps_of(str(path), (), dtype, config)

@@ -22,25 +22,11 @@ from ir.interpreter import initial_params, interpret
 from ir.parser import parse_with_positions
 from ir.types import TensorType
 from ir.verifier import verify
+from replicated import Replicated
 from runtime.program import Program
 from tools.cli import main
 
 F8 = TensorType((8,), DType.f32)
-
-
-class Replicated:
-    """A communicator of `size` ranks that all hold this rank's values."""
-
-    rank = 0
-
-    def __init__(self, size: int):
-        self.size = size
-        self.calls = 0
-
-    def all_reduce(self, x: np.ndarray, op: str) -> np.ndarray:
-        self.calls += 1
-        total = np.asarray(x, np.float32) * np.float32(self.size)
-        return total / np.float32(self.size) if op == "mean" else total
 
 
 def test_verifier_rejects_one_group_with_two_world_sizes():

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from compiler.driver import CompileOptions, Compiled, compile_model
-from ir.interpreter import initial_params
+from ir.graph import Graph
+from ir.interpreter import initial_params, interpret
 from runtime.checkpoint import load_hf_checkpoint
-from runtime.generate import InterpretedSteps, ProgramSteps, Prompt, load_weights
+from runtime.generate import DECODE, PREFILL, ProgramSteps, Prompt, limits_of, load_weights
 from runtime.program import Program
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -46,6 +48,27 @@ def program_steps(result: Compiled, name: str) -> ProgramSteps:
     program = Program(result.pef)
     load_weights(program, checkpoint(name))
     return ProgramSteps(program)
+
+
+class InterpretedSteps:
+    """The prefill and decode graphs run by the reference interpreter; `params` include the caches."""
+
+    def __init__(self, prefill: Graph, decode: Graph, params: Mapping[str, np.ndarray], max_seq_length: int):
+        self.graphs = {PREFILL: prefill, DECODE: decode}
+        self.params = dict(params)
+        inputs = {v.name: v.type for v in prefill.inputs}
+        self.limits = limits_of(inputs, prefill.outputs["logits"].type, max_seq_length)
+
+    def run(self, name: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        result = interpret(self.graphs[name], inputs, self.params)
+        self.params.update(result.updates)
+        return result.outputs["logits"]
+
+    def prefill(self, input_ids, positions, lengths):
+        return self.run(PREFILL, {"input_ids": input_ids, "positions": positions, "lengths": lengths})
+
+    def decode(self, input_ids, positions):
+        return self.run(DECODE, {"input_ids": input_ids, "positions": positions})
 
 
 def interpreted_steps(result: Compiled, name: str) -> InterpretedSteps:

@@ -139,11 +139,11 @@ def test_passes_lists_options_and_levels(capsys):
 def test_debug_help_shows_hidden_options(capsys, monkeypatch):
     import argparse
 
-    from tools import cli
+    from tools import arguments, cli
 
-    monkeypatch.setattr(cli, "DEBUG", False)
+    monkeypatch.setattr(arguments, "DEBUG", False)
     assert "--crash-dir" not in _help(cli)
-    monkeypatch.setattr(cli, "DEBUG", True)
+    monkeypatch.setattr(arguments, "DEBUG", True)
     assert "--crash-dir" in _help(cli) and "--verify-semantics-seed" in _help(cli)
     assert isinstance(cli.build_parser(), argparse.ArgumentParser)
 

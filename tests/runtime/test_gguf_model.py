@@ -17,7 +17,8 @@ from ir.errors import CheckpointError
 from ir.interpreter import interpret
 from runtime.checkpoint import load_hf_checkpoint, source_config
 from runtime.gguf import read_gguf
-from runtime.gguf_model import gguf_tokenizer, hf_config, hf_tensors, tokenizer_config, unpermute
+from runtime.gguf_model import hf_config, hf_tensors, unpermute
+from runtime.gguf_tokenizer import tokenizer_config
 from runtime.generate import ProgramSteps, Prompt, generate, load_weights
 from runtime.program import Program
 from runtime.sampling import SamplingOptions
@@ -165,7 +166,7 @@ def test_tokenizer_equals_the_hugging_face_one(tmp_path, hf_tokenizer_json):
 
 def test_saved_tokenizer_keeps_the_chat_template(tmp_path, hf_tokenizer_json):
     path = tokenizer_gguf(tmp_path / "t.gguf", hf_tokenizer_json, "smollm", **{"tokenizer.chat_template": "{{ x }}"})
-    gguf_tokenizer(path).save(tmp_path / "saved")
+    load_tokenizer(path).save(tmp_path / "saved")
     config = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
     assert config["chat_template"] == "{{ x }}" and config["eos_token"] == "<|im_end|>"
     assert load_tokenizer(tmp_path / "saved").encode(SAMPLE) == load_tokenizer(path).encode(SAMPLE)

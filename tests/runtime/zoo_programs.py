@@ -14,10 +14,13 @@ TARGET = "rdu-mini"
 
 
 @functools.cache
-def compiled(model: str, level: str, inference: bool, optimizer: str = "sgd", overrides: tuple[str, ...] = ()) -> Compiled:
-    """`rduflow compile MODEL -O<level> --target rdu-mini [--inference]`, in process (cached)."""
+def compiled(model: str, level: str, inference: bool, optimizer: str = "sgd", overrides: tuple[str, ...] = (),
+             weight_dtype: str = "f32", world_size: int = 1) -> Compiled:
+    """`rduflow compile MODEL -O<level> --target rdu-mini [--inference] [--weight-dtype D]
+    [--data-parallel --world-size N]` (a world size above 1), in process (cached)."""
+    training = TrainingOptions(optimizer=optimizer, data_parallel=world_size > 1, world_size=world_size)
     options = CompileOptions(model, overrides=overrides, inference=inference, target=TARGET,
-                             pack_sections=level != "O0", training=TrainingOptions(optimizer=optimizer))
+                             pack_sections=level != "O0", training=training, weight_dtype=weight_dtype)
     return compile_model(options, PassManager.parse(level_pipeline(level)))
 
 

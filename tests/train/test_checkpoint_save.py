@@ -57,7 +57,6 @@ def test_a_base_config_keeps_its_other_keys_and_its_rope_form(tmp_path):
 def test_other_models_get_their_name_and_config_fields():
     assert ckpt.model_config("mlp", {"hidden": 32, "n_classes": 10}) == {"model_type": "mlp", "hidden": 32,
                                                                          "n_classes": 10}
-    assert ckpt.hf_families() == ("gpt2", "llama")
 
 
 def test_save_writes_every_file_and_replaces_an_older_folder_atomically(tmp_path):

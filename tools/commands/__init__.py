@@ -2,7 +2,7 @@
 
 A command's module is imported only when that command runs (or its help is shown), so
 `rduflow --help` and `--version` load none of the machinery. The module has
-`register(subparsers)`, which adds its parser (calling `tools.cli.add_debug_flag`) and
+`register(subparsers)`, which adds its parser (calling `tools.arguments.add_debug_flag`) and
 sets `func` to a callable taking the parsed arguments and returning an exit code.
 """
 from typing import NamedTuple

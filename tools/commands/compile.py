@@ -17,7 +17,7 @@ from ir.printer import print_graph
 from runtime import gguf_model
 from runtime.cost_model import scaling_lines
 from runtime.gguf import read_gguf
-from tools import cli
+from tools import arguments
 from tools.backend_options import add_backend_options, backend_options, write_output
 from tools.dot import graph_to_dot, render_svg
 from tools.pass_options import add_pass_options, pass_manager_from_args
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="config overrides, e.g. model.n_layer=12 model.n_embd=768")
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="a config file ('model: {n_layer: 2, ...}'); flags and overrides apply on top")
-    parser.add_argument("-b", "--batch-size", type=cli.positive_int, metavar="N",
+    parser.add_argument("-b", "--batch-size", type=arguments.positive_int, metavar="N",
                         help="batch size (sets model.batch_size; a new size needs a recompile)")
     parser.add_argument("--inference", action="store_true",
                         help="forward only: the graph's output is the logits (default: training)")
@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_training_options(parser)
     add_pass_options(parser)
     add_backend_options(parser)
-    cli.add_debug_flag(parser)
+    arguments.add_debug_flag(parser)
     parser.set_defaults(func=main)
     _intermixed(parser)
 
@@ -89,7 +89,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                        help="one replica of data-parallel training: gradients all-reduced across the replicas "
                             "before clipping and the optimizer (run with 'mpirun -n N rduflow run PEF "
                             "--data-parallel ...')")
-    group.add_argument("-ws", "--world-size", type=cli.positive_int, default=1, metavar="N",
+    group.add_argument("-ws", "--world-size", type=arguments.positive_int, default=1, metavar="N",
                        help="with --data-parallel: the number of replicas (default: 1)")
     group.add_argument("--reduce-on-rdu", action="store_true",
                        help="with --data-parallel: model the all-reduce over RDU-to-RDU links instead of "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tools import cli
+from tools import arguments
 from tools.data_prep import BOUNDARIES, PACKINGS, PrepConfig, decode_file, prepare
 from tools.data_prep.config import DEFAULT_MAX_SEQ_LENGTH
 
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="replace an existing output")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first malformed line instead of skipping it")
-    cli.add_debug_flag(parser)
+    arguments.add_debug_flag(parser)
     parser.set_defaults(func=main, parser=parser)
 
 

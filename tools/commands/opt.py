@@ -12,7 +12,7 @@ from ir.files import honour_umask
 from ir.parser import parse_with_positions
 from ir.printer import print_graph
 from ir.verifier import verify
-from tools import cli
+from tools import arguments
 from tools.dot import graph_to_dot, render_svg
 from tools.pass_options import add_pass_options, pass_manager_from_args
 
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(apt-get install graphviz)")
     parser.add_argument("--no-locs", dest="locs", action="store_false", help="print the IR without locations")
     add_pass_options(parser, pipeline_flags=("-p", "--passes"), default_level=None)
-    cli.add_debug_flag(parser)
+    arguments.add_debug_flag(parser)
     parser.set_defaults(func=main)
 
 

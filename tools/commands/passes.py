@@ -11,7 +11,7 @@ from rich.table import Table
 from compiler.pass_manager.levels import PIPELINES, level_pipeline
 from compiler.pass_manager.registry import load_entry_points
 from compiler.passes import PASSES, load_pass_file
-from tools import cli
+from tools import arguments
 
 #: table width when the output is not a terminal (so piped listings do not wrap)
 WIDTH = 160
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "from --load-pass files) with its options and a one-line description.")
     parser.add_argument("--load-pass", action="append", default=[], metavar="FILE.py", type=Path,
                         help="also list the passes defined in a Python file (repeatable)")
-    cli.add_debug_flag(parser)
+    arguments.add_debug_flag(parser)
     parser.set_defaults(func=main)
 
 

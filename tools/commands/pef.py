@@ -14,7 +14,7 @@ from backend.report import info
 from backend.text import format_kernel
 from ir.errors import ConfigError
 from runtime.profile import table_console
-from tools import cli
+from tools import arguments
 
 
 #: the indent of wrapped lines, and the width they wrap at (a terminal's, if narrower)
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "sections with their PCUs/PMUs and modeled off-chip traffic, and sizes.")
     show.add_argument("pef", metavar="PEF", type=Path, help="a .pef file")
     show.add_argument("--json", action="store_true", help="print one JSON object")
-    cli.add_debug_flag(show)
+    arguments.add_debug_flag(show)
     show.set_defaults(func=main_info)
     dump = actions.add_parser("dump", help="kernel programs and the memory plan",
                               description="Every kernel program (buffers, stages, expression bodies, "
@@ -39,9 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dump.add_argument("pef", metavar="PEF", type=Path, help="a .pef file")
     dump.add_argument("--section", type=int, metavar="N", help="only the kernels of section N")
     dump.add_argument("--json", action="store_true", help="print one JSON object")
-    cli.add_debug_flag(dump)
+    arguments.add_debug_flag(dump)
     dump.set_defaults(func=main_dump)
-    cli.add_debug_flag(parser)
+    arguments.add_debug_flag(parser)
 
 
 def _shape(entry: dict) -> str:

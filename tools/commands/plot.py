@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tools import cli
+from tools import arguments
 from tools.plot import read_curves, terminal_plot, write_png
 
 
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and with -o as a PNG (which needs matplotlib: pip install 'rduflow[plot]').")
     parser.add_argument("save_dirs", nargs="+", type=Path, metavar="SAVE_DIR", help="a training run's save folder")
     parser.add_argument("-o", "--output", type=Path, metavar="FILE.png", help="also draw the curves into a PNG")
-    cli.add_debug_flag(parser)
+    arguments.add_debug_flag(parser)
     parser.set_defaults(func=main)
 
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tools import cli
+from tools import arguments
 from tools.quickstart import Settings, StepFailed, run_quickstart
 
 
@@ -19,9 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("rduflow-quickstart"), metavar="DIR",
                         help="the work folder (default: ./rduflow-quickstart); a non-empty folder "
                              "not made by the quickstart is refused, its own is reused")
-    parser.add_argument("--num-steps", type=cli.positive_int, default=Settings().num_steps, metavar="N",
+    parser.add_argument("--num-steps", type=arguments.positive_int, default=Settings().num_steps, metavar="N",
                         help=f"training steps (default: {Settings().num_steps})")
-    cli.add_debug_flag(parser)
+    arguments.add_debug_flag(parser)
     parser.set_defaults(func=main)
 
 

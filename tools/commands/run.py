@@ -29,7 +29,7 @@ from runtime.profile import print_profile, table_console, write_trace
 from runtime.program import Program, load
 from runtime.schedules import SCHEDULES
 from runtime.train import TrainConfig, Trainer, TrainResult
-from tools import cli
+from tools import arguments
 from tools.generation import add_inference_options, check_mode, profile_top, run_inference
 from tools.plot import PNG_NAME, png_available, read_curves, result_curves, terminal_plot, write_png
 
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     training = _add_training_options(parser.add_argument_group("training (a training PEF)"))
     generation = add_inference_options(parser.add_argument_group("generation (an inference PEF of a model with a "
                                                                  "KV cache)"))
-    cli.add_debug_flag(parser)
+    arguments.add_debug_flag(parser)
     parser.set_defaults(func=main, mode_options={"train": _defaults(training), "inference": _defaults(generation)})
 
 
@@ -60,19 +60,19 @@ def _add_common_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--checkpoint", type=Path, metavar="DIR|FILE.gguf",
                        help="initial weights: a Hugging Face checkpoint folder, an rduflow checkpoint or a "
                             ".gguf file")
-    group.add_argument("--seed", type=cli.non_negative_int, default=0, metavar="N",
+    group.add_argument("--seed", type=arguments.non_negative_int, default=0, metavar="N",
                        help="seed of the initializers, of the data order and of sampling (default: 0)")
     group.add_argument("--profile", action="store_true",
                        help="print host time and modeled RDU time per kernel and section")
-    group.add_argument("--profile-top", type=cli.non_negative_int, default=20, metavar="N",
+    group.add_argument("--profile-top", type=arguments.non_negative_int, default=20, metavar="N",
                        help="with --profile: list the N kernels slowest on the host, 0 for all (default: 20; "
                             "--json lists all)")
     group.add_argument("--trace", type=Path, metavar="FILE.json",
                        help="write a Chrome/Perfetto trace of the host and the modeled RDU timelines")
     group.add_argument("--target", metavar="NAME|FILE.yaml",
                        help="model the RDU cost on this target instead of the PEF's (see 'rduflow targets')")
-    group.add_argument("--threads", type=cli.positive_int, metavar="N",
-                       help=cli.debug_help("host threads for the kernels (default: all cores)"))
+    group.add_argument("--threads", type=arguments.positive_int, metavar="N",
+                       help=arguments.debug_help("host threads for the kernels (default: all cores)"))
 
 
 def _add_training_options(group: argparse._ArgumentGroup) -> list[argparse.Action]:
@@ -82,27 +82,27 @@ def _add_training_options(group: argparse._ArgumentGroup) -> list[argparse.Actio
         add("--data", type=Path, metavar="DIR|FILE.hdf5",
             help="training data: a data-prep folder (train_* files, dev_* files evaluated) or one "
                  ".hdf5 file"),
-        add("--num-epochs", type=cli.positive_int, default=1, metavar="N", help="passes over the data (default: 1)"),
-        add("--num-steps", type=cli.positive_int, metavar="N",
+        add("--num-epochs", type=arguments.positive_int, default=1, metavar="N", help="passes over the data (default: 1)"),
+        add("--num-steps", type=arguments.positive_int, metavar="N",
             help="stop after N steps counted from the start of training (overrides --num-epochs; "
                  "a resumed run stops at the same step)"),
         add("--lr", type=float, default=1e-3, metavar="X", help="peak learning rate (default: 0.001)"),
         add("--lr-schedule", choices=SCHEDULES, default="constant",
             help="decay after warmup (default: constant)"),
-        add("--warmup-steps", type=cli.non_negative_int, default=0, metavar="N",
+        add("--warmup-steps", type=arguments.non_negative_int, default=0, metavar="N",
             help="steps of linear warmup (default: 0)"),
         add("--no-shuffle", dest="shuffle", action="store_false",
             help="read the rows in file order (default: a seeded shuffle per epoch)"),
         add("--save-dir", type=Path, metavar="DIR",
             help="folder for checkpoints, per_step_metrics.csv and summary.txt"),
-        add("--save-every", type=cli.positive_int, metavar="N",
+        add("--save-every", type=arguments.positive_int, metavar="N",
             help="save a checkpoint every N steps (one is always saved at the end)"),
-        add("--keep-last", type=cli.positive_int, metavar="K", help="keep only the K newest checkpoints"),
+        add("--keep-last", type=arguments.positive_int, metavar="K", help="keep only the K newest checkpoints"),
         add("--resume", action="store_true",
             help="continue from the newest checkpoint in --save-dir (weights, optimizer, data position)"),
-        add("--eval-every", type=cli.positive_int, metavar="N",
+        add("--eval-every", type=arguments.positive_int, metavar="N",
             help="evaluate on the dev split every N steps (it is always evaluated at the end)"),
-        add("--log-every", type=cli.positive_int, default=1, metavar="N",
+        add("--log-every", type=arguments.positive_int, default=1, metavar="N",
             help="print a loss line every N steps (default: 1)"),
         add("--data-parallel", action="store_true",
             help="one rank of data-parallel training, launched by 'mpirun -n N' with a PEF compiled with "

@@ -19,7 +19,7 @@ from runtime.checkpoint import weight_files
 from runtime.generate import ProgramSteps, checkpoint_tokenizer, eos_token_ids, load_weights, pef_limits
 from runtime.program import load
 from runtime.serving import Engine
-from tools import cli
+from tools import arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,17 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, metavar="DIR",
                         help="the weights, tokenizer and chat template: a Hugging Face checkpoint folder")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=cli.non_negative_int, default=8000,
+    parser.add_argument("--port", type=arguments.non_negative_int, default=8000,
                         help="port (default: 8000; 0 picks a free one, printed at start)")
     parser.add_argument("--served-model-name", metavar="NAME",
                         help="the model name clients give (default: the checkpoint folder's name)")
-    parser.add_argument("--max-queued", type=cli.positive_int, default=64, metavar="N",
+    parser.add_argument("--max-queued", type=arguments.positive_int, default=64, metavar="N",
                         help="requests that may wait for a slot; more are refused with 429 (default: 64)")
-    parser.add_argument("--shutdown-timeout", type=cli.positive_int, default=30, metavar="S",
+    parser.add_argument("--shutdown-timeout", type=arguments.positive_int, default=30, metavar="S",
                         help="on SIGTERM, seconds the requests in flight get to finish (default: 30)")
-    parser.add_argument("--threads", type=cli.positive_int, metavar="N",
-                        help=cli.debug_help("host threads for the kernels (default: all cores)"))
-    cli.add_debug_flag(parser)
+    parser.add_argument("--threads", type=arguments.positive_int, metavar="N",
+                        help=arguments.debug_help("host threads for the kernels (default: all cores)"))
+    arguments.add_debug_flag(parser)
     parser.set_defaults(func=main)
 
 

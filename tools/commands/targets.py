@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.pef.targets import Target, load_target, preset_names
-from tools import cli
+from tools import arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Pass one to `rduflow compile --target`.")
     parser.add_argument("names", nargs="*", metavar="NAME|FILE.yaml", help="targets to describe (default: all presets)")
     parser.add_argument("--json", action="store_true", help="print the full descriptions as JSON")
-    cli.add_debug_flag(parser)
+    arguments.add_debug_flag(parser)
     parser.set_defaults(func=main)
 
 
