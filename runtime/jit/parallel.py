@@ -1,28 +1,28 @@
 """Running a stage's parallel range on the host's cores.
 
-A kernel function takes `[lo, hi)` of its parallel extent; ctypes releases the GIL
-during the call, so splitting the range between the calling thread and pool
-threads runs the pieces at once. Stages with little work run on one thread (a
-hand-off costs tens of microseconds). `RDUFLOW_NUM_THREADS` (a positive integer) overrides the count.
+A kernel function takes `[lo, hi)` of its parallel extent; the range is cut into pieces
+that the calling thread and a `Team` of native threads (runtime/jit/team.py) take on
+demand, with hand-offs of microseconds (the team spins a little after each job, then
+parks). Stages with little work run on the calling thread alone.
+`RDUFLOW_NUM_THREADS` (a positive integer) overrides the count.
 """
 from __future__ import annotations
 
 import ctypes
-import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from ir.errors import ConfigError
+from runtime.jit.team import Team
 
 #: below this many element operations a stage runs on the calling thread
 MIN_PARALLEL_WORK = 1 << 17
 
 KernelFn = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 
-
-_pools: dict[int, ThreadPoolExecutor] = {}
+_teams: dict[int, Team] = {}
 _lock = threading.Lock()
+os.register_at_fork(after_in_child=_teams.clear)  # a child has none of the parent's threads
 
 
 def default_threads() -> int:
@@ -36,20 +36,19 @@ def default_threads() -> int:
     return max(1, min(cores, 8))
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """The process's pool of `workers` threads (shared by every Parallel of that size)."""
+def _team(helpers: int) -> Team:
+    """The process's team of `helpers` threads (shared by every Parallel of that size)."""
     with _lock:
-        if workers not in _pools:
-            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="rduflow")
-        return _pools[workers]
+        if helpers not in _teams:
+            _teams[helpers] = Team(helpers)
+        return _teams[helpers]
 
 
 class Parallel:
-    """Splits kernel calls across `threads` threads (the caller plus a shared pool)."""
+    """Splits kernel calls across `threads` threads (the caller plus a shared team)."""
 
     def __init__(self, threads: int | None = None):
         self.threads = threads or default_threads()
-        self._pool = _pool(self.threads - 1) if self.threads > 1 else None
 
     def run(self, fn, args, extent: int, work: int, pieces: int = 1) -> int:
         """Call `fn(args, lo, hi)` over [0, extent); the first nonzero status, or 0.
@@ -57,18 +56,6 @@ class Parallel:
         The range is cut into `pieces` per thread, which the threads take on demand, so
         a thread whose core is busy elsewhere does less (never more than one piece late)."""
         parts = min(self.threads, extent) if work >= MIN_PARALLEL_WORK else 1
-        if parts <= 1 or self._pool is None:
+        if parts <= 1:
             return fn(args, 0, extent)
-        count = min(parts * pieces, extent)
-        bounds = [extent * i // count for i in range(count + 1)]
-        taken = itertools.count()  # next() is atomic under the GIL
-
-        def worker() -> int:
-            status = 0
-            while (i := next(taken)) < count:
-                status = fn(args, bounds[i], bounds[i + 1]) or status
-            return status
-
-        futures = [self._pool.submit(worker) for _ in range(parts - 1)]
-        statuses = [worker()] + [f.result() for f in futures]
-        return next((s for s in statuses if s), 0)
+        return _team(self.threads - 1).run(fn, args, extent, min(parts * pieces, extent))

@@ -1,7 +1,10 @@
 """f32 GEMM C = A @ B at 512^3, 1024^3 and 2048^3 on 1 and 2 threads: the JIT's blocked kernel
 beside numpy's OpenBLAS limited to the same thread count (`threadpoolctl`), timed in one
-process, alternating call by call, best of many rounds. Prints a table of GFLOP/s, the ratio
-and each as a fraction of the host's peak:
+process, alternating a few calls of one with a few of the other, best of many rounds. Before
+each JIT block the process idles long enough for OpenBLAS's threads to stop spinning (they
+spin on their cores for about 2^28 cycles after each call, and would take a core from the
+JIT's second thread; the JIT's team parks within microseconds, so numpy needs no such pause).
+Prints a table of GFLOP/s, the ratio and each as a fraction of the host's peak:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
         python -m pytest tests/benchmarks/test_bench_gemm.py --benchmark-enable -s
@@ -35,8 +38,11 @@ from runtime.jit.parallel import Parallel
 
 SIZES = (512, 1024, 2048)
 THREADS = (1, 2)
-#: alternating rounds per size (each times one JIT call and one numpy call)
-ROUNDS = {512: 60, 1024: 20, 2048: 8}
+#: alternating rounds per size, and calls of each engine per round
+ROUNDS = {512: 12, 1024: 7, 2048: 4}
+CALLS = {512: 5, 1024: 3, 2048: 2}
+#: seconds for OpenBLAS's idle threads to park (2^28 cycles at 2.5 GHz is 0.11 s)
+OPENBLAS_PARK = 0.25
 #: independent FMA chains of the peak kernel (more than latency x FMA units)
 CHAINS = 12
 RNG = np.random.default_rng(0)
@@ -107,9 +113,10 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
-def measure(n: int, threads: int, rounds: int) -> tuple[tuple[float, float], tuple[float, float], str]:
-    """((JIT wall, JIT thread CPU seconds), (numpy's), numpy's BLAS kernel): the fastest of `rounds`
-    alternating calls. On one thread both run on the calling thread, whose CPU time a busy
+def measure(n: int, threads: int) -> tuple[tuple[float, float], tuple[float, float], str]:
+    """((JIT wall, JIT thread CPU seconds), (numpy's), numpy's BLAS kernel): the fastest call of
+    `ROUNDS[n]` rounds, each a pause for OpenBLAS's threads to park, then `CALLS[n]` JIT calls, then
+    as many numpy calls. On one thread both run on the calling thread, whose CPU time a busy
     machine inflates less than wall time."""
     a, b = (RNG.standard_normal((n, n)).astype(np.float32) for _ in range(2))
     c, expected = np.empty((n, n), np.float32), np.empty((n, n), np.float32)
@@ -125,9 +132,12 @@ def measure(n: int, threads: int, rounds: int) -> tuple[tuple[float, float], tup
         kernel = ",".join(f"{i['internal_api']} {i.get('architecture')} x{i['num_threads']}"
                           for i in threadpool_info() if i["user_api"] == "blas")
         jit_s = numpy_s = (float("inf"),) * 2
-        for _ in range(rounds):
-            jit_s = tuple(map(min, jit_s, _timed(run_jit)))
-            numpy_s = tuple(map(min, numpy_s, _timed(lambda: np.matmul(a, b, out=expected))))
+        for _ in range(ROUNDS[n]):
+            time.sleep(OPENBLAS_PARK)
+            for _ in range(CALLS[n]):
+                jit_s = tuple(map(min, jit_s, _timed(run_jit)))
+            for _ in range(CALLS[n]):
+                numpy_s = tuple(map(min, numpy_s, _timed(lambda: np.matmul(a, b, out=expected))))
     np.testing.assert_allclose(c, expected, rtol=1e-3, atol=1e-3 * np.sqrt(n))
     return jit_s, numpy_s, kernel
 
@@ -146,7 +156,7 @@ def test_bench_gemm_table(benchmark):
     print("|---|---|---|---|---|---|---|---|---|")
     for threads in THREADS:
         for n in SIZES:
-            (jit_s, jit_cpu), (numpy_s, numpy_cpu), kernel = measure(n, threads, ROUNDS[n])
+            (jit_s, jit_cpu), (numpy_s, numpy_cpu), kernel = measure(n, threads)
             flops = 2 * n**3
             jit, ref, peak = flops / jit_s / 1e9, flops / numpy_s / 1e9, threads * per_core / 1e9
             benchmark.extra_info[f"{n}^3 x{threads}"] = {"jit": round(jit, 1), "numpy": round(ref, 1)}

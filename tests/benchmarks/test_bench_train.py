@@ -9,13 +9,15 @@ One step = forward, next-token cross-entropy over the completion positions,
 backward, global-norm clipping at 1.0 and AdamW (weight decay 0.01), in two configs:
 `vocab128` (4 x 64 tokens, the zoo's vocabulary of 128: the layers alone) and `vocab50257`
 (4 x 128 tokens, GPT-2's vocabulary: the LM head and its gradients too). Each test stores and
-prints `tokens_per_s` (mean step) and `tokens_per_s_best` (fastest step). PyTorch runs in its own
+prints `tokens_per_s` (mean step) and `tokens_per_s_best` (fastest step), and the step's
+matrix-product FLOPs (`step_flops`) over the mean step as GFLOP/s. PyTorch runs in its own
 process (`torch_training_step.py`) under `RDUFLOW_TORCH_PYTHON` (default: this interpreter);
 its tests are skipped where that has no torch.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,12 +46,24 @@ def group(config: str) -> str:
     return f"gpt2 12x768 vocab {vocab} training step, batch {batch_size}x{seq}, {THREADS} thread(s)"
 
 
+def step_flops(config: str) -> int:
+    """Multiply-add FLOPs of a training step's matrix products: 6 x tokens x (the layers' 12 d^2
+    weights per layer + the LM head's vocab x d) for forward and both gradients, plus the
+    attention scores and their mix (4 x batch x seq^2 x d per layer forward, x3 with backward)."""
+    vocab, batch_size, seq = CONFIGS[config]
+    d, layers = LAYERS["n_embd"], LAYERS["n_layer"]
+    return 6 * batch_size * seq * (layers * 12 * d * d + vocab * d) + 12 * layers * batch_size * seq * seq * d
+
+
 def report(benchmark, name: str, config: str, seconds: list[float]) -> None:
-    """Tokens/s over the mean and over the fastest step."""
+    """Tokens/s over the mean and over the fastest step, and GFLOP/s over the mean."""
     _, batch_size, seq = CONFIGS[config]
-    mean, best = (batch_size * seq / t for t in (sum(seconds) / len(seconds), min(seconds)))
-    benchmark.extra_info.update(tokens_per_s=round(mean, 1), tokens_per_s_best=round(best, 1))
-    print(f"\n{name}: {mean:.1f} tokens/s (best step {best:.1f}) ({group(config)})")
+    mean_s = sum(seconds) / len(seconds)
+    mean, best = (batch_size * seq / t for t in (mean_s, min(seconds)))
+    gflops = step_flops(config) / mean_s / 1e9
+    benchmark.extra_info.update(tokens_per_s=round(mean, 1), tokens_per_s_best=round(best, 1), gflop_per_s=round(gflops, 1))
+    print(f"\n{name}: {mean:.1f} tokens/s (best step {best:.1f}), {gflops:.1f} GFLOP/s of "
+          f"{step_flops(config) / 1e9:.1f} GFLOP per step ({group(config)})")
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -60,6 +74,8 @@ def test_bench_rduflow_training_step(benchmark, config):
     overrides = tuple(f"model.{k}={v}" for k, v in sizes.items()) + (f"model.seq_len={seq}",)
     training = TrainingOptions(optimizer="adamw", weight_decay=0.01, max_grad_norm=1.0)
     pef = compile_model(CompileOptions("gpt2", overrides, batch_size=batch_size, training=training)).pef
+    gemms = [s for k in pef.kernels for s in k.stages if s.kind == "gemm"]
+    assert sum(2 * math.prod(s.batch) * s.m * s.n * s.k for s in gemms) == step_flops(config)
     program = load(pef, threads=THREADS)
     inputs = {**batch(vocab, batch_size, seq), "lr": np.float32(1e-4)}
     program.step(inputs)  # warm up: first touch of the arenas
