@@ -74,6 +74,10 @@ class Checker:
             raise self.fail(where, f"{len(buffer.strides)} strides for rank {len(buffer.shape)}")
         if buffer.size > 2**40:
             raise self.fail(where, f"buffer '{buffer.name}' of {buffer.size} elements is too large")
+        blocks = DType(buffer.dtype)
+        if blocks.is_blocked and (not buffer.shape or buffer.shape[-1] % blocks.block):
+            raise self.fail(where, f"a {buffer.dtype} buffer's last axis holds whole blocks of {blocks.block}, "
+                                   f"'{buffer.name}' is {list(buffer.shape)}")
         self.buffers[buffer.name] = buffer
 
     def readable(self, where: str, name: str) -> Buffer:
@@ -107,6 +111,8 @@ class Checker:
             raise self.fail(f"{where}.out", f"buffer '{stage.out}' is an input or already written")
         if out.strides != row_major(out.shape):
             raise self.fail(f"{where}.out", f"stage outputs must be row-major, '{out.name}' is not")
+        if DType(out.dtype).is_blocked and not stage.writes_blocks:
+            raise self.fail(f"{where}.out", f"a {stage.kind} stage cannot write {out.dtype} blocks ('{out.name}')")
         natural = stage.check(self, where, out)
         epilogue = getattr(stage, "epilogue", None)
         if epilogue is not None:
@@ -151,6 +157,9 @@ class Checker:
         if len(node.args) != ARITY[node.op] or any(a >= i for a in node.args):
             raise self.fail(where, f"'{node.op}' needs {ARITY[node.op]} operand(s) among earlier nodes")
         args = [body.nodes[a].dtype for a in node.args]
+        if node.op != "arg" and DType(node.dtype).is_blocked or any(DType(a).is_blocked for a in args) and (
+                node.op != "cast" or not DType(node.dtype).is_float):
+            raise self.fail(where, "blocks are only read, and only cast to a float type")
         expected = self.node_dtype(where, node, args, dtypes, len(body.indices), acc)
         if expected is not None and node.dtype != expected:
             raise self.fail(where, f"'{node.op}' gives {expected}, the node says {node.dtype}")

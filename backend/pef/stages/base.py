@@ -47,6 +47,8 @@ class StageKind:
     ops: ClassVar[tuple[str, ...]] = ()
     #: the runtime runs it on the host (a collective), not as native code
     on_host: ClassVar[bool] = False
+    #: it may write a block-quantized buffer (by copying whole blocks)
+    writes_blocks: ClassVar[bool] = False
     #: mapping: a compute core (one PCU pipeline stage) besides its expression nodes
     has_core: ClassVar[bool] = True
     out: str

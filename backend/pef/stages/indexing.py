@@ -32,6 +32,7 @@ class GatherStage(StageKind):
     kind: ClassVar[str] = "gather"
     ops: ClassVar[tuple[str, ...]] = ("gather",)
     has_core: ClassVar[bool] = False
+    writes_blocks: ClassVar[bool] = True
     out: str
     table: Access
     table_shape: tuple[int, ...] = ints(nonneg_all)
@@ -45,6 +46,10 @@ class GatherStage(StageKind):
         if self.axis >= len(self.table_shape):
             raise v.fail(f"{where}.axis", f"axis {self.axis} out of range")
         t, ax = self.table_shape, self.axis
+        blocks = DType(table.dtype)
+        if blocks.is_blocked and (ax == len(t) - 1 or t[-1] % blocks.block):
+            raise v.fail(where, f"a {table.dtype} table is gathered in whole blocks: its last axis must be "
+                                f"kept and a multiple of {blocks.block}")
         v.expect_shape(where, out, (*t[:ax], *self.indices_shape, *t[ax + 1:]))
         return table.dtype
 

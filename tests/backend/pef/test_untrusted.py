@@ -9,7 +9,7 @@ from crafted import allocation, arena, buffer, craft, kernel, stage
 from backend.pef.file import load_pef
 from backend.pef.program import KernelProgram
 from backend.pef.records import Access, Body, Buffer, Node, ProgramError
-from backend.pef.stages import LiteralStage, MapStage, PadStage, ReduceStage, Stage
+from backend.pef.stages import GatherStage, LiteralStage, MapStage, PadStage, ReduceStage, Stage
 from backend.pef.validate import validate
 from ir.errors import PEFError
 
@@ -124,3 +124,35 @@ def test_integer_constants_must_fit_their_dtype(stage, shape, message):
 def test_integer_constants_at_their_limits_are_fine():
     validate(_int_program(LiteralStage("y", (-2**31, 0, 1, 2**31 - 1)), (4,)))
     validate(_int_program(ReduceStage("y", (4,), (0,), "max", float("-inf"), _READ_X), ()))
+
+
+_READ_BLOCKS = Access("t", 0, (32, 1))
+
+
+@pytest.mark.parametrize("buffers, stage, message", [
+    # a gather across the blocked last axis would split blocks
+    (((4, 64), "q8_0", (4, 32), "q8_0"),
+     GatherStage("o", Access("t", 0, (64, 1)), (4, 64), Access("i", 0, (1,)), (32,), 1),
+     "a q8_0 table is gathered in whole blocks"),
+    # blocks are written only by copying them whole
+    (((2, 32), "q8_0", (2, 32), "q8_0"), MapStage("o", Body((_READ_BLOCKS,), (), (Node("arg", "q8_0", (), 0),))),
+     "a map stage cannot write q8_0 blocks"),
+    # and read only through a cast to a float type
+    (((2, 32), "q8_0", (2, 32), "f32"),
+     MapStage("o", Body((_READ_BLOCKS,), (), (Node("arg", "q8_0", (), 0), Node("add", "q8_0", (0, 0)),
+                                              Node("cast", "f32", (1,))))),
+     "blocks are only read, and only cast to a float type"),
+    # a blocked buffer's rows are whole blocks
+    (((2, 7), "q4_1", (2, 7), "f32"),
+     MapStage("o", Body((Access("t", 0, (7, 1)),), (), (Node("arg", "q4_1", (), 0), Node("cast", "f32", (0,))))),
+     "a q4_1 buffer's last axis holds whole blocks of 32"),
+])
+def test_blocks_are_read_and_copied_whole(buffers, stage, message):
+    """A crafted program that would have the JIT split, compute on or store into blocks is refused
+    when it is read, not when the JIT meets it."""
+    table_shape, table_dtype, out_shape, out_dtype = buffers
+    program = KernelProgram("k0", "op", None, "", (Buffer("t", "input", table_shape, table_dtype),
+                                                   Buffer("i", "input", (32,), "i32"),
+                                                   Buffer("o", "output", out_shape, out_dtype)), (stage,))
+    with pytest.raises(ProgramError, match=re.escape(message)):
+        validate(program)
