@@ -22,10 +22,9 @@ import threading
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
+from runtime.jit.codegen import I32, I64, VOIDP
 from runtime.jit.engine import NativeLibrary, compile_ir
 
-I32, I64 = ir.IntType(32), ir.IntType(64)
-VOIDP = ir.IntType(8).as_pointer()
 #: the shared block's words
 TICKET, FN, ARGS, EXTENT, COUNT, FINISHED, STATUS, PARKED, WAITING, MUTEX, CONDITION, DONE, WORDS = range(13)
 #: bytes set aside for a pthread mutex or condition (more than any libc's)
