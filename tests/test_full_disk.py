@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +12,6 @@ from safetensors.numpy import load_file
 from ir.errors import CheckpointError
 from runtime import checkpoint as ckpt
 from tools.cli import main
-from tools.commands import opt
 
 IR = """graph @g {
   input %x : f32[2]
@@ -29,7 +29,7 @@ def test_opt_output_on_a_full_disk(tmp_path, monkeypatch, capsys):
     source, target = tmp_path / "g.ir", tmp_path / "out.ir"
     source.write_text(IR)
     target.write_text("the user's earlier output\n")
-    monkeypatch.setattr(opt.os, "fsync", _no_space)
+    monkeypatch.setattr(os, "fsync", _no_space)
     assert main(["opt", str(source), "-p", "canonicalize", "-o", str(target)]) == 1
     assert capsys.readouterr().err.strip() == f"error: cannot write '{target}': No space left on device"
     assert target.read_text() == "the user's earlier output\n"

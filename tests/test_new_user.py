@@ -225,6 +225,19 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    run = _save_dir(tmp_path, "run", [5.0, 4.0], [])
+    (tmp_path / "x.png").write_bytes(b"the user's picture")
+
+    def no_space(*_args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", no_space)
+    code, _, err = rduflow("plot", str(run), "-o", str(tmp_path / "x.png"))
+    assert code == 1 and f"cannot write {tmp_path / 'x.png'}: No space left on device" in err
+    assert (tmp_path / "x.png").read_bytes() == b"the user's picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "x.png"]
+
+
 def test_plot_of_a_folder_without_metrics(tmp_path):
     code, _, err = rduflow("plot", str(tmp_path))
     assert code == 1 and f"{tmp_path}: no per_step_metrics.csv (give the --save-dir folder of a training run)" in err

@@ -10,16 +10,15 @@ the data have a dev split, `eval_metrics.csv` (the dev loss of every evaluation)
 from __future__ import annotations
 
 import csv
-import os
+import io
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import attrs
 
 from ir.errors import ConfigError
-from ir.files import honour_umask
+from ir.files import write_atomically
 from runtime.train import EVAL_FILE, METRICS_FILE, TrainResult
 
 #: the PNG written beside per_step_metrics.csv at the end of a run
@@ -122,16 +121,12 @@ def write_png(runs: Sequence[Curves], path: Path) -> Path:
         r.eval_steps for r in runs) else ""))
     axes.grid(alpha=0.3)
     axes.legend()
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ConfigError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: folder {path.parent} does not exist")
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=120)
     try:
-        honour_umask(fd)
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomically(path, png.getvalue())
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
     return path

@@ -36,7 +36,6 @@ import hashlib
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -51,7 +50,7 @@ from backend.pef.targets import ONCHIP, Target
 from backend.pef.validate import validate
 from ir.dtypes import DType
 from ir.errors import PEFError
-from ir.files import honour_umask
+from ir.files import write_atomically
 from ir.init import Init
 
 MAGIC = "rduflow-pef"
@@ -526,17 +525,7 @@ def write_pef(data: bytes, folder: str | Path, name: str) -> Path:
     path = directory / f"{name}.pef"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-        try:
-            honour_umask(fd)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, data)
     except OSError as err:
         raise PEFError(f"cannot write PEF file {path}: {err.strerror or err}") from None
     return path

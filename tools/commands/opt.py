@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ir.errors import IRError, RduflowError
-from ir.files import honour_umask
+from ir.files import write_atomically
 from ir.parser import parse_with_positions
 from ir.printer import print_graph
 from ir.verifier import verify
@@ -44,27 +42,6 @@ def _read(name: str) -> str:
         raise IRError(f"cannot read '{name}': {getattr(err, 'strerror', None) or err}") from None
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder, then rename it."""
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise RduflowError(f"cannot write '{path}': {err.strerror}") from None
-    try:
-        honour_umask(fd)
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):  # a full disk, a quota: nothing is left behind
-            raise RduflowError(f"cannot write '{path}': {err.strerror or err}") from None
-        raise
-
-
 def main(args: argparse.Namespace) -> int:
     pm = pass_manager_from_args(args)
     filename = "<stdin>" if args.file == "-" else args.file
@@ -76,5 +53,8 @@ def main(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        write_atomically(args.output, text)
+        try:
+            write_atomically(args.output, text.encode())
+        except OSError as err:  # a full disk, a quota, a missing folder: nothing is left behind
+            raise RduflowError(f"cannot write '{args.output}': {err.strerror or err}") from None
     return 0
