@@ -12,7 +12,6 @@ the plan; record symbols, sections and traffic in the PEF.
 from __future__ import annotations
 
 import hashlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import attrs
@@ -26,6 +25,7 @@ from backend.pef.program import KernelProgram, Schedule
 from backend.pef.targets import ONCHIP, Target, load_target
 from backend.sections import Group, group
 from ir.graph import Graph, Value
+from ir.version import tool_version
 
 #: compile options that do not change the program (everything else needs a recompile)
 NO_RECOMPILE = frozenset({"output_folder", "pef_name", "stats", "debug", "dump_dir", "time_passes",
@@ -42,13 +42,6 @@ def compile_options(values: dict[str, object]) -> tuple[CompileOption, ...]:
             value = str(value)
         out.append(CompileOption(name, value, name not in NO_RECOMPILE))
     return tuple(out)
-
-
-def tool_version() -> str:
-    try:
-        return version("rduflow")
-    except PackageNotFoundError:  # a source tree that is not installed
-        return "0+unknown"
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -12,19 +12,12 @@ import difflib
 import importlib
 import sys
 import traceback
-from importlib.metadata import PackageNotFoundError, version
 from typing import Iterable
 
 from ir.errors import RduflowError
+from ir.version import tool_version
 from tools import arguments
 from tools.commands import COMMANDS
-
-
-def _tool_version() -> str:
-    try:
-        return version("rduflow")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "0+unknown"
 
 
 class _WithHelp:
@@ -46,7 +39,7 @@ def build_parser(loaded: Iterable[str] | None = None) -> argparse.ArgumentParser
         prog="rduflow",
         description="A dataflow compiler toolchain for a simulated RDU.",
     )
-    parser.add_argument("--version", action="version", version=f"rduflow {_tool_version()}")
+    parser.add_argument("--version", action="version", version=f"rduflow {tool_version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and experimental options")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
