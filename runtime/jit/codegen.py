@@ -120,6 +120,13 @@ def element_ptr(b: ir.IRBuilder, base: ir.Value, index: ir.Value) -> ir.Value:
     return b.select(bad, b.bitcast(bounds.scratch, base.type), inside)
 
 
+def prefetch(b: ir.IRBuilder, pointer: ir.Value, write: bool = False) -> None:
+    """Ask for the cache line at `pointer` (any address: a prefetch never faults), to be read or written."""
+    intrinsic = b.module.globals.get("llvm.prefetch.p0i8") or ir.Function(
+        b.module, ir.FunctionType(ir.VoidType(), [VOIDP, I32, I32, I32]), "llvm.prefetch.p0i8")
+    b.call(intrinsic, [b.bitcast(pointer, VOIDP), ir.Constant(I32, int(write)), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+
 def _scratch(module: ir.Module) -> ir.GlobalVariable:
     """Where a checked body's out-of-bounds accesses go: 64 bytes that no buffer owns."""
     existing = module.globals.get("rduflow.scratch")

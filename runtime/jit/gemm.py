@@ -261,15 +261,12 @@ class _Emitter:
         """Ask for the cache lines of C's tile at (row0, col0) while the micro-kernel runs (a wide
         C's rows are pages apart: without this, each tile waits on memory for its sums)."""
         b, s, t = self.b, self.s, self.tile
-        prefetch = b.module.globals.get("llvm.prefetch.p0i8") or ir.Function(
-            b.module, ir.FunctionType(ir.VoidType(), [cg.VOIDP, cg.I32, cg.I32, cg.I32]), "llvm.prefetch.p0i8")
         last_row, last_col = i64(s.m - 1), i64(s.n - 1)
         for i in range(t.mr):
             row = cg.imin(b, b.add(row0, i64(i)), last_row)
             for j in sorted({*range(0, t.nr, 16), t.nr - 1}):  # every 64-byte line the row spans
                 address = s.out.address(b, [*self.batch, row, cg.imin(b, b.add(col0, i64(j)), last_col)])
-                pointer = b.bitcast(cg.element_ptr(b, self.ptrs[s.out.arg], address), cg.VOIDP)
-                b.call(prefetch, [pointer, ir.Constant(cg.I32, 1), ir.Constant(cg.I32, 3), ir.Constant(cg.I32, 1)])
+                cg.prefetch(b, cg.element_ptr(b, self.ptrs[s.out.arg], address), write=True)
 
     def micro(self, ap: ir.Value, bp: ir.Value, kc: ir.Value) -> None:
         """sums = sum over p < kc of ap[p*mr + i] * bp[p*nr + j], in mr x nr/lanes vector registers."""
