@@ -378,7 +378,7 @@ def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
         km.function(name, lambda b, ptrs, lo, hi: emit_small(stage, b, ptrs, lo, hi))
         return math.prod(stage.batch) * stage.m
     if is_gemv(stage):  # a few rows: stream B once (runtime/jit/gemv.py)
-        km.function(name, lambda b, ptrs, lo, hi: emit_gemv(stage, b, ptrs, lo, hi))
+        km.function(name, lambda b, ptrs, lo, hi: emit_gemv(stage, b, ptrs, lo, hi, km.tile.lanes))
         return gemv_extent(stage)
 
     def body(b: ir.IRBuilder, ptrs, lo, hi):

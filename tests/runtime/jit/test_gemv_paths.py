@@ -96,9 +96,9 @@ def takes_gemv(prog: KernelProgram) -> gemv.Split | None:
     return gemv.split(gemm) if gemv.is_gemv(gemm) else None
 
 
-def call(prog: KernelProgram, inputs: dict[str, np.ndarray], cuts=None, threads: int = 1) -> np.ndarray:
+def call(prog: KernelProgram, inputs: dict[str, np.ndarray], cuts=None, threads: int = 1, jit: Jit = JIT) -> np.ndarray:
     """The stage's output, its range called in `cuts` (bounds, in that order) or by `threads` threads."""
-    (native,) = JIT.load([prog])
+    (native,) = jit.load([prog])
     (stage,) = native.stages
     out_buf = prog.buffer("out")
     out = np.full(out_buf.shape, np.nan, DType(out_buf.dtype).np)

@@ -18,9 +18,13 @@ from backend.pef.reference import run_kernel
 from backend.pef.stages import GatherStage
 from backend.pef.validate import validate
 from ir.dtypes import DType, as_blocks, convert, dequantize, quantize
-from runtime.jit import gemv
+from runtime.jit import engine, gemv
 from runtime.jit.codegen import INDEX_ERROR
+from runtime.jit.host import tile_for
+from runtime.jit.kernel import lower_program
+from runtime.jit.library import Jit
 from runtime.jit.parallel import Parallel
+from test_gemm_tiles import inner_loop
 from test_gemv_paths import JIT, call, extent, gemm_of, program, takes_gemv
 
 BLOCKED = [DType.q8_0, DType.q4_0, DType.q4_1]
@@ -94,6 +98,38 @@ def test_llama_layout_blocks_along_the_depth(dtype, m, k, n):
     assert (takes_gemv(prog) is not None) == (m <= 4)
     assert gemv.reads_blocks(gemm_of(prog)) or m > 4
     check(prog, seed=m + k + n)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("dtype", BLOCKED)
+@pytest.mark.parametrize("m, k, n", [(1, 576, 97), (3, 160, 257), (4, 1536, 33)])
+def test_block_dots_on_either_vector_width(lanes, dtype, m, k, n):
+    """The block-dot path widens blocks into 8 lanes (AVX2: in-lane shifts, lanes permuted) or 16
+    (AVX-512: byte extensions, elements in order), whichever this host has: both against the
+    float64 sums, the same bits on 1 and 2 threads."""
+    jit = Jit(use_cache=False, tile=tile_for(lanes, 32 if lanes == 16 else 16))
+    prog = program(m, k, n, True, dtype)
+    inputs = operands(prog, seed=lanes + m)
+    got = call(prog, inputs, jit=jit)
+    exact, bound = reference(prog, inputs)
+    error = np.abs(got.astype(np.float64) - exact)
+    assert np.all(error <= bound), f"max error {error.max()}"
+    np.testing.assert_array_equal(call(prog, inputs, threads=2, jit=jit), got)
+
+
+@pytest.mark.parametrize("cpu,lanes", [("haswell", 8), ("skylake-avx512", 16), ("znver5", 16)])
+def test_block_dot_assembly_widens_a_block_in_a_few_instructions(cpu, lanes):
+    """q8_0 on the host's vector width: the inner loop over blocks holds one FMA per vector of the
+    block (4 of 8 lanes, 2 of 16), sign-extends bytes with one instruction per 16 codes on AVX-512,
+    asks for B's lines ahead, and keeps its sums in registers."""
+    prog = program(1, 576, 1536, True, DType.q8_0)
+    module, _ = lower_program(prog, "asm", tile=tile_for(lanes, 32 if lanes == 16 else 16))
+    loop = inner_loop(engine.assembly(module.ir_text(), cpu=cpu))
+    register = "zmm" if lanes == 16 else "ymm"
+    fmas = [x for x in loop if "vfmadd" in x]
+    assert len(fmas) == 32 // lanes and all(register in x for x in fmas)
+    assert len([x for x in loop if "vpmovsxbd" in x]) == (2 if lanes == 16 else 0)
+    assert [x for x in loop if "prefetch" in x] and not [x for x in loop if "(%rsp)" in x]
 
 
 @pytest.mark.parametrize("dtype", BLOCKED)
