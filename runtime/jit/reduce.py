@@ -25,6 +25,9 @@ from runtime.jit.module import KernelModule
 
 CHUNK = 256
 REDUCED, KEPT = 1, 0
+#: interleaved partial results of a float max or min along its innermost reduced axis (one chain
+#: of NaN-propagating compares waits on itself: a softmax's row max ran at 4 ns an element)
+PARTIALS = 8
 
 
 def _out_strides(shape: Sequence[int], axes: Sequence[int]) -> tuple[int, ...]:
@@ -134,8 +137,38 @@ class _Reduction:
             value = self.body.emit(b, self.ptrs, self.idx)
             self._update(acc, best, value, self.idx[self.reduced[-1]] if self.reduced else i64(0))
 
-        self._loops(self.reduced, i64(0), i64(0), step, False)
+        if self.reduced and self.combine in ("max", "min") and self.dtype.is_float:
+            self._loops(self.reduced[:-1], i64(0), i64(0), lambda *_: self._extremum(acc), False)
+        else:
+            self._loops(self.reduced, i64(0), i64(0), step, False)
         self._store(b.load(best) if self.combine == "argmax" else b.load(acc))
+
+    def _extremum(self, acc) -> None:
+        """A float max or min over the innermost reduced axis into `acc`, in `PARTIALS` interleaved
+        partial results folded at the end: `llvm.maximum` and `llvm.minimum` are associative and
+        commutative (nan wins, -0 < +0), so the result is the same bits as one chain's."""
+        b, axis = self.b, self.reduced[-1]
+        extent = self.shape[axis]
+        with b.goto_entry_block():
+            parts = [b.alloca(cg.F32, name=f"part{u}") for u in range(PARTIALS)]
+        for part in parts:
+            b.store(_identity(self.dtype, self.identity), part)
+
+        def fold(part, position):
+            self.idx[axis] = position
+            b.store(_combine(b, self.combine, self.dtype, b.load(part), self.body.emit(b, self.ptrs, self.idx)), part)
+
+        whole = extent // PARTIALS * PARTIALS
+        with cg.loop(b, 0, whole, PARTIALS, name="ext") as i:
+            for u, part in enumerate(parts):
+                fold(part, b.add(i, i64(u)))
+        with cg.loop(b, whole, extent, name="exttail") as i:
+            fold(parts[0], i)
+        values = [b.load(acc)] + [b.load(part) for part in parts]
+        while len(values) > 1:
+            values = [_combine(b, self.combine, self.dtype, *values[i:i + 2]) if i + 1 < len(values) else values[i]
+                      for i in range(0, len(values), 2)]
+        b.store(values[0], acc)
 
     def _update(self, acc, best, value, position) -> None:
         b = self.b

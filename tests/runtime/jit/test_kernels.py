@@ -212,6 +212,40 @@ def test_max_propagates_nan():
     np.testing.assert_array_equal(np.isnan(got), np.isnan(x.max(axis=1)))
 
 
+def _chain_max(row: np.ndarray) -> np.float32:
+    """One left-to-right chain of IEEE maximum: nan wins, -0 < +0."""
+    best = np.float32(-np.inf)
+    for v in row:
+        if np.isnan(v) or np.isnan(best):
+            best = np.float32(np.nan)
+        elif v == best:
+            best = min(v, best, key=np.signbit)
+        else:
+            best = max(v, best)
+    return best
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 17, 64, 301])
+def test_interleaved_max_gives_one_chains_bits(length):
+    """A float max along the last axis (folded in interleaved partial results): nan at every
+    position of some row, signed zeros, infinities and ties, each row the bits of one
+    left-to-right chain."""
+    rows = [np.round(RNG.standard_normal(length) * 2).astype(np.float32) for _ in range(length + 4)]
+    for i in range(length):
+        rows[i][i] = np.nan
+    rows[length] = np.where(np.arange(length) % 2, np.float32(0.0), np.float32(-0.0)).astype(np.float32)
+    rows[length + 1][:] = -np.inf
+    rows[length + 2][-1] = np.inf
+    x = np.stack(rows)
+    b = Builder()
+    b.output("m", b.max(b.input("x", TensorType(x.shape, f32)), axes=(1,)))
+    got = run_kernels(b.graph, {"x": x})[0]["m"]
+    want = np.array([_chain_max(row) for row in x], np.float32)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
+
+
 @pytest.mark.parametrize("stride,padding,dilation,groups", [((1, 1), (1, 1), (1, 1), 1), ((2, 2), (2, 1), (2, 1), 2)])
 def test_conv2d_and_its_gradients_on_large_shapes(stride, padding, dilation, groups):
     b = Builder()
