@@ -90,6 +90,16 @@ def test_special_values_follow_numpy(op):
     np.testing.assert_array_equal(np.signbit(got[numbers]), np.signbit(want[numbers]))
 
 
+def test_exp_into_the_denormals_and_below():
+    """From -110 to -80 (results denormal, then rounding to zero below -150 ln 2) and -inf: each
+    result the f32 nearest exp(x) but for one denormal step, zero wherever that rounds to zero."""
+    x = np.concatenate([np.linspace(-110.0, -80.0, QUICK_WORK, dtype=np.float32), [-np.inf]]).astype(np.float32)
+    got, want = unary("exp", x).astype(np.float64), np.exp(x.astype(np.float64))
+    step = np.maximum(np.spacing(want.astype(np.float32)).astype(np.float64), 2.0 ** -149)
+    assert np.all(np.abs(got - want) <= 1.5 * step)
+    assert np.all(got[want.astype(np.float32) == 0] == 0)
+
+
 #: a packed f32 instruction on a 256- or 512-bit register: the host's vector width is its own
 PACKED_F32 = re.compile(r"\bv\w+ps\b[^\n]*%[yz]mm\d+")
 
