@@ -221,9 +221,38 @@ class _Emitter:
         b, s, nr = self.b, self.s, self.tile.nr
         with cg.loop(b, 0, nc, nr, name="pbj") as jr:
             dst = b.gep(self.bpack, [b.mul(jr, kc)])
-            col0 = b.add(jc, jr)
+            col0, remaining = b.add(jc, jr), b.sub(nc, jr)
             load = lambda p, c: s.b.load(b, self.ptrs, self.b_base, b.add(pc, p), c)  # noqa: E731
-            self._pack(dst, kc, nr, col0, b.sub(nc, jr), s.n, load)
+            if not transposes(s.b, self.tile):
+                self._pack(dst, kc, nr, col0, remaining, s.n, load)
+            else:
+                with b.if_else(b.icmp_signed(">=", remaining, i64(nr))) as (then, otherwise):
+                    with then:
+                        self._pack_columns(dst, pc, kc, col0, load)
+                    with otherwise:
+                        self._pack(dst, kc, nr, col0, remaining, s.n, load)
+
+    def _pack_columns(self, dst, pc, kc, col0, load) -> None:
+        """A full B sliver from columns contiguous along the depth (a Linear weight [N, K]):
+        `lanes` depth steps of `lanes` columns loaded as vectors, transposed in registers, stored
+        as `lanes` rows of the sliver; the depth left over element by element."""
+        b, t, access = self.b, self.tile, self.s.b.access
+        lanes, (_, column_stride) = t.lanes, access.strides[-2:]
+        whole = b.mul(b.udiv(kc, i64(lanes)), i64(lanes))
+        vector = ir.VectorType(cg.storage_type(access.dtype), lanes)
+        with cg.loop(b, 0, whole, lanes, name="pbt") as p0:
+            for group in range(t.nr // lanes):
+                rows = []
+                for w in range(lanes):
+                    column = b.add(col0, i64(group * lanes + w))
+                    index = b.add(self.b_base, b.add(b.add(pc, p0), b.mul(column, i64(column_stride))))
+                    pointer = b.bitcast(cg.element_ptr(b, self.ptrs[access.arg], index), vector.as_pointer())
+                    rows.append(_widen(b, b.load(pointer, align=1), access.dtype))
+                for p, row in enumerate(transpose(b, rows)):
+                    target = b.gep(dst, [b.add(b.mul(b.add(p0, i64(p)), i64(t.nr)), i64(group * lanes))])
+                    b.store(row, b.bitcast(target, row.type.as_pointer()), align=4)
+        self._pack(b.gep(dst, [b.mul(whole, i64(t.nr))]), b.sub(kc, whole), t.nr, col0, i64(t.nr), self.s.n,
+                   lambda p, c: load(b.add(p, whole), c))
 
     def pack_a(self, ic, mc, pc, kc) -> None:
         """apack[ir*kc + p*mr + r] = A[ic+ir+r, pc+p] (zero past the last row)."""
@@ -341,6 +370,41 @@ class _Emitter:
                 elif last:
                     acc = ex.cast(b, acc, DType.f32, s.out.dtype)
                 cg.store(b, acc, self.ptrs[out.arg], address, out.dtype)
+
+
+def transposes(operand: MatrixOperand, tile: Tile) -> bool:
+    """Whether B's full slivers pack by in-register transposes: a strided matrix of f32, bf16 or
+    f16 contiguous along the depth (unit row stride) and not along its columns."""
+    return (isinstance(operand, Strided) and operand.access.dtype in (DType.f32, DType.bf16, DType.f16)
+            and operand.access.strides[-2] == 1 and operand.access.strides[-1] != 1 and tile.nr % tile.lanes == 0)
+
+
+def _widen(b: ir.IRBuilder, vector: ir.Value, dtype: DType) -> ir.Value:
+    """A vector of stored f32, bf16 or f16 values as f32."""
+    lanes = vector.type.count
+    if dtype == DType.f16:
+        return b.fpext(vector, ir.VectorType(F32, lanes))
+    if dtype == DType.bf16:
+        words = ir.VectorType(cg.I32, lanes)
+        return b.bitcast(b.shl(b.zext(vector, words), ir.Constant(words, [16] * lanes)), ir.VectorType(F32, lanes))
+    return vector
+
+
+def transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The columns of a square matrix given as its rows (vectors of len(rows) lanes, a power of two):
+    for each bit, two-row shuffles swap the off-diagonal blocks of that size."""
+    count = len(rows)
+    rows = list(rows)
+    bit = 1
+    while bit < count:
+        low = ir.Constant(ir.VectorType(cg.I32, count), [j if not j & bit else count + (j ^ bit) for j in range(count)])
+        high = ir.Constant(ir.VectorType(cg.I32, count), [j ^ bit if not j & bit else count + j for j in range(count)])
+        for i in range(count):
+            if not i & bit:
+                rows[i], rows[i | bit] = (b.shuffle_vector(rows[i], rows[i | bit], low),
+                                          b.shuffle_vector(rows[i], rows[i | bit], high))
+        bit <<= 1
+    return rows
 
 
 def is_small(stage: Gemm) -> bool:

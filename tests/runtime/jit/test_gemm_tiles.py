@@ -131,6 +131,22 @@ def test_gemm_reads_transposed_operands(jit, attrs):
     np.testing.assert_allclose(run_kernels(graph, inputs, jit=jit)[0]["c"], exact, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [f32, bf16, f16], ids=str)
+@pytest.mark.parametrize("m,k,n", [(32, 576, 96), (7, 17, 1000), (33, 1000, 17), (131, 257, 97), (5, 33, 4100)])
+def test_b_contiguous_along_the_depth_packs_by_transposes(jit, dtype, m, k, n):
+    """B stored [n, k] (a Linear weight): full slivers pack by in-register transposes of a vector
+    width of depth steps, the depth left over and the edge sliver element by element; the
+    product as numpy's, the same bits on 1 and 2 threads."""
+    graph, inputs = matmul_graph((m, k), (n, k), dtype, transpose_b=True)
+    stage = blocked(graph)
+    assert stage.b.strides[-2:] == (1, k)  # what `gemm.transposes` packs
+    runs = [run_kernels(graph, inputs, jit=jit, parallel=Parallel(t))[0]["c"] for t in (1, 2)]
+    exact = inputs["a"].astype(np.float64) @ inputs["b"].astype(np.float64).T
+    tolerance = 1e-4 * math.sqrt(k) + (np.spacing(np.abs(exact).astype(dtype.np)).astype(np.float64) if dtype != f32 else 0)
+    assert np.all(np.abs(runs[0].astype(np.float64) - exact) <= tolerance + 1e-4 * np.abs(exact))
+    np.testing.assert_array_equal(runs[1], runs[0])
+
+
 @pytest.mark.parametrize("dtype", [bf16, f16], ids=str)
 @pytest.mark.parametrize("m,k,n", [(33, 1000, 17), (100, 300, 70)])
 def test_gemm_of_16_bit_operands_sums_in_f32(jit, dtype, m, k, n):
