@@ -19,6 +19,7 @@ import attrs
 import llvmlite.ir as ir
 
 from backend.pef.stages import GemmStage
+from ir.dtypes import BLOCK as BLOCK_SIZE
 from ir.dtypes import DType
 from runtime.jit import codegen as cg
 from runtime.jit import expr as ex
@@ -223,7 +224,7 @@ class _Emitter:
             dst = b.gep(self.bpack, [b.mul(jr, kc)])
             col0, remaining = b.add(jc, jr), b.sub(nc, jr)
             load = lambda p, c: s.b.load(b, self.ptrs, self.b_base, b.add(pc, p), c)  # noqa: E731
-            if not transposes(s.b, self.tile):
+            if not transposes(s.b, self.tile, self.kc):
                 self._pack(dst, kc, nr, col0, remaining, s.n, load)
             else:
                 with b.if_else(b.icmp_signed(">=", remaining, i64(nr))) as (then, otherwise):
@@ -239,15 +240,13 @@ class _Emitter:
         b, t, access = self.b, self.tile, self.s.b.access
         lanes, (_, column_stride) = t.lanes, access.strides[-2:]
         whole = b.mul(b.udiv(kc, i64(lanes)), i64(lanes))
-        vector = ir.VectorType(cg.storage_type(access.dtype), lanes)
         with cg.loop(b, 0, whole, lanes, name="pbt") as p0:
             for group in range(t.nr // lanes):
                 rows = []
                 for w in range(lanes):
                     column = b.add(col0, i64(group * lanes + w))
                     index = b.add(self.b_base, b.add(b.add(pc, p0), b.mul(column, i64(column_stride))))
-                    pointer = b.bitcast(cg.element_ptr(b, self.ptrs[access.arg], index), vector.as_pointer())
-                    rows.append(_widen(b, b.load(pointer, align=1), access.dtype))
+                    rows.append(_depth_run(b, self.ptrs[access.arg], index, access.dtype, lanes))
                 for p, row in enumerate(transpose(b, rows)):
                     target = b.gep(dst, [b.add(b.mul(b.add(p0, i64(p)), i64(t.nr)), i64(group * lanes))])
                     b.store(row, b.bitcast(target, row.type.as_pointer()), align=4)
@@ -372,22 +371,55 @@ class _Emitter:
                 cg.store(b, acc, self.ptrs[out.arg], address, out.dtype)
 
 
-def transposes(operand: MatrixOperand, tile: Tile) -> bool:
-    """Whether B's full slivers pack by in-register transposes: a strided matrix of f32, bf16 or
-    f16 contiguous along the depth (unit row stride) and not along its columns."""
-    return (isinstance(operand, Strided) and operand.access.dtype in (DType.f32, DType.bf16, DType.f16)
-            and operand.access.strides[-2] == 1 and operand.access.strides[-1] != 1 and tile.nr % tile.lanes == 0)
+def transposes(operand: MatrixOperand, tile: Tile, kc: int) -> bool:
+    """Whether B's full slivers pack by in-register transposes: a strided matrix contiguous along
+    the depth (unit row stride) and not along its columns, of f32, bf16 or f16, or of blocks along
+    the depth (every column and depth block starting a block: a block-quantized Linear weight)."""
+    if not isinstance(operand, Strided) or tile.nr % tile.lanes or tile.lanes > BLOCK_SIZE:
+        return False
+    access = operand.access
+    contiguous = access.strides[-2] == 1 and access.strides[-1] != 1
+    if access.dtype.is_blocked:
+        aligned = (access.offset, *access.strides[:-2], access.strides[-1], kc)
+        return contiguous and all(x % BLOCK_SIZE == 0 for x in aligned)
+    return contiguous and access.dtype in (DType.f32, DType.bf16, DType.f16)
 
 
-def _widen(b: ir.IRBuilder, vector: ir.Value, dtype: DType) -> ir.Value:
-    """A vector of stored f32, bf16 or f16 values as f32."""
-    lanes = vector.type.count
-    if dtype == DType.f16:
-        return b.fpext(vector, ir.VectorType(F32, lanes))
-    if dtype == DType.bf16:
-        words = ir.VectorType(cg.I32, lanes)
-        return b.bitcast(b.shl(b.zext(vector, words), ir.Constant(words, [16] * lanes)), ir.VectorType(F32, lanes))
-    return vector
+def _depth_run(b: ir.IRBuilder, base: ir.Value, index: ir.Value, dtype: DType, lanes: int) -> ir.Value:
+    """Elements `index` to `index + lanes` of a buffer, as f32: a vector load of f32, bf16 or f16
+    values; of blocks (the run within one block), its codes widened, each value as
+    `cg.load_blocked` computes it (d * q, d * (q - 8), d * q + m: exact products)."""
+    wide = ir.VectorType(F32, lanes)
+    if not dtype.is_blocked:
+        vector = ir.VectorType(cg.storage_type(dtype), lanes)
+        stored = b.load(b.bitcast(cg.element_ptr(b, base, index), vector.as_pointer()), align=1)
+        if dtype == DType.bf16:
+            words = ir.VectorType(cg.I32, lanes)
+            return b.bitcast(b.shl(b.zext(stored, words), ir.Constant(words, [16] * lanes)), wide)
+        return b.fpext(stored, wide) if dtype == DType.f16 else stored
+    block = b.gep(base, [b.mul(b.lshr(index, i64(5)), i64(dtype.itemsize))])
+    first = b.and_(index, i64(BLOCK_SIZE - 1))
+
+    def half(offset: int) -> ir.Value:
+        value = b.fpext(b.load(b.bitcast(b.gep(block, [i64(offset)]), cg.F16.as_pointer()), align=1), F32)
+        return b.shuffle_vector(b.insert_element(ir.Constant(wide, ir.Undefined), value, i64(0)),
+                                ir.Constant(wide, ir.Undefined), ir.Constant(ir.VectorType(cg.I32, lanes), None))
+
+    def codes(offset: ir.Value, extend) -> ir.Value:
+        raw = b.load(b.bitcast(b.gep(block, [offset]), ir.VectorType(cg.I8, lanes).as_pointer()), align=1)
+        return extend(raw, ir.VectorType(cg.I32, lanes))
+
+    words = ir.VectorType(cg.I32, lanes)
+    if dtype == DType.q8_0:
+        return b.fmul(half(0), b.sitofp(codes(b.add(first, i64(2)), b.sext), wide))
+    header = 2 if dtype == DType.q4_0 else 4  # byte j holds element j (low nibble) and j + 16 (high)
+    packed = codes(b.add(b.and_(first, i64(15)), i64(header)), b.zext)
+    nibbles = b.select(b.icmp_unsigned(">=", first, i64(16)), b.lshr(packed, ir.Constant(words, [4] * lanes)),
+                       b.and_(packed, ir.Constant(words, [15] * lanes)))
+    values = b.sitofp(nibbles, wide)
+    if dtype == DType.q4_0:
+        return b.fmul(half(0), b.fsub(values, ir.Constant(wide, [8.0] * lanes)))
+    return b.fadd(b.fmul(half(0), values, flags=("contract",)), half(2), flags=("contract",))
 
 
 def transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:

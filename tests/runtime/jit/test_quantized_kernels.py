@@ -102,11 +102,12 @@ def test_llama_layout_blocks_along_the_depth(dtype, m, k, n):
 
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("dtype", BLOCKED)
-@pytest.mark.parametrize("m, k, n", [(1, 576, 97), (3, 160, 257), (4, 1536, 33)])
-def test_block_dots_on_either_vector_width(lanes, dtype, m, k, n):
-    """The block-dot path widens blocks into 8 lanes (AVX2: in-lane shifts, lanes permuted) or 16
-    (AVX-512: byte extensions, elements in order), whichever this host has: both against the
-    float64 sums, the same bits on 1 and 2 threads."""
+@pytest.mark.parametrize("m, k, n", [(1, 576, 97), (3, 160, 257), (4, 1536, 33), (32, 576, 97), (37, 192, 131)])
+def test_blocks_on_either_vector_width(lanes, dtype, m, k, n):
+    """Decode rows (the block-dot path: blocks widened into 8 lanes by in-lane shifts, lanes
+    permuted, or into 16 by byte extensions, in order) and prefill rows (the blocked gemm, whose
+    full B slivers pack runs of a block by in-register transposes), on 8 and 16 lanes whichever
+    this host has: against the float64 sums, the same bits on 1 and 2 threads."""
     jit = Jit(use_cache=False, tile=tile_for(lanes, 32 if lanes == 16 else 16))
     prog = program(m, k, n, True, dtype)
     inputs = operands(prog, seed=lanes + m)
