@@ -87,13 +87,25 @@ def _bf16_bits(b: ir.IRBuilder, value: ir.Value) -> ir.Value:
     return b.trunc(b.select(is_nan, ir.Constant(I32, 0x7FC0), rounded), I16)
 
 
+def like(value: ir.Value, scalar: ir.Type) -> ir.Type:
+    """`scalar`, or a vector of it as wide as `value` is."""
+    return ir.VectorType(scalar, value.type.count) if isinstance(value.type, ir.VectorType) else scalar
+
+
+def splat(value: ir.Value, scalar: ir.Type, constant) -> ir.Constant:
+    """The constant in every lane of a value shaped like `value` (a scalar for a scalar)."""
+    kind = like(value, scalar)
+    return ir.Constant(kind, [constant] * kind.count if isinstance(kind, ir.VectorType) else constant)
+
+
 def to_compute(b: ir.IRBuilder, stored: ir.Value, dtype: DType) -> ir.Value:
+    """A stored value (or vector of them) in its compute type."""
     if dtype == DType.f16:
-        return b.fpext(stored, F32)
+        return b.fpext(stored, like(stored, F32))
     if dtype == DType.bf16:
-        return b.bitcast(b.shl(b.zext(stored, I32), ir.Constant(I32, 16)), F32)
+        return b.bitcast(b.shl(b.zext(stored, like(stored, I32)), splat(stored, I32, 16)), like(stored, F32))
     if dtype == DType.bool:
-        return b.icmp_unsigned("!=", stored, ir.Constant(I8, 0))
+        return b.icmp_unsigned("!=", stored, splat(stored, I8, 0))
     return stored
 
 
@@ -145,27 +157,48 @@ def load(b: ir.IRBuilder, base: ir.Value, index: ir.Value, dtype: DType) -> ir.V
     return to_compute(b, b.load(element_ptr(b, base, index)), dtype)
 
 
-def load_blocked(b: ir.IRBuilder, base: ir.Value, index: ir.Value, dtype: DType) -> ir.Value:
-    """Element `index` of a block-quantized buffer (a byte pointer), dequantized to f32 as
-    `ir.dtypes` defines it (each product and sum rounded once: no fused multiply-add)."""
+def broadcast_half(b: ir.IRBuilder, pointer: ir.Value, lanes: int) -> ir.Value:
+    """The f16 at byte pointer `pointer` as f32 in each of `lanes` (at most 8 or 16) lanes, moved
+    into a zeroed register first: converting it in place would merge into whatever register
+    holds stale lanes, an accumulator's included."""
+    bits = b.zext(b.load(b.bitcast(pointer, I16.as_pointer()), align=1), I32)
+    words = b.insert_element(ir.Constant(ir.VectorType(I32, 8), None), bits, ir.Constant(I32, 0))
+    halves = b.bitcast(b.shuffle_vector(words, words, ir.Constant(ir.VectorType(I32, 4), [0, 1, 2, 3])),
+                       ir.VectorType(F16, 8))
+    return b.shuffle_vector(b.fpext(halves, ir.VectorType(F32, 8)), ir.Constant(ir.VectorType(F32, 8), ir.Undefined),
+                            ir.Constant(ir.VectorType(I32, lanes), None))
+
+
+def load_blocked(b: ir.IRBuilder, base: ir.Value, index: ir.Value, dtype: DType, lanes: int = 1) -> ir.Value:
+    """Element `index` of a block-quantized buffer (a byte pointer) dequantized to f32 as `ir.dtypes`
+    defines it, or with `lanes` > 1 the vector of elements `index` to `index + lanes` (a run within
+    one block). The products d * q are exact, so q4_1's fused d * q + m rounds as the separate one."""
     position = b.and_(index, i64(31))
     start = b.mul(b.lshr(index, i64(5)), i64(dtype.itemsize))
+    vector = lanes > 1
 
-    def byte(offset: ir.Value) -> ir.Value:
-        return b.load(element_ptr(b, base, b.add(start, offset)))
+    def codes(offset: ir.Value) -> ir.Value:
+        pointer = element_ptr(b, base, b.add(start, offset))
+        return b.load(b.bitcast(pointer, ir.VectorType(I8, lanes).as_pointer()), align=1) if vector else b.load(pointer)
 
     def half(offset: int) -> ir.Value:
-        return b.fpext(b.load(b.bitcast(element_ptr(b, base, b.add(start, i64(offset))), F16.as_pointer()), align=1), F32)
+        pointer = element_ptr(b, base, b.add(start, i64(offset)))
+        if vector:
+            return broadcast_half(b, pointer, lanes)
+        return b.fpext(b.load(b.bitcast(pointer, F16.as_pointer()), align=1), F32)
 
-    scale = half(0)
+    fused = ("contract",)
     if dtype == DType.q8_0:
-        return b.fmul(scale, b.sitofp(byte(b.add(position, i64(2))), F32))
-    packed = byte(b.add(b.and_(position, i64(15)), i64(2 if dtype == DType.q4_0 else 4)))
+        raw = codes(b.add(position, i64(2)))
+        return b.fmul(half(0), b.sitofp(raw, like(raw, F32)))
+    raw = codes(b.add(b.and_(position, i64(15)), i64(2 if dtype == DType.q4_0 else 4)))
+    packed = b.zext(raw, like(raw, I32))  # one widening serves both nibbles of a run's bytes
     high = b.icmp_unsigned(">=", position, i64(16))
-    code = b.uitofp(b.select(high, b.lshr(packed, ir.Constant(I8, 4)), b.and_(packed, ir.Constant(I8, 15))), F32)
+    nibbles = b.select(high, b.lshr(packed, splat(packed, I32, 4)), b.and_(packed, splat(packed, I32, 15)))
+    code = b.uitofp(nibbles, like(packed, F32))
     if dtype == DType.q4_0:
-        return b.fmul(scale, b.fsub(code, ir.Constant(F32, 8.0)))
-    return b.fadd(b.fmul(scale, code), half(2))
+        return b.fmul(half(0), b.fsub(code, splat(code, F32, 8.0)))
+    return b.fadd(b.fmul(half(0), code, flags=fused), half(2), flags=fused)
 
 
 def store(b: ir.IRBuilder, value: ir.Value, base: ir.Value, index: ir.Value, dtype: DType) -> None:

@@ -386,40 +386,11 @@ def transposes(operand: MatrixOperand, tile: Tile, kc: int) -> bool:
 
 
 def _depth_run(b: ir.IRBuilder, base: ir.Value, index: ir.Value, dtype: DType, lanes: int) -> ir.Value:
-    """Elements `index` to `index + lanes` of a buffer, as f32: a vector load of f32, bf16 or f16
-    values; of blocks (the run within one block), its codes widened, each value as
-    `cg.load_blocked` computes it (d * q, d * (q - 8), d * q + m: exact products)."""
-    wide = ir.VectorType(F32, lanes)
-    if not dtype.is_blocked:
-        vector = ir.VectorType(cg.storage_type(dtype), lanes)
-        stored = b.load(b.bitcast(cg.element_ptr(b, base, index), vector.as_pointer()), align=1)
-        if dtype == DType.bf16:
-            words = ir.VectorType(cg.I32, lanes)
-            return b.bitcast(b.shl(b.zext(stored, words), ir.Constant(words, [16] * lanes)), wide)
-        return b.fpext(stored, wide) if dtype == DType.f16 else stored
-    block = b.gep(base, [b.mul(b.lshr(index, i64(5)), i64(dtype.itemsize))])
-    first = b.and_(index, i64(BLOCK_SIZE - 1))
-
-    def half(offset: int) -> ir.Value:
-        value = b.fpext(b.load(b.bitcast(b.gep(block, [i64(offset)]), cg.F16.as_pointer()), align=1), F32)
-        return b.shuffle_vector(b.insert_element(ir.Constant(wide, ir.Undefined), value, i64(0)),
-                                ir.Constant(wide, ir.Undefined), ir.Constant(ir.VectorType(cg.I32, lanes), None))
-
-    def codes(offset: ir.Value, extend) -> ir.Value:
-        raw = b.load(b.bitcast(b.gep(block, [offset]), ir.VectorType(cg.I8, lanes).as_pointer()), align=1)
-        return extend(raw, ir.VectorType(cg.I32, lanes))
-
-    words = ir.VectorType(cg.I32, lanes)
-    if dtype == DType.q8_0:
-        return b.fmul(half(0), b.sitofp(codes(b.add(first, i64(2)), b.sext), wide))
-    header = 2 if dtype == DType.q4_0 else 4  # byte j holds element j (low nibble) and j + 16 (high)
-    packed = codes(b.add(b.and_(first, i64(15)), i64(header)), b.zext)
-    nibbles = b.select(b.icmp_unsigned(">=", first, i64(16)), b.lshr(packed, ir.Constant(words, [4] * lanes)),
-                       b.and_(packed, ir.Constant(words, [15] * lanes)))
-    values = b.sitofp(nibbles, wide)
-    if dtype == DType.q4_0:
-        return b.fmul(half(0), b.fsub(values, ir.Constant(wide, [8.0] * lanes)))
-    return b.fadd(b.fmul(half(0), values, flags=("contract",)), half(2), flags=("contract",))
+    """Elements `index` to `index + lanes` of a buffer as an f32 vector (of blocks: a run within one)."""
+    if dtype.is_blocked:
+        return cg.load_blocked(b, base, index, dtype, lanes)
+    vector = ir.VectorType(cg.storage_type(dtype), lanes)
+    return cg.to_compute(b, b.load(b.bitcast(cg.element_ptr(b, base, index), vector.as_pointer()), align=1), dtype)
 
 
 def transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:

@@ -439,19 +439,10 @@ def _widen_block(b: ir.IRBuilder, block: ir.Value, dtype: DType, lanes: int = 8)
     products are exact, so the fused form rounds as the separate one).
 
     8 lanes: the codes loaded as 32-bit words and widened with in-lane shifts and masks. 16 lanes
-    (AVX-512): 16 codes at a time extended from bytes, one instruction each, in their own order."""
-    def half(offset: int) -> ir.Value:
-        """The f16 at `offset` in every lane (moved into a zeroed vector first: converting it in
-        place would merge into whatever register holds stale lanes, an accumulator's included)."""
-        bits = b.zext(b.load(b.bitcast(b.gep(block, [i64(offset)]), cg.I16.as_pointer()), align=1), I32)
-        vector = b.insert_element(ir.Constant(_WORDS, None), bits, ir.Constant(I32, 0))
-        halves = b.bitcast(b.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(I32, 4), [0, 1, 2, 3])),
-                           ir.VectorType(cg.F16, 8))
-        return b.shuffle_vector(b.fpext(halves, _VECTOR), ir.Constant(_VECTOR, ir.Undefined),
-                                ir.Constant(ir.VectorType(I32, lanes), None))
-
+    (AVX-512): elements 0-15 and 16-31, each run of codes one byte extension (and a mask or a
+    shift for 4 bits), in order."""
     if lanes == 16:
-        return _widen_bytes(b, block, dtype, half)
+        return [cg.load_blocked(b, block, i64(first), dtype, 16) for first in (0, 16)]
 
     def words(offset: int, count: int) -> ir.Value:
         vector = ir.VectorType(I32, count)
@@ -460,7 +451,7 @@ def _widen_block(b: ir.IRBuilder, block: ir.Value, dtype: DType, lanes: int = 8)
     def same(value: int) -> ir.Constant:
         return ir.Constant(_WORDS, [value] * 8)
 
-    scale = half(0)
+    scale = cg.broadcast_half(b, block, 8)
     if dtype == DType.q8_0:  # byte r of each word, sign-extended by shifting it to the top and back
         raw = words(2, 8)
         codes = [b.ashr(b.shl(raw, same(24 - 8 * r)) if r < 3 else raw, same(24)) for r in range(4)]
@@ -472,35 +463,13 @@ def _widen_block(b: ir.IRBuilder, block: ir.Value, dtype: DType, lanes: int = 8)
     if dtype == DType.q4_0:
         eight = _splat(b, ir.Constant(F32, 8.0))
         return [b.fmul(scale, b.fsub(v, eight)) for v in values]
-    low = half(2)
+    low = cg.broadcast_half(b, b.gep(block, [i64(2)]), 8)
     return [b.fadd(b.fmul(scale, v, flags=("contract",)), low, flags=("contract",)) for v in values]
 
 
-def _widen_bytes(b: ir.IRBuilder, block: ir.Value, dtype: DType, half) -> list[ir.Value]:
-    """`_widen_block` on 16 lanes: q8_0's codes sign-extended 16 bytes at a time, a 4-bit block's
-    16 bytes zero-extended once, its low nibbles (elements 0-15) and high ones (16-31) masked out."""
-    wide, words = ir.VectorType(F32, 16), ir.VectorType(I32, 16)
-
-    def codes(offset: int, extend) -> ir.Value:
-        raw = b.load(b.bitcast(b.gep(block, [i64(offset)]), ir.VectorType(cg.I8, 16).as_pointer()), align=1)
-        return extend(raw, words)
-
-    scale = half(0)
-    if dtype == DType.q8_0:
-        return [b.fmul(scale, b.sitofp(codes(2 + 16 * r, b.sext), wide)) for r in range(2)]
-    packed = codes(2 if dtype == DType.q4_0 else 4, b.zext)
-    values = [b.sitofp(x, wide) for x in (b.and_(packed, ir.Constant(words, [15] * 16)),
-                                          b.lshr(packed, ir.Constant(words, [4] * 16)))]
-    if dtype == DType.q4_0:
-        eight = _splat(b, ir.Constant(F32, 8.0), 16)
-        return [b.fmul(scale, b.fsub(v, eight)) for v in values]
-    low = half(2)
-    return [b.fadd(b.fmul(scale, v, flags=("contract",)), low, flags=("contract",)) for v in values]
-
-
-def _splat(b: ir.IRBuilder, scalar: ir.Value, lanes: int = 8) -> ir.Value:
+def _splat(b: ir.IRBuilder, scalar: ir.Value) -> ir.Value:
     one = b.insert_element(ir.Constant(_VECTOR, ir.Undefined), scalar, ir.Constant(I32, 0))
-    return b.shuffle_vector(one, ir.Constant(_VECTOR, ir.Undefined), ir.Constant(ir.VectorType(I32, lanes), None))
+    return b.shuffle_vector(one, ir.Constant(_VECTOR, ir.Undefined), ir.Constant(_WORDS, None))
 
 
 def _tree_sum(b: ir.IRBuilder, vector: ir.Value) -> ir.Value:
