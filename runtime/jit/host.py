@@ -39,14 +39,16 @@ class Tile:
 def tile_for(lanes: int, registers: int, caches: tuple[int, int, int] = FALLBACK_CACHES) -> Tile:
     """The tile for `registers` vector registers of `lanes` f32 and (L1d, L2, L3) bytes.
 
-    Two vectors of columns; as many rows as leave registers for their 2 x `mr` accumulators,
-    the two B vectors and a broadcast A element (6 x 16 on AVX2, 14 x 32 on AVX-512). A
-    packed B sliver (`kc` x `nr`) takes half of L1 with 8 lanes and all of it with 16 (on an
-    AVX-512 core with 48 KB of L1 and 2 MB of L2, 384 deep ran 2048^3 at 188-191 GFLOP/s a core
-    where 192 deep ran 155-158: each block of depth reads and writes C once more), the packed A
-    block half of L2, the packed B panel half of L3."""
+    With 16 registers (AVX2: 6 x 16), two vectors of columns and as many rows as leave registers
+    for their 2 x `mr` accumulators, the two B vectors and a broadcast A element. With 32
+    (AVX-512: 8 x 48), three vectors of columns and 8 rows: on a 48 KB-L1 AVX-512 core level
+    with 14 x 32 on square products and 12-35% faster on a prefill's 32-row ones, which 14 rows
+    divide badly. A packed B sliver (`kc` x `nr`) takes half of L1 with 8 lanes and all of it
+    with 16 (there a deeper block ran 2048^3 at 188-191 GFLOP/s a core where half as deep ran
+    155-158: each block of depth reads and writes C once more), the packed A block half of L2,
+    the packed B panel half of L3."""
     l1, l2, l3 = caches
-    nr, mr = 2 * lanes, (registers - 3) // 2
+    nr, mr = (3 * lanes, 8) if registers >= 32 else (2 * lanes, (registers - 3) // 2)
     sliver = l1 if lanes >= 16 else l1 // 2
     kc = max(UNROLL, sliver // (4 * nr) // UNROLL * UNROLL)
     mc = max(mr, l2 // 2 // (4 * kc) // mr * mr)

@@ -52,7 +52,7 @@ def test_register_tiles_fit_the_register_file():
     """Accumulators, B vectors and a broadcast fit the registers, with enough independent
     accumulators to cover FMA latency on two pipes (>= 8)."""
     assert (tile_for(8, 16).mr, tile_for(8, 16).nr) == (6, 16)
-    assert (tile_for(16, 32).mr, tile_for(16, 32).nr) == (14, 32)
+    assert (tile_for(16, 32).mr, tile_for(16, 32).nr) == (8, 48)
     for lanes, registers in ((4, 16), (8, 16), (16, 32)):
         t = tile_for(lanes, registers)
         accumulators, vectors = t.mr * t.nr // t.lanes, t.nr // t.lanes
@@ -63,8 +63,8 @@ def test_cache_blocks_follow_the_cache_sizes():
     """A B sliver in half of L1 (8 lanes) or all of it (16), the A block in half of L2, the B panel
     in half of L3 (at most 4096 columns)."""
     assert TILES["avx2"] == Tile(8, 6, 16, kc=256, mc=252, nc=4096)
-    assert TILES["avx512"] == Tile(16, 14, 32, kc=384, mc=336, nc=4096)
-    assert tile_for(16, 32, (48 << 10, 2 << 20, 480 << 20)) == Tile(16, 14, 32, kc=384, mc=672, nc=4096)
+    assert TILES["avx512"] == Tile(16, 8, 48, kc=256, mc=512, nc=4080)
+    assert tile_for(16, 32, (48 << 10, 2 << 20, 480 << 20)) == Tile(16, 8, 48, kc=256, mc=1024, nc=4080)
     small = tile_for(8, 16, (16 << 10, 128 << 10, 1 << 20))
     assert (small.kc, small.mc, small.nc) == (128, 126, 1024)
 
