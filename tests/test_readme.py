@@ -77,6 +77,26 @@ def check_under_pytest() -> None:
     assert _pyproject()["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
 
 
+BENCHMARKS = ("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest tests/benchmarks/test_bench_gemm.py "
+              "--benchmark-enable -s",
+              "python -m pytest tests/benchmarks/test_bench_quantized_decode.py --benchmark-enable -s -k test_bench_decode",
+              "RDUFLOW_TORCH_PYTHON=/path/to/python-with-torch python -m pytest tests/benchmarks/test_bench_train.py "
+              "--benchmark-enable -s")
+
+
+def check_benchmark(command: str) -> Callable[[], None]:
+    """A benchmark command: its file is one this suite runs (each benchmark once, untimed), and
+    its `-k` names tests in it."""
+    def check() -> None:
+        words = shlex.split(command)
+        (path,) = [REPO / w for w in words if w.startswith("tests/benchmarks/")]
+        text = path.read_text()
+        assert "--benchmark-enable" in words and "def test_bench" in text
+        if "-k" in words:
+            assert f"def {words[words.index('-k') + 1]}(" in text
+    return check
+
+
 LONGER_TRAINING = ("rduflow run rduflow-quickstart/pef/train/train.pef --data rduflow-quickstart/data --num-steps 2000 "
                    "--lr 0.003 --lr-schedule cosine --warmup-steps 20 --log-every 200 --save-dir rduflow-quickstart/longer")
 LONGER_SAMPLE = ("rduflow run rduflow-quickstart/pef/generate/generate.pef --inference --checkpoint "
@@ -142,6 +162,7 @@ MAPPING: dict[str, Callable[[], None] | str] = {
     # fine-tuning the stand-in: 2 steps instead of 28, and the chat from that checkpoint
     SMOLLM2_TRAINING: SMOLLM2_TRAINING.replace("--num-steps 28", "--num-steps 2"),
     SMOLLM2_CHAT: SMOLLM2_CHAT.replace("checkpoint-28", "checkpoint-2"),
+    **{command: check_benchmark(command) for command in BENCHMARKS},  # minutes each, timed
 }
 
 #: README command -> patterns its output (stdout and stderr) must match
