@@ -24,8 +24,8 @@ contiguous f32 `a` takes a dot-product path of its own, a block at a time, on th
 width. With 8 lanes (AVX2) the block's codes are loaded as 32-bit words and widened with in-lane
 shifts and masks (on a Zen 3 core cheaper than byte-to-word conversions, which cross vector
 lanes), so each f32 vector holds elements of the block in a fixed interleaved order; with 16
-(AVX-512) each 16 codes are one byte-to-word extension, in order (on a Sapphire Rapids-class core
-q8_0 went from 12.9 to 19.8 G weights/s). The rows of `a` are copied once, in the vectors' order,
+(AVX-512) each 16 codes are one byte-to-word extension, in order (on an AVX-512 Xeon core q8_0
+went from 12.9 to 19.8 G weights/s). The rows of `a` are copied once, in the vectors' order,
 onto the stack. Each weight is the value `ir.dtypes` defines, multiplied by its element of `a` into
 a vector accumulator per row and vector of the block, added up in a fixed tree at the end of the
 column. B's lines are asked for `AHEAD` bytes before they are read. Other blocked layouts read

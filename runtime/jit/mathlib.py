@@ -94,8 +94,7 @@ def _exp(o: _Ops, x: ir.Value) -> ir.Value:
     row, mostly exp(-inf), ran 9x slower)."""
     b = o.b
     vanishes = o.lt(x, c(VANISHES_BELOW))
-    clamped = intrinsic(b, "llvm.maxnum", intrinsic(b, "llvm.minnum", o.select(vanishes, c(0.0), x), c(89.0)),
-                        c(-104.0))
+    clamped = intrinsic(b, "llvm.minnum", o.select(vanishes, c(0.0), x), c(89.0))
     n = intrinsic(b, "llvm.rint", o.mul(clamped, c(1.44269504088896341)))
     r = o.sub(o.sub(clamped, o.mul(n, c(0.693359375))), o.mul(n, c(-2.12194440e-4)))
     p = o.add(o.add(o.mul(o.horner(EXP_P, r), o.mul(r, r)), r), c(1.0))
