@@ -44,7 +44,7 @@ def tile_for(lanes: int, registers: int, caches: tuple[int, int, int] = FALLBACK
     (AVX-512: 8 x 48), three vectors of columns and 8 rows: on a 48 KB-L1 AVX-512 core level
     with 14 x 32 on square products and 12-35% faster on a prefill's 32-row ones, which 14 rows
     divide badly. A packed B sliver (`kc` x `nr`) takes half of L1 with 8 lanes and all of it
-    with 16 (there a deeper block ran 2048^3 at 188-191 GFLOP/s a core where half as deep ran
+    with 16 (there a deeper block ran 2048^3 at 178-191 GFLOP/s a core where half as deep ran
     155-158: each block of depth reads and writes C once more), the packed A block half of L2,
     the packed B panel half of L3."""
     l1, l2, l3 = caches
