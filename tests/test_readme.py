@@ -85,8 +85,8 @@ BENCHMARKS = ("env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest tes
 
 
 def check_benchmark(command: str) -> Callable[[], None]:
-    """A benchmark command: its file is one this suite runs (each benchmark once, untimed), and
-    its `-k` names tests in it."""
+    """A benchmark command (minutes each; the suite skips benchmarks): its file holds benchmarks,
+    and its `-k` names tests in it."""
     def check() -> None:
         words = shlex.split(command)
         (path,) = [REPO / w for w in words if w.startswith("tests/benchmarks/")]
@@ -162,7 +162,7 @@ MAPPING: dict[str, Callable[[], None] | str] = {
     # fine-tuning the stand-in: 2 steps instead of 28, and the chat from that checkpoint
     SMOLLM2_TRAINING: SMOLLM2_TRAINING.replace("--num-steps 28", "--num-steps 2"),
     SMOLLM2_CHAT: SMOLLM2_CHAT.replace("checkpoint-28", "checkpoint-2"),
-    **{command: check_benchmark(command) for command in BENCHMARKS},  # minutes each, timed
+    **{command: check_benchmark(command) for command in BENCHMARKS},
 }
 
 #: README command -> patterns its output (stdout and stderr) must match
