@@ -2,7 +2,9 @@
 
 Axes are coalesced (reduced with reduced, kept with kept). When the innermost axis
 is reduced, each output accumulates in a register over the reduced loops, which
-the vectorizer turns into a vector reduction (float adds may reassociate). When
+the vectorizer turns into a vector reduction (float adds may reassociate); a float max,
+min or argmax there keeps `PARTIALS` interleaved partial results instead, folded at the
+end (their compare chains do not vectorize, and one chain waits on itself). When
 the innermost axis is kept, outputs are processed in chunks of `CHUNK` along it:
 a small accumulator array is updated across the reduced loops by a contiguous,
 vectorizable inner loop. The epilogue, if any, is applied to each finished
@@ -139,6 +141,8 @@ class _Reduction:
 
         if self.reduced and self.combine in ("max", "min") and self.dtype.is_float:
             self._loops(self.reduced[:-1], i64(0), i64(0), lambda *_: self._extremum(acc), False)
+        elif len(self.reduced) == 1 and self.combine == "argmax" and self.dtype.is_float:
+            self._first_best(acc, best)
         else:
             self._loops(self.reduced, i64(0), i64(0), step, False)
         self._store(b.load(best) if self.combine == "argmax" else b.load(acc))
@@ -169,6 +173,44 @@ class _Reduction:
             values = [_combine(b, self.combine, self.dtype, *values[i:i + 2]) if i + 1 < len(values) else values[i]
                       for i in range(0, len(values), 2)]
         b.store(values[0], acc)
+
+    def _first_best(self, acc, best) -> None:
+        """argmax over the one reduced axis, in `PARTIALS` interleaved partial (value, position)
+        pairs, each found by the chain's own rule and folded at the end by it, ties going to the
+        earlier position: the first maximum or the first nan, as one chain finds them."""
+        b, axis = self.b, self.reduced[0]
+        extent = self.shape[axis]
+        with b.goto_entry_block():
+            pairs = [(b.alloca(cg.F32, name=f"value{u}"), b.alloca(I64, name=f"at{u}")) for u in range(PARTIALS)]
+        for value, at in pairs:
+            b.store(_identity(self.dtype, self.identity), value)
+            b.store(i64(0), at)
+
+        def fold(pair, position):
+            self.idx[axis] = position
+            self._update(*pair, self.body.emit(b, self.ptrs, self.idx), position)
+
+        whole = extent // PARTIALS * PARTIALS
+        with cg.loop(b, 0, whole, PARTIALS, name="arg") as i:
+            for u, pair in enumerate(pairs):
+                fold(pair, b.add(i, i64(u)))
+        with cg.loop(b, whole, extent, name="argtail") as i:
+            fold(pairs[0], i)
+        results = [(b.load(value), b.load(at)) for value, at in pairs]
+        while len(results) > 1:
+            results = [self._earlier_best(*results[i:i + 2]) if i + 1 < len(results) else results[i]
+                       for i in range(0, len(results), 2)]
+        b.store(results[0][0], acc)
+        b.store(results[0][1], best)
+
+    def _earlier_best(self, first, second) -> tuple[ir.Value, ir.Value]:
+        """Of two (value, position) results, the better by argmax's rule, the earlier one on a tie."""
+        b = self.b
+        (v1, i1), (v2, i2) = first, second
+        earlier = b.icmp_signed("<", i2, i1)
+        tie = b.or_(b.fcmp_ordered("==", v1, v2), b.and_(b.fcmp_unordered("uno", v1, v1), b.fcmp_unordered("uno", v2, v2)))
+        take = b.or_(_better(b, self.dtype, v2, v1), b.and_(tie, earlier))
+        return b.select(take, v2, v1), b.select(take, i2, i1)
 
     def _update(self, acc, best, value, position) -> None:
         b = self.b

@@ -213,6 +213,23 @@ def test_argmax_first_maximum_and_first_nan(axis):
     np.testing.assert_array_equal(got, np.argmax(x, axis=axis).astype(np.int32))
 
 
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 17, 64, 301])
+def test_argmax_along_the_last_axis_finds_what_one_chain_finds(length):
+    """argmax along the last axis (interleaved partial results): ties, nan at every position of
+    some row, rows of -inf and of signed zeros, each as numpy's first maximum or first nan."""
+    rows = [np.round(RNG.standard_normal(length)).astype(np.float32) for _ in range(length + 3)]
+    for i in range(length):
+        rows[i][i:] = np.nan if i % 2 else rows[i][i:]
+        rows[i][i] = np.nan
+    rows[length][:] = -np.inf
+    rows[length + 1] = np.where(np.arange(length) % 3, np.float32(0.0), np.float32(-0.0)).astype(np.float32)
+    x = np.stack(rows)
+    b = Builder()
+    b.output("i", b.argmax(b.input("x", TensorType(x.shape, f32)), axis=1))
+    got = run_kernels(b.graph, {"x": x})[0]["i"]
+    np.testing.assert_array_equal(got, np.argmax(x, axis=1).astype(np.int32))
+
+
 def test_max_propagates_nan():
     x = RNG.standard_normal((200, 300)).astype(np.float32)
     x[17, 250] = np.nan
