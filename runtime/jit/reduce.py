@@ -75,6 +75,13 @@ def _better(b: ir.IRBuilder, dtype: DType, value: ir.Value, best: ir.Value) -> i
     return b.or_(b.fcmp_ordered(">", value, best), first_nan)
 
 
+def _pairwise(values: list, combine):
+    """The values combined in adjacent pairs, level by level, down to one."""
+    while len(values) > 1:
+        values = [combine(*values[i:i + 2]) if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
+    return values[0]
+
+
 class _Reduction:
     """Emits one reduce stage over a coalesced loop nest."""
 
@@ -152,7 +159,6 @@ class _Reduction:
         partial results folded at the end: `llvm.maximum` and `llvm.minimum` are associative and
         commutative (nan wins, -0 < +0), so the result is the same bits as one chain's."""
         b, axis = self.b, self.reduced[-1]
-        extent = self.shape[axis]
         with b.goto_entry_block():
             parts = [b.alloca(cg.F32, name=f"part{u}") for u in range(PARTIALS)]
         for part in parts:
@@ -162,24 +168,15 @@ class _Reduction:
             self.idx[axis] = position
             b.store(_combine(b, self.combine, self.dtype, b.load(part), self.body.emit(b, self.ptrs, self.idx)), part)
 
-        whole = extent // PARTIALS * PARTIALS
-        with cg.loop(b, 0, whole, PARTIALS, name="ext") as i:
-            for u, part in enumerate(parts):
-                fold(part, b.add(i, i64(u)))
-        with cg.loop(b, whole, extent, name="exttail") as i:
-            fold(parts[0], i)
-        values = [b.load(acc)] + [b.load(part) for part in parts]
-        while len(values) > 1:
-            values = [_combine(b, self.combine, self.dtype, *values[i:i + 2]) if i + 1 < len(values) else values[i]
-                      for i in range(0, len(values), 2)]
-        b.store(values[0], acc)
+        self._interleave(axis, parts, fold)
+        combine = lambda x, y: _combine(b, self.combine, self.dtype, x, y)  # noqa: E731
+        b.store(_pairwise([b.load(acc)] + [b.load(part) for part in parts], combine), acc)
 
     def _first_best(self, acc, best) -> None:
         """argmax over the one reduced axis, in `PARTIALS` interleaved partial (value, position)
         pairs, each found by the chain's own rule and folded at the end by it, ties going to the
         earlier position: the first maximum or the first nan, as one chain finds them."""
         b, axis = self.b, self.reduced[0]
-        extent = self.shape[axis]
         with b.goto_entry_block():
             pairs = [(b.alloca(cg.F32, name=f"value{u}"), b.alloca(I64, name=f"at{u}")) for u in range(PARTIALS)]
         for value, at in pairs:
@@ -190,18 +187,21 @@ class _Reduction:
             self.idx[axis] = position
             self._update(*pair, self.body.emit(b, self.ptrs, self.idx), position)
 
+        self._interleave(axis, pairs, fold)
+        value, at = _pairwise([(b.load(value), b.load(at)) for value, at in pairs], self._earlier_best)
+        b.store(value, acc)
+        b.store(at, best)
+
+    def _interleave(self, axis: int, partials: list, fold) -> None:
+        """`fold(partial, position)` over the positions of `axis`, each partial's in order: position
+        i into partial i mod `PARTIALS`, those past the last whole group into the first."""
+        b, extent = self.b, self.shape[axis]
         whole = extent // PARTIALS * PARTIALS
-        with cg.loop(b, 0, whole, PARTIALS, name="arg") as i:
-            for u, pair in enumerate(pairs):
-                fold(pair, b.add(i, i64(u)))
-        with cg.loop(b, whole, extent, name="argtail") as i:
-            fold(pairs[0], i)
-        results = [(b.load(value), b.load(at)) for value, at in pairs]
-        while len(results) > 1:
-            results = [self._earlier_best(*results[i:i + 2]) if i + 1 < len(results) else results[i]
-                       for i in range(0, len(results), 2)]
-        b.store(results[0][0], acc)
-        b.store(results[0][1], best)
+        with cg.loop(b, 0, whole, PARTIALS, name="part") as i:
+            for u, partial in enumerate(partials):
+                fold(partial, b.add(i, i64(u)))
+        with cg.loop(b, whole, extent, name="parttail") as i:
+            fold(partials[0], i)
 
     def _earlier_best(self, first, second) -> tuple[ir.Value, ir.Value]:
         """Of two (value, position) results, the better by argmax's rule, the earlier one on a tie."""
