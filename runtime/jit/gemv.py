@@ -142,7 +142,7 @@ def gemv_extent(stage) -> int:
     return split(stage).units
 
 
-def emit_gemv(stage, b: ir.IRBuilder, ptrs, lo, hi, lanes: int = 8) -> ir.Value:
+def emit_gemv(stage, b: ir.IRBuilder, ptrs, lo, hi, lanes: int) -> ir.Value:
     """Units [lo, hi) of the stage; returns the status. `lanes`: the host's f32 vector width."""
     plan = split(stage)
     if not plan.along_rows and reads_blocks(stage):
