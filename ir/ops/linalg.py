@@ -56,7 +56,9 @@ class Matmul(OpDef):
             dx = b.matmul(y, g, transpose_a=tb, transpose_b=True)
         else:
             dx = b.matmul(g, y, transpose_b=not tb)
-        if tb:
+        if y.type.rank == 2 < x.type.rank and not ta:
+            dy = _shared_gradient(b, x, g, tb)
+        elif tb:
             dy = b.matmul(g, x, transpose_a=True, transpose_b=ta)
         else:
             dy = b.matmul(x, g, transpose_a=not ta)
@@ -88,3 +90,11 @@ class Matmul(OpDef):
         return LoopNest(batch + (m, n, k), 1,
                         (operand(a, im, ik, op.attrs["transpose_a"]), operand(b, ik, in_, op.attrs["transpose_b"])),
                         tuple(((i, 1.0),) for i in range(nb + 2)))
+
+
+def _shared_gradient(b, x, g, transposed: bool):
+    """The gradient of a matrix every batch entry shares, x^T g (or g^T x when it is stored
+    transposed), as one product whose depth runs over the batch and the rows together: the
+    batch entries' rows stacked, not a product per entry summed afterwards."""
+    xs, gs = (b.reshape(v, shape=(v.type.size // v.type.shape[-1], v.type.shape[-1])) for v in (x, g))
+    return b.matmul(gs, xs, transpose_a=True) if transposed else b.matmul(xs, gs, transpose_a=True)

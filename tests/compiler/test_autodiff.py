@@ -136,6 +136,28 @@ def test_unneeded_gradient_ops_are_dropped():
     assert [op.result.type for op in matmuls] == [graph.param("fc.weight").type]  # no d/dx
 
 
+@pytest.mark.parametrize("transpose_b", [False, True], ids=["w", "w_transposed"])
+def test_a_weight_the_batch_shares_gets_one_product_over_batch_and_rows(transpose_b):
+    """x[B, T, K] @ W: dW is one rank-2 product whose depth is the B*T rows stacked, not B products
+    summed over the batch afterwards (which would hold B copies of dW at once)."""
+    b = Builder(Graph("shared"))
+    x = b.input("x", TensorType((3, 5, 4), f32))
+    w = b.param("w", TensorType((6, 4) if transpose_b else (4, 6), f32), Init("ones"))
+    y = b.matmul(x, w, transpose_b=transpose_b)
+    b.output("loss", b.sum(b.mul(y, y)))
+    graph = b.graph
+    product = append_gradients(clone(graph))["w"].producer
+    assert product.name == "matmul" and [v.type.shape[0] for v in product.operands] == [15, 15]
+    rng = np.random.default_rng(0)
+    xv = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    wv = rng.standard_normal(w.type.shape).astype(np.float32)
+    got = gradient_of(graph, {"x": xv}, {"w": wv})["w"]
+    rows = xv.reshape(15, 4).astype(np.float64)
+    dy = 2 * (rows @ (wv.T if transpose_b else wv))
+    want = dy.T @ rows if transpose_b else rows.T @ dy
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 def fused_graph(fused: bool) -> Graph:
     """loss = sum(exp(w) * x + w), with the elementwise part in a fused region or not."""
     b = Builder(Graph("g"))
