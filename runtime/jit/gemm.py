@@ -124,8 +124,9 @@ def fold_batch(stage: Gemm) -> Gemm:
 
 
 def split_rows(stage: Gemm, tile: Tile) -> bool:
-    """Whether threads share the work by row slivers (else by column slivers)."""
-    return math.ceil(stage.m / tile.mr) > math.ceil(stage.n / tile.nr)
+    """Whether threads share the work by row slivers (else by column slivers): each thread packs
+    all of the operand the other way, so the split is along the longer side of C."""
+    return stage.m > stage.n
 
 
 def parallel_extent(stage: Gemm, tile: Tile) -> int:
@@ -449,7 +450,7 @@ def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
         return gemv_extent(stage)
 
     def body(b: ir.IRBuilder, ptrs, lo, hi):
-        return _Emitter(stage, km.tile, b, ptrs, not km.noalias[stage.out.arg]).run(lo, hi)
+        return _Emitter(stage, km.tile, b, ptrs, km.aliasing.may_alias(stage.out.arg)).run(lo, hi)
 
     km.function(name, body)
     return parallel_extent(stage, km.tile)
