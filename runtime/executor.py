@@ -28,6 +28,7 @@ from ir.dtypes import DType
 from ir.errors import ExecutionError, display_location
 from runtime.jit.codegen import ERRORS
 from runtime.jit.library import Jit, NativeKernel
+from runtime.jit.module import Aliasing
 from runtime.jit.parallel import Parallel
 from runtime.jit.step import Stage, StageList
 
@@ -126,7 +127,7 @@ class Executor:
         self.parity = 0
         section_of = {k: s.index for s in pef.sections for k in s.kernels}
         native = [p for p in pef.kernels if not _on_host(p)]
-        loaded = iter(jit.load(native, [self._noalias(p) for p in native]))
+        loaded = iter(jit.load(native, [self._aliasing(p) for p in native]))
         natives = [None if _on_host(p) else next(loaded) for p in pef.kernels]
         self.kernels = [BoundKernel(i, p, section_of[i], n, (self._args(p, 0), self._args(p, 1)))
                         for i, (p, n) in enumerate(zip(pef.kernels, natives))]
@@ -150,11 +151,15 @@ class Executor:
         raw = self.arenas[a.arena][a.offset:a.offset + dtype.nbytes(math.prod(shape))]
         return raw.view(dtype.np).reshape(dtype.storage_shape(shape))
 
-    def _noalias(self, program: KernelProgram) -> list[bool] | None:
-        """Per buffer, whether its memory overlaps no other buffer of the kernel (None: none do)."""
-        places = [self.location(_tensor_of(program, b), 0) for b in program.buffers]
-        flags = [not any(i != j and _overlap(a, b) for j, b in enumerate(places)) for i, a in enumerate(places)]
-        return None if all(flags) else flags
+    def _aliasing(self, program: KernelProgram) -> Aliasing:
+        """Which buffers of the kernel share memory: those at exactly the same bytes with one
+        dtype share a pointer; `noalias` for a buffer overlapping no other but those."""
+        where = [self.location(_tensor_of(program, b), 0) for b in program.buffers]
+        places = [(a.arena, a.offset, a.nbytes, b.dtype) for a, b in zip(where, program.buffers)]
+        pointer = [places.index(place) for place in places]
+        noalias = [not any(pointer[j] != pointer[i] and _overlap(a, b) for j, b in enumerate(where))
+                   for i, a in enumerate(where)]
+        return Aliasing(pointer, noalias)
 
     def _args(self, program: KernelProgram, parity: int) -> ctypes.Array:
         pointers = [self.address(_tensor_of(program, b), parity) for b in program.buffers]

@@ -259,12 +259,14 @@ Body = Callable[[ir.IRBuilder, list[ir.Value], ir.Value, ir.Value], ir.Value | N
 
 
 def kernel_function(module: ir.Module, name: str, arg_types: Sequence[ir.Type], body: Body,
-                    noalias: Sequence[bool] | None = None, spans: Sequence[int] | None = None) -> ir.Function:
+                    noalias: Sequence[bool] | None = None, spans: Sequence[int] | None = None,
+                    pointer: Sequence[int] | None = None) -> ir.Function:
     """Emit an exported kernel `name` whose body sees typed `noalias` buffer pointers.
 
     `body(b, ptrs, lo, hi)` fills in the inner function; it may return an i32 status
     (0 = ok) or None. With `spans` (elements per buffer), every load and store through
     `element_ptr` is bounds-checked and an access outside its buffer returns OUT_OF_BOUNDS.
+    With `pointer`, buffer i is accessed through argument `pointer[i]` (one of its dtype at its bytes).
     """
     ptr_types = [t.as_pointer() for t in arg_types]
     inner_ty = ir.FunctionType(I32, [*ptr_types, I64, I64])
@@ -279,7 +281,9 @@ def kernel_function(module: ir.Module, name: str, arg_types: Sequence[ir.Type], 
     if spans is not None:
         bounds = _CHECKED[inner] = _Bounds(dict(zip(inner.args, spans)), b.alloca(I32), _scratch(module))
         b.store(ir.Constant(I32, 0), bounds.status)
-    status = body(b, list(inner.args[:-2]), inner.args[-2], inner.args[-1])
+    args = inner.args[:-2]
+    ptrs = [args[j] for j in pointer] if pointer is not None else list(args)
+    status = body(b, ptrs, inner.args[-2], inner.args[-1])
     status = status if status is not None else ir.Constant(I32, 0)
     if spans is not None:
         found = b.load(bounds.status)

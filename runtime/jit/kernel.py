@@ -25,7 +25,7 @@ from runtime.jit.gather import lower_gather, lower_scatter_add
 from runtime.jit.gemm import lower_gemm
 from runtime.jit.host import Tile, host_tile
 from runtime.jit.map import lower_map
-from runtime.jit.module import KernelModule
+from runtime.jit.module import Aliasing, KernelModule
 from runtime.jit.pad import lower_pad
 from runtime.jit.pool import lower_pool2d, lower_pool2d_grad
 from runtime.jit.reduce import lower_reduce
@@ -95,13 +95,13 @@ def checked_mode() -> bool:
     return os.environ.get("RDUFLOW_JIT_CHECKED", "").strip() not in ("", "0")
 
 
-def code_key(program: KernelProgram, noalias: Sequence[bool] | None = None, checked: bool = False,
+def code_key(program: KernelProgram, aliasing: Aliasing | None = None, checked: bool = False,
              tile: Tile | None = None) -> str:
     """A hash of everything the native code depends on (program content, aliasing, checks, gemm tile, host)."""
-    aliasing = list(noalias) if noalias is not None and not all(noalias) else None
+    shared = None if aliasing in (None, Aliasing.disjoint(len(program.buffers))) else attrs.astuple(aliasing)
     extra = ["checked"] if checked else []
     shape = list(attrs.astuple(tile or host_tile()))
-    data = msgpack.packb([_anonymous(program), aliasing, host_signature(), *extra, shape], use_bin_type=True)
+    data = msgpack.packb([_anonymous(program), shared, host_signature(), *extra, shape], use_bin_type=True)
     return hashlib.sha256(data).hexdigest()[:32]
 
 
@@ -117,13 +117,13 @@ def optimization_level(plans: list[StagePlan]) -> int:
     return 3 if work >= QUICK_WORK else 1 if work >= TINY_WORK else 0
 
 
-def lower_program(program: KernelProgram, key: str, noalias: Sequence[bool] | None = None,
+def lower_program(program: KernelProgram, key: str, aliasing: Aliasing | None = None,
                   checked: bool = False, tile: Tile | None = None) -> tuple[KernelModule, list[StagePlan]]:
     """The LLVM module of a kernel program and the plan of each stage.
 
-    `noalias[i]` (default: all) promises buffer i shares no memory with the others;
-    `checked` bounds-checks every load and store; gemms use `tile` (default: the host's)."""
-    km = KernelModule(program.buffers, noalias, checked, tile)
+    `aliasing` (default: no buffer shares memory) says which buffers do; `checked`
+    bounds-checks every load and store; gemms use `tile` (default: the host's)."""
+    km = KernelModule(program.buffers, aliasing, checked, tile)
     buffers = {b.name: b for b in program.buffers}
     plans = []
     for i, stage in enumerate(program.stages):

@@ -11,6 +11,7 @@ from runtime.jit.cache import DiskCache
 from runtime.jit.engine import NativeLibrary
 from runtime.jit.host import Tile
 from runtime.jit.kernel import StagePlan, checked_mode, code_key, lower_program, optimization_level
+from runtime.jit.module import Aliasing
 from runtime.jit.parallel import KernelFn, default_threads
 
 
@@ -38,11 +39,11 @@ class JitStats:
     shared: int = 0
 
 
-def compile_program(key: str, program: KernelProgram, noalias: Sequence[bool] | None = None,
+def compile_program(key: str, program: KernelProgram, aliasing: Aliasing | None = None,
                     checked: bool = False, tile: Tile | None = None) -> tuple[bytes, list[StagePlan]]:
     """Object code and stage plans of one kernel program (`checked`: with bounds checks; its
     gemms shaped by `tile`, default the host's)."""
-    module, plans = lower_program(program, key, noalias, checked, tile)
+    module, plans = lower_program(program, key, aliasing, checked, tile)
     return module.compile(optimization_level(plans)), plans
 
 
@@ -62,14 +63,13 @@ class Jit:
         self.stats = JitStats()
 
     def load(self, programs: Sequence[KernelProgram],
-             noalias: Sequence[Sequence[bool] | None] | None = None) -> list[NativeKernel]:
+             aliasing: Sequence[Aliasing | None] | None = None) -> list[NativeKernel]:
         """Native code for every program (identical programs share one unit).
 
-        `noalias[k]` lists, per buffer of program k, whether it is free of overlap with
-        the others (default: all are)."""
-        flags = list(noalias) if noalias is not None else [None] * len(programs)
+        `aliasing[k]` says which buffers of program k share memory (default: none do)."""
+        flags = list(aliasing) if aliasing is not None else [None] * len(programs)
         keys = [code_key(p, f, self.checked, self.tile) for p, f in zip(programs, flags)]
-        todo: dict[str, tuple[KernelProgram, Sequence[bool] | None]] = {}
+        todo: dict[str, tuple[KernelProgram, Aliasing | None]] = {}
         for key, program, f in zip(keys, programs, flags):
             if key in self.kernels or key in todo:
                 self.stats.shared += 1

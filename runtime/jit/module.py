@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import attrs
 import llvmlite.ir as ir
 
 from backend.pef.records import Access as SchemaAccess
@@ -18,18 +19,39 @@ from runtime.jit.host import Tile, host_tile
 from runtime.jit.layout import Access, Expression, Index
 
 
+@attrs.frozen
+class Aliasing:
+    """How a kernel's buffers share memory. Buffer i is read and written through the pointer of
+    buffer `pointer[i]`: itself, or the first buffer at exactly its bytes with its dtype (so a
+    stage writing over its operand sees one pointer, and vectorizes without run-time overlap
+    checks); `noalias[i]`: its bytes overlap no buffer but those sharing its pointer."""
+
+    pointer: tuple[int, ...] = attrs.field(converter=tuple)
+    noalias: tuple[bool, ...] = attrs.field(converter=tuple)
+
+    @classmethod
+    def disjoint(cls, count: int) -> Aliasing:
+        """Buffers that share no memory."""
+        return cls(range(count), (True,) * count)
+
+    def may_alias(self, i: int) -> bool:
+        """Whether another buffer's accesses may touch buffer i's bytes."""
+        return not self.noalias[i] or self.pointer.count(self.pointer[i]) > 1
+
+
 class KernelModule:
     """LLVM functions sharing one kernel program's buffer list; its gemms use `tile` (default:
     the host's)."""
 
-    def __init__(self, buffers: Sequence[Buffer], noalias: Sequence[bool] | None = None, checked: bool = False,
+    def __init__(self, buffers: Sequence[Buffer], aliasing: Aliasing | None = None, checked: bool = False,
                  tile: Tile | None = None):
-        """`checked`: every load and store is bounds-checked against its buffer's span."""
+        """`aliasing` (default: none shared); `checked`: every load and store is bounds-checked
+        against its buffer's span."""
         self.buffers = {b.name: (i, b) for i, b in enumerate(buffers)}
         self.spans = tuple(DType(b.dtype).nbytes(b.span) if DType(b.dtype).is_blocked else b.span
                            for b in buffers) if checked else None
         self.arg_dtypes = tuple(DType(b.dtype) for b in buffers)
-        self.noalias = tuple(noalias) if noalias is not None else (True,) * len(self.arg_dtypes)
+        self.aliasing = aliasing or Aliasing.disjoint(len(buffers))
         self.tile = tile or host_tile()
         self.module = ir.Module(name="rduflow")
 
@@ -58,7 +80,8 @@ class KernelModule:
     def function(self, name: str, body: cg.Body) -> ir.Function:
         """An exported kernel function (see `codegen.kernel_function`)."""
         types = [cg.storage_type(d) for d in self.arg_dtypes]
-        return cg.kernel_function(self.module, name, types, body, self.noalias, self.spans)
+        return cg.kernel_function(self.module, name, types, body, self.aliasing.noalias, self.spans,
+                                  self.aliasing.pointer)
 
     def ir_text(self) -> str:
         return str(self.module)
