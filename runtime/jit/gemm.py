@@ -125,8 +125,9 @@ def fold_batch(stage: Gemm) -> Gemm:
 
 def split_rows(stage: Gemm, tile: Tile) -> bool:
     """Whether threads share the work by row slivers (else by column slivers): each thread packs
-    all of the operand the other way, so the split is along the longer side of C."""
-    return stage.m > stage.n
+    all of the operand the other way, so the split is along the longer side of C (rows when square:
+    8-row slivers divide a square C more evenly than 48-column ones)."""
+    return stage.m >= stage.n
 
 
 def parallel_extent(stage: Gemm, tile: Tile) -> int:
