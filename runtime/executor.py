@@ -153,9 +153,9 @@ class Executor:
 
     def _aliasing(self, program: KernelProgram) -> Aliasing:
         """Which buffers of the kernel share memory: those at exactly the same bytes with one
-        dtype share a pointer; `noalias` for a buffer overlapping no other but those."""
+        dtype and span share a pointer; `noalias` for a buffer overlapping no other but those."""
         where = [self.location(_tensor_of(program, b), 0) for b in program.buffers]
-        places = [(a.arena, a.offset, a.nbytes, b.dtype) for a, b in zip(where, program.buffers)]
+        places = [(a.arena, a.offset, a.nbytes, b.dtype, b.span) for a, b in zip(where, program.buffers)]
         pointer = [places.index(place) for place in places]
         noalias = [not any(pointer[j] != pointer[i] and _overlap(a, b) for j, b in enumerate(where))
                    for i, a in enumerate(where)]

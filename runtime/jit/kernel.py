@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import attrs
 import msgpack

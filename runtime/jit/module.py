@@ -22,7 +22,7 @@ from runtime.jit.layout import Access, Expression, Index
 @attrs.frozen
 class Aliasing:
     """How a kernel's buffers share memory. Buffer i is read and written through the pointer of
-    buffer `pointer[i]`: itself, or the first buffer at exactly its bytes with its dtype (so a
+    buffer `pointer[i]`: itself, or the first at exactly its bytes with its dtype and span (so a
     stage writing over its operand sees one pointer, and vectorizes without run-time overlap
     checks); `noalias[i]`: its bytes overlap no buffer but those sharing its pointer."""
 
