@@ -123,7 +123,7 @@ def fold_batch(stage: Gemm) -> Gemm:
     return stage
 
 
-def split_rows(stage: Gemm, tile: Tile) -> bool:
+def split_rows(stage: Gemm) -> bool:
     """Whether threads share the work by row slivers (else by column slivers): each thread packs
     all of the operand the other way, so the split is along the longer side of C (rows when square:
     8-row slivers divide a square C more evenly than 48-column ones)."""
@@ -131,7 +131,7 @@ def split_rows(stage: Gemm, tile: Tile) -> bool:
 
 
 def parallel_extent(stage: Gemm, tile: Tile) -> int:
-    blocks = math.ceil(stage.m / tile.mr) if split_rows(stage, tile) else math.ceil(stage.n / tile.nr)
+    blocks = math.ceil(stage.m / tile.mr) if split_rows(stage) else math.ceil(stage.n / tile.nr)
     return math.prod(stage.batch) * blocks
 
 
@@ -170,7 +170,7 @@ class _Emitter:
         b, s, t = self.b, self.s, self.tile
         with b.goto_entry_block():
             self.sums = b.alloca(F32, t.mr * t.nr, name="sums")
-        rows = split_rows(s, t)
+        rows = split_rows(s)
         unit, dim = (t.mr, s.m) if rows else (t.nr, s.n)
         blocks = math.ceil(dim / unit)
         first = b.udiv(lo, i64(blocks))
