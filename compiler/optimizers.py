@@ -79,18 +79,23 @@ def bias_correction(b: Builder, c: Constants, index: int, beta: float) -> Value:
     return new
 
 
-def clip_by_global_norm(b: Builder, grads: list[Value], max_norm: float | None) -> tuple[list[Value], Value]:
-    """(gradients scaled by min(1, max_norm / (norm + 1e-6)), the pre-clip global L2 norm as f32)."""
+def global_norm(b: Builder, grads: list[Value], max_norm: float | None) -> tuple[Value, Value | None]:
+    """(the global L2 norm of `grads` as f32, the clipping coefficient min(1, max_norm / (norm + 1e-6))
+    or None without `max_norm`)."""
     squares = [_as(b, b.sum(b.mul(g, g)), DType.f32) for g in grads]
     total = squares[0]
     for square in squares[1:]:
         total = b.add(total, square)
     norm = b.sqrt(total)
     if max_norm is None:
-        return grads, norm
+        return norm, None
     c = Constants(b)
-    coef = b.minimum(b.div(c(max_norm), b.add(norm, c(CLIP_EPS))), c(1.0))
-    return [b.mul(g, _as(b, coef, g.type.dtype)) for g in grads], norm
+    return norm, b.minimum(b.div(c(max_norm), b.add(norm, c(CLIP_EPS))), c(1.0))
+
+
+def clipped(b: Builder, grads: list[Value], coef: Value | None) -> list[Value]:
+    """`grads` scaled by `coef` (unchanged without one)."""
+    return grads if coef is None else [b.mul(g, _as(b, coef, g.type.dtype)) for g in grads]
 
 
 def sgd(b: Builder, pairs: list[tuple[Param, Value]], lr: Value, hyper: Hyper) -> None:

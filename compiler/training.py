@@ -2,8 +2,9 @@
 
 `build_training_graph(forward, options)` returns a new graph holding, in order,
 the forward ops (phase `fwd`), the backward pass (`bwd`, `compiler.autodiff`),
-the global gradient norm and optional clipping (`gradnorm`) and the optimizer
-update (`opt`, `compiler.optimizers`). For data parallelism (`data_parallel`),
+the global gradient norm and, with `max_grad_norm`, the clipping coefficient
+(`gradnorm`), and the optimizer update (`opt`, `compiler.optimizers`), which
+scales each gradient by that coefficient as it reads it. For data parallelism (`data_parallel`),
 each gradient is all-reduced across the `world_size` replicas between the
 backward pass and the clipping (`allreduce`), so clipping and the optimizer see
 the global gradient: the graph takes the input `replica_weight` (f32[]), this
@@ -24,7 +25,7 @@ import pydantic
 from pydantic_core import PydanticCustomError
 
 from compiler.autodiff import append_gradients
-from compiler.optimizers import OPTIMIZERS, clip_by_global_norm, step_counter
+from compiler.optimizers import OPTIMIZERS, clipped, global_norm, step_counter
 from ir.builder import Builder
 from ir.dtypes import DType
 from ir.errors import IRError, config_error
@@ -104,11 +105,12 @@ def build_training_graph(forward: Graph, options: TrainingOptions | None = None)
             reduced = all_reduce_gradients(b, [g for _, g in pairs], weight, options.world_size)
             pairs = [(p, g) for (p, _), g in zip(pairs, reduced)]
     with b.in_phase(Phase.gradnorm):
-        clipped, norm = clip_by_global_norm(b, [g for _, g in pairs], options.max_grad_norm)
+        norm, coef = global_norm(b, [g for _, g in pairs], options.max_grad_norm)
     b.output("grad_norm", norm)
-    with b.in_phase(Phase.opt):
+    with b.in_phase(Phase.opt):  # scaled where the optimizer reads them: no clipped copy in memory
         step_counter(b)
-        OPTIMIZERS[options.optimizer](b, [(p, g) for (p, _), g in zip(pairs, clipped)], lr, options)
+        scaled = clipped(b, [g for _, g in pairs], coef)
+        OPTIMIZERS[options.optimizer](b, [(p, g) for (p, _), g in zip(pairs, scaled)], lr, options)
     return graph
 
 

@@ -77,7 +77,7 @@ def penalize(scores: np.ndarray, previous: Sequence[int], penalty: float) -> np.
 def distribution(scores: np.ndarray, options: SamplingOptions) -> np.ndarray:
     """Probabilities after temperature, top-k and top-p (zero outside the kept tokens)."""
     scaled = scores / options.temperature
-    order = np.argsort(-scaled, kind="stable")
+    order = np.argsort(-scores, kind="stable")  # by the scores: dividing may round two of them equal
     keep = len(order) if options.top_k == 0 else min(options.top_k, len(order))
     ranked = scaled[order[:keep]]
     probs = np.exp(ranked - ranked.max())

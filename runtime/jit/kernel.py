@@ -24,7 +24,7 @@ from runtime.jit.engine import host_signature
 from runtime.jit.gather import lower_gather, lower_scatter_add
 from runtime.jit.gemm import lower_gemm
 from runtime.jit.host import Tile, host_tile
-from runtime.jit.map import lower_map
+from runtime.jit.map import lower_map, lower_maps, runs
 from runtime.jit.module import Aliasing, KernelModule
 from runtime.jit.pad import lower_pad
 from runtime.jit.pool import lower_pool2d, lower_pool2d_grad
@@ -126,9 +126,10 @@ def lower_program(program: KernelProgram, key: str, aliasing: Aliasing | None = 
     km = KernelModule(program.buffers, aliasing, checked, tile)
     buffers = {b.name: b for b in program.buffers}
     plans = []
-    for i, stage in enumerate(program.stages):
+    for i, run in enumerate(runs(km, program.stages)):
         symbol = f"rdu_{key}_s{i}"
-        lowering = LOWERINGS[type(stage)]
-        extent = lowering.lower(km, symbol, stage)
-        plans.append(StagePlan(symbol, extent, stage.work(buffers), 1 if lowering.packs else PIECES))
+        lowering = LOWERINGS[type(run[0])]
+        extent = lowering.lower(km, symbol, run[0]) if len(run) == 1 else lower_maps(km, symbol, run)
+        plans.append(StagePlan(symbol, extent, sum(stage.work(buffers) for stage in run),
+                               1 if lowering.packs else PIECES))
     return km, plans

@@ -34,6 +34,14 @@ def test_phases_outputs_inputs_and_updates():
     assert trained == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
     assert set(graph.updates) == trained | states
     assert all(v.producer.phase == Phase.opt for v in graph.updates.values())
+    # gradnorm makes the norm and the clipping coefficient; the optimizer scales the gradients
+    # where it reads them, so no clipped copy of a gradient is ever written
+    users = graph.users()
+    gradnorm = [op for op in graph.ops if op.phase == Phase.gradnorm]
+    assert all(op.result.type.shape == () or [u.name for u in users[op.result]] == ["sum"] for op in gradnorm)
+    clip = [op for op in graph.ops if op.phase == Phase.opt and op.name == "mul"
+            and any(x.producer is not None and x.producer.name == "minimum" for x in op.operands)]
+    assert len(clip) == len(trained)
 
 
 def test_sgd_without_momentum_or_clipping_is_small():

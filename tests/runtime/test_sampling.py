@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -70,6 +70,7 @@ def test_repetition_penalty_as_hugging_face():
     assert draws(SamplingOptions(temperature=0.0, repetition_penalty=2.0), n=1, previous=[1]) == [3]
 
 
+@example(logits=np.array([np.nextafter(30.0, 0.0), 30.0]), temperature=1.75, top_k=0, top_p=0.5)
 @settings(max_examples=60, deadline=None)
 @given(logits=arrays(np.float64, st.integers(1, 40), elements=st.floats(-30, 30)),
        temperature=st.floats(0.05, 5.0), top_k=st.integers(0, 50), top_p=st.floats(0.01, 1.0))

@@ -7,10 +7,12 @@ import math
 import os
 import re
 
+import attrs
 import numpy as np
 import pytest
 
 from backend.pef.program import KernelProgram
+from backend.pef.reference import run_kernel
 from backend.pef.records import Access, Body, Buffer, Node
 from backend.pef.stages import MapStage
 from backend.lowering import lower_graph
@@ -474,6 +476,59 @@ def test_a_stage_writing_over_its_operand_runs_vectorized_without_overlap_checks
         args = (ctypes.c_void_p * 2)(data.ctypes.data, data.ctypes.data)
         assert Parallel(threads).run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces) == 0
         np.testing.assert_array_equal(data, x * np.float32(2) + np.float32(1))
+
+
+def _moment_updates(read_new_m: tuple[int, int]) -> KernelProgram:
+    """An optimizer-like run of map stages over (64, 64), written over their operands:
+    m' = 7/8 m + 1/8 g, v' = 63/64 v + 1/64 g g, p' = p - m' / 8 (sqrt(v') + 2^-20),
+    the last reading m' with strides `read_new_m`."""
+    def const(value):
+        return Node("const", "f32", (), value)
+    arg = [Node("arg", "f32", (), i) for i in range(3)]
+    whole = (64, 1)
+    m = Body((Access("m", 0, whole), Access("g", 0, whole)), (),
+             (arg[0], const(0.875), Node("mul", "f32", (0, 1)), arg[1], const(0.125), Node("mul", "f32", (3, 4)),
+              Node("add", "f32", (2, 5))))
+    v = Body((Access("v", 0, whole), Access("g", 0, whole)), (),
+             (arg[0], const(0.984375), Node("mul", "f32", (0, 1)), arg[1], Node("mul", "f32", (3, 3)), const(0.015625),
+              Node("mul", "f32", (4, 5)), Node("add", "f32", (2, 6))))
+    p = Body((Access("p", 0, whole), Access("m2", 0, read_new_m), Access("v2", 0, whole)), (),
+             (arg[0], arg[1], arg[2], Node("sqrt", "f32", (2,)), const(2.0 ** -20), Node("add", "f32", (3, 4)),
+              Node("div", "f32", (1, 5)), const(0.125), Node("mul", "f32", (6, 7)), Node("sub", "f32", (0, 8))))
+    buffers = tuple(Buffer(name, role, (64, 64), "f32") for name, role in
+                    (("m", "input"), ("g", "input"), ("v", "input"), ("p", "input"),
+                     ("m2", "output"), ("v2", "output"), ("p2", "output")))
+    return KernelProgram("k", "adam", None, "", buffers, (MapStage("m2", m), MapStage("v2", v), MapStage("p2", p)))
+
+
+@pytest.mark.parametrize("read_new_m, functions", [((64, 1), 1), ((1, 64), 2)])
+def test_map_stages_over_one_shape_run_as_one_loop_when_each_step_reads_only_its_element(read_new_m, functions):
+    """Consecutive maps whose reads of the run's outputs are element-for-element become one loop (an
+    optimizer's updates pass over memory once); a transposed read of an earlier output (which needs
+    all of it) keeps its own loop. In place, any thread count gives the same bits, and they are the stages' run one by one (but for
+    which product of a multiply-add LLVM contracts into an FMA)."""
+    program = _moment_updates(read_new_m)
+    in_place = Aliasing((0, 1, 2, 3, 0, 2, 3), (True,) * 7)
+    _, plans = lower_program(program, "adam", in_place)
+    assert len(plans) == functions
+    names = ("m", "g", "v", "p")
+    inputs = {name: RNG.standard_normal((64, 64)).astype(np.float32) for name in names}
+    inputs["v"] = np.abs(inputs["v"])
+    one_by_one = [attrs.evolve(program, stages=(stage,)) for stage in program.stages]
+    want = run_kernel(program, inputs)
+    results = []
+    for threads, programs in ((1, [program]), (2, [program]), (1, one_by_one)):
+        data = {name: array.copy() for name, array in inputs.items()}
+        for native in Jit(use_cache=False, threads=threads).load(programs, [in_place] * len(programs)):
+            _call(native, [data[name] for name in names + ("m", "v", "p")], Parallel(threads))
+        for name in ("m", "v", "p"):
+            np.testing.assert_allclose(data[name], want[name + "2"], rtol=1e-6, atol=1e-7, err_msg=name)
+        results.append(data)
+    fused, two_threads, separate = results
+    for name in names:
+        np.testing.assert_array_equal(two_threads[name], fused[name], err_msg=name)
+        # the same arithmetic, but LLVM may contract a different product of a sum into an FMA
+        np.testing.assert_allclose(separate[name], fused[name], rtol=2.5e-7, atol=1e-7, err_msg=name)
 
 
 def test_an_unwritable_cache_is_skipped(tmp_path):
