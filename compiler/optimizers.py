@@ -82,7 +82,7 @@ def bias_correction(b: Builder, c: Constants, index: int, beta: float) -> Value:
 def global_norm(b: Builder, grads: list[Value], max_norm: float | None) -> tuple[Value, Value | None]:
     """(the global L2 norm of `grads` as f32, the clipping coefficient min(1, max_norm / (norm + 1e-6))
     or None without `max_norm`)."""
-    squares = [_as(b, b.sum(b.mul(g, g)), DType.f32) for g in grads]
+    squares = [_as(b, _sum_of_squares(b, g), DType.f32) for g in grads]
     total = squares[0]
     for square in squares[1:]:
         total = b.add(total, square)
@@ -91,6 +91,14 @@ def global_norm(b: Builder, grads: list[Value], max_norm: float | None) -> tuple
         return norm, None
     c = Constants(b)
     return norm, b.minimum(b.div(c(max_norm), b.add(norm, c(CLIP_EPS))), c(1.0))
+
+
+def _sum_of_squares(b: Builder, g: Value) -> Value:
+    """sum(g * g), by rows first where g has them (a row per thread: a reduction to one
+    number runs on one)."""
+    square = b.mul(g, g)
+    rank = len(g.type.shape)
+    return b.sum(b.sum(square, axes=(rank - 1,)) if rank > 1 else square)
 
 
 def clipped(b: Builder, grads: list[Value], coef: Value | None) -> list[Value]:

@@ -47,8 +47,9 @@ def test_phases_outputs_inputs_and_updates():
 def test_sgd_without_momentum_or_clipping_is_small():
     graph = build_training_graph(zoo_forward("logreg"), TrainingOptions(optimizer="sgd"))
     counts = {phase: sum(op.phase == phase for op in graph.ops) for phase in PHASES}
-    # per param: g*g, sum, (accumulate); p - lr * g: two ops; the step counter: two ops
-    assert counts[Phase.gradnorm] == 2 * 2 + 1 + 1
+    # per param: g*g, sum (the weight matrix's by rows first), (accumulate), sqrt;
+    # p - lr * g: two ops; the step counter: two ops
+    assert counts[Phase.gradnorm] == 3 + 2 + 1 + 1
     assert counts[Phase.opt] == 2 * 2 + 2
     assert not any("momentum" in p.name for p in graph.params)
 
