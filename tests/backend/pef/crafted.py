@@ -38,11 +38,6 @@ def craft(edit: Callable[[dict], None], model: str = "gpt2", inference: bool = F
     return sign(obj)
 
 
-def kernel(obj: dict, prefix: str) -> dict:
-    """The first kernel whose name starts with `prefix`."""
-    return next(k for k in obj["kernels"] if k["name"].startswith(prefix))
-
-
 def stage(obj: dict, kind: str) -> tuple[dict, dict]:
     """(kernel, stage) of the first stage of `kind`."""
     return next((k, s) for k in obj["kernels"] for s in k["stages"] if s["kind"] == kind)
