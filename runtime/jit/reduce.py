@@ -86,8 +86,10 @@ class _Reduction:
     """Emits one reduce stage over a coalesced loop nest."""
 
     def __init__(self, shape, tags, out: Access, body: Expression, epilogue: Expression | None,
-                 combine: str, identity: float):
+                 combine: str, identity: float, lanes: int = 0):
+        """`lanes`: the f32 vector width for an argmax of a contiguous f32 row (0: scalar code only)."""
         self.shape, self.tags, self.out = shape, tags, out
+        self.lanes = lanes
         self.body, self.epilogue = body, epilogue
         self.combine, self.identity = combine, identity
         self.dtype = DType(body.nodes[-1].dtype)
@@ -148,6 +150,8 @@ class _Reduction:
 
         if self.reduced and self.combine in ("max", "min") and self.dtype.is_float:
             self._loops(self.reduced[:-1], i64(0), i64(0), lambda *_: self._extremum(acc), False)
+        elif len(self.reduced) == 1 and self.combine == "argmax" and self._row() is not None:
+            self._first_best_vector(acc, best, self._row())
         elif len(self.reduced) == 1 and self.combine == "argmax" and self.dtype.is_float:
             self._first_best(acc, best)
         else:
@@ -189,6 +193,51 @@ class _Reduction:
 
         self._interleave(axis, pairs, fold)
         value, at = _pairwise([(b.load(value), b.load(at)) for value, at in pairs], self._earlier_best)
+        b.store(value, acc)
+        b.store(at, best)
+
+    def _row(self) -> Access | None:
+        """The read a float argmax's body is, when it is one contiguous f32 row along the reduced
+        axis that positions fit i32 (what vector loads can take), else None."""
+        (axis,) = self.reduced
+        nodes, reads = self.body.nodes, self.body.reads
+        if not self.lanes or len(nodes) != 1 or nodes[0].op != "arg" or self.shape[axis] >= 2 ** 31:
+            return None
+        read = reads[nodes[0].value]
+        return read if read.dtype == DType.f32 and read.strides[axis] == 1 else None
+
+    def _first_best_vector(self, acc, best, row: Access) -> None:
+        """argmax along a contiguous f32 row in vector registers: lane j keeps the best of positions
+        j, j + lanes, ... by the chain's rule (the interleaved partials of `_first_best`, one per
+        lane); the positions past the last whole vector go to one more partial; all fold by it."""
+        b, axis, lanes = self.b, self.reduced[0], self.lanes
+        values_type, positions_type = ir.VectorType(cg.F32, lanes), ir.VectorType(I32, lanes)
+        with b.goto_entry_block():
+            values, positions, here = (b.alloca(t) for t in (values_type, positions_type, positions_type))
+            tail = (b.alloca(cg.F32), b.alloca(I64))
+        b.store(ir.Constant(values_type, [self.identity] * lanes), values)
+        b.store(ir.Constant(positions_type, [0] * lanes), positions)
+        b.store(ir.Constant(positions_type, list(range(lanes))), here)
+        b.store(_identity(self.dtype, self.identity), tail[0])
+        b.store(i64(0), tail[1])
+        whole = self.shape[axis] // lanes * lanes
+        with cg.loop(b, 0, whole, lanes, name="vector") as i:
+            self.idx[axis] = i
+            pointer = cg.element_ptr(b, self.ptrs[row.arg], row.address(b, self.idx))
+            value = b.load(b.bitcast(pointer, values_type.as_pointer()), align=4)
+            current = b.load(values)
+            better = _better(b, self.dtype, value, current)
+            b.store(b.select(better, value, current), values)
+            at = b.load(here)
+            b.store(b.select(better, at, b.load(positions)), positions)
+            b.store(b.add(at, ir.Constant(positions_type, [lanes] * lanes)), here)
+        with cg.loop(b, whole, self.shape[axis], name="vectortail") as i:
+            self.idx[axis] = i
+            self._update(*tail, self.body.emit(b, self.ptrs, self.idx), i)
+        final_values, final_positions = b.load(values), b.load(positions)
+        pairs = [(b.extract_element(final_values, i64(j)), b.zext(b.extract_element(final_positions, i64(j)), I64))
+                 for j in range(lanes)]
+        value, at = _pairwise(pairs + [(b.load(tail[0]), b.load(tail[1]))], self._earlier_best)
         b.store(value, acc)
         b.store(at, best)
 
@@ -272,7 +321,8 @@ def lower_reduce(km: KernelModule, name: str, stage: ReduceStage) -> int:
     body = body.with_strides(strides[1:1 + n_body])
     if epilogue is not None:
         epilogue = epilogue.with_strides(strides[1 + n_body:])
-    reduction = _Reduction(new_shape, new_tags, out, body, epilogue, stage.combine, stage.identity)
+    lanes = km.tile.lanes if km.spans is None else 0  # a checked kernel bounds each element: no vector loads
+    reduction = _Reduction(new_shape, new_tags, out, body, epilogue, stage.combine, stage.identity, lanes)
 
     km.function(name, reduction.emit)
     return reduction.parallel_extent()

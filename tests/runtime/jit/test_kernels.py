@@ -26,6 +26,7 @@ from kernels import run_kernels
 from runtime.jit import engine
 from runtime.jit.cache import DiskCache
 from runtime.jit.gemm import SMALL
+from runtime.jit.host import host_tile
 from runtime.jit.kernel import QUICK_WORK, StagePlan, code_key, lower_program
 from runtime.jit.library import Jit
 from runtime.jit.module import Aliasing
@@ -231,6 +232,24 @@ def test_argmax_along_the_last_axis_finds_what_one_chain_finds(length):
     b.output("i", b.argmax(b.input("x", TensorType(x.shape, f32)), axis=1))
     got = run_kernels(b.graph, {"x": x})[0]["i"]
     np.testing.assert_array_equal(got, np.argmax(x, axis=1).astype(np.int32))
+
+
+def test_argmax_of_contiguous_rows_compares_a_vector_at_a_time():
+    """argmax along contiguous f32 rows (a model's logits) compares whole vectors of the host's width
+    (one partial result per lane), and finds numpy's first maximum past the last whole vector."""
+    b = Builder()
+    b.output("i", b.argmax(b.input("x", TensorType((4, 1003), f32)), axis=1))
+    program = _programs(b.graph)[0]
+    module, _ = lower_program(program, "argmax")
+    body = engine.assembly(module.ir_text()).split("rdu_argmax_s0:")[1]
+    register = {16: "zmm", 8: "ymm", 4: "xmm"}[host_tile().lanes]
+    assert re.search(rf"\bvcmp\w*ps\b[^\n]*%{register}", body)
+    x = np.round(RNG.standard_normal((4, 1003)) * 2).astype(np.float32)
+    x[1, 1001] = 99.0  # the best in the tail
+    x[2, 500] = x[2, 900] = 99.0  # the first of two
+    got = run_kernels(b.graph, {"x": x})[0]["i"]
+    np.testing.assert_array_equal(got, np.argmax(x, axis=1).astype(np.int32))
+    assert got[1] == 1001 and got[2] == 500
 
 
 def test_max_propagates_nan():
