@@ -32,16 +32,9 @@ def new_target_machine(opt: int = 3, cpu: str | None = None) -> llvm.TargetMachi
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     target = llvm.Target.from_default_triple()
-    features = host_features() if cpu is None else ""
+    features = llvm.get_host_cpu_features().flatten() if cpu is None else ""
     return target.create_target_machine(cpu=cpu or llvm.get_host_cpu_name(), features=features,
                                         opt=opt, codemodel="jitdefault")
-
-
-def host_features() -> str:
-    """The host CPU's features as LLVM spells them; on an AVX-512 host, without the tuning that keeps
-    auto-vectorized loops to 256 bits (the gemm kernels use 512 already; a GELU map ran 25% faster)."""
-    features = llvm.get_host_cpu_features().flatten()
-    return features + ",-prefer-256-bit" if "+avx512f" in features.split(",") else features
 
 
 @functools.cache
