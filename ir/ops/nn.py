@@ -167,10 +167,14 @@ class CrossEntropy(OpDef):
 
     @classmethod
     def vjp(cls, b, op, grads):
-        """d/dlogits = (softmax - onehot) * weight / count; float mask weights get theirs too."""
+        """d/dlogits = (softmax - onehot) * weight / count; float mask weights get theirs too. The log
+        softmax is the logits less their log-sum-exp, whose reductions are the forward's: the backward
+        keeps one number per row from the forward, not a log softmax as large as the logits."""
         logits, labels = op.operands[:2]
         dtype, g = logits.type.dtype, grads[0]
-        logp = b.log_softmax(logits, axis=-1)
+        top = b.max(logits, axes=(-1,), keepdims=True)  # as log_softmax(axis=-1) decomposes
+        total = b.sum(b.exp(b.sub(logits, top)), axes=(-1,), keepdims=True)
+        logp = b.sub(logits, b.add(top, b.log(total)))
         classes = b.iota(shape=logits.type.shape, axis=logits.type.rank - 1, dtype=labels.type.dtype)
         onehot = b.cast(b.eq(classes, b.reshape(labels, shape=labels.type.shape + (1,))), dtype=dtype)
         diff = b.sub(b.exp(logp), onehot)

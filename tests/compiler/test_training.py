@@ -6,6 +6,7 @@ import re
 import pytest
 
 from autodiff_helpers import zoo_forward
+from compiler.driver import CompileOptions, compile_model
 from compiler.training import TrainingOptions, build_training_graph
 from ir.dtypes import DType
 from ir.errors import ConfigError, IRError
@@ -42,6 +43,16 @@ def test_phases_outputs_inputs_and_updates():
     clip = [op for op in graph.ops if op.phase == Phase.opt and op.name == "mul"
             and any(x.producer is not None and x.producer.name == "minimum" for x in op.operands)]
     assert len(clip) == len(trained)
+
+
+def test_the_backward_keeps_no_log_softmax_from_the_forward():
+    """The loss's gradient recomputes its softmax from the logits and their row log-sum-exp, so the
+    forward writes no tensor as large as the logits but the logits (gpt2's: 4 x 128 x 50257 floats)."""
+    pef = compile_model(CompileOptions("gpt2", ("model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+                                                "model.vocab_size=100", "model.seq_len=8"), batch_size=2)).pef
+    large = [(k.name, b.name) for k in pef.kernels if k.phase == "fwd" for b in k.buffers
+             if b.role == "output" and b.shape == (2, 8, 100) and b.dtype == "f32"]
+    assert len(large) == 1, large  # the logits
 
 
 def test_sgd_without_momentum_or_clipping_is_small():
