@@ -31,7 +31,7 @@ def lower_concat(km: KernelModule, name: str, stage: ConcatStage) -> int:
             if parallel:
                 nest(b, part_shape, lo, hi, lambda idx, c=copy, t=target: t.store(b, c.emit(b, ptrs, idx), ptrs, idx))
                 continue
-            pshape, ptarget, pcopy = simplify(part_shape, target, copy)
+            pshape, (ptarget,), (pcopy,) = simplify(part_shape, [target], [copy])
             nest(b, pshape, cg.i64(0), cg.i64(pshape[0]),
                  lambda idx, c=pcopy, t=ptarget: t.store(b, c.emit(b, ptrs, idx), ptrs, idx))
 

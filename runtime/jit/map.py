@@ -26,13 +26,16 @@ from runtime.jit.module import KernelModule
 MAX_STREAMS = 8
 
 
-def simplify(shape: Sequence[int], out: Access, body: Expression) -> tuple[tuple[int, ...], Access, Expression]:
-    """The same loop nest over coalesced axes (at least one axis)."""
-    groups = [out.strides, *body.strides]
+def simplify(shape: Sequence[int], outs: Sequence[Access], bodies: Sequence[Expression]
+             ) -> tuple[tuple[int, ...], list[Access], list[Expression]]:
+    """The same loop nest over coalesced axes (at least one axis), for outputs and bodies over it."""
+    groups = [out.strides for out in outs] + [s for body in bodies for s in body.strides]
     new_shape, strides, _ = coalesce(shape, groups)
     if not new_shape:  # a scalar: one iteration
         new_shape, strides = (1,), [(0,)] * len(groups)
-    return new_shape, out.with_strides(strides[0]), body.with_strides(strides[1:])
+    rest = iter(strides[len(outs):])
+    return (new_shape, [out.with_strides(s) for out, s in zip(outs, strides)],
+            [body.with_strides([next(rest) for _ in body.strides]) for body in bodies])
 
 
 def nest(b: ir.IRBuilder, shape: Sequence[int], lo: ir.Value, hi: ir.Value,
@@ -55,15 +58,8 @@ def lower_map(km: KernelModule, name: str, stage: MapStage) -> int:
 def lower_maps(km: KernelModule, name: str, run: Sequence[MapStage]) -> int:
     """Emit a run of map stages over one shape (see `runs`) as one loop, function `name`;
     returns its parallel extent."""
-    outs = [km.whole(stage.out) for stage in run]
-    bodies = [km.expression(stage.body) for stage in run]
-    groups = [out.strides for out in outs] + [s for body in bodies for s in body.strides]
-    shape, strides, _ = coalesce(km.buffer(run[0].out).shape, groups)
-    if not shape:  # a scalar: one iteration
-        shape, strides = (1,), [(0,)] * len(groups)
-    outs = [out.with_strides(s) for out, s in zip(outs, strides)]
-    rest = iter(strides[len(outs):])
-    bodies = [body.with_strides([next(rest) for _ in body.strides]) for body in bodies]
+    shape, outs, bodies = simplify(km.buffer(run[0].out).shape, [km.whole(stage.out) for stage in run],
+                                   [km.expression(stage.body) for stage in run])
 
     def emit(b: ir.IRBuilder, ptrs, lo, hi):
         def step(idx):
