@@ -22,7 +22,7 @@ from runtime.jit import codegen as cg
 from runtime.jit.layout import Access, Expression, coalesce
 from runtime.jit.module import KernelModule
 
-#: the most buffers one fused loop touches (beyond, its streams outnumber the prefetchers')
+#: the most buffers one fused loop touches (a bound on the memory streams one loop walks at once)
 MAX_STREAMS = 8
 
 
