@@ -524,8 +524,8 @@ def _moment_updates(read_new_m: tuple[int, int]) -> KernelProgram:
 def test_map_stages_over_one_shape_run_as_one_loop_when_each_step_reads_only_its_element(read_new_m, functions):
     """Consecutive maps whose reads of the run's outputs are element-for-element become one loop (an
     optimizer's updates pass over memory once); a transposed read of an earlier output (which needs
-    all of it) keeps its own loop. In place, any thread count gives the same bits, and they are the stages' run one by one (but for
-    which product of a multiply-add LLVM contracts into an FMA)."""
+    all of it) keeps its own loop. In place, 1 and 2 threads give the same bits, which match the stages
+    run one by one up to which product of a multiply-add LLVM contracts into an FMA."""
     program = _moment_updates(read_new_m)
     in_place = Aliasing((0, 1, 2, 3, 0, 2, 3), (True,) * 7)
     _, plans = lower_program(program, "adam", in_place)
