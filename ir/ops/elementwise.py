@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ir.dtypes import DType, dequantize, holds_blocks
-from ir.ops.base import Attr, FusionKind, OpDef, TypeRuleError, register, unbroadcast
+from ir.ops.base import Attr, FusionKind, OpDef, TypeRuleError, lookup, register, unbroadcast
 from ir.scalar import PRIMITIVES
 from ir.types import TensorType
 
@@ -334,42 +334,18 @@ class Cast(Unary):
         return e.cast(x, attrs["dtype"])
 
 
-def _zero_padded_axis(op) -> int | None:
-    """The one axis a `pad` op pads, with zeros and no interior padding (else None)."""
-    if op is None or op.name != "pad" or op.attrs["value"] != 0 or any(op.attrs["interior"] or ()):
-        return None
-    axes = [i for i, (lo, hi) in enumerate(zip(op.attrs["low"], op.attrs["high"])) if lo or hi]
-    return axes[0] if len(axes) == 1 else None
-
-
-def _sum_of_pads(cls, b, op):
-    """pad(x) + pad(y) where x and y fill adjacent ranges of one axis, zeros elsewhere: pad(concat(x, y)),
-    one copy where the sum wrote each padded tensor whole (the gradient of a tensor sliced in parts,
-    attention's q, k and v: their concat)."""
+def _sum_by_producers(cls, b, op):
+    """x + y where both come from one kind of op that builds such a sum more simply (its `sum_with`)."""
     first, second = (v.producer for v in op.operands)
-    axis = _zero_padded_axis(first)
-    if axis is None or axis != _zero_padded_axis(second) or len({v.type for v in (*op.operands, op.result)}) != 1:
+    if first is None or second is None or first.name != second.name \
+            or len({v.type for v in (*op.operands, op.result)}) != 1:
         return None
-    dim = op.result.type.shape[axis]
-    if dim - second.attrs["high"][axis] == first.attrs["low"][axis]:
-        first, second = second, first
-    if dim - first.attrs["high"][axis] != second.attrs["low"][axis]:
-        return None
-    parts = [x for pad in (first, second) for x in _concat_parts(pad.operands[0], axis)]
-    joined = b.concat(*parts, axis=axis)
-    low, high = first.attrs["low"], second.attrs["high"]
-    return [joined if not any(low) and not any(high) else b.pad(joined, low=low, high=high)]
+    hook = lookup(first.name).sum_with
+    simpler = hook(b, first, second) if hook is not None else None
+    return None if simpler is None else [simpler]
 
 
-def _concat_parts(value, axis: int) -> list:
-    """The operands of `value`'s concat along `axis` (flattened), or [value]."""
-    op = value.producer
-    if op is not None and op.name == "concat" and op.attrs["axis"] % value.type.rank == axis:
-        return list(op.operands)
-    return [value]
-
-
-Add = _binary("add", "add", "x + y", grad=lambda b, x, y, out, g: (g, g), canonicalize=classmethod(_sum_of_pads))
+Add = _binary("add", "add", "x + y", grad=lambda b, x, y, out, g: (g, g), canonicalize=classmethod(_sum_by_producers))
 Sub = _binary("sub", "sub", "x - y", grad=lambda b, x, y, out, g: (g, b.neg(g)))
 Mul = _binary("mul", "mul", "x * y", grad=lambda b, x, y, out, g: (b.mul(g, y), b.mul(g, x)))
 Maximum = _binary("maximum", "max", "the larger of x and y",

@@ -365,10 +365,43 @@ class Pad(Injective):
         return [b.slice(grads[0], starts=op.attrs["low"], stops=stops, steps=tuple(it + 1 for it in interior))]
 
     @classmethod
+    def sum_with(cls, b, op, other):
+        """pad(x) + pad(y) where x and y fill adjacent ranges of one axis, zeros elsewhere: pad(concat(x, y)),
+        one copy where the sum wrote each padded tensor whole (the gradient of a tensor sliced in parts,
+        attention's q, k and v: their concat)."""
+        axis = _zero_padded_axis(op)
+        if axis is None or axis != _zero_padded_axis(other):
+            return None
+        dim = op.result.type.shape[axis]
+        first, second = (other, op) if dim - other.attrs["high"][axis] == op.attrs["low"][axis] else (op, other)
+        if dim - first.attrs["high"][axis] != second.attrs["low"][axis]:
+            return None
+        parts = [x for pad in (first, second) for x in _concat_parts(pad.operands[0], axis)]
+        joined = b.concat(*parts, axis=axis)
+        low, high = first.attrs["low"], second.attrs["high"]
+        return joined if not any(low) and not any(high) else b.pad(joined, low=low, high=high)
+
+    @classmethod
     def stage(cls, op):
         rank = op.operands[0].type.rank
         return {"low": op.attrs["low"], "high": op.attrs["high"],
                 "interior": cls.interior(op.attrs, rank), "value": op.attrs["value"]}
+
+
+def _zero_padded_axis(op) -> int | None:
+    """The one axis a `pad` op pads, with zeros and no interior padding (else None)."""
+    if op.attrs["value"] != 0 or any(op.attrs["interior"] or ()):
+        return None
+    axes = [i for i, (lo, hi) in enumerate(zip(op.attrs["low"], op.attrs["high"])) if lo or hi]
+    return axes[0] if len(axes) == 1 else None
+
+
+def _concat_parts(value, axis: int) -> list:
+    """The operands of `value`'s concat along `axis` (flattened), or [value]."""
+    op = value.producer
+    if op is not None and op.name == Concat.name and op.attrs["axis"] % value.type.rank == axis:
+        return list(op.operands)
+    return [value]
 
 
 @register
