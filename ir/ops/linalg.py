@@ -1,6 +1,8 @@
 """Matrix multiplication."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ir.ops.base import Attr, Cost, FusionKind, LoopNest, OpDef, TypeRuleError, register, unbroadcast
@@ -96,5 +98,5 @@ def _shared_gradient(b, x, g, transposed: bool):
     """The gradient of a matrix every batch entry shares, x^T g (or g^T x when it is stored
     transposed), as one product whose depth runs over the batch and the rows together: the
     batch entries' rows stacked, not a product per entry summed afterwards."""
-    xs, gs = (b.reshape(v, shape=(v.type.size // v.type.shape[-1], v.type.shape[-1])) for v in (x, g))
+    xs, gs = (b.reshape(v, shape=(math.prod(v.type.shape[:-1]), v.type.shape[-1])) for v in (x, g))
     return b.matmul(gs, xs, transpose_a=True) if transposed else b.matmul(xs, gs, transpose_a=True)

@@ -158,6 +158,15 @@ def test_a_weight_the_batch_shares_gets_one_product_over_batch_and_rows(transpos
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_a_shared_weight_with_no_depth_gets_an_empty_gradient():
+    """x[B, T, 0] @ W[0, N]: the stacked-rows gradient of W is empty, not a division by zero."""
+    b = Builder(Graph("empty"))
+    x = b.input("x", TensorType((3, 5, 0), f32))
+    w = b.param("w", TensorType((0, 6), f32), Init("ones"))
+    b.output("loss", b.sum(b.matmul(x, w)))
+    assert append_gradients(clone(b.graph))["w"].type.shape == (0, 6)
+
+
 def fused_graph(fused: bool) -> Graph:
     """loss = sum(exp(w) * x + w), with the elementwise part in a fused region or not."""
     b = Builder(Graph("g"))
