@@ -148,11 +148,13 @@ class _Reduction:
             value = self.body.emit(b, self.ptrs, self.idx)
             self._update(acc, best, value, self.idx[self.reduced[-1]] if self.reduced else i64(0))
 
+        argmax_row = len(self.reduced) == 1 and self.combine == "argmax"
+        row = self._row() if argmax_row else None
         if self.reduced and self.combine in ("max", "min") and self.dtype.is_float:
             self._loops(self.reduced[:-1], i64(0), i64(0), lambda *_: self._extremum(acc), False)
-        elif len(self.reduced) == 1 and self.combine == "argmax" and self._row() is not None:
-            self._first_best_vector(acc, best, self._row())
-        elif len(self.reduced) == 1 and self.combine == "argmax" and self.dtype.is_float:
+        elif row is not None:
+            self._first_best_vector(acc, best, row)
+        elif argmax_row and self.dtype.is_float:
             self._first_best(acc, best)
         else:
             self._loops(self.reduced, i64(0), i64(0), step, False)
@@ -192,9 +194,7 @@ class _Reduction:
             self._update(*pair, self.body.emit(b, self.ptrs, self.idx), position)
 
         self._interleave(axis, pairs, fold)
-        value, at = _pairwise([(b.load(value), b.load(at)) for value, at in pairs], self._earlier_best)
-        b.store(value, acc)
-        b.store(at, best)
+        self._fold_best([(b.load(value), b.load(at)) for value, at in pairs], acc, best)
 
     def _row(self) -> Access | None:
         """The read a float argmax's body is, when it is one contiguous f32 row along the reduced
@@ -237,9 +237,13 @@ class _Reduction:
         final_values, final_positions = b.load(values), b.load(positions)
         pairs = [(b.extract_element(final_values, i64(j)), b.zext(b.extract_element(final_positions, i64(j)), I64))
                  for j in range(lanes)]
-        value, at = _pairwise(pairs + [(b.load(tail[0]), b.load(tail[1]))], self._earlier_best)
-        b.store(value, acc)
-        b.store(at, best)
+        self._fold_best(pairs + [(b.load(tail[0]), b.load(tail[1]))], acc, best)
+
+    def _fold_best(self, pairs: list, acc, best) -> None:
+        """The best of partial (value, position) results by argmax's rule, stored in `acc` and `best`."""
+        value, at = _pairwise(pairs, self._earlier_best)
+        self.b.store(value, acc)
+        self.b.store(at, best)
 
     def _interleave(self, axis: int, partials: list, fold) -> None:
         """`fold(partial, position)` over the positions of `axis`, each partial's in order: position
