@@ -203,7 +203,7 @@ class _Emitter:
                     with cg.loop(b, 0, nc, t.nr, name="jr") as jr:
                         with cg.loop(b, 0, mc, t.mr, name="ir") as ir_:
                             row0, col0 = b.add(ic, ir_), b.add(jc, jr)
-                            self.prefetch_c(row0, col0)
+                            self.prefetch_tile(row0, col0, is_last)
                             self.micro(b.gep(self.apack, [b.mul(ir_, kc)]), b.gep(self.bpack, [b.mul(jr, kc)]), kc)
                             self.store_tile(row0, col0, cg.imin(b, i64(t.mr), b.sub(mc, ir_)),
                                             cg.imin(b, i64(t.nr), b.sub(nc, jr)), is_first, is_last)
@@ -306,16 +306,28 @@ class _Emitter:
                         value = b.select(inside, load(p, index), ir.Constant(F32, 0.0))
                         b.store(value, b.gep(dst, [b.add(b.mul(p, i64(width)), w)]))
 
-    def prefetch_c(self, row0: ir.Value, col0: ir.Value) -> None:
-        """Ask for the cache lines of C's tile at (row0, col0) while the micro-kernel runs (a wide
-        C's rows are pages apart: without this, each tile waits on memory for its sums)."""
+    def prefetch_tile(self, row0: ir.Value, col0: ir.Value, is_last: ir.Value) -> None:
+        """Ask for the cache lines of C's tile at (row0, col0), and on the last depth block those
+        the epilogue reads there, while the micro-kernel runs (a wide matrix's rows are pages
+        apart: without this, each tile waits on memory for its sums and epilogue operands)."""
+        self._prefetch(self.s.out, row0, col0, write=True)
+        epilogue = self.s.epilogue
+        reads = [] if epilogue is None else [r for r in epilogue.reads if isinstance(r, Access) and any(r.strides[-2:])]
+        if reads:
+            with self.b.if_then(is_last):
+                for access in reads:
+                    self._prefetch(access, row0, col0, write=False)
+
+    def _prefetch(self, access: Access, row0: ir.Value, col0: ir.Value, write: bool) -> None:
+        """Prefetch every 64-byte line of `access` an mr x nr tile at (row0, col0) spans."""
         b, s, t = self.b, self.s, self.tile
         last_row, last_col = i64(s.m - 1), i64(s.n - 1)
-        for i in range(t.mr):
+        row_stride, column_stride = access.strides[-2:]
+        for i in range(t.mr if row_stride else 1):
             row = cg.imin(b, b.add(row0, i64(i)), last_row)
-            for j in sorted({*range(0, t.nr, 16), t.nr - 1}):  # every 64-byte line the row spans
-                address = s.out.address(b, [*self.batch, row, cg.imin(b, b.add(col0, i64(j)), last_col)])
-                cg.prefetch(b, cg.element_ptr(b, self.ptrs[s.out.arg], address), write=True)
+            for j in sorted({*range(0, t.nr, 16), t.nr - 1}) if column_stride else [0]:
+                address = access.address(b, [*self.batch, row, cg.imin(b, b.add(col0, i64(j)), last_col)])
+                cg.prefetch(b, cg.element_ptr(b, self.ptrs[access.arg], address), write=write)
 
     def micro(self, ap: ir.Value, bp: ir.Value, kc: ir.Value) -> None:
         """sums = sum over p < kc of ap[p*mr + i] * bp[p*nr + j], in mr x nr/lanes vector registers."""
