@@ -251,7 +251,7 @@ class Liveness:
         here = self.position[id(op)]
         declared = lookup(op.name).inplace_operand if op.region is None else None
         if declared is not None:
-            candidates, later = [op.operands[declared]], set()
+            candidates, later = op.operands[declared:declared + 1], set()
         elif _elementwise_kernel(op):
             candidates, later = list(dict.fromkeys(op.operands)), self._read_later(op)[value.index]
         else:

@@ -200,8 +200,8 @@ class OpDef:
     #: ones built with b), or None; the canonicalize pass applies it (an identity reshape is
     #: its operand, a reshape of a reshape is one reshape, ...)
     canonicalize = None
-    #: sum_with(b, op, other) -> a simpler Value equal to the sum of `op`'s result and `other`'s
-    #: (an op of the same kind, both of the sum's type), or None; `add` canonicalizes by it
+    #: sum_with(b, op, other) -> a simpler Value equal to the sum of `op`'s result and the Value
+    #: `other` (both of the sum's type), or None; `add` canonicalizes by it
     sum_with = None
     #: loop_nest(op) -> LoopNest, for ops the `tile` pass tiles (matmul, conv): the loop axes
     #: its `tile` attribute sizes and how operands and result follow them

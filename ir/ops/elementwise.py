@@ -335,14 +335,17 @@ class Cast(Unary):
 
 
 def _sum_by_producers(cls, b, op):
-    """x + y where both come from one kind of op that builds such a sum more simply (its `sum_with`)."""
-    first, second = (v.producer for v in op.operands)
-    if first is None or second is None or first.name != second.name \
-            or len({v.type for v in (*op.operands, op.result)}) != 1:
+    """x + y (one type throughout) where an operand's producer builds such a sum more simply (its `sum_with`)."""
+    if len({v.type for v in (*op.operands, op.result)}) != 1:
         return None
-    hook = lookup(first.name).sum_with
-    simpler = hook(b, first, second) if hook is not None else None
-    return None if simpler is None else [simpler]
+    x, y = op.operands
+    for value, other in ((x, y), (y, x)):
+        producer = value.producer
+        hook = lookup(producer.name).sum_with if producer is not None else None
+        simpler = hook(b, producer, other) if hook is not None else None
+        if simpler is not None:
+            return [simpler]
+    return None
 
 
 Add = _binary("add", "add", "x + y", grad=lambda b, x, y, out, g: (g, g), canonicalize=classmethod(_sum_by_producers))

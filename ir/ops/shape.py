@@ -369,8 +369,9 @@ class Pad(Injective):
         """pad(x) + pad(y) where x and y fill adjacent ranges of one axis, zeros elsewhere: pad(concat(x, y)),
         one copy where the sum wrote each padded tensor whole (the gradient of a tensor sliced in parts,
         attention's q, k and v: their concat)."""
+        other = other.producer
         axis = _zero_padded_axis(op)
-        if axis is None or axis != _zero_padded_axis(other):
+        if other is None or other.name != cls.name or axis is None or axis != _zero_padded_axis(other):
             return None
         dim = op.result.type.shape[axis]
         first, second = (other, op) if dim - other.attrs["high"][axis] == op.attrs["low"][axis] else (op, other)
@@ -406,17 +407,20 @@ def _concat_parts(value, axis: int) -> list:
 
 @register
 class ScatterAdd(OpDef):
-    """Zeros of the table's shape with each slice of `updates` added at its index along
-    `axis` (a table axis of `size` rows): the gradient of gather(table, indices, axis)."""
+    """`base` (zeros of the table's shape without one) with each slice of `updates` added at its
+    index along `axis` (a table axis of `size` rows): the gradient of gather(table, indices, axis),
+    added into the table's other gradient when it has one (a tied embedding's). The result may
+    take the base's own memory (`inplace_operand`): then only the indexed rows are written."""
 
     name = "scatter_add"
     kind = FusionKind.opaque
-    arity = 2
+    arity = (2, 3)
+    inplace_operand = 2
     attrs = {"axis": Attr("int", 0), "size": Attr("int")}
 
     @classmethod
     def infer(cls, types, attrs):
-        updates, indices = types
+        updates, indices = types[:2]
         if not indices.dtype.is_int:
             raise TypeRuleError(f"indices must be integers, got {indices}")
         rank = updates.rank - indices.rank + 1
@@ -427,16 +431,19 @@ class ScatterAdd(OpDef):
         axis %= rank
         if updates.shape[axis:axis + indices.rank] != indices.shape:
             raise TypeRuleError(f"updates {updates} do not hold one slice per index of {indices} at axis {axis}")
-        return [updates.with_shape(updates.shape[:axis] + (size,) + updates.shape[axis + indices.rank:])]
+        result = updates.with_shape(updates.shape[:axis] + (size,) + updates.shape[axis + indices.rank:])
+        if len(types) == 3 and types[2] != result:
+            raise TypeRuleError(f"base {types[2]} is not of the result's type {result}")
+        return [result]
 
     @classmethod
-    def ref(cls, attrs, updates, indices):
+    def ref(cls, attrs, updates, indices, base=None):
         rank = updates.ndim - indices.ndim + 1
         axis, size = attrs["axis"] % rank, attrs["size"]
         if indices.size and (indices.min() < 0 or indices.max() >= size):
             raise IndexError(f"scatter_add index out of range [0, {size})")
         rest = updates.shape[:axis] + updates.shape[axis + indices.ndim:]
-        out = np.zeros((size, *rest), dtype=updates.dtype)
+        out = np.zeros((size, *rest), dtype=updates.dtype) if base is None else np.moveaxis(base, axis, 0).copy()
         moved = np.moveaxis(updates, tuple(range(axis, axis + indices.ndim)), tuple(range(indices.ndim)))
         np.add.at(out, indices.reshape(-1).astype(np.int64), moved.reshape(-1, *rest))
         return np.moveaxis(out, 0, axis)
@@ -444,7 +451,15 @@ class ScatterAdd(OpDef):
     @classmethod
     def vjp(cls, b, op, grads):
         rank = op.result.type.rank
-        return [b.gather(grads[0], op.operands[1], axis=op.attrs["axis"] % rank), None]
+        return [b.gather(grads[0], op.operands[1], axis=op.attrs["axis"] % rank), None, grads[0]][:len(op.operands)]
+
+    @classmethod
+    def sum_with(cls, b, op, other):
+        """scatter_add(u, i) + y: u's slices added into y itself (no zeroed table, and in y's memory
+        when y dies there: a tied embedding's gradient into its output projection's)."""
+        if len(op.operands) == 3:
+            return None
+        return b.scatter_add(*op.operands, other, axis=op.attrs["axis"], size=op.attrs["size"])
 
     @classmethod
     def index_bounds(cls, op):

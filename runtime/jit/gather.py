@@ -78,12 +78,15 @@ def _copy_block(b: ir.IRBuilder, ptrs, source: Access, source_index, target: Acc
 
 
 def lower_scatter_add(km: KernelModule, name: str, stage: ScatterAddStage) -> int:
-    """out = zeros; out[o..., indices[i...], r...] += updates[o..., i..., r...].
+    """out = base (zeros without one; already there in place), then
+    out[o..., indices[i...], r...] += updates[o..., i..., r...].
 
     Work splits over the leading table axes (or, for axis 0, the trailing ones), so
     no two threads add into the same element.
     """
     updates, indices, out = km.access(stage.updates), km.access(stage.indices), km.whole(stage.out)
+    base = km.access(stage.base) if stage.base is not None else None
+    phases = ("add",) if stage.in_place else ("fill", "add")
     axis, ishape = stage.axis, tuple(stage.indices_shape)
     shape = tuple(km.buffer(stage.out).shape)
     outer, inner = shape[:axis], shape[axis + 1:]
@@ -96,14 +99,15 @@ def lower_scatter_add(km: KernelModule, name: str, stage: ScatterAddStage) -> in
         b.store(ir.Constant(I32, 0), status)
         outer_range = (lo, hi) if split_outer else (i64(0), i64(math.prod(outer)))
         inner_range = (i64(0), i64(math.prod(inner))) if split_outer else (lo, hi)
-        for phase in ("zero", "add"):
+        for phase in phases:
             with cg.loop(b, *outer_range, name=f"o{phase}") as o:
                 o_idx = cg.unravel(b, o, outer)
-                if phase == "zero":
-                    with cg.loop(b, 0, shape[axis], name="za") as a:
-                        with cg.loop(b, *inner_range, name="zr") as r:
+                if phase == "fill":
+                    with cg.loop(b, 0, shape[axis], name="fa") as a:
+                        with cg.loop(b, *inner_range, name="fr") as r:
                             idx = [*o_idx, a, *cg.unravel(b, r, inner)]
-                            out.store(b, cg.constant(out.dtype, 0), ptrs, idx)
+                            value = cg.constant(out.dtype, 0) if base is None else base.load(b, ptrs, idx)
+                            out.store(b, value, ptrs, idx)
                     continue
                 with cg.loop(b, 0, math.prod(ishape), name="j") as j:
                     j_idx = cg.unravel(b, j, ishape)

@@ -341,7 +341,8 @@ def _scatter_add(draw, name):
     axis = draw(st.integers(0, len(table) - 1))
     indices = r.integers(0, table[axis], shape(draw, 0, 2)).astype(np.int32)
     updates = normal(r, table[:axis] + indices.shape + table[axis + 1:])
-    return Case([updates, indices], {"axis": axis, "size": table[axis]})
+    base = [normal(r, table)] if draw(st.booleans()) else []
+    return Case([updates, indices, *base], {"axis": axis, "size": table[axis]})
 
 
 @case("dynamic_slice", "dynamic_update_slice")

@@ -488,6 +488,12 @@ for (_ushape, _ishape, _axis, _size), _dtype in itertools.product(
     for _idx in np.ndindex(*_ishape):
         _expect[_ind[_idx]] += _wide_u[_idx]
     case("scatter_add", [_u, _ind], {"axis": _axis, "size": _size}, np.moveaxis(_expect, 0, _axis))
+    if _dtype == f32:  # added into a base instead of zeros
+        _base = sample(np.moveaxis(_expect, 0, _axis).shape, f32)
+        _into = np.moveaxis(_base, _axis, 0).copy()
+        for _idx in np.ndindex(*_ishape):
+            _into[_ind[_idx]] += _wide_u[_idx]
+        case("scatter_add", [_u, _ind, _base], {"axis": _axis, "size": _size}, np.moveaxis(_into, 0, _axis))
 
 # --- dynamic_slice / dynamic_update_slice: one start per row of axis 0 ---------------------
 for (_xshape, _axis, _size, _starts), _dtype in itertools.product(
@@ -799,6 +805,8 @@ TYPE_ERRORS = [
      "updates f32[4,3] do not hold one slice per index of i32[3] at axis 0"),
     ("scatter_add", [T(f32, 4, 3), T(i32, 4)], {"axis": 2, "size": 5},
      "axis 2 or size 5 out of range for updates f32[4,3] and indices i32[4]"),
+    ("scatter_add", [T(f32, 4, 3), T(i32, 4), T(f32, 4, 3)], {"size": 5},
+     "base f32[4,3] is not of the result's type f32[5,3]"),
     ("dynamic_slice", [T(f32, 2, 5), T(i32, 3)], {"axis": 1, "size": 2},
      "starts must be an integer vector with one entry per row of axis 0 (2), got i32[3]"),
     ("dynamic_slice", [T(f32, 2, 5), T(i32, 2)], {"axis": 0, "size": 2},

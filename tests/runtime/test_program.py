@@ -174,6 +174,27 @@ def test_gather_index_out_of_range_names_the_kernel():
         program.run({"ids": np.array([0, 5, 1], np.int32)})
 
 
+@pytest.mark.parametrize("base_lives_on", [False, True], ids=["dies-there", "lives-on"])
+def test_scatter_add_into_a_base_runs_in_its_memory_when_it_dies_there(base_lives_on):
+    """A tied embedding's gradient: the rows a scatter_add adds go into the other gradient itself
+    when nothing reads that later (only the indexed rows written), into a copy when something does."""
+    b = Builder(Graph("tied"))
+    ids = b.input("ids", TensorType((3, 4), i32))
+    base = b.neg(b.input("g", TensorType((50, 8), f32)))
+    b.output("grad", b.scatter_add(b.input("up", TensorType((3, 4, 8), f32)), ids, base, size=50))
+    if base_lives_on:
+        b.output("base", base)
+    pef = build_pef(b.graph, BackendOptions(load_target("rdu-mini"), mode="inference"))
+    (scatter,) = [s for k in pef.kernels for s in k.stages if s.kind == "scatter_add"]
+    assert scatter.base is not None and scatter.in_place is not base_lives_on
+    rng = np.random.default_rng(0)
+    feed = {"ids": rng.integers(0, 50, (3, 4)).astype(np.int32), "g": rng.standard_normal((50, 8)).astype(np.float32),
+            "up": rng.standard_normal((3, 4, 8)).astype(np.float32)}
+    got, want = load(pef).run(feed), interpret(b.graph, feed).outputs
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 def test_a_second_load_takes_every_kernel_from_the_disk_cache(tmp_path, pef_bytes):
     first = load(pef_bytes, jit=Jit(DiskCache(tmp_path)))
     assert first.jit.stats.compiled > 0 and first.jit.stats.cached == 0

@@ -69,8 +69,9 @@ class GatherStage(StageKind):
 @declare
 @attrs.frozen
 class ScatterAddStage(StageKind):
-    """out (table-shaped) = zeros, then out[..., indices[j], ...] += updates[..., j, ...] along
-    `axis` (gather's gradient)."""
+    """out (table-shaped) = base (zeros without one), then out[..., indices[j], ...] += updates[..., j, ...]
+    along `axis` (gather's gradient). `in_place`: the memory plan gave out the base's own range, so
+    only the indexed rows are written."""
 
     kind: ClassVar[str] = "scatter_add"
     ops: ClassVar[tuple[str, ...]] = ("scatter_add",)
@@ -80,10 +81,13 @@ class ScatterAddStage(StageKind):
     indices: Access
     indices_shape: tuple[int, ...] = ints(nonneg_all)
     axis: int = attrs.field(validator=nonneg)
+    base: Access | None = None
+    in_place: bool = False
 
     def work(self, buffers) -> int:
         out = buffers[self.out].size
-        return out + math.prod(self.indices_shape) * out // max(buffers[self.out].shape[self.axis], 1)
+        rows = math.prod(self.indices_shape) * out // max(buffers[self.out].shape[self.axis], 1)
+        return rows + (0 if self.in_place else out)
 
     def check(self, v, where, out: Buffer) -> str:
         if self.axis >= len(out.shape):
@@ -94,24 +98,48 @@ class ScatterAddStage(StageKind):
             raise v.fail(where, f"scatter_add adds into an empty {list(t)} output")
         updates = v.access(f"{where}.updates", self.updates, space)
         _integer_indices(v, where, self.indices, self.indices_shape)
+        if self.base is None:
+            if self.in_place:
+                raise v.fail(f"{where}.in_place", "there is no base to add into in place")
+            return updates.dtype
+        base = v.access(f"{where}.base", self.base, t, updates.dtype)
+        if self.in_place and not _shares(self.base, base, out):
+            raise v.fail(f"{where}.in_place", f"base '{base.name}' does not share output '{out.name}'s "
+                                              "memory and layout")
         return updates.dtype
 
+    def placed(self, buffers):
+        """In place when the plan gave out the base's own range and layout: only the indexed rows move."""
+        out = buffers[self.out]
+        if self.base is None or self.in_place or not _shares(self.base, buffers[self.base.buffer], out):
+            return self, {}, {}
+        rows = out.nbytes * math.prod(self.indices_shape) // max(out.shape[self.axis], 1)
+        return attrs.evolve(self, in_place=True), {out.tier: out.nbytes}, {out.tier: max(out.nbytes - rows, 0)}
+
     def reference(self, r, out: Buffer) -> np.ndarray:
+        """In place or not, the result is the same: the base (or zeros) with the updates added."""
         ax = self.axis
         shape = (*out.shape[:ax], *self.indices_shape, *out.shape[ax + 1:])
         updates = r.read(self.updates, shape)
         indices = r.read(self.indices, self.indices_shape).reshape(-1)
         _in_range(indices, out.shape[ax], "scatter_add")
         flat = updates.reshape(*out.shape[:ax], indices.size, *out.shape[ax + 1:])
-        result = np.zeros(out.shape, updates.dtype)
+        result = np.zeros(out.shape, updates.dtype) if self.base is None else r.read(self.base, out.shape).copy()
         np.add.at(result, (slice(None),) * ax + (indices,), flat)
         return result
 
     @classmethod
     def lower(cls, k, op, axis: int) -> ScatterAddStage:
-        updates, indices = op.operands
+        """Not in place yet: the backend marks it when the memory plan shares the base's range."""
+        updates, indices, *base = op.operands
         return cls(k.target(op.result), k.operand_access(updates), k.operand_access(indices),
-                   indices.type.shape, axis)
+                   indices.type.shape, axis, *(k.operand_access(x) for x in base))
+
+
+def _shares(access: Access, operand: Buffer, out: Buffer) -> bool:
+    """Whether `access` reads `operand` as `out` lies, in the same memory (a stage may then work in place)."""
+    return (operand.tier, operand.offset) == (out.tier, out.offset) and not access.offset \
+        and tuple(access.strides) == tuple(out.strides)
 
 
 def _rows(starts: np.ndarray, count: int, extent: int) -> list[list[tuple[int, int]]]:
@@ -186,8 +214,7 @@ class UpdateSliceStage(StageKind):
         operand = v.access(f"{where}.operand", self.operand, shape, out.dtype)
         v.access(f"{where}.update", self.update, update, out.dtype)
         _integer_indices(v, where, self.starts, shape[:1], "starts")
-        if self.in_place and ((operand.tier, operand.offset) != (out.tier, out.offset)
-                              or self.operand.offset or tuple(self.operand.strides) != out.strides):
+        if self.in_place and not _shares(self.operand, operand, out):
             raise v.fail(f"{where}.in_place", f"operand '{operand.name}' does not share output "
                                               f"'{out.name}'s memory and layout")
         return out.dtype
@@ -195,8 +222,7 @@ class UpdateSliceStage(StageKind):
     def placed(self, buffers):
         """In place when the plan gave out the operand's own range and layout: only the update's rows move."""
         out, operand = buffers[self.out], buffers[self.operand.buffer]
-        if self.in_place or (out.tier, out.offset) != (operand.tier, operand.offset) or self.operand.offset \
-                or tuple(self.operand.strides) != out.strides:
+        if self.in_place or not _shares(self.operand, operand, out):
             return self, {}, {}
         update = math.prod(self.update_shape) * DType(out.dtype).itemsize
         return attrs.evolve(self, in_place=True), {operand.tier: operand.nbytes}, {out.tier: out.nbytes - update}

@@ -65,6 +65,16 @@ def _huge_reduce(obj):
         read["strides"] = [0, 1]
 
 
+def _scatter_add_in_place_without_a_base(obj):
+    _, scatter = stage(obj, "scatter_add")  # the tied embedding's gradient, into the head's
+    scatter["base"] = None
+
+
+def _scatter_add_in_place_over_another_layout(obj):
+    _, scatter = stage(obj, "scatter_add")
+    scatter["base"]["strides"] = scatter["base"]["strides"][::-1]
+
+
 def _huge_arena(obj):
     arena(obj, "ddr")["size"] = 2**36
 
@@ -78,6 +88,9 @@ def _wide_constant(obj):
 @pytest.mark.parametrize("edit, message", [
     (_gather_from_an_empty_table, r"gather.*table.*empty"),
     (_scatter_add_at_the_arena_end, r"scatter_add.*empty"),
+    (_scatter_add_in_place_without_a_base, r"scatter_add.*in_place: there is no base to add into in place"),
+    (_scatter_add_in_place_over_another_layout,
+     r"in_place: base '%\d+' does not share output '%\d+'s memory and layout"),
     (_update_in_a_larger_range, r"update tensor '%\d+' has a range of 64 bytes, its param '@optimizer.step' one "
                                 r"of 4 bytes; they trade places after each step, so they must be the same size"),
     (_huge_gemm, r"one run of the program \(its kernel 'k2_matmul_add': \d+\) needs \d+ element operations, "
@@ -86,7 +99,8 @@ def _wide_constant(obj):
     (_huge_arena, r"memory: the program \(arenas ddr 68719476736 bytes, onchip \d+ bytes\) needs \d+ bytes, more "
                   r"than the limit of 17179869184 \(raise it with RDUFLOW_MAX_ARENA_BYTES\)"),
     (_wide_constant, r"2305843009213693952 does not fit i32"),
-], ids=["gather-empty-table", "scatter-add-empty-out", "update-range", "gemm-k-2**40", "reduce-2**61",
+], ids=["gather-empty-table", "scatter-add-empty-out", "scatter-add-no-base", "scatter-add-base-layout",
+        "update-range", "gemm-k-2**40", "reduce-2**61",
         "arena-2**36", "i32-const-2**61"])
 def test_a_crafted_pef_is_refused_before_it_runs(edit, message):
     with pytest.raises(PEFError, match=message):
