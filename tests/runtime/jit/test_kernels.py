@@ -14,7 +14,7 @@ import pytest
 from backend.pef.program import KernelProgram
 from backend.pef.reference import run_kernel
 from backend.pef.records import Access, Body, Buffer, Node
-from backend.pef.stages import MapStage
+from backend.pef.stages import MapStage, ReduceStage
 from backend.lowering import lower_graph
 from compiler.passes import PassManager
 from ir.builder import Builder
@@ -261,38 +261,58 @@ def test_max_propagates_nan():
     np.testing.assert_array_equal(np.isnan(got), np.isnan(x.max(axis=1)))
 
 
-def _chain_max(row: np.ndarray) -> np.float32:
-    """One left-to-right chain of IEEE maximum: nan wins, -0 < +0."""
-    best = np.float32(-np.inf)
+def _chain_extremum(row: np.ndarray, combine: str) -> np.float32:
+    """One left-to-right chain of IEEE maximum (or minimum): nan wins, -0 < +0."""
+    best = np.float32(-np.inf if combine == "max" else np.inf)
     for v in row:
         if np.isnan(v) or np.isnan(best):
             best = np.float32(np.nan)
         elif v == best:
-            best = min(v, best, key=np.signbit)
+            best = (min if combine == "max" else max)(v, best, key=np.signbit)
         else:
-            best = max(v, best)
+            best = (max if combine == "max" else min)(v, best)
     return best
 
 
 @pytest.mark.parametrize("length", [1, 7, 8, 9, 17, 64, 301])
-def test_interleaved_max_gives_one_chains_bits(length):
-    """A float max along the last axis (folded in interleaved partial results): nan at every
-    position of some row, signed zeros, infinities and ties, each row the bits of one
+@pytest.mark.parametrize("combine", ["max", "min"])
+def test_float_max_and_min_give_one_chains_bits(combine, length):
+    """A float max or min along the last axis (a chain of integer order keys, vectorized): nan at
+    every position of some row, signed zeros, infinities and ties, each row the bits of one
     left-to-right chain."""
-    rows = [np.round(RNG.standard_normal(length) * 2).astype(np.float32) for _ in range(length + 4)]
+    rows = [np.round(RNG.standard_normal(length) * 2).astype(np.float32) for _ in range(length + 5)]
     for i in range(length):
         rows[i][i] = np.nan
     rows[length] = np.where(np.arange(length) % 2, np.float32(0.0), np.float32(-0.0)).astype(np.float32)
     rows[length + 1][:] = -np.inf
     rows[length + 2][-1] = np.inf
+    rows[length + 3][:] = np.inf
     x = np.stack(rows)
-    b = Builder()
-    b.output("m", b.max(b.input("x", TensorType(x.shape, f32)), axes=(1,)))
-    got = run_kernels(b.graph, {"x": x})[0]["m"]
-    want = np.array([_chain_max(row) for row in x], np.float32)
+    body = Body((Access("x", 0, (length, 1)),), (), (Node("arg", "f32", (), 0),))
+    identity = -np.inf if combine == "max" else np.inf
+    program = KernelProgram("k", combine, None, "", (Buffer("x", "input", x.shape, "f32"),
+                                                     Buffer("m", "output", (len(rows),), "f32")),
+                            (ReduceStage("m", x.shape, (1,), combine, identity, body),))
+    (native,) = Jit(use_cache=False).load([program])
+    got = np.empty(len(rows), np.float32)
+    _call(native, [x, got], Parallel(2))
+    want = np.array([_chain_extremum(row, combine) for row in x], np.float32)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
     np.testing.assert_array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
+    np.testing.assert_array_equal(got, run_kernel(program, {"x": x})["m"])
+
+
+def test_a_masked_row_max_vectorizes():
+    """A causal softmax's row max (a body selecting -inf past the diagonal) compiles to vector
+    integer maxima, not a scalar chain of NaN-aware compares."""
+    b = Builder()
+    scores = b.input("s", TensorType((4, 128, 128), f32))
+    b.output("m", b.max(b.where(b.causal_mask(rows=128, cols=128), scores, b.scalar(-np.inf, f32)), axes=(2,)))
+    (program,) = lower_graph(PassManager.parse("decompose,fuse").run(b.graph))
+    module, _ = lower_program(program, "masked")
+    assembly = engine.assembly(module.ir_text())
+    assert re.search(r"vpmaxsd\s+%[yz]mm", assembly), "no vector integer max"
 
 
 @pytest.mark.parametrize("stride,padding,dilation,groups", [((1, 1), (1, 1), (1, 1), 1), ((2, 2), (2, 1), (2, 1), 2)])
