@@ -28,8 +28,8 @@ from runtime.jit.module import KernelModule
 
 CHUNK = 256
 REDUCED, KEPT = 1, 0
-#: interleaved partial results of a float argmax along its innermost reduced axis (one chain
-#: of NaN-aware compares waits on itself: a row max ran at 4 ns an element so)
+#: interleaved partial results of a float argmax along its innermost reduced axis (one chain of
+#: NaN-aware compares waits on itself and does not vectorize)
 PARTIALS = 8
 
 
