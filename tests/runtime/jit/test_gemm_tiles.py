@@ -60,11 +60,11 @@ def test_register_tiles_fit_the_register_file():
 
 
 def test_cache_blocks_follow_the_cache_sizes():
-    """A B sliver in half of L1 (8 lanes) or all of it (16), the A block in half of L2, the B panel
-    in half of L3 (at most 4096 columns)."""
+    """A B sliver in half of L1 (8 lanes) or an eighth of L2 (16, a depth of a multiple of 32), the A
+    block in half of L2, the B panel in half of L3 (at most 4096 columns)."""
     assert TILES["avx2"] == Tile(8, 6, 16, kc=256, mc=252, nc=4096)
-    assert TILES["avx512"] == Tile(16, 8, 48, kc=256, mc=512, nc=4080)
-    assert tile_for(16, 32, (48 << 10, 2 << 20, 480 << 20)) == Tile(16, 8, 48, kc=256, mc=1024, nc=4080)
+    assert TILES["avx512"] == Tile(16, 8, 48, kc=672, mc=192, nc=4080)
+    assert tile_for(16, 32, (48 << 10, 2 << 20, 480 << 20)) == Tile(16, 8, 48, kc=1344, mc=192, nc=4080)
     small = tile_for(8, 16, (16 << 10, 128 << 10, 1 << 20))
     assert (small.kc, small.mc, small.nc) == (128, 126, 1024)
 
