@@ -45,11 +45,11 @@ def tile_for(lanes: int, registers: int, caches: tuple[int, int, int] = FALLBACK
     for their 2 x `mr` accumulators, the two B vectors and a broadcast A element. With 32
     (AVX-512: 8 x 48), three vectors of columns and 8 rows: on a 48 KB-L1 AVX-512 core level
     with 14 x 32 on square products and 12-35% faster on a prefill's 32-row ones, which 14 rows
-    divide badly. A packed B sliver (`kc` x `nr`) takes half of L1 with 8 lanes and an eighth
-    of L2 with 16, a whole block of a multiple of 32 in depth (each block of depth reads and
-    writes C once more: on a 2 MB-L2 core, blocks of 768-1536 ran a training step's products
-    2-8% faster than L1-sized ones of 256, which beat 128 by 15-20%), the packed A block half
-    of L2, the packed B panel half of L3."""
+    divide badly. A packed B sliver (`kc` x `nr`) takes half of L1 with 8 lanes; with 16, an
+    eighth of L2, `kc` a multiple of 32 (the blocks of quantized weights). Each block of depth
+    reads and writes C once more: on a 2 MB-L2 core, blocks of 768-1536 ran a training step's
+    products 2-8% faster than L1-sized ones of 256 (which ran 2048^3 at 178-191 GFLOP/s a core
+    where 128 ran 155-158). The packed A block takes half of L2, the packed B panel half of L3."""
     l1, l2, l3 = caches
     nr, mr = (3 * lanes, 8) if registers >= 32 else (2 * lanes, (registers - 3) // 2)
     if lanes >= 16:
