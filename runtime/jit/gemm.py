@@ -224,7 +224,7 @@ class _Emitter:
         b, s, nr = self.b, self.s, self.tile.nr
         load = lambda p, c: s.b.load(b, self.ptrs, self.b_base, b.add(pc, p), c)  # noqa: E731
         if isinstance(s.b, Strided) and s.b.access.strides[-1] == 1:
-            self._pack_sweep(self.bpack, kc, nr, jc, nc, s.n, load)
+            self._pack_sweep(kc, jc, nc, load)
             return
         with cg.loop(b, 0, nc, nr, name="pbj") as jr:
             dst = b.gep(self.bpack, [b.mul(jr, kc)])
@@ -267,21 +267,21 @@ class _Emitter:
             load = lambda p, r: s.a.load(b, self.ptrs, self.a_base, r, b.add(pc, p))  # noqa: E731
             self._pack(dst, kc, mr, row0, b.sub(mc, ir_), s.m, load)
 
-    def _pack_sweep(self, dst, kc, width: int, first, count, limit: int, load) -> None:
-        """`count` columns from `first` in slivers of `width` as `_pack` lays them out, for a B
-        contiguous along its columns: depth step by depth step, each one sweep along a row of B
-        (hardware prefetchers follow it; a sliver at a time visits a new page every step: 6-15%
-        slower on a cold [768, 3072] weight). The edge sliver as `_pack` does."""
-        b = self.b
-        full = b.mul(b.udiv(count, i64(width)), i64(width))
+    def _pack_sweep(self, kc, jc, nc, load) -> None:
+        """The panel's `nc` columns from `jc` laid out as `pack_b` says, for a B contiguous along its
+        columns: depth step by depth step, each one sweep along a row of B (hardware prefetchers
+        follow it; a sliver at a time visits a new page every step: 6-15% slower on a cold
+        [768, 3072] weight). The edge sliver as `_pack` does."""
+        b, nr = self.b, self.tile.nr
+        full = b.mul(b.udiv(nc, i64(nr)), i64(nr))
         with cg.loop(b, 0, kc, name="sweep") as p:
-            with cg.loop(b, 0, full, width, name="sweepw") as w0:
-                row = b.gep(dst, [b.add(b.mul(w0, kc), b.mul(p, i64(width)))])
-                start = b.add(first, w0)
-                for w in range(width):
-                    b.store(load(p, b.add(start, i64(w))), b.gep(row, [i64(w)]))
-        with b.if_then(b.icmp_signed("<", full, count)):
-            self._pack(b.gep(dst, [b.mul(full, kc)]), kc, width, b.add(first, full), b.sub(count, full), limit, load)
+            with cg.loop(b, 0, full, nr, name="sweepw") as jr:
+                row = b.gep(self.bpack, [b.add(b.mul(jr, kc), b.mul(p, i64(nr)))])
+                col0 = b.add(jc, jr)
+                for c in range(nr):
+                    b.store(load(p, b.add(col0, i64(c))), b.gep(row, [i64(c)]))
+        with b.if_then(b.icmp_signed("<", full, nc)):
+            self._pack(b.gep(self.bpack, [b.mul(full, kc)]), kc, nr, b.add(jc, full), b.sub(nc, full), self.s.n, load)
 
     def _pack(self, dst, kc, width: int, first, remaining, limit: int, load) -> None:
         """dst[p*width + w] = load(p, first + w) for p < kc, w < width; zero where w >= remaining.
