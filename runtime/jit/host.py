@@ -37,6 +37,14 @@ class Tile:
     mc: int
     nc: int
 
+    def narrow(self) -> Tile | None:
+        """Beside a tile three vectors wide, the one two vectors wide with half as many rows again
+        (as many accumulators, its blocks rounded to it): C's columns pad to two vectors, not three."""
+        if self.nr != 3 * self.lanes or self.mr % 2:
+            return None
+        mr, nr = self.mr * 3 // 2, 2 * self.lanes
+        return Tile(self.lanes, mr, nr, self.kc, max(mr, self.mc // mr * mr), max(nr, self.nc // nr * nr))
+
 
 def tile_for(lanes: int, registers: int, caches: tuple[int, int, int] = FALLBACK_CACHES) -> Tile:
     """The tile for `registers` vector registers of `lanes` f32 and (L1d, L2, L3) bytes.

@@ -88,6 +88,44 @@ def test_cache_sizes_from_the_os(tmp_path):
     assert cache_sizes(tmp_path / "missing") == (32 << 10, 512 << 10, 8 << 20)
 
 
+def test_a_three_vector_tile_has_a_narrow_variant_with_as_many_accumulators():
+    assert TILES["avx512"].narrow() == Tile(16, 12, 32, kc=672, mc=192, nc=4064)
+    assert TILES["avx2"].narrow() is None and TILES["avx512-small-blocks"].narrow() is None
+
+
+@pytest.mark.parametrize("batch,m,n,extent", [
+    (48, 128, 64, 48 * 11),  # an attention product: 64 columns pad to 96 on 8 x 48, not at all on 12 x 32
+    (48, 128, 128, 48 * 11),  # 128 columns pad to 144 on 8 x 48; 132 x 128 on 12 x 32 is 8% less
+    (1, 512, 768, 16),  # 516 rows on 12 x 32: the wide tile, split by columns
+    (1, 768, 768, 96),  # no padding either way: the wide tile, split by rows
+    (1, 32, 576, 12),  # a prefill's 32 rows pad to 36 on 12 x 32: the wide tile
+])
+def test_products_take_the_tile_that_pads_them_least(batch, m, n, extent):
+    """The narrow tile where it pads C by more than 1/32 less, seen in the parallel extent: the
+    tile's row slivers per batch entry (its column slivers where C is wider than tall)."""
+    buffers = (Buffer("a", "input", (batch, m, 64), "f32"), Buffer("b", "input", (batch, 64, n), "f32"),
+               Buffer("c", "output", (batch, m, n), "f32"))
+    stage = GemmStage("c", (batch,), m, n, 64, Access("a", 0, (m * 64, 64, 1)), Access("b", 0, (64 * n, n, 1)))
+    _, (plan,) = lower_program(KernelProgram("gemm", "matmul", None, "", buffers, (stage,)), "tiles",
+                               tile=TILES["avx512"])
+    assert plan.extent == extent
+
+
+@pytest.mark.parametrize("shape_a,shape_b,attrs", [
+    ((48, 128, 64), (48, 128, 64), {"transpose_b": True}),  # scores = Q K^T
+    ((48, 128, 128), (48, 128, 64), {}),  # P V
+    ((48, 128, 128), (48, 128, 64), {"transpose_a": True}),  # dV = P^T dO
+])
+def test_batched_attention_products(jit, shape_a, shape_b, attrs):
+    """Attention-shaped batched products (the narrow tile's on AVX-512) as numpy's, the same bits on 1 and 2 threads."""
+    graph, inputs = matmul_graph(shape_a, shape_b, **attrs)
+    runs = [run_kernels(graph, inputs, jit=jit, parallel=Parallel(t))[0]["c"] for t in (1, 2)]
+    a, b = (inputs[x].astype(np.float64) for x in "ab")
+    exact = (a.transpose(0, 2, 1) if attrs.get("transpose_a") else a) @ (b.transpose(0, 2, 1) if attrs.get("transpose_b") else b)
+    np.testing.assert_allclose(runs[0], exact, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(runs[1], runs[0])
+
+
 def test_the_host_tile_is_the_one_for_its_features_and_caches():
     llvm.initialize_native_target()
     features = llvm.get_host_cpu_features().flatten()
