@@ -4,7 +4,8 @@ The classic BLIS structure: for each column panel (nc) and depth block (kc), B i
 packed into nr-wide slivers; for each row block (mc), A is packed into mr-tall
 slivers; an mr x nr micro-kernel keeps its tile of C in vector registers and runs
 over the whole depth block with FMAs. The shape (`host.Tile`) follows the host: its
-vector width and register count, its cache sizes. Partial sums over depth blocks accumulate
+vector width and register count, its cache sizes; a product that the tile's narrow variant
+pads less runs on that (`pick_tile`). Partial sums over depth blocks accumulate
 in C; the last block applies the epilogue (bias, activation, residual) while storing.
 Operands are read through `MatrixOperand`s, so transposed, broadcast-batched and
 implicit (im2col) matrices pack the same way. Work splits across threads by column
