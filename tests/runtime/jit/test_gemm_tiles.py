@@ -259,18 +259,22 @@ def inner_loop(asm: str) -> list[str]:
     return max(loops, key=lambda body: sum("vfmadd" in x for x in body))
 
 
-@pytest.mark.parametrize("name,cpu,register", [
-    ("avx2", "haswell", "ymm"), ("avx2", "znver3", "ymm"), ("avx512", "znver5", "zmm"), ("avx512", "skylake-avx512", "zmm")])
-def test_micro_kernel_assembly_keeps_its_tile_in_registers(name, cpu, register):
-    """For the CPU the tile is shaped for: the FMAs of the unrolled depth steps in one loop, on
-    full-width registers, and no stack traffic (spills and reloads) in it."""
-    tile = TILES[name]
+@pytest.mark.parametrize("name,cpu,register,columns", [
+    ("avx2", "haswell", "ymm", 512), ("avx2", "znver3", "ymm", 512), ("avx512", "znver5", "zmm", 512),
+    ("avx512", "skylake-avx512", "zmm", 512), ("avx512", "znver5", "zmm", 64)])
+def test_micro_kernel_assembly_keeps_its_tile_in_registers(name, cpu, register, columns):
+    """For the CPU the tile is shaped for (and the narrow variant a 64-column product takes): the
+    FMAs of the unrolled depth steps in one loop, on full-width registers, and no stack traffic
+    (spills and reloads) in it."""
+    tile = TILES[name] if columns == 512 else TILES[name].narrow()
     n = 512
-    buffers = tuple(Buffer(x, role, (n, n), "f32") for x, role in (("a", "input"), ("b", "input"), ("c", "output")))
-    stage = GemmStage("c", (), n, n, n, Access("a", 0, (n, 1)), Access("b", 0, (n, 1)))
-    module, _ = lower_program(KernelProgram("gemm", "matmul", None, "", buffers, (stage,)), "asm", tile=tile)
+    buffers = (Buffer("a", "input", (n, n), "f32"), Buffer("b", "input", (n, columns), "f32"),
+               Buffer("c", "output", (n, columns), "f32"))
+    stage = GemmStage("c", (), n, columns, n, Access("a", 0, (n, 1)), Access("b", 0, (columns, 1)))
+    module, _ = lower_program(KernelProgram("gemm", "matmul", None, "", buffers, (stage,)), "asm", tile=TILES[name])
     loop = inner_loop(engine.assembly(module.ir_text(), cpu=cpu))
     fmas = [x for x in loop if "vfmadd" in x]
     assert len(fmas) == UNROLL * tile.mr * tile.nr // tile.lanes
+    assert sum("vbroadcastss" in x for x in loop) == UNROLL * tile.mr  # one per row of A and depth step
     assert all(re.search(rf"%{register}\d+\s*$", x) for x in fmas)
     assert not [x for x in loop if "(%rsp)" in x]
