@@ -148,6 +148,18 @@ def parallel_extent(stage: Gemm, tile: Tile) -> int:
     return math.prod(stage.batch) * blocks
 
 
+def depth_block(k: int, kc: int) -> int:
+    """The depth of a block when `k` is split into the fewest blocks of at most `kc`, all about
+    equal (a multiple of `kc`'s common factor with a quantized block, so quantized B still packs
+    whole blocks): 3072 as 3 x 1024, not 1344 + 1344 + 384, whose short block pays a whole pass
+    over C for little work (1024^2 x 1536 ran 5-8% faster, 2048^3 and 512 x 768 x 3072 2%)."""
+    if k <= kc:
+        return k
+    blocks = math.ceil(k / kc)
+    unit = math.gcd(kc, BLOCK_SIZE)
+    return math.ceil(math.ceil(k / blocks) / unit) * unit
+
+
 class _Emitter:
     """Emits one gemm stage's function body."""
 
@@ -157,7 +169,7 @@ class _Emitter:
         # partial sums live in C between depth blocks only when that is exact and safe
         reads = stage.epilogue.reads if stage.epilogue is not None else ()
         safe = stage.out.dtype == DType.f32 and not out_may_alias and all(r.arg != stage.out.arg for r in reads)
-        self.kc = max(min(tile.kc, stage.k) if safe else stage.k, 1)
+        self.kc = max(depth_block(stage.k, tile.kc) if safe else stage.k, 1)
         # a whole (deep) contraction per block: keep the packed panels within a few MB
         self.mc = max(tile.mr, min(tile.mc, PACK_A_BYTES // (4 * self.kc) // tile.mr * tile.mr))
         self.nc = max(tile.nr, min(tile.nc, PACK_B_BYTES // (4 * self.kc) // tile.nr * tile.nr))

@@ -23,7 +23,7 @@ from ir.interpreter import interpret
 from ir.types import TensorType
 from kernels import run_kernels
 from runtime.jit import engine
-from runtime.jit.gemm import SMALL
+from runtime.jit.gemm import SMALL, depth_block
 from runtime.jit.gemv import ROWS
 from runtime.jit.host import UNROLL, Tile, cache_sizes, host_tile, tile_for, vector_registers
 from runtime.jit.kernel import lower_program
@@ -86,6 +86,15 @@ def test_cache_sizes_from_the_os(tmp_path):
     (tmp_path / "index3" / "size").write_text("garbage\n")
     assert cache_sizes(tmp_path) == (48 << 10, 1 << 20, 8 << 20)  # level 3 falls back
     assert cache_sizes(tmp_path / "missing") == (32 << 10, 512 << 10, 8 << 20)
+
+
+@pytest.mark.parametrize("k,kc,block", [
+    (3072, 1344, 1024), (2048, 1344, 1024), (2304, 1344, 1152), (50257, 1344, 1344), (768, 1344, 768),
+    (33, 12, 12), (513, 256, 192)])
+def test_the_depth_splits_into_the_fewest_blocks_of_about_equal_depth(k, kc, block):
+    """As few blocks as `kc` allows, each a multiple of kc's common factor with a quantized block (32)."""
+    assert depth_block(k, kc) == block and math.ceil(k / block) == math.ceil(k / kc)
+    assert block % math.gcd(kc, 32) == 0 or block == k
 
 
 def test_a_three_vector_tile_has_a_narrow_variant_with_as_many_accumulators():
