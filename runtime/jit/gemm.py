@@ -136,11 +136,14 @@ def pick_tile(stage: Gemm, tile: Tile) -> Tile:
     `nr`) by more than 1/32 less: a 48-batch of 128 x 64 attention products ran 25-33% faster on
     12 x 32 than on 8 x 48, 512 x 128 ones 7%; products both tiles pad alike ran level."""
     narrow = tile.narrow()
-    if narrow is None:
-        return tile
-    def padded(t: Tile) -> int:
-        return math.ceil(stage.m / t.mr) * t.mr * math.ceil(stage.n / t.nr) * t.nr
-    return narrow if 32 * padded(narrow) < 31 * padded(tile) else tile
+    if narrow is not None and 32 * _padded_area(stage, narrow) < 31 * _padded_area(stage, tile):
+        return narrow
+    return tile
+
+
+def _padded_area(stage: Gemm, tile: Tile) -> int:
+    """C's area with its rows padded to the tile's `mr` and its columns to its `nr`."""
+    return math.ceil(stage.m / tile.mr) * tile.mr * math.ceil(stage.n / tile.nr) * tile.nr
 
 
 def parallel_extent(stage: Gemm, tile: Tile) -> int:
