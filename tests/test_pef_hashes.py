@@ -2,7 +2,7 @@
 and inference, compiles to a PEF whose sha256 is the one recorded in `pef_hashes.json`.
 
 A refactoring of the compiler must leave these unchanged. A change that means to change
-the bytes re-records them with `python tests/test_pef_hashes.py --record` and says why.
+the bytes re-records them with `PYTHONPATH=. python tests/test_pef_hashes.py --record` and says why.
 """
 from __future__ import annotations
 

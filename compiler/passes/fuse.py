@@ -45,6 +45,10 @@ fusion.
 4. Operand-less generators (ops with a `generate` hook: full, iota,
    causal_mask) are not kernels: each fused kernel that uses one gets its own
    copy, and the top-level op stays only if something else still uses it.
+5. A view a kernel would write out for later kernels (an attention head saved for
+   the backward pass) is not a result when the tensor it views is in memory anyway
+   (a kernel input, or another result) and every later user is a fused kernel: each
+   of those re-derives it, a strided read of that tensor, instead of reading a copy.
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ from typing import Callable
 
 import attrs
 
+from backend.pef.records import row_major
 from compiler.pass_manager.base import Pass, PassContext, option
 from compiler.pass_manager.registry import register_pass
 from ir.builder import make_op
@@ -76,6 +81,7 @@ class Fuse(Pass):
         "fused-kernels": "fused ops created",
         "ops-fused": "ops moved into fused kernels",
         "generators-cloned": "copies of operand-less generators placed in kernels",
+        "views-rederived": "view ops copied into the kernels that read their result, not written out",
         "bytes-kept-onchip": "bytes of intermediate tensors that no longer leave the chip",
         "offchip-bytes-before": "modeled kernel operand and result bytes before fusion",
         "offchip-bytes-after": "modeled kernel operand and result bytes after fusion",
@@ -326,13 +332,15 @@ def _rebuild(graph: Graph, partition: _Partition) -> Counter:
         units.append(members)
     fused = [_wants_kernel(members) for members in units]
     escapes = _escaping(graph, unit_of)
+    derived = _derived_views(graph.ops, unit_of, fused, escapes)
     kept_generators = _kept_generators(graph, unit_of, fused)
     kept = {id(op) for op in kept_generators}
     replace: dict[Value, Value] = {}
     kernels: list[tuple[int, Op]] = []
     for u, members in enumerate(units):
         if fused[u]:
-            op = _fuse(members, lambda v, u=u: escapes.get(v, set()) - {u} != set(), stats)
+            op = _fuse(members, lambda v, u=u: v not in derived and escapes.get(v, set()) - {u} != set(),
+                       derived, stats)
             replace.update(zip(op.region.results, op.results))
         else:
             op = members[0]
@@ -367,6 +375,29 @@ def _escaping(graph: Graph, unit_of: dict[int, int]) -> dict[Value, set[int]]:
     return users
 
 
+def _derived_views(ops: list[Op], unit_of: dict[int, int], fused: list[bool],
+                   escapes: dict[Value, set[int]]) -> dict[Value, Value]:
+    """Results of view ops in fused kernels that the kernels using them re-derive (rule 5), each
+    with the value it views: views, or views of views, of a tensor in memory anyway, that stay
+    strided reads of its row-major layout, and that no plain kernel, output or update uses."""
+    derived: dict[Value, Value] = {}
+    layout: dict[Value, tuple[int, tuple[int, ...]]] = {}
+    for op in ops:
+        u, view = unit_of.get(id(op), -1), lookup(op.name).view
+        if u < 0 or not fused[u] or view is None:
+            continue
+        (x,), (v,) = op.operands, op.results
+        others = escapes.get(v, set()) - {u}
+        in_memory = x.producer is None or unit_of.get(id(x.producer)) != u or escapes.get(x, set()) - {u}
+        if not all(w >= 0 and fused[w] for w in others) or not (in_memory or x in derived):
+            continue
+        placed = view(op.attrs, x.type.shape, *layout.get(x, (0, row_major(x.type.shape))))
+        if placed is not None and placed[0] >= 0 and all(s >= 0 for s in placed[1]):
+            derived[v] = x
+            layout[v] = placed
+    return derived
+
+
 def _kept_generators(graph: Graph, unit_of: dict[int, int], fused: list[bool]) -> list[Op]:
     """Generators something outside a fused kernel still uses (a plain op, an output, an update)."""
     needed: set[int] = set()
@@ -379,15 +410,16 @@ def _kept_generators(graph: Graph, unit_of: dict[int, int], fused: list[bool]) -
     return [op for op in graph.ops if is_generator(op) and id(op) in needed]
 
 
-def _fuse(members: list[Op], escapes: Callable[[Value], bool], stats: Counter) -> Op:
-    """One fused op whose region holds `members` (moved in), generator copies and arguments for the rest."""
+def _fuse(members: list[Op], escapes: Callable[[Value], bool], derived: dict[Value, Value], stats: Counter) -> Op:
+    """One fused op whose region holds `members` (moved in), generator and derived-view copies,
+    and arguments for the rest."""
     phase, locs, label = members[0].phase, _locs(members), _label(members)
     inside = {id(op) for op in members}
     local: dict[Value, Value] = {}
     region = Region([])
     operands: list[Value] = []
     for op in members:
-        op.operands = [_local(v, inside, local, region, operands, stats) for v in op.operands]
+        op.operands = [_local(v, inside, local, region, operands, derived, stats) for v in op.operands]
         op.phase = None
         region.ops.append(op)
     # a group nothing uses (dead code, left to `dce`) still yields its last value
@@ -431,17 +463,20 @@ def _topological(kernels: list[tuple[int, Op]]) -> list[Op]:
 
 
 def _local(value: Value, inside: set[int], local: dict[Value, Value], region: Region,
-           operands: list[Value], stats: Counter) -> Value:
-    """The region's stand-in for an operand: itself if made inside, else a generator copy or an argument."""
+           operands: list[Value], derived: dict[Value, Value], stats: Counter) -> Value:
+    """The region's stand-in for an operand: itself if made inside, else a generator or
+    derived-view copy, or an argument."""
     if value.producer is not None and id(value.producer) in inside:
         return value
     if value not in local:
         producer = value.producer
-        if producer is not None and is_generator(producer):
-            copy = make_op(producer.name, [], dict(producer.attrs), producer.locs)
+        if producer is not None and (is_generator(producer) or value in derived):
+            viewed = [derived[value]] if value in derived else []
+            sources = [_local(v, inside, local, region, operands, derived, stats) for v in viewed]
+            copy = make_op(producer.name, sources, dict(producer.attrs), producer.locs)
             region.ops.append(copy)
             local[value] = copy.results[value.index]
-            stats["generators-cloned"] += 1
+            stats["views-rederived" if viewed else "generators-cloned"] += 1
         else:
             local[value] = Value(value.type)
             region.args.append(local[value])

@@ -220,3 +220,46 @@ def test_attention_block_views_become_operand_reads():
     scores = next(k for k in names if k.count("matmul") == 1 and "max" in k)
     assert {"slice", "reshape", "transpose", "matmul", "mul", "where"} <= set(scores)
     assert all(k != ["transpose"] and k != ["reshape"] for k in names)
+
+
+def _saved_transpose(output_it: bool) -> Graph:
+    """fwd: s = tanh(transpose(x) @ w); bwd: g = tanh(transpose(x) @ y), the transpose saved."""
+    b = Builder(Graph("saved_view"))
+    x, w, y = (b.input(n, TensorType((4, 4), f32)) for n in ("x", "w", "y"))
+    with b.in_phase(Phase.fwd):
+        t = b.transpose(x, perm=(1, 0))
+        b.output("s", b.tanh(b.matmul(t, w)))
+    with b.in_phase(Phase.bwd):
+        b.output("g", b.tanh(b.matmul(t, y)))
+    if output_it:
+        b.output("t", t)
+    return b.graph
+
+
+def test_a_saved_view_of_a_tensor_in_memory_is_rederived_not_written_out():
+    graph = _saved_transpose(output_it=False)
+    inputs = {n: np.random.default_rng(i).standard_normal((4, 4)).astype(np.float32) for i, n in enumerate("xwy")}
+    expected = results(graph, inputs, {})
+    fused, pm = run("fuse", graph)
+    assert kernels(fused) == [["transpose", "matmul", "tanh"], ["transpose", "matmul", "tanh"]]
+    forward, backward = fused.ops
+    assert len(forward.results) == 1 and backward.operands[0] is graph.inputs[0]
+    assert pm.counters["fuse.views-rederived"] == 1
+    verify(fused)
+    assert all(np.array_equal(v, results(fused, inputs, {})[k]) for k, v in expected.items())
+
+
+def test_a_view_an_output_needs_stays_a_result():
+    fused, pm = run("fuse", _saved_transpose(output_it=True))
+    assert kernels(fused) == [["transpose", "matmul", "tanh"], ["matmul", "tanh"]]
+    assert len(fused.ops[0].results) == 2 and pm.counters.get("fuse.views-rederived", 0) == 0
+
+
+def test_gpt2_attention_heads_are_read_from_the_projection():
+    """The scores kernel writes only the probabilities: the backward pass reads the query and
+    key heads out of the qkv projection, as the scores product does."""
+    fused, pm = run(f"{PREFIX},fuse", zoo_graph("gpt2", "train"))
+    scores = [op for op in fused.ops if op.region and {"max", "exp"} <= {o.name for o in op.region.ops}
+              and any(o.name == "matmul" for o in op.region.ops)]
+    assert scores and all(len(op.results) == 1 for op in scores)
+    assert pm.counters["fuse.views-rederived"] > 0
