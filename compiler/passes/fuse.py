@@ -45,10 +45,11 @@ fusion.
 4. Operand-less generators (ops with a `generate` hook: full, iota,
    causal_mask) are not kernels: each fused kernel that uses one gets its own
    copy, and the top-level op stays only if something else still uses it.
-5. A view a kernel would write out for later kernels (an attention head saved for
-   the backward pass) is not a result when the tensor it views is in memory anyway
-   (a kernel input, or another result) and every later user is a fused kernel: each
-   of those re-derives it, a strided read of that tensor, instead of reading a copy.
+5. A value a kernel would write out for later kernels (an attention head or a one-hot
+   mask saved for the backward pass) is not a result when the kernels using it can
+   re-derive it from what is in memory anyway (kernel inputs, other results): a view
+   that stays a strided read, or a single-flop elementwise op that reads fewer bytes
+   than it would write, and every later user is a fused kernel.
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ class Fuse(Pass):
         "fused-kernels": "fused ops created",
         "ops-fused": "ops moved into fused kernels",
         "generators-cloned": "copies of operand-less generators placed in kernels",
-        "views-rederived": "view ops copied into the kernels that read their result, not written out",
+        "ops-rederived": "views and cheap elementwise ops copied into the kernels that read their result",
         "bytes-kept-onchip": "bytes of intermediate tensors that no longer leave the chip",
         "offchip-bytes-before": "modeled kernel operand and result bytes before fusion",
         "offchip-bytes-after": "modeled kernel operand and result bytes after fusion",
@@ -332,7 +333,7 @@ def _rebuild(graph: Graph, partition: _Partition) -> Counter:
         units.append(members)
     fused = [_wants_kernel(members) for members in units]
     escapes = _escaping(graph, unit_of)
-    derived = _derived_views(graph.ops, unit_of, fused, escapes)
+    derived = _rederived(graph.ops, unit_of, fused, escapes)
     kept_generators = _kept_generators(graph, unit_of, fused)
     kept = {id(op) for op in kept_generators}
     replace: dict[Value, Value] = {}
@@ -375,26 +376,39 @@ def _escaping(graph: Graph, unit_of: dict[int, int]) -> dict[Value, set[int]]:
     return users
 
 
-def _derived_views(ops: list[Op], unit_of: dict[int, int], fused: list[bool],
-                   escapes: dict[Value, set[int]]) -> dict[Value, Value]:
-    """Results of view ops in fused kernels that the kernels using them re-derive (rule 5), each
-    with the value it views: views, or views of views, of a tensor in memory anyway, that stay
-    strided reads of its row-major layout, and that no plain kernel, output or update uses."""
-    derived: dict[Value, Value] = {}
+def _rederived(ops: list[Op], unit_of: dict[int, int], fused: list[bool],
+               escapes: dict[Value, set[int]]) -> dict[Value, list[Value]]:
+    """Results of ops in fused kernels that the kernels using them re-derive (rule 5), each with
+    the operands it is derived from. No plain kernel, output or update uses them; they are views
+    that stay strided reads of a tensor in memory anyway, or single-flop elementwise ops of such
+    tensors, views and generators that read fewer bytes than they would write."""
+    derived: dict[Value, list[Value]] = {}
     layout: dict[Value, tuple[int, tuple[int, ...]]] = {}
+    reads: dict[Value, int] = {}  # a derived value's bytes read from memory
     for op in ops:
-        u, view = unit_of.get(id(op), -1), lookup(op.name).view
-        if u < 0 or not fused[u] or view is None:
+        u, opdef = unit_of.get(id(op), -1), lookup(op.name)
+        if u < 0 or not fused[u] or (opdef.view is None and (opdef.scalar is None or opdef.flops_per_element > 1)):
             continue
-        (x,), (v,) = op.operands, op.results
-        others = escapes.get(v, set()) - {u}
-        in_memory = x.producer is None or unit_of.get(id(x.producer)) != u or escapes.get(x, set()) - {u}
-        if not all(w >= 0 and fused[w] for w in others) or not (in_memory or x in derived):
+        (v,) = op.results
+        if not all(w >= 0 and fused[w] for w in escapes.get(v, set()) - {u}):
             continue
-        placed = view(op.attrs, x.type.shape, *layout.get(x, (0, row_major(x.type.shape))))
-        if placed is not None and placed[0] >= 0 and all(s >= 0 for s in placed[1]):
-            derived[v] = x
+        sources = {}
+        for x in op.operands:
+            if x in derived:
+                sources[x] = reads[x]
+            elif x.producer is None or unit_of.get(id(x.producer)) != u or escapes.get(x, set()) - {u}:
+                sources[x] = 0 if x.producer is not None and is_generator(x.producer) else x.type.nbytes
+        if len(sources) < len(set(op.operands)):
+            continue
+        if opdef.view is not None:
+            (x,) = op.operands
+            placed = opdef.view(op.attrs, x.type.shape, *layout.get(x, (0, row_major(x.type.shape))))
+            if placed is None or placed[0] < 0 or any(s < 0 for s in placed[1]):
+                continue
             layout[v] = placed
+        elif sum(sources.values()) >= v.type.nbytes:
+            continue
+        derived[v], reads[v] = list(op.operands), sum(sources.values())
     return derived
 
 
@@ -410,9 +424,10 @@ def _kept_generators(graph: Graph, unit_of: dict[int, int], fused: list[bool]) -
     return [op for op in graph.ops if is_generator(op) and id(op) in needed]
 
 
-def _fuse(members: list[Op], escapes: Callable[[Value], bool], derived: dict[Value, Value], stats: Counter) -> Op:
-    """One fused op whose region holds `members` (moved in), generator and derived-view copies,
-    and arguments for the rest."""
+def _fuse(members: list[Op], escapes: Callable[[Value], bool], derived: dict[Value, list[Value]],
+          stats: Counter) -> Op:
+    """One fused op whose region holds `members` (moved in), generator and re-derived copies, and
+    arguments for the rest."""
     phase, locs, label = members[0].phase, _locs(members), _label(members)
     inside = {id(op) for op in members}
     local: dict[Value, Value] = {}
@@ -463,20 +478,19 @@ def _topological(kernels: list[tuple[int, Op]]) -> list[Op]:
 
 
 def _local(value: Value, inside: set[int], local: dict[Value, Value], region: Region,
-           operands: list[Value], derived: dict[Value, Value], stats: Counter) -> Value:
+           operands: list[Value], derived: dict[Value, list[Value]], stats: Counter) -> Value:
     """The region's stand-in for an operand: itself if made inside, else a generator or
-    derived-view copy, or an argument."""
+    re-derived copy, or an argument."""
     if value.producer is not None and id(value.producer) in inside:
         return value
     if value not in local:
         producer = value.producer
         if producer is not None and (is_generator(producer) or value in derived):
-            viewed = [derived[value]] if value in derived else []
-            sources = [_local(v, inside, local, region, operands, derived, stats) for v in viewed]
+            sources = [_local(v, inside, local, region, operands, derived, stats) for v in derived.get(value, [])]
             copy = make_op(producer.name, sources, dict(producer.attrs), producer.locs)
             region.ops.append(copy)
             local[value] = copy.results[value.index]
-            stats["views-rederived" if viewed else "generators-cloned"] += 1
+            stats["ops-rederived" if value in derived else "generators-cloned"] += 1
         else:
             local[value] = Value(value.type)
             region.args.append(local[value])
