@@ -84,6 +84,7 @@ class KernelModule:
                                   self.aliasing.pointer)
 
     def ir_text(self) -> str:
+        cg.limit_vector_width(self.module)
         return str(self.module)
 
     def compile(self, level: int = 3) -> bytes:
