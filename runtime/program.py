@@ -2,6 +2,7 @@
 
     program = runtime.load("out/gpt2/gpt2.pef")
     outputs = program.run({"input_ids": ids, "labels": labels, "lr": np.float32(1e-3)})
+    program.run(inputs, outputs=["loss"])  # copies out only the loss, not the logits
     program.params["wte"]             # a param or optimizer state, as numpy
     program.params["wte"] = array      # replaced in place
     program.profile                    # host time per kernel, over the runs so far
@@ -14,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -139,31 +140,52 @@ class Program:
             value = Init(s.init, s.init_args).materialize(TensorType(s.shape, DType(s.dtype)), s.name, seed)
             self.params[s.name] = convert(value, DType(s.dtype))
 
-    def run(self, inputs: Mapping[str, np.ndarray], *, profile: bool = False) -> dict[str, np.ndarray]:
-        """One execution: every input bound by symbol name; returns the outputs (copies).
+    def run(self, inputs: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None,
+            profile: bool = False) -> dict[str, np.ndarray]:
+        """One execution: every input bound by symbol name; returns copies of the outputs named in
+        `outputs` (default: all; a training loop that reads the loss need not copy the logits).
 
         A training program also applies its param updates (in place)."""
+        chosen = self._chosen(self.pef.symbols.outputs, outputs)
         self._bind_inputs(inputs)
         timings: list[float] | None = [] if profile else None
         self.executor.step(timings)
-        outputs = {s.name: self.executor.view(s.tensor, s.shape, DType(s.dtype)).copy()
-                   for s in self.pef.symbols.outputs}
+        result = self._copies(chosen)
         self.executor.commit_updates()
         if timings is not None:
             self.profile.add_step(timings)
-        return outputs
+        return result
 
-    def step(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def step(self, inputs: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """One training step: every section; params and optimizer state update in place."""
-        return self.run(inputs)
+        return self.run(inputs, outputs=outputs)
 
-    def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def evaluate(self, inputs: Mapping[str, np.ndarray], *,
+                 outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """The forward sections only (outputs such as the loss); nothing is updated.
 
-        Outputs computed outside the forward phase are not returned."""
+        Outputs computed outside the forward phase are not returned (nor can they be named)."""
+        chosen = self._chosen(self._forward_outputs, outputs)
         self._bind_inputs(inputs)
         self.executor.step(phases=FORWARD)
-        return {s.name: self.executor.view(s.tensor, s.shape, DType(s.dtype)).copy() for s in self._forward_outputs}
+        return self._copies(chosen)
+
+    def _chosen(self, symbols: Iterable[TensorSymbol], names: Iterable[str] | None) -> list[TensorSymbol]:
+        """The output symbols `names` picks from `symbols` (all of them for None); ExecutionError for
+        a name that is not among them."""
+        symbols = list(symbols)
+        if names is None:
+            return symbols
+        by_name = {s.name: s for s in symbols}
+        names = list(names)
+        for name in names:
+            if name not in by_name:
+                known = ", ".join(by_name) or "none"
+                raise ExecutionError(f"no output '{name}' to return here (outputs: {known})")
+        return [by_name[name] for name in dict.fromkeys(names)]
+
+    def _copies(self, symbols: Iterable[TensorSymbol]) -> dict[str, np.ndarray]:
+        return {s.name: self.executor.view(s.tensor, s.shape, DType(s.dtype)).copy() for s in symbols}
 
     @functools.cached_property
     def _forward_outputs(self) -> tuple[TensorSymbol, ...]:

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 import attrs
 import numpy as np
@@ -45,6 +45,9 @@ from runtime.program import param_types
 from runtime.save_dir import MetricsFile, SaveDirLock, kept_rows
 from runtime.schedules import Schedule, ScheduleName
 
+#: the outputs a step and an evaluation return to the loop (the program's others, the logits, stay
+#: uncopied: [batch, seq, vocab] floats each step)
+STEP_METRICS, EVAL_METRICS = ("loss", "accuracy", "grad_norm"), ("loss", "accuracy")
 METRICS_FILE = "per_step_metrics.csv"
 SUMMARY_FILE = "summary.txt"
 METRICS_COLUMNS = ("step", "epoch", "loss", "accuracy", "lr")
@@ -105,11 +108,13 @@ class Executable(Protocol):
     def initialize(self, seed: int) -> None:
         """Every param and optimizer state from its initializer, seeded."""
 
-    def step(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One training step: every section; params and optimizer state are updated in place."""
+    def step(self, inputs: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """One training step: every section; params and optimizer state are updated in place; returns
+        the outputs named (default: all)."""
 
-    def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The forward sections only: outputs such as `loss`, no update."""
+    def evaluate(self, inputs: Mapping[str, np.ndarray], *,
+                 outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """The forward sections only: outputs such as `loss` (those named; default: all), no update."""
 
     def get_params(self) -> dict[str, np.ndarray]:
         """Copies of every param, buffer and optimizer state, by name."""
@@ -332,7 +337,8 @@ class Trainer:
         lr = self.schedule(step)
         start = time.perf_counter()
         weight = self.replicas.weight(self.train.weight(batch))
-        outputs = self.program.step({**batch, "lr": np.float32(lr), **weight})
+        outputs = self.program.step({**batch, "lr": np.float32(lr), **weight},
+                                    outputs=[n for n in STEP_METRICS if n in self.outputs])
         outputs = self.replicas.combine(outputs, weight)
         result.train_seconds += time.perf_counter() - start
         result.samples += self.order.batch_size
@@ -390,7 +396,8 @@ class Trainer:
         batches = eval_batches(self.dev, self.order.batch_size)
         for indices in batches:
             batch = self.dev.rows(self.replicas.share(indices))
-            outputs = self.program.evaluate({**batch, "lr": np.float32(0.0), **self.replicas.idle_weight()})
+            outputs = self.program.evaluate({**batch, "lr": np.float32(0.0), **self.replicas.idle_weight()},
+                                            outputs=[n for n in EVAL_METRICS if n in self.outputs])
             weight = self.dev.weight(batch)
             total += weight
             loss += weight * float(outputs["loss"])

@@ -143,6 +143,19 @@ def test_evaluate_runs_the_forward_sections_only(pef_bytes):
     assert program.run(inputs())["loss"] == loss
 
 
+def test_a_run_returns_the_outputs_named_and_refuses_others(pef_bytes):
+    program, twin = load(pef_bytes, seed=3), load(pef_bytes, seed=3)
+    assert list(program.run(inputs(), outputs=["loss"])) == ["loss"]
+    everything = twin.run(inputs())
+    assert sorted(everything) == ["logits", "loss"]
+    step = inputs(1)
+    assert program.step(step, outputs=("loss",))["loss"] == twin.step(step)["loss"]
+    assert program.evaluate(step, outputs=["logits"])["logits"].shape == (4, 5)
+    with pytest.raises(ExecutionError, match=r"no output 'logit' to return here \(outputs: loss, logits\)"):
+        program.run(inputs(), outputs=["logit"])
+    np.testing.assert_array_equal(program.params["w1"], twin.params["w1"])  # the refused run ran nothing
+
+
 def test_same_seed_same_bits_on_any_thread_count(pef_bytes):
     one, two = load(pef_bytes, seed=1, threads=1), load(pef_bytes, seed=1, threads=2)
     for step in range(2):

@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from rich.console import Console
@@ -258,11 +258,12 @@ class _Program:
     def initialize(self, seed: int) -> None:
         self.program.initialize(seed)
 
-    def step(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.program.run(inputs, profile=self.profile)
+    def step(self, inputs: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        return self.program.run(inputs, outputs=outputs, profile=self.profile)
 
-    def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.program.evaluate(inputs)
+    def evaluate(self, inputs: Mapping[str, np.ndarray], *,
+                 outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        return self.program.evaluate(inputs, outputs=outputs)
 
     def get_params(self) -> dict[str, np.ndarray]:
         return self.program.get_params()

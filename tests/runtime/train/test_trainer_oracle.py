@@ -67,3 +67,26 @@ def test_evaluation_weighs_each_batch_by_its_counted_positions(llama):
             counts.append(np.count_nonzero(batch["token_type_ids"][:, 1:] == 1))
     assert len(set(counts)) > 1  # the weighting matters
     assert metrics.loss == pytest.approx(np.dot(losses, counts) / sum(counts), rel=1e-12)
+
+
+class Asked(InterpretedProgram):
+    """The oracle program, recording the outputs each call names."""
+
+    def __init__(self, pef, graph):
+        super().__init__(pef, graph)
+        self.asked: set[tuple[str, tuple[str, ...]]] = set()
+
+    def step(self, inputs, *, outputs=None):
+        self.asked.add(("step", tuple(outputs)))
+        return super().step(inputs, outputs=outputs)
+
+    def evaluate(self, inputs, *, outputs=None):
+        self.asked.add(("evaluate", tuple(outputs)))
+        return super().evaluate(inputs, outputs=outputs)
+
+
+def test_the_loop_copies_its_metrics_not_the_logits(llama):
+    data, pef, graph = llama
+    program = Asked(pef, graph)
+    train(program, data)
+    assert program.asked == {("step", ("loss", "accuracy", "grad_norm")), ("evaluate", ("loss", "accuracy"))}

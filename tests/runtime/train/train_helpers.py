@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import h5py
 import numpy as np
@@ -37,13 +37,14 @@ class InterpretedProgram:
     def initialize(self, seed: int) -> None:
         self.params = initial_params(self.graph, seed)
 
-    def step(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def step(self, inputs: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         result = interpret(self.graph, inputs, self.params)
         self.params.update(result.updates)
-        return result.outputs
+        return _named(result.outputs, outputs)
 
-    def evaluate(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return interpret(self.graph, inputs, self.params).outputs
+    def evaluate(self, inputs: Mapping[str, np.ndarray], *,
+                 outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        return _named(interpret(self.graph, inputs, self.params).outputs, outputs)
 
     def get_params(self) -> dict[str, np.ndarray]:
         return {name: value.copy() for name, value in self.params.items()}
@@ -52,6 +53,10 @@ class InterpretedProgram:
         unknown = set(values) - set(self.params)
         assert not unknown, unknown
         self.params.update({k: np.array(v, dtype=self.params[k].dtype) for k, v in values.items()})
+
+
+def _named(outputs: dict[str, np.ndarray], names: Iterable[str] | None) -> dict[str, np.ndarray]:
+    return outputs if names is None else {name: outputs[name] for name in names}
 
 
 def write_tokens(path: Path, input_ids: np.ndarray, token_type_ids: np.ndarray) -> Path:
