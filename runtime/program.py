@@ -171,13 +171,13 @@ class Program:
         return self._copies(chosen)
 
     def _chosen(self, symbols: Iterable[TensorSymbol], names: Iterable[str] | None) -> list[TensorSymbol]:
-        """The output symbols `names` picks from `symbols` (all of them for None); ExecutionError for
-        a name that is not among them."""
+        """The output symbols `names` (or one name) picks from `symbols` (all of them for None);
+        ExecutionError for a name that is not among them."""
         symbols = list(symbols)
         if names is None:
             return symbols
         by_name = {s.name: s for s in symbols}
-        names = list(names)
+        names = [names] if isinstance(names, str) else list(names)
         for name in names:
             if name not in by_name:
                 known = ", ".join(by_name) or "none"
