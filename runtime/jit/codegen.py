@@ -313,7 +313,7 @@ def limit_vector_width(module: ir.Module) -> None:
     into another merges the widths (the larger wins); llvmlite knows only enum attributes."""
     for fn in module.functions:
         if not fn.is_declaration:
-            found = [int(n) * _BITS.get(t, int(t[1:]) if t[0] == "i" else 0) for n, t in _VECTOR.findall(str(fn))]
+            found = [int(n) * (_BITS[t] if t in _BITS else int(t[1:])) for n, t in _VECTOR.findall(str(fn))]
             set.add(fn.attributes, f'"min-legal-vector-width"="{max(found, default=0)}"')
 
 

@@ -84,6 +84,7 @@ class KernelModule:
                                   self.aliasing.pointer)
 
     def ir_text(self) -> str:
+        """The module's LLVM IR, each function's vector width declared first (`codegen.limit_vector_width`)."""
         cg.limit_vector_width(self.module)
         return str(self.module)
 

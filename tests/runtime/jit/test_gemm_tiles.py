@@ -130,7 +130,8 @@ def test_batched_attention_products(jit, shape_a, shape_b, attrs):
     graph, inputs = matmul_graph(shape_a, shape_b, **attrs)
     runs = [run_kernels(graph, inputs, jit=jit, parallel=Parallel(t))[0]["c"] for t in (1, 2)]
     a, b = (inputs[x].astype(np.float64) for x in "ab")
-    exact = (a.transpose(0, 2, 1) if attrs.get("transpose_a") else a) @ (b.transpose(0, 2, 1) if attrs.get("transpose_b") else b)
+    a = a.transpose(0, 2, 1) if attrs.get("transpose_a") else a
+    exact = a @ (b.transpose(0, 2, 1) if attrs.get("transpose_b") else b)
     np.testing.assert_allclose(runs[0], exact, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(runs[1], runs[0])
 
