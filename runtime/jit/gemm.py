@@ -10,6 +10,11 @@ in C; the last block applies the epilogue (bias, activation, residual) while sto
 Operands are read through `MatrixOperand`s, so transposed, broadcast-batched and
 implicit (im2col) matrices pack the same way. Work splits across threads by column
 or row slivers of each batch entry.
+
+Zeros cost nothing where a masked loss makes them: an A sliver that packs to zeros skips its
+micro-kernels, and a weight gradient (A contiguous along its rows, B along its columns) packs
+only the depth steps with a nonzero in both A's column and B's row. As in reference BLAS, a skipped zero is not
+multiplied by an infinity or NaN opposite it; every other sum keeps its bits and depth order.
 """
 from __future__ import annotations
 
@@ -176,6 +181,7 @@ class _Emitter:
         # a whole (deep) contraction per block: keep the packed panels within a few MB
         self.mc = max(tile.mr, min(tile.mc, PACK_A_BYTES // (4 * self.kc) // tile.mr * tile.mr))
         self.nc = max(tile.nr, min(tile.nc, PACK_B_BYTES // (4 * self.kc) // tile.nr * tile.nr))
+        self.skips_depth = skips_zero_depth(stage)
 
     def run(self, lo: ir.Value, hi: ir.Value) -> ir.Value:
         """Emit the body; returns the status (`OUT_OF_MEMORY` if a packing buffer could not be had)."""
@@ -198,6 +204,9 @@ class _Emitter:
         b, s, t = self.b, self.s, self.tile
         with b.goto_entry_block():
             self.sums = b.alloca(F32, t.mr * t.nr, name="sums")
+            self.live_rows = b.alloca(cg.I1, self.mc // t.mr, name="live_rows")
+            self.live_depth = b.alloca(cg.I32, self.kc, name="live_depth") if self.skips_depth else None
+            self.live_count = b.alloca(I64, name="live_count")
         rows = split_rows(s)
         unit, dim = (t.mr, s.m) if rows else (t.nr, s.n)
         blocks = math.ceil(dim / unit)
@@ -224,15 +233,18 @@ class _Emitter:
                 kc = cg.imin(b, i64(self.kc), b.sub(i64(s.k), pc))
                 is_first = b.icmp_signed("==", pc, i64(0))
                 is_last = b.icmp_signed("==", b.add(pc, kc), i64(s.k))
-                self.pack_b(pc, kc, jc, nc)
+                depth = self.find_live_depth(pc, kc, m0, m1, jc, nc) if self.skips_depth else kc
+                self.pack_b(pc, depth, jc, nc)
                 with cg.loop(b, m0, m1, self.mc, name="ic") as ic:
                     mc = cg.imin(b, i64(self.mc), b.sub(m1, ic))
-                    self.pack_a(ic, mc, pc, kc)
+                    self.pack_a(ic, mc, pc, depth)
                     with cg.loop(b, 0, nc, t.nr, name="jr") as jr:
                         with cg.loop(b, 0, mc, t.mr, name="ir") as ir_:
                             row0, col0 = b.add(ic, ir_), b.add(jc, jr)
                             self.prefetch_tile(row0, col0, is_last)
-                            self.micro(b.gep(self.apack, [b.mul(ir_, kc)]), b.gep(self.bpack, [b.mul(jr, kc)]), kc)
+                            live = b.load(b.gep(self.live_rows, [b.udiv(ir_, i64(t.mr))]))
+                            self.micro(b.gep(self.apack, [b.mul(ir_, depth)]), b.gep(self.bpack, [b.mul(jr, depth)]),
+                                       b.select(live, depth, i64(0)))
                             self.store_tile(row0, col0, cg.imin(b, i64(t.mr), b.sub(mc, ir_)),
                                             cg.imin(b, i64(t.nr), b.sub(nc, jr)), is_first, is_last)
 
@@ -247,10 +259,34 @@ class _Emitter:
                 self.store_tile(i, j, cg.imin(b, i64(t.mr), b.sub(m1, i)), cg.imin(b, i64(t.nr), b.sub(n1, j)),
                                 true, true)
 
+    def find_live_depth(self, pc, kc, m0, m1, jc, nc) -> ir.Value:
+        """Lists in `live_depth` the depth steps p < kc with a nonzero (or NaN) both in their row of
+        B over the panel's columns and in their column of A over rows m0..m1; returns how many
+        there are (the packed depth)."""
+        b, s = self.b, self.s
+        count = self.live_count
+        b.store(i64(0), count)
+        with cg.loop(b, 0, kc, name="live") as p:
+            step = b.add(pc, p)
+            in_b = self._any_nonzero(nc, lambda c: s.b.load(b, self.ptrs, self.b_base, step, b.add(jc, c)))
+            with b.if_then(in_b):
+                rows = b.sub(m1, m0)
+                with b.if_then(self._any_nonzero(rows, lambda r: s.a.load(b, self.ptrs, self.a_base, b.add(m0, r), step))):
+                    found = b.load(count)
+                    b.store(b.trunc(p, cg.I32), b.gep(self.live_depth, [found]))
+                    b.store(b.add(found, i64(1)), count)
+        return b.load(count)
+
+    def depth(self, pc: ir.Value, p: ir.Value) -> ir.Value:
+        """The depth index of packed step p of the block at pc."""
+        if self.live_depth is None:
+            return self.b.add(pc, p)
+        return self.b.add(pc, self.b.zext(self.b.load(self.b.gep(self.live_depth, [p])), I64))
+
     def pack_b(self, pc, kc, jc, nc) -> None:
-        """bpack[jr*kc + p*nr + c] = B[pc+p, jc+jr+c] (zero past the last column)."""
+        """bpack[jr*kc + p*nr + c] = B[depth p, jc+jr+c] (zero past the last column)."""
         b, s, nr = self.b, self.s, self.tile.nr
-        load = lambda p, c: s.b.load(b, self.ptrs, self.b_base, b.add(pc, p), c)  # noqa: E731
+        load = lambda p, c: s.b.load(b, self.ptrs, self.b_base, self.depth(pc, p), c)  # noqa: E731
         if isinstance(s.b, Strided) and s.b.access.strides[-1] == 1:
             self._pack_sweep(kc, jc, nc, load)
             return
@@ -287,13 +323,37 @@ class _Emitter:
                    lambda p, c: load(b.add(p, whole), c))
 
     def pack_a(self, ic, mc, pc, kc) -> None:
-        """apack[ir*kc + p*mr + r] = A[ic+ir+r, pc+p] (zero past the last row)."""
+        """apack[ir*kc + p*mr + r] = A[ic+ir+r, depth p] (zero past the last row), and in `live_rows`
+        whether each sliver has a nonzero (or NaN)."""
         b, s, mr = self.b, self.s, self.tile.mr
         with cg.loop(b, 0, mc, mr, name="pai") as ir_:
             dst = b.gep(self.apack, [b.mul(ir_, kc)])
             row0 = b.add(ic, ir_)
-            load = lambda p, r: s.a.load(b, self.ptrs, self.a_base, r, b.add(pc, p))  # noqa: E731
+            load = lambda p, r: s.a.load(b, self.ptrs, self.a_base, r, self.depth(pc, p))  # noqa: E731
             self._pack(dst, kc, mr, row0, b.sub(mc, ir_), s.m, load)
+            live = self._any_nonzero(b.mul(kc, i64(mr)), lambda i: b.load(b.gep(dst, [i])))
+            b.store(live, b.gep(self.live_rows, [b.udiv(ir_, i64(mr))]))
+
+    def _any_nonzero(self, count: ir.Value, value) -> ir.Value:
+        """Whether any of value(i) for i < count is nonzero or NaN (an i1); the scan stops at the first."""
+        b = self.b
+        pre = b.block
+        head, body, done = (b.append_basic_block(f"nz.{n}") for n in ("head", "body", "done"))
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64)
+        i.add_incoming(i64(0), pre)
+        b.cbranch(b.icmp_signed("<", i, count), body, done)
+        b.position_at_end(body)
+        nonzero = b.fcmp_unordered("!=", value(i), ir.Constant(F32, 0.0))
+        scan = b.block
+        i.add_incoming(b.add(i, i64(1)), scan)
+        b.cbranch(nonzero, done, head)
+        b.position_at_end(done)
+        found = b.phi(cg.I1)
+        found.add_incoming(ir.Constant(cg.I1, 0), head)
+        found.add_incoming(ir.Constant(cg.I1, 1), scan)
+        return found
 
     def _pack_sweep(self, kc, jc, nc, load) -> None:
         """The panel's `nc` columns from `jc` laid out as `pack_b` says, for a B contiguous along its
@@ -430,6 +490,17 @@ class _Emitter:
                 elif last:
                     acc = ex.cast(b, acc, DType.f32, s.out.dtype)
                 cg.store(b, acc, self.ptrs[out.arg], address, out.dtype)
+
+
+def skips_zero_depth(stage: Gemm) -> bool:
+    """Whether the gemm packs only the depth steps with a nonzero in their column of A and row of B:
+    a weight gradient (A = X^T or dY^T contiguous along its rows, B = dY or X along its columns,
+    the depth their tokens), where the tokens a masked loss leaves out are zero; an indirect depth
+    index costs packing along those contiguous runs nothing."""
+    if not (isinstance(stage.a, Strided) and isinstance(stage.b, Strided)):
+        return False
+    a, b = stage.a.access, stage.b.access
+    return a.strides[-2] == 1 and b.strides[-1] == 1 and not (a.dtype.is_blocked or b.dtype.is_blocked)
 
 
 def transposes(operand: MatrixOperand, tile: Tile, kc: int) -> bool:

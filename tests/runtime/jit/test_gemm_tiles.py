@@ -242,6 +242,44 @@ def test_conv2d_and_its_gradients(jit):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+def test_a_sliver_of_zero_rows_skips_its_products(jit):
+    """Rows 0-167 of A are zero (whole slivers of every tile's 6, 8, 12 or 14 rows): their sums are
+    exactly zero even opposite an infinity in B, as in reference BLAS; the rest as numpy's."""
+    graph, inputs = matmul_graph((200, 300), (300, 50))
+    blocked(graph)
+    inputs["a"][:168] = 0.0
+    inputs["a"][:168:2, 7] = -0.0
+    inputs["b"][3, 5] = np.inf
+    got = [run_kernels(graph, inputs, jit=jit, parallel=Parallel(t))[0]["c"] for t in (1, 2)]
+    assert np.all(got[0][:168] == 0.0) and not np.signbit(got[0][:168]).any()
+    with np.errstate(invalid="ignore"):
+        exact = inputs["a"][168:].astype(np.float64) @ inputs["b"].astype(np.float64)
+    np.testing.assert_allclose(got[0][168:], exact, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(got[1], got[0])
+
+
+@pytest.mark.parametrize("zero_in", ["a", "b"])
+def test_a_weight_gradient_packs_only_the_tokens_with_a_gradient(jit, zero_in):
+    """dW = X^T dY (or dY^T X) over 1000 tokens, a quarter of whose gradient rows are zero (a masked
+    loss): the sum over the others, never multiplying the infinity in a masked token's X, the same
+    bits on 1 and 2 threads."""
+    tokens, masked = 1000, np.arange(1000) % 4 == 1
+    dy = RNG.standard_normal((tokens, 70)).astype(np.float32)
+    dy[masked] = 0.0
+    x = RNG.standard_normal((tokens, 90)).astype(np.float32)
+    x[np.flatnonzero(masked)[::7], 3] = np.inf
+    a, b_ = (dy, x) if zero_in == "a" else (x, dy)
+    graph, inputs = matmul_graph(a.shape, b_.shape, transpose_a=True)
+    stage = blocked(graph)
+    assert stage.a.strides[-2] == 1 and stage.b.strides[-1] == 1  # what `gemm.skips_zero_depth` selects
+    inputs.update(a=a, b=b_)
+    got = [run_kernels(graph, inputs, jit=jit, parallel=Parallel(t))[0]["c"] for t in (1, 2)]
+    live = ~masked
+    exact = a[live].T.astype(np.float64) @ b_[live].astype(np.float64)
+    np.testing.assert_allclose(got[0], exact, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got[1], got[0])
+
+
 def test_thread_counts_do_not_change_a_bit(jit):
     """Each sum's depth order is the tile's, never the thread count's."""
     b = Builder()
