@@ -204,7 +204,7 @@ class _Emitter:
         b, s, t = self.b, self.s, self.tile
         with b.goto_entry_block():
             self.sums = b.alloca(F32, t.mr * t.nr, name="sums")
-            self.live_rows = b.alloca(cg.I1, self.mc // t.mr, name="live_rows")
+            self.spans = b.alloca(I64, 2 * (self.mc // t.mr), name="spans")
             self.live_depth = b.alloca(cg.I32, self.kc, name="live_depth") if self.skips_depth else None
             self.live_count = b.alloca(I64, name="live_count")
         rows = split_rows(s)
@@ -242,9 +242,11 @@ class _Emitter:
                         with cg.loop(b, 0, mc, t.mr, name="ir") as ir_:
                             row0, col0 = b.add(ic, ir_), b.add(jc, jr)
                             self.prefetch_tile(row0, col0, is_last)
-                            live = b.load(b.gep(self.live_rows, [b.udiv(ir_, i64(t.mr))]))
-                            self.micro(b.gep(self.apack, [b.mul(ir_, depth)]), b.gep(self.bpack, [b.mul(jr, depth)]),
-                                       b.select(live, depth, i64(0)))
+                            sliver = b.mul(b.udiv(ir_, i64(t.mr)), i64(2))
+                            first, steps = (b.load(b.gep(self.spans, [b.add(sliver, i64(j))])) for j in (0, 1))
+                            ap = b.gep(self.apack, [b.add(b.mul(ir_, depth), b.mul(first, i64(t.mr)))])
+                            bp = b.gep(self.bpack, [b.add(b.mul(jr, depth), b.mul(first, i64(t.nr)))])
+                            self.micro(ap, bp, steps)
                             self.store_tile(row0, col0, cg.imin(b, i64(t.mr), b.sub(mc, ir_)),
                                             cg.imin(b, i64(t.nr), b.sub(nc, jr)), is_first, is_last)
 
@@ -268,10 +270,10 @@ class _Emitter:
         b.store(i64(0), count)
         with cg.loop(b, 0, kc, name="live") as p:
             step = b.add(pc, p)
-            in_b = self._any_nonzero(nc, lambda c: s.b.load(b, self.ptrs, self.b_base, step, b.add(jc, c)))
-            with b.if_then(in_b):
-                rows = b.sub(m1, m0)
-                with b.if_then(self._any_nonzero(rows, lambda r: s.a.load(b, self.ptrs, self.a_base, b.add(m0, r), step))):
+            in_b = self._scan(i64(0), nc, 1, lambda c: s.b.load(b, self.ptrs, self.b_base, step, b.add(jc, c)))
+            with b.if_then(b.icmp_signed("<", in_b, nc)):
+                in_a = self._scan(m0, m1, 1, lambda r: s.a.load(b, self.ptrs, self.a_base, r, step))
+                with b.if_then(b.icmp_signed("<", in_a, m1)):
                     found = b.load(count)
                     b.store(b.trunc(p, cg.I32), b.gep(self.live_depth, [found]))
                     b.store(b.add(found, i64(1)), count)
@@ -323,37 +325,40 @@ class _Emitter:
                    lambda p, c: load(b.add(p, whole), c))
 
     def pack_a(self, ic, mc, pc, kc) -> None:
-        """apack[ir*kc + p*mr + r] = A[ic+ir+r, depth p] (zero past the last row), and in `live_rows`
-        whether each sliver has a nonzero (or NaN)."""
+        """apack[ir*kc + p*mr + r] = A[ic+ir+r, depth p] (zero past the last row), and in `spans` each
+        sliver's first depth step and number of steps from its first to its last with a nonzero
+        (or NaN): zeros before and after (a causal attention's probabilities) cost nothing."""
         b, s, mr = self.b, self.s, self.tile.mr
         with cg.loop(b, 0, mc, mr, name="pai") as ir_:
             dst = b.gep(self.apack, [b.mul(ir_, kc)])
             row0 = b.add(ic, ir_)
             load = lambda p, r: s.a.load(b, self.ptrs, self.a_base, r, self.depth(pc, p))  # noqa: E731
             self._pack(dst, kc, mr, row0, b.sub(mc, ir_), s.m, load)
-            live = self._any_nonzero(b.mul(kc, i64(mr)), lambda i: b.load(b.gep(dst, [i])))
-            b.store(live, b.gep(self.live_rows, [b.udiv(ir_, i64(mr))]))
+            packed, value = b.mul(kc, i64(mr)), (lambda i, dst=dst: b.load(b.gep(dst, [i])))
+            first = self._scan(i64(0), packed, 1, value)
+            last = self._scan(b.sub(packed, i64(1)), first, -1, value)
+            steps = b.add(b.sub(b.udiv(last, i64(mr)), b.udiv(first, i64(mr))), i64(1))
+            sliver = b.mul(b.udiv(ir_, i64(mr)), i64(2))
+            b.store(b.udiv(first, i64(mr)), b.gep(self.spans, [sliver]))
+            b.store(b.select(b.icmp_signed("==", first, packed), i64(0), steps), b.gep(self.spans, [b.add(sliver, i64(1))]))
 
-    def _any_nonzero(self, count: ir.Value, value) -> ir.Value:
-        """Whether any of value(i) for i < count is nonzero or NaN (an i1); the scan stops at the first."""
+    def _scan(self, start: ir.Value, stop: ir.Value, step: int, value) -> ir.Value:
+        """The first i from `start` towards `stop` (by `step`, +1 or -1) with value(i) nonzero or NaN;
+        `stop` (or `start`, if that is already at or past `stop`) where there is none."""
         b = self.b
         pre = b.block
-        head, body, done = (b.append_basic_block(f"nz.{n}") for n in ("head", "body", "done"))
+        head, body, done = (b.append_basic_block(f"scan.{n}") for n in ("head", "body", "done"))
         b.branch(head)
         b.position_at_end(head)
         i = b.phi(I64)
-        i.add_incoming(i64(0), pre)
-        b.cbranch(b.icmp_signed("<", i, count), body, done)
+        i.add_incoming(start, pre)
+        b.cbranch(b.icmp_signed("<" if step > 0 else ">", i, stop), body, done)
         b.position_at_end(body)
-        nonzero = b.fcmp_unordered("!=", value(i), ir.Constant(F32, 0.0))
-        scan = b.block
-        i.add_incoming(b.add(i, i64(1)), scan)
-        b.cbranch(nonzero, done, head)
+        zero = b.fcmp_ordered("==", value(i), ir.Constant(F32, 0.0))
+        i.add_incoming(b.add(i, i64(step)), b.block)
+        b.cbranch(zero, head, done)
         b.position_at_end(done)
-        found = b.phi(cg.I1)
-        found.add_incoming(ir.Constant(cg.I1, 0), head)
-        found.add_incoming(ir.Constant(cg.I1, 1), scan)
-        return found
+        return i
 
     def _pack_sweep(self, kc, jc, nc, load) -> None:
         """The panel's `nc` columns from `jc` laid out as `pack_b` says, for a B contiguous along its

@@ -258,6 +258,25 @@ def test_a_sliver_of_zero_rows_skips_its_products(jit):
     np.testing.assert_array_equal(got[1], got[0])
 
 
+@pytest.mark.parametrize("triangle", ["lower", "upper"])
+def test_a_slivers_depth_runs_from_its_first_nonzero_to_its_last(jit, triangle):
+    """A causal attention's probabilities (lower: zeros after each row's last depth step) or their
+    transpose (upper: zeros before): the zeros outside a sliver's span are never multiplied, so
+    the infinity in B's last (first) depth row reaches only the sliver whose span holds it; every
+    other row as numpy's, the same bits on 1 and 2 threads."""
+    graph, inputs = matmul_graph((200, 200), (200, 30))
+    blocked(graph)
+    inputs["a"] = (np.tril if triangle == "lower" else np.triu)(inputs["a"])
+    edge = 199 if triangle == "lower" else 0
+    finite_b = inputs["b"].astype(np.float64)
+    inputs["b"][edge, 0] = np.inf
+    got = [run_kernels(graph, inputs, jit=jit, parallel=Parallel(t))[0]["c"] for t in (1, 2)]
+    rows = slice(0, 192) if triangle == "lower" else slice(14, 200)  # outside the edge's sliver on every tile
+    exact = inputs["a"].astype(np.float64) @ finite_b
+    np.testing.assert_allclose(got[0][rows], exact[rows], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got[1], got[0])
+
+
 @pytest.mark.parametrize("zero_in", ["a", "b"])
 def test_a_weight_gradient_packs_only_the_tokens_with_a_gradient(jit, zero_in):
     """dW = X^T dY (or dY^T X) over 1000 tokens, a quarter of whose gradient rows are zero (a masked
@@ -296,15 +315,16 @@ def test_thread_counts_do_not_change_a_bit(jit):
 
 
 def inner_loop(asm: str) -> list[str]:
-    """The lines of the loop (label to backward branch) with the most FMAs."""
+    """The lines of the innermost loop (label to backward branch, with no loop inside) with the most FMAs."""
     lines = asm.splitlines()
     labels = {line[:-1]: i for i, line in enumerate(lines) if re.fullmatch(r"\.LBB\d+_\d+:", line)}
     loops = []
     for i, line in enumerate(lines):
         jump = re.fullmatch(r"\s+j\w+\s+(\.LBB\d+_\d+)", line)
         if jump and labels.get(jump.group(1), i) < i:
-            loops.append(lines[labels[jump.group(1)]:i + 1])
-    return max(loops, key=lambda body: sum("vfmadd" in x for x in body))
+            loops.append((labels[jump.group(1)], i))
+    innermost = [(s, e) for s, e in loops if not any((s, e) != o and s <= o[0] and o[1] <= e for o in loops)]
+    return max((lines[s:e + 1] for s, e in innermost), key=lambda body: sum("vfmadd" in x for x in body))
 
 
 @pytest.mark.parametrize("name,cpu,register,columns", [
