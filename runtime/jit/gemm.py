@@ -11,10 +11,12 @@ Operands are read through `MatrixOperand`s, so transposed, broadcast-batched and
 implicit (im2col) matrices pack the same way. Work splits across threads by column
 or row slivers of each batch entry.
 
-Zeros cost nothing where a masked loss makes them: an A sliver that packs to zeros skips its
-micro-kernels, and a weight gradient (A contiguous along its rows, B along its columns) packs
-only the depth steps with a nonzero in both A's column and B's row. As in reference BLAS, a skipped zero is not
-multiplied by an infinity or NaN opposite it; every other sum keeps its bits and depth order.
+Zeros cost nothing where masks make them: each A sliver's micro-kernels run from its first
+nonzero depth step to its last (none for a sliver of zeros, such as the rows a masked loss
+leaves out; half the steps for a causal attention's probabilities), and a weight gradient (A
+contiguous along its rows, B along its columns) packs only the depth steps (tokens) with a
+nonzero in both A's column and B's row. As in reference BLAS, a skipped zero is not multiplied
+by an infinity or NaN opposite it; every other sum keeps its bits and depth order.
 """
 from __future__ import annotations
 
@@ -181,7 +183,7 @@ class _Emitter:
         # a whole (deep) contraction per block: keep the packed panels within a few MB
         self.mc = max(tile.mr, min(tile.mc, PACK_A_BYTES // (4 * self.kc) // tile.mr * tile.mr))
         self.nc = max(tile.nr, min(tile.nc, PACK_B_BYTES // (4 * self.kc) // tile.nr * tile.nr))
-        self.skips_depth = skips_zero_depth(stage)
+        self.skips_depth = skips_zero_depth(stage) and self.kc <= tile.kc  # its list of steps is on the stack
 
     def run(self, lo: ir.Value, hi: ir.Value) -> ir.Value:
         """Emit the body; returns the status (`OUT_OF_MEMORY` if a packing buffer could not be had)."""
@@ -206,7 +208,7 @@ class _Emitter:
             self.sums = b.alloca(F32, t.mr * t.nr, name="sums")
             self.spans = b.alloca(I64, 2 * (self.mc // t.mr), name="spans")
             self.live_depth = b.alloca(cg.I32, self.kc, name="live_depth") if self.skips_depth else None
-            self.live_count = b.alloca(I64, name="live_count")
+            self.live_count = b.alloca(I64, name="live_count") if self.skips_depth else None
         rows = split_rows(s)
         unit, dim = (t.mr, s.m) if rows else (t.nr, s.n)
         blocks = math.ceil(dim / unit)
@@ -242,8 +244,8 @@ class _Emitter:
                         with cg.loop(b, 0, mc, t.mr, name="ir") as ir_:
                             row0, col0 = b.add(ic, ir_), b.add(jc, jr)
                             self.prefetch_tile(row0, col0, is_last)
-                            sliver = b.mul(b.udiv(ir_, i64(t.mr)), i64(2))
-                            first, steps = (b.load(b.gep(self.spans, [b.add(sliver, i64(j))])) for j in (0, 1))
+                            span = b.gep(self.spans, [b.mul(b.udiv(ir_, i64(t.mr)), i64(2))])
+                            first, steps = (b.load(b.gep(span, [i64(j)])) for j in (0, 1))
                             ap = b.gep(self.apack, [b.add(b.mul(ir_, depth), b.mul(first, i64(t.mr)))])
                             bp = b.gep(self.bpack, [b.add(b.mul(jr, depth), b.mul(first, i64(t.nr)))])
                             self.micro(ap, bp, steps)
@@ -338,9 +340,9 @@ class _Emitter:
             first = self._scan(i64(0), packed, 1, value)
             last = self._scan(b.sub(packed, i64(1)), first, -1, value)
             steps = b.add(b.sub(b.udiv(last, i64(mr)), b.udiv(first, i64(mr))), i64(1))
-            sliver = b.mul(b.udiv(ir_, i64(mr)), i64(2))
-            b.store(b.udiv(first, i64(mr)), b.gep(self.spans, [sliver]))
-            b.store(b.select(b.icmp_signed("==", first, packed), i64(0), steps), b.gep(self.spans, [b.add(sliver, i64(1))]))
+            span = b.gep(self.spans, [b.mul(b.udiv(ir_, i64(mr)), i64(2))])
+            b.store(b.udiv(first, i64(mr)), span)
+            b.store(b.select(b.icmp_signed("==", first, packed), i64(0), steps), b.gep(span, [i64(1)]))
 
     def _scan(self, start: ir.Value, stop: ir.Value, step: int, value) -> ir.Value:
         """The first i from `start` towards `stop` (by `step`, +1 or -1) with value(i) nonzero or NaN;
