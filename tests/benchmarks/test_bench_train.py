@@ -6,13 +6,15 @@ of threads, side by side:
         python -m pytest tests/benchmarks/test_bench_train.py --benchmark-enable -s
 
 One step = forward, next-token cross-entropy over the completion positions,
-backward, global-norm clipping at 1.0 and AdamW (weight decay 0.01), returning the loss, in two configs:
-`vocab128` (4 x 64 tokens, the zoo's vocabulary of 128: the layers alone) and `vocab50257`
-(4 x 128 tokens, GPT-2's vocabulary: the LM head and its gradients too). Each test stores and
+backward, global-norm clipping at 1.0 and AdamW (weight decay 0.01), returning the loss, in three
+configs: `vocab128` (4 x 64 tokens, the zoo's vocabulary of 128: the layers alone), `vocab50257`
+(4 x 128 tokens, GPT-2's vocabulary: the LM head and its gradients too) and `vocab50257-padded`
+(the same with each sequence's last 64 tokens padding the loss does not count, as in a batch of
+fine-tuning examples padded to one length: their gradients are zero). Each test stores and
 prints `tokens_per_s` (mean step) and `tokens_per_s_best` (fastest step), and the step's
 matrix-product FLOPs (`step_flops`) over the mean step as GFLOP/s. PyTorch runs in its own
 process (`torch_training_step.py`) under `RDUFLOW_TORCH_PYTHON` (default: this interpreter);
-its tests are skipped where that has no torch.
+its tests are skipped where that has no torch. `step_flops` counts the dense products, padding too.
 """
 from __future__ import annotations
 
@@ -35,29 +37,30 @@ from torch_training_step import NO_TORCH, batch
 pytestmark = pytest.mark.slow
 
 LAYERS = {"n_layer": 12, "n_embd": 768, "n_head": 12}
-#: config: (vocabulary, batch, sequence length)
-CONFIGS = {"vocab128": (128, 4, 64), "vocab50257": (50257, 4, 128)}
+#: config: (vocabulary, batch, sequence length, padding tokens at the end of each sequence)
+CONFIGS = {"vocab128": (128, 4, 64, 0), "vocab50257": (50257, 4, 128, 0), "vocab50257-padded": (50257, 4, 128, 64)}
 THREADS = default_threads()
 SCRIPT = Path(__file__).with_name("torch_training_step.py")
 
 
 def group(config: str) -> str:
-    vocab, batch_size, seq = CONFIGS[config]
-    return f"gpt2 12x768 vocab {vocab} training step, batch {batch_size}x{seq}, {THREADS} thread(s)"
+    vocab, batch_size, seq, padding = CONFIGS[config]
+    padded = f" ({padding} padding each)" if padding else ""
+    return f"gpt2 12x768 vocab {vocab} training step, batch {batch_size}x{seq}{padded}, {THREADS} thread(s)"
 
 
 def step_flops(config: str) -> int:
     """Multiply-add FLOPs of a training step's matrix products: 6 x tokens x (the layers' 12 d^2
     weights per layer + the LM head's vocab x d) for forward and both gradients, plus the
     attention scores and their mix (4 x batch x seq^2 x d per layer forward, x3 with backward)."""
-    vocab, batch_size, seq = CONFIGS[config]
+    vocab, batch_size, seq, _ = CONFIGS[config]
     d, layers = LAYERS["n_embd"], LAYERS["n_layer"]
     return 6 * batch_size * seq * (layers * 12 * d * d + vocab * d) + 12 * layers * batch_size * seq * seq * d
 
 
 def report(benchmark, name: str, config: str, seconds: list[float]) -> None:
     """Tokens/s over the mean and over the fastest step, and GFLOP/s over the mean."""
-    _, batch_size, seq = CONFIGS[config]
+    _, batch_size, seq, _ = CONFIGS[config]
     mean_s = sum(seconds) / len(seconds)
     mean, best = (batch_size * seq / t for t in (mean_s, min(seconds)))
     gflops = step_flops(config) / mean_s / 1e9
@@ -68,7 +71,7 @@ def report(benchmark, name: str, config: str, seconds: list[float]) -> None:
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_bench_rduflow_training_step(benchmark, config):
-    vocab, batch_size, seq = CONFIGS[config]
+    vocab, batch_size, seq, padding = CONFIGS[config]
     benchmark.group = group(config)
     sizes = {**LAYERS, "vocab_size": vocab, "n_positions": seq}
     overrides = tuple(f"model.{k}={v}" for k, v in sizes.items()) + (f"model.seq_len={seq}",)
@@ -77,7 +80,7 @@ def test_bench_rduflow_training_step(benchmark, config):
     gemms = [s for k in pef.kernels for s in k.stages if s.kind == "gemm"]
     assert sum(2 * math.prod(s.batch) * s.m * s.n * s.k for s in gemms) == step_flops(config)
     program = load(pef, threads=THREADS)
-    inputs = {**batch(vocab, batch_size, seq), "lr": np.float32(1e-4)}
+    inputs = {**batch(vocab, batch_size, seq, padding), "lr": np.float32(1e-4)}
     program.step(inputs)  # warm up: first touch of the arenas
     # the loss alone comes back, as PyTorch's step returns it (the logits stay in the arena)
     outputs = benchmark.pedantic(program.step, args=(inputs,), kwargs={"outputs": ("loss",)}, rounds=3, iterations=1)
@@ -90,10 +93,11 @@ def test_bench_rduflow_training_step(benchmark, config):
 @pytest.mark.parametrize("config", CONFIGS)
 def test_bench_pytorch_training_step(benchmark, config, compiled):
     """The same step in PyTorch, timed in its own process (3 steps after a warm-up one)."""
-    vocab, batch_size, seq = CONFIGS[config]
+    vocab, batch_size, seq, padding = CONFIGS[config]
     benchmark.group = group(config)
     command = [os.environ.get("RDUFLOW_TORCH_PYTHON", sys.executable), str(SCRIPT), "--vocab", str(vocab),
-               "--batch", str(batch_size), "--seq", str(seq), "--threads", str(THREADS)] + ["--compile"] * compiled
+               "--batch", str(batch_size), "--seq", str(seq), "--padding", str(padding), "--threads", str(THREADS)]
+    command += ["--compile"] * compiled
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode == NO_TORCH:
         pytest.skip(run.stderr.strip())

@@ -17,18 +17,19 @@ import numpy as np
 NO_TORCH = 4
 
 
-def batch(vocab: int, batch_size: int, seq: int) -> dict[str, np.ndarray]:
-    """Token ids and types (a prompt, then the completion the loss counts), the same for both sides."""
+def batch(vocab: int, batch_size: int, seq: int, padding: int = 0) -> dict[str, np.ndarray]:
+    """Token ids and types (a prompt, then the completion the loss counts, then `padding` tokens it
+    does not), the same for both sides."""
     rng = np.random.default_rng(0)
     types = np.zeros((batch_size, seq), np.int32)
-    types[:, seq // 4:] = 1
+    types[:, seq // 4:seq - padding] = 1
     return {"input_ids": rng.integers(0, vocab, (batch_size, seq), dtype=np.int32), "token_type_ids": types}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     for name, default in (("--vocab", 128), ("--seq", 64), ("--batch", 4), ("--threads", 1), ("--rounds", 3),
-                          ("--layers", 12), ("--embd", 768), ("--heads", 12)):
+                          ("--layers", 12), ("--embd", 768), ("--heads", 12), ("--padding", 0)):
         parser.add_argument(name, type=int, default=default)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = parser.parse_args()
@@ -46,7 +47,7 @@ def main() -> int:
     model = transformers.GPT2LMHeadModel(config).train()
     forward = torch.compile(model) if args.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
-    data = batch(args.vocab, args.batch, args.seq)
+    data = batch(args.vocab, args.batch, args.seq, args.padding)
     ids = torch.from_numpy(data["input_ids"]).long()
     mask = torch.from_numpy(data["token_type_ids"][:, 1:] == 1)
 
