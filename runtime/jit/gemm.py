@@ -20,6 +20,7 @@ by an infinity or NaN opposite it; every other sum keeps its bits and depth orde
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Protocol, Sequence
 
@@ -183,22 +184,25 @@ class _Emitter:
         # a whole (deep) contraction per block: keep the packed panels within a few MB
         self.mc = max(tile.mr, min(tile.mc, PACK_A_BYTES // (4 * self.kc) // tile.mr * tile.mr))
         self.nc = max(tile.nr, min(tile.nc, PACK_B_BYTES // (4 * self.kc) // tile.nr * tile.nr))
-        self.skips_depth = skips_zero_depth(stage) and self.kc <= tile.kc  # its list of steps is on the stack
+        self.skips_depth = skips_zero_depth(stage)
 
     def run(self, lo: ir.Value, hi: ir.Value) -> ir.Value:
-        """Emit the body; returns the status (`OUT_OF_MEMORY` if a packing buffer could not be had)."""
+        """Emit the body; returns the status (`OUT_OF_MEMORY` if a packing buffer or the list of live
+        depth steps could not be had)."""
         b, s = self.b, self.s
         malloc = libc(b.module, "aligned_alloc", cg.VOIDP, [I64, I64])
         free = libc(b.module, "free", ir.VoidType(), [cg.VOIDP])
         a_bytes = 4 * self.mc * self.kc
         b_bytes = 4 * self.kc * min(self.nc, math.ceil(s.n / self.tile.nr) * self.tile.nr)
-        packs = [b.call(malloc, [i64(64), i64(-(-size // 64) * 64)]) for size in (a_bytes, b_bytes)]
+        sizes = (a_bytes, b_bytes) + ((4 * self.kc,) if self.skips_depth else ())
+        buffers = [b.call(malloc, [i64(64), i64(-(-size // 64) * 64)]) for size in sizes]
         null = ir.Constant(cg.VOIDP, None)
-        failed = b.or_(*(b.icmp_unsigned("==", p, null) for p in packs))
+        failed = functools.reduce(b.or_, (b.icmp_unsigned("==", p, null) for p in buffers))
         with b.if_then(b.not_(failed)):
-            self.apack, self.bpack = (b.bitcast(p, F32.as_pointer()) for p in packs)
+            self.apack, self.bpack = (b.bitcast(p, F32.as_pointer()) for p in buffers[:2])
+            self.live_depth = b.bitcast(buffers[2], cg.I32.as_pointer()) if self.skips_depth else None
             self._run(lo, hi)
-        for p in packs:
+        for p in buffers:
             b.call(free, [p])
         return b.select(failed, ir.Constant(cg.I32, cg.OUT_OF_MEMORY), ir.Constant(cg.I32, 0))
 
@@ -207,7 +211,6 @@ class _Emitter:
         with b.goto_entry_block():
             self.sums = b.alloca(F32, t.mr * t.nr, name="sums")
             self.spans = b.alloca(I64, 2 * (self.mc // t.mr), name="spans")
-            self.live_depth = b.alloca(cg.I32, self.kc, name="live_depth") if self.skips_depth else None
             self.live_count = b.alloca(I64, name="live_count") if self.skips_depth else None
         rows = split_rows(s)
         unit, dim = (t.mr, s.m) if rows else (t.nr, s.n)
@@ -503,7 +506,7 @@ def skips_zero_depth(stage: Gemm) -> bool:
     """Whether the gemm packs only the depth steps with a nonzero in their column of A and row of B:
     a weight gradient (A = X^T or dY^T contiguous along its rows, B = dY or X along its columns,
     the depth their tokens), where the tokens a masked loss leaves out are zero; an indirect depth
-    index costs packing along those contiguous runs nothing."""
+    index (from a list of a depth block's steps) costs packing along those contiguous runs nothing."""
     if not (isinstance(stage.a, Strided) and isinstance(stage.b, Strided)):
         return False
     a, b = stage.a.access, stage.b.access
