@@ -275,9 +275,10 @@ class _Emitter:
         b.store(i64(0), count)
         with cg.loop(b, 0, kc, name="live") as p:
             step = b.add(pc, p)
-            in_b = self._scan(i64(0), nc, 1, lambda c: s.b.load(b, self.ptrs, self.b_base, step, b.add(jc, c)))
+            in_b = self._scan(i64(0), nc, 1,
+                              lambda c: nonzero(b, s.b.load(b, self.ptrs, self.b_base, step, b.add(jc, c))))
             with b.if_then(b.icmp_signed("<", in_b, nc)):
-                in_a = self._scan(m0, m1, 1, lambda r: s.a.load(b, self.ptrs, self.a_base, r, step))
+                in_a = self._scan(m0, m1, 1, lambda r: nonzero(b, s.a.load(b, self.ptrs, self.a_base, r, step)))
                 with b.if_then(b.icmp_signed("<", in_a, m1)):
                     found = b.load(count)
                     b.store(b.trunc(p, cg.I32), b.gep(self.live_depth, [found]))
@@ -339,17 +340,25 @@ class _Emitter:
             row0 = b.add(ic, ir_)
             load = lambda p, r: s.a.load(b, self.ptrs, self.a_base, r, self.depth(pc, p))  # noqa: E731
             self._pack(dst, kc, mr, row0, b.sub(mc, ir_), s.m, load)
-            packed, value = b.mul(kc, i64(mr)), (lambda i, dst=dst: b.load(b.gep(dst, [i])))
-            first = self._scan(i64(0), packed, 1, value)
-            last = self._scan(b.sub(packed, i64(1)), first, -1, value)
-            steps = b.add(b.sub(b.udiv(last, i64(mr)), b.udiv(first, i64(mr))), i64(1))
             span = b.gep(self.spans, [b.mul(b.udiv(ir_, i64(mr)), i64(2))])
-            b.store(b.udiv(first, i64(mr)), span)
-            b.store(b.select(b.icmp_signed("==", first, packed), i64(0), steps), b.gep(span, [i64(1)]))
+            for j, value in enumerate(self._nonzero_span(dst, kc)):
+                b.store(value, b.gep(span, [i64(j)]))
 
-    def _scan(self, start: ir.Value, stop: ir.Value, step: int, value) -> ir.Value:
-        """The first i from `start` towards `stop` (by `step`, +1 or -1) with value(i) nonzero or NaN;
-        `stop` (or `start`, if that is already at or past `stop`) where there is none."""
+    def _nonzero_span(self, sliver: ir.Value, kc: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """(first, count) of the depth steps of a packed A sliver from its first with a nonzero (or
+        NaN) to its last; (kc, 0) for a sliver of zeros. Each step's mr values are one vector."""
+        b, mr = self.b, self.tile.mr
+        vector = ir.VectorType(F32, mr).as_pointer()
+
+        def live(p: ir.Value) -> ir.Value:
+            return nonzero(b, b.load(b.bitcast(b.gep(sliver, [b.mul(p, i64(mr))]), vector), align=4))
+        first = self._scan(i64(0), kc, 1, live)
+        last = self._scan(b.sub(kc, i64(1)), first, -1, live)
+        return first, b.select(b.icmp_signed("==", first, kc), i64(0), b.add(b.sub(last, first), i64(1)))
+
+    def _scan(self, start: ir.Value, stop: ir.Value, step: int, live) -> ir.Value:
+        """The first i from `start` towards `stop` (by `step`, +1 or -1) where live(i) holds (an i1);
+        `stop` (or `start`, if that is already at or past `stop`) where it nowhere does."""
         b = self.b
         pre = b.block
         head, body, done = (b.append_basic_block(f"scan.{n}") for n in ("head", "body", "done"))
@@ -359,9 +368,9 @@ class _Emitter:
         i.add_incoming(start, pre)
         b.cbranch(b.icmp_signed("<" if step > 0 else ">", i, stop), body, done)
         b.position_at_end(body)
-        zero = b.fcmp_ordered("==", value(i), ir.Constant(F32, 0.0))
+        found = live(i)
         i.add_incoming(b.add(i, i64(step)), b.block)
-        b.cbranch(zero, head, done)
+        b.cbranch(found, done, head)
         b.position_at_end(done)
         return i
 
@@ -500,6 +509,15 @@ class _Emitter:
                 elif last:
                     acc = ex.cast(b, acc, DType.f32, s.out.dtype)
                 cg.store(b, acc, self.ptrs[out.arg], address, out.dtype)
+
+
+def nonzero(b: ir.IRBuilder, value: ir.Value) -> ir.Value:
+    """Whether an f32 is nonzero or NaN (of a vector: any lane), as an i1."""
+    if not isinstance(value.type, ir.VectorType):
+        return b.fcmp_unordered("!=", value, ir.Constant(F32, 0.0))
+    lanes = b.fcmp_unordered("!=", value, ir.Constant(value.type, [0.0] * value.type.count))
+    bits = ir.IntType(value.type.count)
+    return b.icmp_unsigned("!=", b.bitcast(lanes, bits), ir.Constant(bits, 0))
 
 
 def skips_zero_depth(stage: Gemm) -> bool:
