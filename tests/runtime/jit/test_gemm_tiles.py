@@ -258,6 +258,16 @@ def test_a_sliver_of_zero_rows_skips_its_products(jit):
     np.testing.assert_array_equal(got[1], got[0])
 
 
+def test_a_weight_gradient_with_no_token_counted_is_zero(jit):
+    """Every depth step dead (a batch the loss counts nothing of): no step is packed, and C is
+    exactly zero, on every depth block of the small-block tiles too."""
+    graph, inputs = matmul_graph((300, 70), (300, 90), transpose_a=True)
+    blocked(graph)
+    inputs["a"][:] = 0.0
+    got = run_kernels(graph, inputs, jit=jit)[0]["c"]
+    assert np.all(got == 0.0) and not np.signbit(got).any()
+
+
 @pytest.mark.parametrize("triangle", ["lower", "upper"])
 def test_a_slivers_depth_runs_from_its_first_nonzero_to_its_last(jit, triangle):
     """A causal attention's probabilities (lower: zeros after each row's last depth step) or their
