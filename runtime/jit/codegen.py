@@ -212,20 +212,27 @@ def loop(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int
     """`for (i = start; i < stop; i += step)` on i64; yields `i`."""
     start = i64(start) if isinstance(start, int) else start
     stop = i64(stop) if isinstance(stop, int) else stop
-    pre = b.block
-    head = b.append_basic_block(f"{name}.head")
-    body = b.append_basic_block(f"{name}.body")
-    done = b.append_basic_block(f"{name}.done")
-    b.branch(head)
-    b.position_at_end(head)
-    index = b.phi(I64, name=name)
-    index.add_incoming(start, pre)
+    index, _, head, body, done = loop_head(b, start, name)
     b.cbranch(b.icmp_signed("<", index, stop), body, done)
     b.position_at_end(body)
     yield index
     index.add_incoming(b.add(index, i64(step), flags=["nsw"]), b.block)
     b.branch(head)
     b.position_at_end(done)
+
+
+def loop_head(b: ir.IRBuilder, start: ir.Value,
+              name: str) -> tuple[ir.PhiInstr, ir.Block, ir.Block, ir.Block, ir.Block]:
+    """(index, pre, head, body, done): blocks `name`.head, .body and .done after the current one
+    (`pre`), the builder at the head with an i64 phi entered as `start`; the caller writes the
+    loop's test and back edge."""
+    pre = b.block
+    head, body, done = (b.append_basic_block(f"{name}.{part}") for part in ("head", "body", "done"))
+    b.branch(head)
+    b.position_at_end(head)
+    index = b.phi(I64, name=name)
+    index.add_incoming(start, pre)
+    return index, pre, head, body, done
 
 
 def imin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:

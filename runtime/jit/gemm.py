@@ -194,13 +194,13 @@ class _Emitter:
         free = libc(b.module, "free", ir.VoidType(), [cg.VOIDP])
         a_bytes = 4 * self.mc * self.kc
         b_bytes = 4 * self.kc * min(self.nc, math.ceil(s.n / self.tile.nr) * self.tile.nr)
-        sizes = (a_bytes, b_bytes) + ((4 * self.kc,) if self.skips_depth else ())
+        sizes = (a_bytes, b_bytes) + ((8 * self.kc,) if self.skips_depth else ())
         buffers = [b.call(malloc, [i64(64), i64(-(-size // 64) * 64)]) for size in sizes]
         null = ir.Constant(cg.VOIDP, None)
         failed = functools.reduce(b.or_, (b.icmp_unsigned("==", p, null) for p in buffers))
         with b.if_then(b.not_(failed)):
             self.apack, self.bpack = (b.bitcast(p, F32.as_pointer()) for p in buffers[:2])
-            self.live_depth = b.bitcast(buffers[2], cg.I32.as_pointer()) if self.skips_depth else None
+            self.live_depth = b.bitcast(buffers[2], I64.as_pointer()) if self.skips_depth else None
             self._run(lo, hi)
         for p in buffers:
             b.call(free, [p])
@@ -281,7 +281,7 @@ class _Emitter:
                 in_a = self._scan(m0, m1, 1, lambda r: nonzero(b, s.a.load(b, self.ptrs, self.a_base, r, step)))
                 with b.if_then(b.icmp_signed("<", in_a, m1)):
                     found = b.load(count)
-                    b.store(b.trunc(p, cg.I32), b.gep(self.live_depth, [found]))
+                    b.store(p, b.gep(self.live_depth, [found]))
                     b.store(b.add(found, i64(1)), count)
         return b.load(count)
 
@@ -289,7 +289,7 @@ class _Emitter:
         """The depth index of packed step p of the block at pc."""
         if self.live_depth is None:
             return self.b.add(pc, p)
-        return self.b.add(pc, self.b.zext(self.b.load(self.b.gep(self.live_depth, [p])), I64))
+        return self.b.add(pc, self.b.load(self.b.gep(self.live_depth, [p])))
 
     def pack_b(self, pc, kc, jc, nc) -> None:
         """bpack[jr*kc + p*nr + c] = B[depth p, jc+jr+c] (zero past the last column)."""
@@ -360,12 +360,7 @@ class _Emitter:
         """The first i from `start` towards `stop` (by `step`, +1 or -1) where live(i) holds (an i1);
         `stop` (or `start`, if that is already at or past `stop`) where it nowhere does."""
         b = self.b
-        pre = b.block
-        head, body, done = (b.append_basic_block(f"scan.{n}") for n in ("head", "body", "done"))
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64)
-        i.add_incoming(start, pre)
+        i, _, head, body, done = cg.loop_head(b, start, "scan")
         b.cbranch(b.icmp_signed("<" if step > 0 else ">", i, stop), body, done)
         b.position_at_end(body)
         found = live(i)
@@ -451,12 +446,7 @@ class _Emitter:
         b, t, vec = self.b, self.tile, self.vec
         name = f"llvm.fma.v{t.lanes}f32"
         fma = b.module.globals.get(name) or ir.Function(b.module, ir.FunctionType(vec, [vec] * 3), name)
-        pre = b.block
-        head, body, done = (b.append_basic_block(f"mk.{n}") for n in ("head", "body", "done"))
-        b.branch(head)
-        b.position_at_end(head)
-        p = b.phi(I64)
-        p.add_incoming(start, pre)
+        p, pre, head, body, done = cg.loop_head(b, start, "mk")
         accs = []
         for value in init:
             acc = b.phi(vec)
