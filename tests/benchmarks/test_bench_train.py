@@ -12,12 +12,15 @@ configs: `vocab128` (4 x 64 tokens, the zoo's vocabulary of 128: the layers alon
 (the same with each sequence's last 64 tokens padding the loss does not count, as in a batch of
 fine-tuning examples padded to one length: their gradients are zero). Each test stores and
 prints `tokens_per_s` (mean step) and `tokens_per_s_best` (fastest step), and the step's
-matrix-product FLOPs (`step_flops`) over the mean step as GFLOP/s. PyTorch runs in its own
+matrix-product FLOPs (`step_flops`) over the mean step as GFLOP/s and as a fraction of the host's
+peak: threads x the FMA throughput one core reaches (`test_bench_gemm.fma_peak_per_core`, the
+GEMM benchmark's peak), measured once per session. PyTorch runs in its own
 process (`torch_training_step.py`) under `RDUFLOW_TORCH_PYTHON` (default: this interpreter);
 its tests are skipped where that has no torch. `step_flops` counts the dense products, padding too.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -30,8 +33,10 @@ import pytest
 
 from compiler.driver import CompileOptions, compile_model
 from compiler.training import TrainingOptions
+from runtime.jit.host import host_tile
 from runtime.jit.parallel import default_threads
 from runtime.program import load
+from test_bench_gemm import fma_peak_per_core
 from torch_training_step import NO_TORCH, batch
 
 pytestmark = pytest.mark.slow
@@ -58,15 +63,25 @@ def step_flops(config: str) -> int:
     return 6 * batch_size * seq * (layers * 12 * d * d + vocab * d) + 12 * layers * batch_size * seq * seq * d
 
 
+@functools.cache
+def host_peak() -> float:
+    """FLOP/s of `THREADS` cores at their measured FMA peak."""
+    return THREADS * fma_peak_per_core(host_tile().lanes)
+
+
 def report(benchmark, name: str, config: str, seconds: list[float]) -> None:
-    """Tokens/s over the mean and over the fastest step, and GFLOP/s over the mean."""
+    """Tokens/s over the mean and over the fastest step, and GFLOP/s over the mean (also as a
+    fraction of the host's peak)."""
     _, batch_size, seq, _ = CONFIGS[config]
     mean_s = sum(seconds) / len(seconds)
     mean, best = (batch_size * seq / t for t in (mean_s, min(seconds)))
     gflops = step_flops(config) / mean_s / 1e9
-    benchmark.extra_info.update(tokens_per_s=round(mean, 1), tokens_per_s_best=round(best, 1), gflop_per_s=round(gflops, 1))
+    peak = host_peak() / 1e9
+    benchmark.extra_info.update(tokens_per_s=round(mean, 1), tokens_per_s_best=round(best, 1), gflop_per_s=round(gflops, 1),
+                                peak_fraction=round(gflops / peak, 3))
     print(f"\n{name}: {mean:.1f} tokens/s (best step {best:.1f}), {gflops:.1f} GFLOP/s of "
-          f"{step_flops(config) / 1e9:.1f} GFLOP per step ({group(config)})")
+          f"{step_flops(config) / 1e9:.1f} GFLOP per step, {gflops / peak:.0%} of the host's "
+          f"{peak:.0f} GFLOP/s peak ({group(config)})")
 
 
 @pytest.mark.parametrize("config", CONFIGS)
