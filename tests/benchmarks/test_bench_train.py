@@ -17,6 +17,13 @@ peak: threads x the FMA throughput one core reaches (`test_bench_gemm.fma_peak_p
 GEMM benchmark's peak), measured once per session. PyTorch runs in its own
 process (`torch_training_step.py`) under `RDUFLOW_TORCH_PYTHON` (default: this interpreter);
 its tests are skipped where that has no torch. `step_flops` counts the dense products, padding too.
+
+`test_bench_lockstep_training_step` runs the engines in turns a step at a time instead: rduflow,
+then a PyTorch eager step, then a `torch.compile` one (each in a process kept waiting between its
+steps, `torch_training_step.py --serve`), for an untimed round and `LOCKSTEP_ROUNDS` timed ones; it prints each engine's
+figures and the ratio of rduflow's step to each PyTorch step of the same round (their median and
+range). Steps seconds apart see nearly the same machine, so the ratio moves far less than that of
+whole runs minutes apart on a host whose speed drifts.
 """
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,25 +78,26 @@ def host_peak() -> float:
     return THREADS * fma_peak_per_core(host_tile().lanes)
 
 
-def report(benchmark, name: str, config: str, seconds: list[float]) -> None:
+def report(benchmark, name: str, config: str, seconds: list[float], key: str = "") -> None:
     """Tokens/s over the mean and over the fastest step, and GFLOP/s over the mean (also as a
-    fraction of the host's peak)."""
+    fraction of the host's peak), stored under names starting with `key`."""
     _, batch_size, seq, _ = CONFIGS[config]
     mean_s = sum(seconds) / len(seconds)
     mean, best = (batch_size * seq / t for t in (mean_s, min(seconds)))
     gflops = step_flops(config) / mean_s / 1e9
     peak = host_peak() / 1e9
-    benchmark.extra_info.update(tokens_per_s=round(mean, 1), tokens_per_s_best=round(best, 1), gflop_per_s=round(gflops, 1),
-                                peak_fraction=round(gflops / peak, 3))
+    figures = dict(tokens_per_s=round(mean, 1), tokens_per_s_best=round(best, 1), gflop_per_s=round(gflops, 1),
+                   peak_fraction=round(gflops / peak, 3))
+    benchmark.extra_info.update({key + name: value for name, value in figures.items()})
     print(f"\n{name}: {mean:.1f} tokens/s (best step {best:.1f}), {gflops:.1f} GFLOP/s of "
           f"{step_flops(config) / 1e9:.1f} GFLOP per step, {gflops / peak:.0%} of the host's "
           f"{peak:.0f} GFLOP/s peak ({group(config)})")
 
 
-@pytest.mark.parametrize("config", CONFIGS)
-def test_bench_rduflow_training_step(benchmark, config):
+def rduflow_step(config: str):
+    """The compiled, loaded and warmed-up step: a function timing one step, returning the loss and
+    leaving the logits in the arena (as PyTorch's step returns the loss alone)."""
     vocab, batch_size, seq, padding = CONFIGS[config]
-    benchmark.group = group(config)
     sizes = {**LAYERS, "vocab_size": vocab, "n_positions": seq}
     overrides = tuple(f"model.{k}={v}" for k, v in sizes.items()) + (f"model.seq_len={seq}",)
     training = TrainingOptions(optimizer="adamw", weight_decay=0.01, max_grad_norm=1.0)
@@ -97,9 +107,26 @@ def test_bench_rduflow_training_step(benchmark, config):
     program = load(pef, threads=THREADS)
     inputs = {**batch(vocab, batch_size, seq, padding), "lr": np.float32(1e-4)}
     program.step(inputs)  # warm up: first touch of the arenas
-    # the loss alone comes back, as PyTorch's step returns it (the logits stay in the arena)
-    outputs = benchmark.pedantic(program.step, args=(inputs,), kwargs={"outputs": ("loss",)}, rounds=3, iterations=1)
-    assert np.isfinite(outputs["loss"]) and float(outputs["loss"]) < 2 * np.log(vocab)
+
+    def step() -> float:
+        loss = float(program.step(inputs, outputs=("loss",))["loss"])
+        assert np.isfinite(loss) and loss < 2 * np.log(vocab)
+        return loss
+    return step
+
+
+def torch_command(config: str, compiled: bool) -> list[str]:
+    vocab, batch_size, seq, padding = CONFIGS[config]
+    command = [os.environ.get("RDUFLOW_TORCH_PYTHON", sys.executable), str(SCRIPT), "--vocab", str(vocab),
+               "--batch", str(batch_size), "--seq", str(seq), "--padding", str(padding), "--threads", str(THREADS)]
+    return command + ["--compile"] * compiled
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_bench_rduflow_training_step(benchmark, config):
+    benchmark.group = group(config)
+    step = rduflow_step(config)
+    benchmark.pedantic(step, rounds=3, iterations=1)
     if benchmark.stats:
         report(benchmark, "rduflow", config, list(benchmark.stats.stats.data))
 
@@ -108,12 +135,8 @@ def test_bench_rduflow_training_step(benchmark, config):
 @pytest.mark.parametrize("config", CONFIGS)
 def test_bench_pytorch_training_step(benchmark, config, compiled):
     """The same step in PyTorch, timed in its own process (3 steps after a warm-up one)."""
-    vocab, batch_size, seq, padding = CONFIGS[config]
     benchmark.group = group(config)
-    command = [os.environ.get("RDUFLOW_TORCH_PYTHON", sys.executable), str(SCRIPT), "--vocab", str(vocab),
-               "--batch", str(batch_size), "--seq", str(seq), "--padding", str(padding), "--threads", str(THREADS)]
-    command += ["--compile"] * compiled
-    run = subprocess.run(command, capture_output=True, text=True)
+    run = subprocess.run(torch_command(config, compiled), capture_output=True, text=True)
     if run.returncode == NO_TORCH:
         pytest.skip(run.stderr.strip())
     if run.returncode and compiled:
@@ -123,3 +146,74 @@ def test_bench_pytorch_training_step(benchmark, config, compiled):
     assert np.isfinite(result["loss"])
     benchmark.pedantic(lambda: None, rounds=1)
     report(benchmark, "pytorch " + ("torch.compile" if compiled else "eager"), config, result["seconds"])
+
+
+#: timed rounds of the lockstep benchmark (one step of each engine per round)
+LOCKSTEP_ROUNDS = 8
+
+
+class TorchSteps:
+    """A PyTorch step process (`torch_training_step.py --serve`) answering one timed step per request."""
+
+    def __init__(self, config: str, compiled: bool):
+        self.errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: warnings never block the process
+        self.process = subprocess.Popen(torch_command(config, compiled) + ["--serve"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.errors, text=True)
+
+    def _answer(self) -> dict | None:
+        line = self.process.stdout.readline()
+        return json.loads(line) if line.strip() else None
+
+    def ready(self) -> bool:
+        """Waits for the warm-up step; False if the process ended instead."""
+        return self._answer() is not None
+
+    def step(self) -> float:
+        """Seconds of one step."""
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        answer = self._answer()
+        assert answer is not None and np.isfinite(answer["loss"]), self.close()
+        return answer["seconds"]
+
+    def close(self) -> str:
+        """Ends the process; its standard error."""
+        self.process.communicate(timeout=60)
+        self.errors.seek(0)
+        return self.errors.read()
+
+
+@pytest.mark.parametrize("config", ["vocab50257", "vocab50257-padded"])
+def test_bench_lockstep_training_step(benchmark, config):
+    """rduflow, PyTorch eager and torch.compile a step each in turn, `LOCKSTEP_ROUNDS` times."""
+    benchmark.group = group(config) + ", lockstep"
+    torch = {"pytorch eager": TorchSteps(config, compiled=False), "pytorch torch.compile": TorchSteps(config, compiled=True)}
+    try:
+        step = rduflow_step(config)  # compiled while PyTorch warms up
+        for name, steps in list(torch.items()):
+            if not steps.ready():
+                err, code = steps.close(), steps.process.returncode
+                if code == NO_TORCH:
+                    pytest.skip(err.strip())
+                assert name != "pytorch eager", err
+                del torch[name]  # torch.compile does not run here
+        seconds = {name: [] for name in ("rduflow", *torch)}
+        for _ in range(1 + LOCKSTEP_ROUNDS):  # the first round untimed: each engine waited for the others
+            start = time.perf_counter()
+            step()
+            seconds["rduflow"].append(time.perf_counter() - start)
+            for name, steps in torch.items():
+                seconds[name].append(steps.step())
+        seconds = {name: times[1:] for name, times in seconds.items()}
+    finally:
+        for steps in torch.values():
+            if steps.process.poll() is None:
+                steps.close()
+    benchmark.pedantic(lambda: None, rounds=1)
+    for name, times in seconds.items():
+        report(benchmark, name, config, times, key=name.split()[-1] + "_")
+    for name in torch:
+        ratios = [t / r for t, r in zip(seconds[name], seconds["rduflow"])]
+        benchmark.extra_info[f"ratio_to_{name.split()[-1]}"] = round(float(np.median(ratios)), 3)
+        print(f"rduflow vs {name}, round by round: {' '.join(f'{x:.2f}' for x in ratios)} "
+              f"(median {np.median(ratios):.2f}×, range {min(ratios):.2f}–{max(ratios):.2f}×)")

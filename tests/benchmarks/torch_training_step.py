@@ -3,7 +3,10 @@ its own process by the interpreter that has torch (PyTorch is never a test depen
 
     /work/venv-ref/bin/python tests/benchmarks/torch_training_step.py --vocab 50257 --seq 128 --threads 2
 
-Prints one JSON line: the seconds of each timed step and the last loss. Exits 4 without torch.
+Prints one JSON line: the seconds of each timed step and the last loss. With `--serve`, prints
+`{"ready": true}` after the warm-up step instead, then runs one timed step for each `step` line on
+its standard input, answering each with a JSON line of its seconds and loss, until the input ends
+(`test_bench_train.py` takes turns with it a step at a time). Exits 4 without torch.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ def main() -> int:
                           ("--layers", 12), ("--embd", 768), ("--heads", 12), ("--padding", 0)):
         parser.add_argument(name, type=int, default=default)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--serve", action="store_true", help="time one step per 'step' line of standard input")
     args = parser.parse_args()
     try:
         import torch
@@ -62,13 +66,22 @@ def main() -> int:
         optimizer.step()
         return float(loss.detach())
 
-    step()  # warm up (and compile)
-    seconds = []
-    for _ in range(args.rounds):
+    def timed() -> tuple[float, float]:
         start = time.perf_counter()
         loss = step()
-        seconds.append(time.perf_counter() - start)
-    print(json.dumps({"seconds": seconds, "loss": loss}))
+        return time.perf_counter() - start, loss
+
+    step()  # warm up (and compile)
+    if args.serve:
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            if line.strip() != "step":
+                break
+            seconds, loss = timed()
+            print(json.dumps({"seconds": seconds, "loss": loss}), flush=True)
+        return 0
+    runs = [timed() for _ in range(args.rounds)]
+    print(json.dumps({"seconds": [seconds for seconds, _ in runs], "loss": runs[-1][1]}))
     return 0
 
 
