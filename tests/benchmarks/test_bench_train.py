@@ -14,16 +14,16 @@ fine-tuning examples padded to one length: their gradients are zero). Each test 
 prints `tokens_per_s` (mean step) and `tokens_per_s_best` (fastest step), and the step's
 matrix-product FLOPs (`step_flops`) over the mean step as GFLOP/s and as a fraction of the host's
 peak: threads x the FMA throughput one core reaches (`test_bench_gemm.fma_peak_per_core`, the
-GEMM benchmark's peak), measured once per session. PyTorch runs in its own
+GEMM benchmark's peak), measured once per pytest run. PyTorch runs in its own
 process (`torch_training_step.py`) under `RDUFLOW_TORCH_PYTHON` (default: this interpreter);
 its tests are skipped where that has no torch. `step_flops` counts the dense products, padding too.
 
 `test_bench_lockstep_training_step` runs the engines in turns a step at a time instead: rduflow,
 then a PyTorch eager step, then a `torch.compile` one (each in a process kept waiting between its
-steps, `torch_training_step.py --serve`), for an untimed round and `LOCKSTEP_ROUNDS` timed ones; it prints each engine's
-figures and the ratio of rduflow's step to each PyTorch step of the same round (their median and
-range). Steps seconds apart see nearly the same machine, so the ratio moves far less than that of
-whole runs minutes apart on a host whose speed drifts.
+steps, `torch_training_step.py --serve`), for an untimed round and `LOCKSTEP_ROUNDS` timed ones;
+it prints each engine's figures and the ratio of rduflow's step to each PyTorch step of the same
+round (their median and range). Steps seconds apart see nearly the same machine, so the ratio
+moves far less than that of whole runs minutes apart on a host whose speed drifts.
 """
 from __future__ import annotations
 
