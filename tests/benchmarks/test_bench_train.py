@@ -173,7 +173,9 @@ class TorchSteps:
         self.process.stdin.write("step\n")
         self.process.stdin.flush()
         answer = self._answer()
-        assert answer is not None and np.isfinite(answer["loss"]), self.close()
+        if answer is None:
+            raise AssertionError(f"the PyTorch step process ended: {self.close()}")
+        assert np.isfinite(answer["loss"])
         return answer["seconds"]
 
     def close(self) -> str:
@@ -183,37 +185,43 @@ class TorchSteps:
         return self.errors.read()
 
 
+def short(engine: str) -> str:
+    """'rduflow', 'eager' or 'torch.compile': an engine's name in stored figures."""
+    return engine.split()[-1]
+
+
 @pytest.mark.parametrize("config", ["vocab50257", "vocab50257-padded"])
 def test_bench_lockstep_training_step(benchmark, config):
     """rduflow, PyTorch eager and torch.compile a step each in turn, `LOCKSTEP_ROUNDS` times."""
     benchmark.group = group(config) + ", lockstep"
-    torch = {"pytorch eager": TorchSteps(config, compiled=False), "pytorch torch.compile": TorchSteps(config, compiled=True)}
+    engines = {"pytorch eager": TorchSteps(config, compiled=False),
+               "pytorch torch.compile": TorchSteps(config, compiled=True)}
     try:
         step = rduflow_step(config)  # compiled while PyTorch warms up
-        for name, steps in list(torch.items()):
+        for name, steps in list(engines.items()):
             if not steps.ready():
                 err, code = steps.close(), steps.process.returncode
                 if code == NO_TORCH:
                     pytest.skip(err.strip())
                 assert name != "pytorch eager", err
-                del torch[name]  # torch.compile does not run here
-        seconds = {name: [] for name in ("rduflow", *torch)}
+                del engines[name]  # torch.compile does not run here
+        seconds = {name: [] for name in ("rduflow", *engines)}
         for _ in range(1 + LOCKSTEP_ROUNDS):  # the first round untimed: each engine waited for the others
             start = time.perf_counter()
             step()
             seconds["rduflow"].append(time.perf_counter() - start)
-            for name, steps in torch.items():
+            for name, steps in engines.items():
                 seconds[name].append(steps.step())
         seconds = {name: times[1:] for name, times in seconds.items()}
     finally:
-        for steps in torch.values():
+        for steps in engines.values():
             if steps.process.poll() is None:
                 steps.close()
     benchmark.pedantic(lambda: None, rounds=1)
     for name, times in seconds.items():
-        report(benchmark, name, config, times, key=name.split()[-1] + "_")
-    for name in torch:
+        report(benchmark, name, config, times, key=short(name) + "_")
+    for name in engines:
         ratios = [t / r for t, r in zip(seconds[name], seconds["rduflow"])]
-        benchmark.extra_info[f"ratio_to_{name.split()[-1]}"] = round(float(np.median(ratios)), 3)
+        benchmark.extra_info[f"ratio_to_{short(name)}"] = round(float(np.median(ratios)), 3)
         print(f"rduflow vs {name}, round by round: {' '.join(f'{x:.2f}' for x in ratios)} "
               f"(median {np.median(ratios):.2f}×, range {min(ratios):.2f}–{max(ratios):.2f}×)")
