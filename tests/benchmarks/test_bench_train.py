@@ -23,11 +23,18 @@ then a PyTorch eager step, then a `torch.compile` one (each in a process kept wa
 steps, `torch_training_step.py --serve`), for an untimed round and `LOCKSTEP_ROUNDS` timed ones;
 it prints each engine's figures and the ratio of rduflow's step to each PyTorch step of the same
 round (their median and range). Steps seconds apart see nearly the same machine, so the ratio
-moves far less than that of whole runs minutes apart on a host whose speed drifts.
+moves far less than that of whole runs minutes apart on a host whose speed drifts. It then times
+the step's matrix products alone (`step_products`: each gemm stage as a plain GEMM of its shape and
+layout, dense, warm), by rduflow's JIT and by PyTorch's `torch.matmul` in turn, and prints each
+engine's median step against them, and eager's median step over rduflow's products alone: the
+ratio rduflow would reach if its step were nothing but those products.
 """
 from __future__ import annotations
 
+import collections
+import ctypes
 import functools
+import itertools
 import json
 import math
 import os
@@ -36,14 +43,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
+from backend.pef.file import PEF
+from backend.pef.program import KernelProgram
+from backend.pef.records import Access, Buffer
+from backend.pef.stages import GemmStage
 from compiler.driver import CompileOptions, compile_model
 from compiler.training import TrainingOptions
 from runtime.jit.host import host_tile
-from runtime.jit.parallel import default_threads
+from runtime.jit.library import Jit
+from runtime.jit.parallel import Parallel, default_threads
 from runtime.program import load
 from test_bench_gemm import fma_peak_per_core
 from torch_training_step import NO_TORCH, batch
@@ -95,8 +108,8 @@ def report(benchmark, name: str, config: str, seconds: list[float], key: str = "
 
 
 def rduflow_step(config: str):
-    """The compiled, loaded and warmed-up step: a function timing one step, returning the loss and
-    leaving the logits in the arena (as PyTorch's step returns the loss alone)."""
+    """The compiled, loaded and warmed-up step: a function running one step, returning the loss and
+    leaving the logits in the arena (as PyTorch's step returns the loss alone); its PEF is `.pef`."""
     vocab, batch_size, seq, padding = CONFIGS[config]
     sizes = {**LAYERS, "vocab_size": vocab, "n_positions": seq}
     overrides = tuple(f"model.{k}={v}" for k, v in sizes.items()) + (f"model.seq_len={seq}",)
@@ -112,6 +125,7 @@ def rduflow_step(config: str):
         loss = float(program.step(inputs, outputs=("loss",))["loss"])
         assert np.isfinite(loss) and loss < 2 * np.log(vocab)
         return loss
+    step.pef = pef
     return step
 
 
@@ -150,6 +164,91 @@ def test_bench_pytorch_training_step(benchmark, config, compiled):
 
 #: timed rounds of the lockstep benchmark (one step of each engine per round)
 LOCKSTEP_ROUNDS = 8
+#: timed calls of each plain product (their median counts), and rounds of all products by each engine
+#: in turn (the fastest round counts)
+PRODUCT_CALLS, PRODUCT_ROUNDS = 5, 3
+
+
+class Product(NamedTuple):
+    """A matrix product of the step as a plain GEMM, C[batch, m, n] = A @ B: A stored k-major when
+    `a_transposed`, B stored n-major when `b_transposed`, one B for the whole batch unless `b_batched`."""
+
+    batch: int
+    m: int
+    n: int
+    k: int
+    a_transposed: bool
+    b_transposed: bool
+    b_batched: bool
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.m * self.n * self.k
+
+
+def step_products(pef: PEF) -> collections.Counter[Product]:
+    """Each gemm stage of the step as a plain product (the layout of its operands, no epilogue, no
+    fused stages around it), with how many times the step runs it."""
+    products = collections.Counter()
+    for stage in (s for k in pef.kernels for s in k.stages if s.kind == "gemm"):
+        a, b = stage.a.strides, stage.b.strides
+        products[Product(math.prod(stage.batch), stage.m, stage.n, stage.k, a[-2] == 1 and a[-1] != 1,
+                         b[-1] != 1, any(b[:-2]))] += 1
+    return products
+
+
+def product_program(p: Product) -> KernelProgram:
+    """The one-stage kernel of a plain product, its operands dense in their layouts."""
+    batched = (p.batch,) if p.batch > 1 else ()
+    a = ((p.m * p.k,) if batched else ()) + ((1, p.m) if p.a_transposed else (p.k, 1))
+    b = ((p.k * p.n if p.b_batched else 0,) if batched else ()) + ((1, p.k) if p.b_transposed else (p.n, 1))
+    buffers = (Buffer("a", "input", (p.batch * p.m * p.k,), "f32"),
+               Buffer("b", "input", ((p.batch if p.b_batched else 1) * p.k * p.n,), "f32"),
+               Buffer("c", "output", batched + (p.m, p.n), "f32"))
+    stage = GemmStage("c", batched, p.m, p.n, p.k, Access("a", 0, a), Access("b", 0, b))
+    return KernelProgram("product", "matmul", None, "", buffers, (stage,))
+
+
+class JitProducts:
+    """The step's products alone, each a plain GEMM compiled by the JIT for `THREADS` threads (the
+    JIT is held: it owns their native code), with operands of random values."""
+
+    def __init__(self, products: collections.Counter[Product]):
+        self.jit, self.parallel, rng = Jit(use_cache=False, threads=THREADS), Parallel(THREADS), np.random.default_rng(0)
+        self.calls = []
+        for p, count in products.items():
+            program = product_program(p)
+            ((stage,),) = (kernel.stages for kernel in self.jit.load([program]))
+            arrays = [rng.standard_normal(buffer.size, np.float32) for buffer in program.buffers]
+            self.calls.append((stage, (ctypes.c_void_p * 3)(*(a.ctypes.data for a in arrays)), arrays, count))
+
+    def __call__(self) -> float:
+        """Seconds of all of them, warm: the median of `PRODUCT_CALLS` calls of each, times its count."""
+        total = 0.0
+        for stage, args, _, count in self.calls:
+            times = []
+            for _ in range(1 + PRODUCT_CALLS):  # the first call warms up
+                start = time.perf_counter()
+                assert self.parallel.run(stage.fn, args, stage.plan.extent, stage.plan.work, stage.plan.pieces) == 0
+                times.append(time.perf_counter() - start)
+            total += float(np.median(times[1:])) * count
+        return total
+
+
+@pytest.mark.parametrize("a_transposed, b_transposed, b_batched", list(itertools.product((False, True), repeat=3)))
+def test_a_plain_product_computes_a_at_b_in_its_layout(a_transposed, b_transposed, b_batched):
+    products = JitProducts(collections.Counter({Product(3, 5, 7, 9, a_transposed, b_transposed, b_batched): 2}))
+    assert products() > 0
+    ((_, _, (a, b, c), _),) = products.calls
+    a = a.reshape(3, 9, 5).transpose(0, 2, 1) if a_transposed else a.reshape(3, 5, 9)
+    b = b.reshape(-1, 7, 9).transpose(0, 2, 1) if b_transposed else b.reshape(-1, 9, 7)
+    np.testing.assert_allclose(c.reshape(3, 5, 7), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_step_products_are_its_gemm_stages():
+    products = step_products(rduflow_step("vocab128").pef)
+    assert sum(p.flops * count for p, count in products.items()) == step_flops("vocab128")
+    assert products[Product(48, 64, 64, 64, False, True, True)] == 24  # the attention scores and their gradient
 
 
 class TorchSteps:
@@ -168,15 +267,23 @@ class TorchSteps:
         """Waits for the warm-up step; False if the process ended instead."""
         return self._answer() is not None
 
-    def step(self) -> float:
-        """Seconds of one step."""
-        self.process.stdin.write("step\n")
+    def _request(self, line: str) -> dict:
+        self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
         answer = self._answer()
         if answer is None:
             raise AssertionError(f"the PyTorch step process ended: {self.close()}")
+        return answer
+
+    def step(self) -> float:
+        """Seconds of one step."""
+        answer = self._request("step")
         assert np.isfinite(answer["loss"])
         return answer["seconds"]
+
+    def products_seconds(self, products: collections.Counter[Product]) -> float:
+        """Seconds of `products` alone through `torch.matmul` (MKL), each counted as often as given."""
+        return self._request("products " + json.dumps([[*p, count] for p, count in products.items()]))["seconds"]
 
     def close(self) -> str:
         """Ends the process; its standard error."""
@@ -213,6 +320,11 @@ def test_bench_lockstep_training_step(benchmark, config):
             for name, steps in engines.items():
                 seconds[name].append(steps.step())
         seconds = {name: times[1:] for name, times in seconds.items()}
+        products = step_products(step.pef)
+        timers = {"rduflow": JitProducts(products),
+                  "pytorch eager": functools.partial(engines["pytorch eager"].products_seconds, products)}
+        rounds = [{name: timer() for name, timer in timers.items()} for _ in range(PRODUCT_ROUNDS)]
+        alone = {name: min(r[name] for r in rounds) for name in timers}
     finally:
         for steps in engines.values():
             if steps.process.poll() is None:
@@ -225,3 +337,19 @@ def test_bench_lockstep_training_step(benchmark, config):
         benchmark.extra_info[f"ratio_to_{short(name)}"] = round(float(np.median(ratios)), 3)
         print(f"rduflow vs {name}, round by round: {' '.join(f'{x:.2f}' for x in ratios)} "
               f"(median {np.median(ratios):.2f}×, range {min(ratios):.2f}–{max(ratios):.2f}×)")
+    report_products(benchmark, config, alone, seconds)
+
+
+def report_products(benchmark, config: str, alone: dict[str, float], seconds: dict[str, list[float]]) -> None:
+    """What each engine's step would take as its matrix products alone (dense, each a plain GEMM,
+    warm: `alone`), against its median step; and the ratio to eager rduflow would reach with nothing
+    in its step but those products."""
+    for name, floor in alone.items():
+        median = float(np.median(seconds[name]))
+        benchmark.extra_info[f"{short(name)}_products_s"] = round(floor, 4)
+        print(f"{name}: the step's products alone (dense, plain, warm) {floor:.3f} s, "
+              f"{step_flops(config) / floor / 1e9:.0f} GFLOP/s; its median step {median:.3f} s is "
+              f"{median / floor:.2f}× that")
+    limit = float(np.median(seconds["pytorch eager"])) / alone["rduflow"]
+    print(f"eager's median step over rduflow's products alone: {limit:.2f}× (rduflow's ratio to eager if its "
+          f"step were only those products, dense; its gradients skip the tokens a masked loss leaves out)")

@@ -6,7 +6,9 @@ its own process by the interpreter that has torch (PyTorch is never a test depen
 Prints one JSON line: the seconds of each timed step and the last loss. With `--serve`, prints
 `{"ready": true}` after the warm-up step instead, then runs one timed step for each `step` line on
 its standard input, answering each with a JSON line of its seconds and loss, until the input ends
-(`test_bench_train.py` takes turns with it a step at a time). Exits 4 without torch.
+(`test_bench_train.py` takes turns with it a step at a time); a `products P` line (P a JSON list
+of products, each [batch, m, n, k, A transposed, B transposed, B batched, count]) is answered
+with the seconds of those products alone through `torch.matmul`. Exits 4 without torch.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import time
 import numpy as np
 
 NO_TORCH = 4
+#: timed calls of each product (their median counts)
+PRODUCT_CALLS = 5
 
 
 def batch(vocab: int, batch_size: int, seq: int, padding: int = 0) -> dict[str, np.ndarray]:
@@ -27,6 +31,26 @@ def batch(vocab: int, batch_size: int, seq: int, padding: int = 0) -> dict[str, 
     types = np.zeros((batch_size, seq), np.int32)
     types[:, seq // 4:seq - padding] = 1
     return {"input_ids": rng.integers(0, vocab, (batch_size, seq), dtype=np.int32), "token_type_ids": types}
+
+
+def products_seconds(products: list[list]) -> float:
+    """Seconds of `products` alone, each a `torch.matmul` of operands laid out as described: the
+    median of `PRODUCT_CALLS` calls after a warm-up one, times its count."""
+    import torch
+    total = 0.0
+    for batch_size, m, n, k, a_transposed, b_transposed, b_batched, count in products:
+        a = torch.randn(batch_size, k, m).transpose(1, 2) if a_transposed else torch.randn(batch_size, m, k)
+        bs = batch_size if b_batched else 1
+        b = torch.randn(bs, n, k).transpose(1, 2) if b_transposed else torch.randn(bs, k, n)
+        a = a[0] if batch_size == 1 else a
+        b = b if b_batched and batch_size > 1 else b[0]  # a shared 2-D B: torch folds the batch into rows
+        times = []
+        for _ in range(1 + PRODUCT_CALLS):
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            times.append(time.perf_counter() - start)
+        total += float(np.median(times[1:])) * count
+    return total
 
 
 def main() -> int:
@@ -75,10 +99,14 @@ def main() -> int:
     if args.serve:
         print(json.dumps({"ready": True}), flush=True)
         for line in sys.stdin:
-            if line.strip() != "step":
+            request, _, products = line.strip().partition(" ")
+            if request == "step":
+                seconds, loss = timed()
+                print(json.dumps({"seconds": seconds, "loss": loss}), flush=True)
+            elif request == "products":
+                print(json.dumps({"seconds": products_seconds(json.loads(products))}), flush=True)
+            else:
                 break
-            seconds, loss = timed()
-            print(json.dumps({"seconds": seconds, "loss": loss}), flush=True)
         return 0
     runs = [timed() for _ in range(args.rounds)]
     print(json.dumps({"seconds": [seconds for seconds, _ in runs], "loss": runs[-1][1]}))
