@@ -25,7 +25,7 @@ it prints each engine's figures and the ratio of rduflow's step to each PyTorch 
 round (their median and range). Steps seconds apart see nearly the same machine, so the ratio
 moves far less than that of whole runs minutes apart on a host whose speed drifts. It then times
 the step's matrix products alone (`step_products`: each gemm stage as a plain GEMM of its shape and
-layout, dense, warm), by rduflow's JIT and by PyTorch's `torch.matmul` in turn, and prints each
+operand orientation, dense, warm), by rduflow's JIT and by PyTorch's `torch.matmul` in turn, and prints each
 engine's median step against them, and eager's median step over rduflow's products alone: the
 ratio rduflow would reach if its step were nothing but those products.
 """
@@ -187,8 +187,8 @@ class Product(NamedTuple):
 
 
 def step_products(pef: PEF) -> collections.Counter[Product]:
-    """Each gemm stage of the step as a plain product (the layout of its operands, no epilogue, no
-    fused stages around it), with how many times the step runs it."""
+    """Each gemm stage of the step as a plain product (its shape and which operands are stored
+    transposed; dense, no epilogue, no fused stages around it), with how many times the step runs it."""
     products = collections.Counter()
     for stage in (s for k in pef.kernels for s in k.stages if s.kind == "gemm"):
         a, b = stage.a.strides, stage.b.strides
