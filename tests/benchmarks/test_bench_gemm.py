@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from typing import NamedTuple
 
 import llvmlite.ir as ir
 import numpy as np
@@ -52,11 +53,33 @@ CHAINS = 12
 RNG = np.random.default_rng(0)
 
 
-def gemm_program(n: int) -> KernelProgram:
-    buffers = (Buffer("a", "input", (n, n), "f32"), Buffer("b", "input", (n, n), "f32"),
-               Buffer("c", "output", (n, n), "f32"))
-    stage = GemmStage("c", (), n, n, n, Access("a", 0, (n, 1)), Access("b", 0, (n, 1)))
-    return KernelProgram("gemm", "matmul", None, "", buffers, (stage,))
+class Product(NamedTuple):
+    """A matrix product as a plain GEMM, C[batch, m, n] = A @ B: A stored k-major when `a_transposed`,
+    B stored n-major when `b_transposed`, one B for the whole batch unless `b_batched`."""
+
+    batch: int
+    m: int
+    n: int
+    k: int
+    a_transposed: bool
+    b_transposed: bool
+    b_batched: bool
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.m * self.n * self.k
+
+
+def product_program(p: Product) -> KernelProgram:
+    """The one-stage kernel of a plain product, its operands dense in their layouts."""
+    batched = (p.batch,) if p.batch > 1 else ()
+    a = ((p.m * p.k,) if batched else ()) + ((1, p.m) if p.a_transposed else (p.k, 1))
+    b = ((p.k * p.n if p.b_batched else 0,) if batched else ()) + ((1, p.k) if p.b_transposed else (p.n, 1))
+    buffers = (Buffer("a", "input", (p.batch * p.m * p.k,), "f32"),
+               Buffer("b", "input", ((p.batch if p.b_batched else 1) * p.k * p.n,), "f32"),
+               Buffer("c", "output", batched + (p.m, p.n), "f32"))
+    stage = GemmStage("c", batched, p.m, p.n, p.k, Access("a", 0, a), Access("b", 0, b))
+    return KernelProgram("product", "matmul", None, "", buffers, (stage,))
 
 
 def fma_peak_per_core(lanes: int, iterations: int = 1 << 22, tries: int = 30) -> float:
@@ -125,7 +148,7 @@ def measure(n: int, threads: int) -> tuple[tuple[float, float], tuple[float, flo
     a, b = (RNG.standard_normal((n, n)).astype(np.float32) for _ in range(2))
     c, expected = np.empty((n, n), np.float32), np.empty((n, n), np.float32)
     jit, parallel = Jit(use_cache=False, threads=threads), Parallel(threads)
-    ((stage,),) = (k.stages for k in jit.load([gemm_program(n)]))
+    ((stage,),) = (k.stages for k in jit.load([product_program(Product(1, n, n, n, False, False, False))]))
     args = (ctypes.c_void_p * 3)(a.ctypes.data, b.ctypes.data, c.ctypes.data)
     plan = stage.plan
 

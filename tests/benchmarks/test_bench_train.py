@@ -43,22 +43,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from backend.pef.file import PEF
-from backend.pef.program import KernelProgram
-from backend.pef.records import Access, Buffer
-from backend.pef.stages import GemmStage
 from compiler.driver import CompileOptions, compile_model
 from compiler.training import TrainingOptions
 from runtime.jit.host import host_tile
 from runtime.jit.library import Jit
 from runtime.jit.parallel import Parallel, default_threads
 from runtime.program import load
-from test_bench_gemm import fma_peak_per_core
+from test_bench_gemm import Product, fma_peak_per_core, product_program
 from torch_training_step import NO_TORCH, batch
 
 pytestmark = pytest.mark.slow
@@ -169,23 +165,6 @@ LOCKSTEP_ROUNDS = 8
 PRODUCT_CALLS, PRODUCT_ROUNDS = 5, 3
 
 
-class Product(NamedTuple):
-    """A matrix product of the step as a plain GEMM, C[batch, m, n] = A @ B: A stored k-major when
-    `a_transposed`, B stored n-major when `b_transposed`, one B for the whole batch unless `b_batched`."""
-
-    batch: int
-    m: int
-    n: int
-    k: int
-    a_transposed: bool
-    b_transposed: bool
-    b_batched: bool
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.batch * self.m * self.n * self.k
-
-
 def step_products(pef: PEF) -> collections.Counter[Product]:
     """Each gemm stage of the step as a plain product (its shape and which operands are stored
     transposed; dense, no epilogue, no fused stages around it), with how many times the step runs it."""
@@ -195,18 +174,6 @@ def step_products(pef: PEF) -> collections.Counter[Product]:
         products[Product(math.prod(stage.batch), stage.m, stage.n, stage.k, a[-2] == 1 and a[-1] != 1,
                          b[-1] != 1, any(b[:-2]))] += 1
     return products
-
-
-def product_program(p: Product) -> KernelProgram:
-    """The one-stage kernel of a plain product, its operands dense in their layouts."""
-    batched = (p.batch,) if p.batch > 1 else ()
-    a = ((p.m * p.k,) if batched else ()) + ((1, p.m) if p.a_transposed else (p.k, 1))
-    b = ((p.k * p.n if p.b_batched else 0,) if batched else ()) + ((1, p.k) if p.b_transposed else (p.n, 1))
-    buffers = (Buffer("a", "input", (p.batch * p.m * p.k,), "f32"),
-               Buffer("b", "input", ((p.batch if p.b_batched else 1) * p.k * p.n,), "f32"),
-               Buffer("c", "output", batched + (p.m, p.n), "f32"))
-    stage = GemmStage("c", batched, p.m, p.n, p.k, Access("a", 0, a), Access("b", 0, b))
-    return KernelProgram("product", "matmul", None, "", buffers, (stage,))
 
 
 class JitProducts:
