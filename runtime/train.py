@@ -45,8 +45,8 @@ from runtime.program import param_types
 from runtime.save_dir import MetricsFile, SaveDirLock, kept_rows
 from runtime.schedules import Schedule, ScheduleName
 
-#: the outputs a step and an evaluation return to the loop (the program's others, the logits, stay
-#: uncopied: [batch, seq, vocab] floats each step)
+#: the outputs a step and an evaluation return to the loop (the program's others, a classifier's
+#: logits, stay uncopied)
 STEP_METRICS, EVAL_METRICS = ("loss", "accuracy", "grad_norm"), ("loss", "accuracy")
 METRICS_FILE = "per_step_metrics.csv"
 SUMMARY_FILE = "summary.txt"

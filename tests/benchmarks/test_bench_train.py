@@ -104,8 +104,8 @@ def report(benchmark, name: str, config: str, seconds: list[float], key: str = "
 
 
 def rduflow_step(config: str):
-    """The compiled, loaded and warmed-up step: a function running one step, returning the loss and
-    leaving the logits in the arena (as PyTorch's step returns the loss alone); its PEF is `.pef`."""
+    """The compiled, loaded and warmed-up step: a function running one step, returning the loss (as
+    PyTorch's step does); its PEF is `.pef`."""
     vocab, batch_size, seq, padding = CONFIGS[config]
     sizes = {**LAYERS, "vocab_size": vocab, "n_positions": seq}
     overrides = tuple(f"model.{k}={v}" for k, v in sizes.items()) + (f"model.seq_len={seq}",)
