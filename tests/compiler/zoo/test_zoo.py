@@ -264,6 +264,20 @@ def test_llama_matches_numpy():
     np.testing.assert_allclose(out["accuracy"], accuracy, rtol=1e-6)
 
 
+@pytest.mark.parametrize("name, overrides", [("gpt2", ("model.n_layer=1",)), ("llama", ("model.num_hidden_layers=1",))])
+def test_a_training_step_heads_only_the_counted_positions(name, overrides):
+    """The LM head's product reads zero rows where the loss counts no target (rows the JIT's gemm
+    skips) and the hidden state elsewhere; the metrics are the full logits' (`test_*_matches_numpy`)."""
+    graph = lowered(name, *overrides)
+    (head,) = [op for op in graph.ops
+               if op.name == "matmul" and op.attrs["transpose_b"] and op.result.type.shape[-1] == 128]
+    graph.outputs["head_input"] = head.operands[0]
+    ids, types = lm_inputs(128)
+    rows = interpret(graph, {"input_ids": ids, "token_type_ids": types}, random_params(graph)).outputs["head_input"]
+    counted = np.isin(np.pad(types[:, 1:], ((0, 0), (0, 1))), (1, 3))
+    assert not rows[~counted].any() and np.abs(rows[counted]).min(axis=-1).all()
+
+
 def test_llama_tied_embeddings_and_biases_change_the_params():
     graph = lowered("llama", "model.tie_word_embeddings=true", "model.attention_bias=true", "model.mlp_bias=true")
     names = {p.name for p in graph.params}
