@@ -179,6 +179,18 @@ def test_gemm_reads_transposed_operands(jit, attrs):
     np.testing.assert_allclose(run_kernels(graph, inputs, jit=jit)[0]["c"], exact, rtol=1e-4, atol=1e-4)
 
 
+def assert_numpy_product_on_1_and_2_threads(jit, graph, inputs, dtype, transpose_b: bool = False) -> None:
+    """The product within f32 rounding of the exact one (and one unit of a 16-bit output), the
+    same bits on 1 and 2 threads."""
+    runs = [run_kernels(graph, inputs, jit=jit, parallel=Parallel(t))[0]["c"] for t in (1, 2)]
+    b = inputs["b"].astype(np.float64)
+    exact = inputs["a"].astype(np.float64) @ (b.T if transpose_b else b)
+    k = inputs["a"].shape[-1]
+    unit = np.spacing(np.abs(exact).astype(dtype.np)).astype(np.float64) if dtype != f32 else 0
+    assert np.all(np.abs(runs[0].astype(np.float64) - exact) <= 1e-4 * math.sqrt(k) + unit + 1e-4 * np.abs(exact))
+    np.testing.assert_array_equal(runs[1], runs[0])
+
+
 @pytest.mark.parametrize("dtype", [f32, bf16, f16], ids=str)
 @pytest.mark.parametrize("m,k,n", [(32, 576, 96), (7, 17, 1000), (33, 1000, 17), (131, 257, 97), (5, 33, 4100)])
 def test_b_contiguous_along_the_depth_packs_by_transposes(jit, dtype, m, k, n):
@@ -188,11 +200,19 @@ def test_b_contiguous_along_the_depth_packs_by_transposes(jit, dtype, m, k, n):
     graph, inputs = matmul_graph((m, k), (n, k), dtype, transpose_b=True)
     stage = blocked(graph)
     assert stage.b.strides[-2:] == (1, k)  # what `gemm.transposes` packs
-    runs = [run_kernels(graph, inputs, jit=jit, parallel=Parallel(t))[0]["c"] for t in (1, 2)]
-    exact = inputs["a"].astype(np.float64) @ inputs["b"].astype(np.float64).T
-    tolerance = 1e-4 * math.sqrt(k) + (np.spacing(np.abs(exact).astype(dtype.np)).astype(np.float64) if dtype != f32 else 0)
-    assert np.all(np.abs(runs[0].astype(np.float64) - exact) <= tolerance + 1e-4 * np.abs(exact))
-    np.testing.assert_array_equal(runs[1], runs[0])
+    assert_numpy_product_on_1_and_2_threads(jit, graph, inputs, dtype, transpose_b=True)
+
+
+@pytest.mark.parametrize("dtype", [f32, bf16, f16], ids=str)
+@pytest.mark.parametrize("m,k,n", [(32, 576, 96), (7, 17, 1000), (131, 257, 97), (5, 33, 4100)])
+def test_b_contiguous_along_its_columns_packs_by_vectors_along_its_rows(jit, dtype, m, k, n):
+    """B stored [k, n] (a Conv1D weight, or a gradient): full slivers copy each depth step's columns
+    as vectors, the edge sliver element by element; the product as numpy's, the same bits on 1
+    and 2 threads."""
+    graph, inputs = matmul_graph((m, k), (k, n), dtype)
+    stage = blocked(graph)
+    assert stage.b.strides[-1] == 1  # what `_Emitter._pack_sweep` packs
+    assert_numpy_product_on_1_and_2_threads(jit, graph, inputs, dtype)
 
 
 @pytest.mark.parametrize("dtype", [bf16, f16], ids=str)
