@@ -16,7 +16,9 @@ matrix-product FLOPs (`step_flops`) over the mean step as GFLOP/s and as a fract
 peak: threads x the FMA throughput one core reaches (`test_bench_gemm.fma_peak_per_core`, the
 GEMM benchmark's peak), measured once per pytest run. PyTorch runs in its own
 process (`torch_training_step.py`) under `RDUFLOW_TORCH_PYTHON` (default: this interpreter);
-its tests are skipped where that has no torch. `step_flops` counts the dense products, padding too.
+its tests are skipped where that has no torch. `step_flops` counts the dense products, as PyTorch
+runs them: rduflow's LM head skips the rows of the positions the loss does not count, and its
+gradient products the tokens whose gradient is zero (padding), so its GFLOP/s overstate its work.
 
 `test_bench_lockstep_training_step` runs the engines in turns a step at a time instead: rduflow,
 then a PyTorch eager step, then a `torch.compile` one (each in a process kept waiting between its
