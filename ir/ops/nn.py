@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ir.dtypes import DType
 from ir.ops.base import Attr, Cost, FusionKind, LoopNest, OpDef, TypeRuleError, register
 from ir.types import TensorType
 
@@ -153,12 +154,20 @@ class CrossEntropy(OpDef):
 
     @classmethod
     def decompose(cls, b, op):
+        """The label's log probability, (x[label] - max(x)) - log(sum(exp(x - max(x)))) as
+        log_softmax computes it, reads x[label] by a gather: no pass over the classes picks it out.
+        A label out of range (which `ref` refuses) reads a class of its own row, the nearest."""
         logits, labels = op.operands[:2]
-        dtype = logits.type.dtype
-        classes = b.iota(shape=logits.type.shape, axis=logits.type.rank - 1, dtype=labels.type.dtype)
-        onehot = b.eq(classes, b.reshape(labels, shape=labels.type.shape + (1,)))
-        logp = b.log_softmax(logits, axis=-1)
-        nll = b.neg(b.sum(b.where(onehot, logp, b.scalar(0.0, dtype)), axes=(-1,)))
+        dtype, shape, classes = logits.type.dtype, labels.type.shape, logits.type.shape[-1]
+        top = b.max(logits, axes=(-1,), keepdims=True)
+        total = b.sum(b.exp(b.sub(logits, top)), axes=(-1,), keepdims=True)
+        rows = b.reshape(b.iota(shape=(labels.type.size,), axis=0, dtype=DType.i64), shape=shape)
+        label = b.minimum(b.maximum(b.cast(labels, dtype=DType.i64), b.scalar(0, DType.i64)),
+                          b.scalar(classes - 1, DType.i64))
+        index = b.add(b.mul(rows, b.scalar(classes, DType.i64)), label)
+        label_logit = b.gather(b.reshape(logits, shape=(logits.type.size,)), index, axis=0)
+        logp = b.sub(b.sub(label_logit, b.reshape(top, shape=shape)), b.log(b.reshape(total, shape=shape)))
+        nll = b.neg(logp)
         if len(op.operands) == 2:  # the mean, and 0 when there are no labels (as `ref`)
             return [b.div(b.sum(nll), b.scalar(float(max(nll.type.size, 1)), dtype))]
         weights = b.cast(op.operands[2], dtype=dtype)

@@ -657,6 +657,29 @@ def test_decomposition_matches_ref(c: Case):
         assert_close(outputs[f"y{i}"], np.asarray(w).astype(dtype.np), dtype, 2 * c.tol)
 
 
+def test_cross_entropy_gathers_each_label_logit():
+    """Its decomposition reduces over the classes twice (max, exp-sum) and reads each label's logit
+    by one gather, not by a third pass over the classes; the loss is `ref`'s to the bit."""
+    rng = np.random.default_rng(5)
+    names = ("x", "labels", "mask")
+    args = [(4 * rng.standard_normal((3, 4, 11))).astype(np.float32), rng.integers(0, 11, (3, 4)).astype(np.int32),
+            rng.random((3, 4)) > 0.3]
+    b = Builder()
+    op = b.cross_entropy(*(b.input(n, T(t, *a.shape)) for n, t, a in zip(names, (f32, i32, boolean), args))).producer
+    d = Builder()
+    d.graph.inputs.extend(op.operands)
+    d.output("loss", lookup("cross_entropy").decompose(d, op)[0])
+    over_classes = [o.name for o in d.graph.ops if o.operands and o.operands[0].type.shape == (3, 4, 11)
+                    and o.result.type.shape == (3, 4, 1)]
+    assert sorted(over_classes) == ["max", "sum"] and [o.name for o in d.graph.ops].count("gather") == 1
+    loss = lambda labels: interpret(d.graph, dict(zip(names, (args[0], labels, args[2])))).outputs["loss"]  # noqa: E731
+    assert loss(args[1]) == lookup("cross_entropy").ref({}, *args)
+    counted = tuple(np.argwhere(args[2])[0])
+    high, nearest = args[1].copy(), args[1].copy()
+    high[counted], nearest[counted] = 11, 10  # a label out of range (`ref` refuses it) reads the nearest class
+    assert loss(high) == loss(nearest) != loss(args[1])
+
+
 # --- type-rule errors ------------------------------------------------------------------------
 TYPE_ERRORS = [
     ("all_reduce", [T(i32, 2)], {"group": "data", "world_size": 2}, "reduces float values only, got i32[2]"),
