@@ -29,6 +29,7 @@ import hashlib
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -46,6 +47,9 @@ REPLICA_WEIGHT = "replica_weight"
 WEIGHTED_OUTPUTS = ("loss", "accuracy")
 #: bytes read from each end of a data file for its fingerprint
 FINGERPRINT_BYTES = 1 << 20
+#: seconds a failing rank waits after printing its message, before MPI_Abort: mpiexec ends the job
+#: on the abort and can drop output its proxies have not forwarded yet, that message among it
+ABORT_GRACE = 0.5
 
 
 class Communicator(Protocol):
@@ -283,6 +287,7 @@ def run_replica(replicas: Replicas, body: Callable[[], int], report: Callable[[B
         sys.stdout.flush()
         sys.stderr.flush()
         if replicas.comm is not None and replicas.size > 1:
+            time.sleep(ABORT_GRACE)
             replicas.comm.abort(code or 1)
         return code
 
