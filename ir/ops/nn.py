@@ -114,6 +114,13 @@ class RmsNorm(OpDef):
         return [dx, _sum_leading(b, b.mul(g, xhat))]
 
 
+def _max_and_exp_sum(b, logits):
+    """Each row's max and sum(exp(x - max)) as log_softmax(axis=-1) decomposes them (kept dims): the
+    cross-entropy's forward and gradient share these two reductions."""
+    top = b.max(logits, axes=(-1,), keepdims=True)
+    return top, b.sum(b.exp(b.sub(logits, top)), axes=(-1,), keepdims=True)
+
+
 @register
 class CrossEntropy(OpDef):
     """Mean over unmasked positions of -log_softmax(logits)[label].
@@ -159,8 +166,7 @@ class CrossEntropy(OpDef):
         A label out of range (which `ref` refuses) reads a class of its own row, the nearest."""
         logits, labels = op.operands[:2]
         dtype, shape, classes = logits.type.dtype, labels.type.shape, logits.type.shape[-1]
-        top = b.max(logits, axes=(-1,), keepdims=True)
-        total = b.sum(b.exp(b.sub(logits, top)), axes=(-1,), keepdims=True)
+        top, total = _max_and_exp_sum(b, logits)
         rows = b.reshape(b.iota(shape=(labels.type.size,), axis=0, dtype=DType.i64), shape=shape)
         label = b.minimum(b.maximum(b.cast(labels, dtype=DType.i64), b.scalar(0, DType.i64)),
                           b.scalar(classes - 1, DType.i64))
@@ -181,8 +187,7 @@ class CrossEntropy(OpDef):
         keeps one number per row from the forward, not a log softmax as large as the logits."""
         logits, labels = op.operands[:2]
         dtype, g = logits.type.dtype, grads[0]
-        top = b.max(logits, axes=(-1,), keepdims=True)  # as log_softmax(axis=-1) decomposes
-        total = b.sum(b.exp(b.sub(logits, top)), axes=(-1,), keepdims=True)
+        top, total = _max_and_exp_sum(b, logits)
         logp = b.sub(logits, b.add(top, b.log(total)))
         classes = b.iota(shape=logits.type.shape, axis=logits.type.rank - 1, dtype=labels.type.dtype)
         onehot = b.cast(b.eq(classes, b.reshape(labels, shape=labels.type.shape + (1,))), dtype=dtype)

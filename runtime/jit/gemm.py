@@ -72,10 +72,13 @@ class Strided:
     def base(self, b, batch):
         return cg.affine(b, self.access.offset, list(zip(batch, self.access.strides)))
 
-    def load(self, b, ptrs, base, row, col):
+    def index(self, b, base, row, col):
+        """The buffer element at (row, col) of the matrix starting at `base`."""
         rs, cs = self.access.strides[-2:]
-        index = b.add(base, cg.affine(b, 0, [(row, rs), (col, cs)]))
-        return cg.load(b, ptrs[self.access.arg], index, self.access.dtype)
+        return b.add(base, cg.affine(b, 0, [(row, rs), (col, cs)]))
+
+    def load(self, b, ptrs, base, row, col):
+        return cg.load(b, ptrs[self.access.arg], self.index(b, base, row, col), self.access.dtype)
 
 
 @attrs.frozen
@@ -376,10 +379,11 @@ class _Emitter:
         [768, 3072] weight), each sliver's part of the row copied as `nr / lanes` vectors (LLVM
         left element-wise copies scalar: [768, 3072] packed at 8.5 GB/s). The edge sliver as
         `_pack` does."""
-        b, t, access = self.b, self.tile, self.s.b.access
+        b, t, operand = self.b, self.tile, self.s.b
+        access = operand.access
         full = b.mul(b.udiv(nc, i64(t.nr)), i64(t.nr))
         with cg.loop(b, 0, kc, name="sweep") as p:
-            row_start = b.add(self.b_base, b.mul(self.depth(pc, p), i64(access.strides[-2])))
+            depth = self.depth(pc, p)
             with cg.loop(b, 0, full, t.nr, name="sweepw") as jr:
                 row = b.gep(self.bpack, [b.add(b.mul(jr, kc), b.mul(p, i64(t.nr)))])
                 col0 = b.add(jc, jr)
@@ -388,8 +392,8 @@ class _Emitter:
                         b.store(load(p, b.add(col0, i64(c))), b.gep(row, [i64(c)]))
                 else:
                     for v in range(0, t.nr, t.lanes):
-                        run = _depth_run(b, self.ptrs[access.arg], b.add(row_start, b.add(col0, i64(v))),
-                                         access.dtype, t.lanes)
+                        index = operand.index(b, self.b_base, depth, b.add(col0, i64(v)))
+                        run = _depth_run(b, self.ptrs[access.arg], index, access.dtype, t.lanes)
                         b.store(run, b.bitcast(b.gep(row, [i64(v)]), run.type.as_pointer()), align=4)
         with b.if_then(b.icmp_signed("<", full, nc)):
             self._pack(b.gep(self.bpack, [b.mul(full, kc)]), kc, t.nr, b.add(jc, full), b.sub(nc, full), self.s.n, load)
